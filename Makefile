@@ -1,0 +1,55 @@
+# face2simpson — `make demo` runs the whole loop locally, `make test` runs every check.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+CARGO ?= cargo
+STORE ?= $(CURDIR)/var/store
+DATASET ?= datasets/demo
+PRETRAINED := $(CURDIR)/.deps/pretrained/mobilenet_v2-b0353104.pth
+TRAINER := target/release/face2simpson-trainer
+# Demo training settings: small enough for a few minutes on two CPU cores.
+DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
+              --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
+
+.PHONY: help setup build demo demo-data test fmt fmt-check lint unit bench-train clean
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## fetch libtorch (CPU) and the ImageNet MobileNetV2 weights into .deps/ (idempotent)
+	@scripts/setup.sh
+
+build: setup ## release binaries into target/release/
+	$(CARGO) build --release --workspace --bins
+
+demo-data: build
+	$(TRAINER) datagen --storage $(STORE) --dataset $(DATASET) --per-class 60 --size 128 --seed 1
+	mkdir -p $(STORE)/pretrained && cp -f $(PRETRAINED) $(STORE)/pretrained/
+
+demo: demo-data ## generate data, train a champion, train a challenger against it, print the decision
+	rm -rf $(STORE)/runs $(STORE)/champion.json
+	@echo "== training the first model (becomes the champion)"
+	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-1 --seed 1
+	@echo "== training a challenger against it"
+	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-2 --seed 2
+	@echo "== champion:" && cat $(STORE)/champion.json && echo
+
+fmt: ## format the code
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+lint: setup ## clippy with warnings as errors
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+unit: setup
+	$(CARGO) test --workspace
+
+test: setup fmt-check lint unit ## everything CI runs
+
+bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
+	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
+
+clean: ## remove build output, demo store and fetched dependencies
+	$(CARGO) clean
+	rm -rf var .deps

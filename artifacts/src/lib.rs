@@ -1,0 +1,16 @@
+//! The contract between the three face2simpson programs.
+//!
+//! Trainer, operator and inference never talk to each other directly: they meet in object
+//! storage. This crate owns that meeting point — where each object lives ([`layout`]), what
+//! `metrics.json` and `champion.json` contain ([`metrics`]), how a store URL is opened
+//! ([`storage`]) and the rule that decides whether a new model replaces the champion
+//! ([`gate`]). It depends on neither libtorch nor Kubernetes so the operator stays small.
+
+pub mod gate;
+pub mod layout;
+pub mod metrics;
+pub mod storage;
+
+pub use gate::{Decision, PromotionPolicy, decide};
+pub use metrics::{ChampionRecord, EpochRecord, Hyperparameters, RunMetrics, SkippedFile, SplitCounts};
+pub use storage::{Storage, StorageError};

