@@ -19,7 +19,10 @@ pub struct PromotionPolicy {
 
 impl Default for PromotionPolicy {
     fn default() -> Self {
-        Self { min_improvement: 0.0, min_accuracy: 0.0 }
+        Self {
+            min_improvement: 0.0,
+            min_accuracy: 0.0,
+        }
     }
 }
 
@@ -78,10 +81,14 @@ pub fn decide(policy: &PromotionPolicy, challenger: &RunMetrics) -> Decision {
             pct(policy.min_accuracy)
         ));
     }
-    let (Some(champion), Some(champion_acc)) =
-        (challenger.champion_run_id.as_deref(), challenger.champion_test_accuracy)
-    else {
-        return Decision::FirstModel(format!("no champion yet; first model with test accuracy {}", pct(acc)));
+    let (Some(champion), Some(champion_acc)) = (
+        challenger.champion_run_id.as_deref(),
+        challenger.champion_test_accuracy,
+    ) else {
+        return Decision::FirstModel(format!(
+            "no champion yet; first model with test accuracy {}",
+            pct(acc)
+        ));
     };
     let gain = acc - champion_acc;
     if gain > policy.min_improvement {
@@ -119,7 +126,10 @@ mod tests {
     #[test]
     fn decision_table() {
         let default = PromotionPolicy::default();
-        let strict = PromotionPolicy { min_improvement: 0.02, min_accuracy: 0.5 };
+        let strict = PromotionPolicy {
+            min_improvement: 0.02,
+            min_accuracy: 0.5,
+        };
         #[rustfmt::skip]
         let table: &[(PromotionPolicy, f64, Option<f64>, &str)] = &[
             (default, 0.70, None,       "FirstModel"),
@@ -134,7 +144,11 @@ mod tests {
         ];
         for (policy, acc, champ, want) in table {
             let d = decide(policy, &challenger(*acc, *champ));
-            assert_eq!(d.kind(), *want, "{policy:?} acc={acc} champion={champ:?}: {d}");
+            assert_eq!(
+                d.kind(),
+                *want,
+                "{policy:?} acc={acc} champion={champ:?}: {d}"
+            );
             assert!(!d.reason().is_empty());
             assert_eq!(d.promotes(), *want != "Reject");
         }
@@ -143,7 +157,10 @@ mod tests {
     #[test]
     fn reasons_name_the_numbers() {
         let d = decide(&PromotionPolicy::default(), &challenger(0.9, Some(0.8)));
-        assert!(d.reason().contains("90.00%") && d.reason().contains("80.00%"), "{d}");
+        assert!(
+            d.reason().contains("90.00%") && d.reason().contains("80.00%"),
+            "{d}"
+        );
     }
 
     #[test]

@@ -46,8 +46,14 @@ pub fn validate_run_id(run_id: &str) -> Result<(), String> {
     let ok_chars = run_id
         .chars()
         .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.' || c == '_');
-    let ok_ends = run_id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && run_id.chars().last().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_ends = run_id
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+        && run_id
+            .chars()
+            .last()
+            .is_some_and(|c| c.is_ascii_alphanumeric());
     if ok_len && ok_chars && ok_ends {
         Ok(())
     } else {
@@ -72,7 +78,15 @@ mod tests {
     #[test]
     fn run_ids() {
         assert!(validate_run_id("demo-20261129-1").is_ok());
-        for bad in ["", "Upper", "../etc", "a/b", "-lead", "trail-", &"x".repeat(64)] {
+        for bad in [
+            "",
+            "Upper",
+            "../etc",
+            "a/b",
+            "-lead",
+            "trail-",
+            &"x".repeat(64),
+        ] {
             assert!(validate_run_id(bad).is_err(), "{bad:?} accepted");
         }
     }

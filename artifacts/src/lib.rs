@@ -12,5 +12,7 @@ pub mod metrics;
 pub mod storage;
 
 pub use gate::{Decision, PromotionPolicy, decide};
-pub use metrics::{ChampionRecord, EpochRecord, Hyperparameters, RunMetrics, SkippedFile, SplitCounts};
+pub use metrics::{
+    ChampionRecord, EpochRecord, Hyperparameters, RunMetrics, SkippedFile, SplitCounts,
+};
 pub use storage::{Storage, StorageError};

@@ -103,7 +103,8 @@ impl RunMetrics {
     /// Parses and sanity-checks a `metrics.json`, so a truncated or hand-edited file is
     /// reported instead of steering a promotion.
     pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let metrics: Self = serde_json::from_slice(bytes).map_err(|e| format!("not a valid metrics.json: {e}"))?;
+        let metrics: Self =
+            serde_json::from_slice(bytes).map_err(|e| format!("not a valid metrics.json: {e}"))?;
         metrics.validate()?;
         Ok(metrics)
     }
@@ -117,7 +118,10 @@ impl RunMetrics {
         }
         let in_unit = |x: f64| x.is_finite() && (0.0..=1.0).contains(&x);
         if !in_unit(self.test_accuracy) {
-            return Err(format!("test_accuracy {} is outside 0..=1", self.test_accuracy));
+            return Err(format!(
+                "test_accuracy {} is outside 0..=1",
+                self.test_accuracy
+            ));
         }
         if let Some(acc) = self.champion_test_accuracy {
             if !in_unit(acc) {
@@ -131,7 +135,9 @@ impl RunMetrics {
             return Err("champion_run_id is set but champion_test_accuracy is not".into());
         }
         let n = self.classes.len();
-        if self.confusion_matrix.len() != n || self.confusion_matrix.iter().any(|row| row.len() != n) {
+        if self.confusion_matrix.len() != n
+            || self.confusion_matrix.iter().any(|row| row.len() != n)
+        {
             return Err(format!("confusion_matrix is not {n}x{n}"));
         }
         Ok(())
@@ -149,7 +155,9 @@ pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn sample() -> RunMetrics {
-        let classes: Vec<String> = ["homer", "marge", "bart", "lisa"].map(String::from).to_vec();
+        let classes: Vec<String> = ["homer", "marge", "bart", "lisa"]
+            .map(String::from)
+            .to_vec();
         RunMetrics {
             schema_version: METRICS_SCHEMA_VERSION,
             run_id: "r2".into(),
@@ -159,9 +167,21 @@ pub(crate) mod tests {
             champion_test_accuracy: Some(0.875),
             per_class_accuracy: classes.iter().map(|c| (c.clone(), 0.9375)).collect(),
             classes,
-            confusion_matrix: vec![vec![15, 1, 0, 0], vec![0, 16, 0, 0], vec![1, 0, 14, 1], vec![0, 0, 1, 15]],
-            counts: SplitCounts { train: 200, val: 40, test: 64 },
-            skipped_files: vec![SkippedFile { path: "datasets/x/train/homer/bad.jpg".into(), reason: "truncated".into() }],
+            confusion_matrix: vec![
+                vec![15, 1, 0, 0],
+                vec![0, 16, 0, 0],
+                vec![1, 0, 14, 1],
+                vec![0, 0, 1, 15],
+            ],
+            counts: SplitCounts {
+                train: 200,
+                val: 40,
+                test: 64,
+            },
+            skipped_files: vec![SkippedFile {
+                path: "datasets/x/train/homer/bad.jpg".into(),
+                reason: "truncated".into(),
+            }],
             epochs_run: 3,
             best_epoch: 2,
             history: vec![EpochRecord {
@@ -205,14 +225,31 @@ pub(crate) mod tests {
     fn documented_keys_are_present() {
         let v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
         for key in [
-            "run_id", "test_accuracy", "champion_run_id", "champion_test_accuracy", "classes",
-            "per_class_accuracy", "confusion_matrix", "counts", "skipped_files", "epochs_run",
-            "best_epoch", "history", "hyperparameters", "dataset_fingerprint", "started_at",
-            "finished_at", "device", "trainer_version",
+            "run_id",
+            "test_accuracy",
+            "champion_run_id",
+            "champion_test_accuracy",
+            "classes",
+            "per_class_accuracy",
+            "confusion_matrix",
+            "counts",
+            "skipped_files",
+            "epochs_run",
+            "best_epoch",
+            "history",
+            "hyperparameters",
+            "dataset_fingerprint",
+            "started_at",
+            "finished_at",
+            "device",
+            "trainer_version",
         ] {
             assert!(v.get(key).is_some(), "metrics.json lacks {key}");
         }
-        assert!(v["skipped_files"][0].get("path").is_some() && v["skipped_files"][0].get("reason").is_some());
+        assert!(
+            v["skipped_files"][0].get("path").is_some()
+                && v["skipped_files"][0].get("reason").is_some()
+        );
     }
 
     #[test]
@@ -221,15 +258,27 @@ pub(crate) mod tests {
         assert!(RunMetrics::from_json(b"[]").is_err());
         let mut m = sample();
         m.test_accuracy = 1.5;
-        assert!(RunMetrics::from_json(&m.to_json()).unwrap_err().contains("test_accuracy"));
+        assert!(
+            RunMetrics::from_json(&m.to_json())
+                .unwrap_err()
+                .contains("test_accuracy")
+        );
         let mut m = sample();
         m.champion_test_accuracy = None;
         assert!(RunMetrics::from_json(&m.to_json()).is_err());
         let mut m = sample();
         m.confusion_matrix.pop();
-        assert!(RunMetrics::from_json(&m.to_json()).unwrap_err().contains("confusion"));
+        assert!(
+            RunMetrics::from_json(&m.to_json())
+                .unwrap_err()
+                .contains("confusion")
+        );
         let mut m = sample();
         m.schema_version = 99;
-        assert!(RunMetrics::from_json(&m.to_json()).unwrap_err().contains("schema_version"));
+        assert!(
+            RunMetrics::from_json(&m.to_json())
+                .unwrap_err()
+                .contains("schema_version")
+        );
     }
 }

@@ -11,7 +11,9 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, RetryConfig};
+use object_store::{
+    ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, RetryConfig,
+};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use url::Url;
@@ -22,15 +24,29 @@ pub enum StorageError {
     #[error("invalid storage URL {url:?}: {reason}")]
     InvalidUrl { url: String, reason: String },
     #[error("cannot open storage {url}: {source}")]
-    Open { url: String, source: object_store::Error },
+    Open {
+        url: String,
+        source: object_store::Error,
+    },
     #[error("{url}/{key} does not exist")]
     NotFound { url: String, key: String },
     #[error("storage error on {url}/{key}: {source}")]
-    Backend { url: String, key: String, source: object_store::Error },
+    Backend {
+        url: String,
+        key: String,
+        source: object_store::Error,
+    },
     #[error("{url}/{key} is not valid JSON for this schema: {reason}")]
-    Malformed { url: String, key: String, reason: String },
+    Malformed {
+        url: String,
+        key: String,
+        reason: String,
+    },
     #[error("cannot create local storage directory {path}: {source}")]
-    LocalDir { path: String, source: std::io::Error },
+    LocalDir {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 impl StorageError {
@@ -62,24 +78,41 @@ impl Storage {
         K: AsRef<str>,
         V: AsRef<str>,
     {
-        let invalid = |reason: String| StorageError::InvalidUrl { url: url.to_owned(), reason };
+        let invalid = |reason: String| StorageError::InvalidUrl {
+            url: url.to_owned(),
+            reason,
+        };
         let parsed = if url.contains("://") || url.starts_with("memory:") {
             Url::parse(url).map_err(|e| invalid(e.to_string()))?
         } else {
             let abs = std::path::absolute(url).map_err(|e| invalid(e.to_string()))?;
             Url::from_directory_path(&abs).map_err(|()| invalid("not an absolute path".into()))?
         };
-        let (scheme, prefix) = ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
-        let vars: Vec<(String, String)> =
-            vars.into_iter().map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned())).collect();
+        let (scheme, prefix) =
+            ObjectStoreScheme::parse(&parsed).map_err(|e| invalid(e.to_string()))?;
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .map(|(k, v)| (k.as_ref().to_owned(), v.as_ref().to_owned()))
+            .collect();
         // Fail fast against a store that is down instead of retrying for minutes.
-        let retry = RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(30), ..Default::default() };
-        let open = |source| StorageError::Open { url: url.to_owned(), source };
+        let retry = RetryConfig {
+            max_retries: 3,
+            retry_timeout: Duration::from_secs(30),
+            ..Default::default()
+        };
+        let open = |source| StorageError::Open {
+            url: url.to_owned(),
+            source,
+        };
         let (store, root): (Arc<dyn ObjectStore>, Path) = match scheme {
             ObjectStoreScheme::Local => {
-                let dir = parsed.to_file_path().map_err(|()| invalid("not a local path".into()))?;
-                std::fs::create_dir_all(&dir)
-                    .map_err(|source| StorageError::LocalDir { path: dir.display().to_string(), source })?;
+                let dir = parsed
+                    .to_file_path()
+                    .map_err(|()| invalid("not a local path".into()))?;
+                std::fs::create_dir_all(&dir).map_err(|source| StorageError::LocalDir {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
                 let fs = LocalFileSystem::new_with_prefix(&dir).map_err(open)?;
                 (Arc::new(fs), Path::default())
             }
@@ -91,7 +124,11 @@ impl Storage {
                         b = b.with_config(key, v);
                     }
                 }
-                let s = b.with_url(parsed.as_str()).with_retry(retry).build().map_err(open)?;
+                let s = b
+                    .with_url(parsed.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(open)?;
                 (Arc::new(s), Path::from(prefix.as_ref()))
             }
             ObjectStoreScheme::GoogleCloudStorage => {
@@ -101,7 +138,11 @@ impl Storage {
                         b = b.with_config(key, v);
                     }
                 }
-                let s = b.with_url(parsed.as_str()).with_retry(retry).build().map_err(open)?;
+                let s = b
+                    .with_url(parsed.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(open)?;
                 (Arc::new(s), Path::from(prefix.as_ref()))
             }
             ObjectStoreScheme::MicrosoftAzure => {
@@ -111,17 +152,33 @@ impl Storage {
                         b = b.with_config(key, v);
                     }
                 }
-                let s = b.with_url(parsed.as_str()).with_retry(retry).build().map_err(open)?;
+                let s = b
+                    .with_url(parsed.as_str())
+                    .with_retry(retry)
+                    .build()
+                    .map_err(open)?;
                 (Arc::new(s), Path::from(prefix.as_ref()))
             }
-            other => return Err(invalid(format!("unsupported scheme {other:?}; use file://, s3://, gs://, az:// or memory://"))),
+            other => {
+                return Err(invalid(format!(
+                    "unsupported scheme {other:?}; use file://, s3://, gs://, az:// or memory://"
+                )));
+            }
         };
-        Ok(Self { store, root, url: url.trim_end_matches('/').to_owned() })
+        Ok(Self {
+            store,
+            root,
+            url: url.trim_end_matches('/').to_owned(),
+        })
     }
 
     /// Wraps an existing store, e.g. one `InMemory` shared between a test and the code under test.
     pub fn from_store(store: Arc<dyn ObjectStore>, root: &str, url: &str) -> Self {
-        Self { store, root: Path::from(root), url: url.trim_end_matches('/').to_owned() }
+        Self {
+            store,
+            root: Path::from(root),
+            url: url.trim_end_matches('/').to_owned(),
+        }
     }
 
     /// The URL this storage was opened from, for messages and for building child URLs.
@@ -145,20 +202,34 @@ impl Storage {
 
     fn relative(&self, path: &Path) -> String {
         match path.prefix_match(&self.root) {
-            Some(parts) => parts.map(|p| p.as_ref().to_owned()).collect::<Vec<_>>().join("/"),
+            Some(parts) => parts
+                .map(|p| p.as_ref().to_owned())
+                .collect::<Vec<_>>()
+                .join("/"),
             None => path.to_string(),
         }
     }
 
     fn backend(&self, key: &str, source: object_store::Error) -> StorageError {
         match source {
-            object_store::Error::NotFound { .. } => StorageError::NotFound { url: self.url.clone(), key: key.to_owned() },
-            source => StorageError::Backend { url: self.url.clone(), key: key.to_owned(), source },
+            object_store::Error::NotFound { .. } => StorageError::NotFound {
+                url: self.url.clone(),
+                key: key.to_owned(),
+            },
+            source => StorageError::Backend {
+                url: self.url.clone(),
+                key: key.to_owned(),
+                source,
+            },
         }
     }
 
     pub async fn get(&self, key: &str) -> Result<Bytes, StorageError> {
-        let result = self.store.get(&self.path(key)).await.map_err(|e| self.backend(key, e))?;
+        let result = self
+            .store
+            .get(&self.path(key))
+            .await
+            .map_err(|e| self.backend(key, e))?;
         result.bytes().await.map_err(|e| self.backend(key, e))
     }
 
@@ -174,19 +245,29 @@ impl Storage {
     /// Writes an object in one request; every backend makes it visible atomically.
     pub async fn put(&self, key: &str, bytes: impl Into<Bytes>) -> Result<(), StorageError> {
         let payload = PutPayload::from_bytes(bytes.into());
-        self.store.put(&self.path(key), payload).await.map_err(|e| self.backend(key, e))?;
+        self.store
+            .put(&self.path(key), payload)
+            .await
+            .map_err(|e| self.backend(key, e))?;
         Ok(())
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
-        self.store.delete(&self.path(key)).await.map_err(|e| self.backend(key, e))
+        self.store
+            .delete(&self.path(key))
+            .await
+            .map_err(|e| self.backend(key, e))
     }
 
     /// Every object under `prefix`, keys relative to the storage root, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StorageError> {
         let path = self.path(prefix);
-        let mut all: Vec<ObjectMeta> =
-            self.store.list(Some(&path)).try_collect().await.map_err(|e| self.backend(prefix, e))?;
+        let mut all: Vec<ObjectMeta> = self
+            .store
+            .list(Some(&path))
+            .try_collect()
+            .await
+            .map_err(|e| self.backend(prefix, e))?;
         for meta in &mut all {
             meta.location = Path::from(self.relative(&meta.location));
         }
@@ -243,24 +324,46 @@ mod tests {
         let url = format!("file://{}/store", dir.path().display());
         let s = Storage::open(&url).unwrap();
         s.put("runs/a/metrics.json", b"{}".to_vec()).await.unwrap();
-        s.put("runs/a/model.safetensors", vec![1u8, 2, 3]).await.unwrap();
-        s.put("datasets/x/train/homer/1.png", vec![0u8]).await.unwrap();
-        assert_eq!(s.get("runs/a/model.safetensors").await.unwrap().as_ref(), &[1, 2, 3]);
-        let keys: Vec<String> = s.list("runs").await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
+        s.put("runs/a/model.safetensors", vec![1u8, 2, 3])
+            .await
+            .unwrap();
+        s.put("datasets/x/train/homer/1.png", vec![0u8])
+            .await
+            .unwrap();
+        assert_eq!(
+            s.get("runs/a/model.safetensors").await.unwrap().as_ref(),
+            &[1, 2, 3]
+        );
+        let keys: Vec<String> = s
+            .list("runs")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
         assert_eq!(keys, ["runs/a/metrics.json", "runs/a/model.safetensors"]);
         assert_eq!(s.head("runs/a/model.safetensors").await.unwrap(), Some(3));
         assert_eq!(s.head("runs/missing").await.unwrap(), None);
         assert!(dir.path().join("store/runs/a/model.safetensors").exists());
         // A plain path means the same directory.
         let plain = Storage::open(&format!("{}/store", dir.path().display())).unwrap();
-        assert_eq!(plain.get("runs/a/metrics.json").await.unwrap().as_ref(), b"{}");
+        assert_eq!(
+            plain.get("runs/a/metrics.json").await.unwrap().as_ref(),
+            b"{}"
+        );
     }
 
     #[tokio::test]
     async fn memory_store_with_prefix() {
         let s = Storage::open("memory:///bucket/prefix").unwrap();
         s.put("a/b.txt", b"x".to_vec()).await.unwrap();
-        let keys: Vec<String> = s.list("a").await.unwrap().into_iter().map(|m| m.location.to_string()).collect();
+        let keys: Vec<String> = s
+            .list("a")
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .collect();
         assert_eq!(keys, ["a/b.txt"]);
         assert_eq!(s.url_of("a/b.txt"), "memory:///bucket/prefix/a/b.txt");
     }
@@ -270,8 +373,14 @@ mod tests {
         let s = Storage::open("memory:///").unwrap();
         let err = s.get("runs/none/metrics.json").await.unwrap_err();
         assert!(err.is_not_found(), "{err}");
-        assert!(err.to_string().contains("runs/none/metrics.json does not exist"), "{err}");
-        s.put("runs/r/metrics.json", b"{not json".to_vec()).await.unwrap();
+        assert!(
+            err.to_string()
+                .contains("runs/none/metrics.json does not exist"),
+            "{err}"
+        );
+        s.put("runs/r/metrics.json", b"{not json".to_vec())
+            .await
+            .unwrap();
         let err = s.get_metrics("r").await.unwrap_err();
         assert!(matches!(err, StorageError::Malformed { .. }), "{err}");
         assert!(s.get_champion().await.unwrap().is_none());

@@ -37,10 +37,17 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
                 Err("--device cuda was requested but libtorch sees no CUDA device (is this a CPU build of libtorch?)".into())
             }
         }
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
-            Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
+            Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => {
+                Ok(Device::Cuda(n))
+            }
             Some(n) => Err(format!("CUDA device {n} is not available")),
-            None => Err(format!("unknown device {other:?}; use auto, cpu, cuda or cuda:N")),
+            None => Err(format!(
+                "unknown device {other:?}; use auto, cpu, cuda or cuda:N"
+            )),
         },
     }
 }
@@ -72,7 +79,11 @@ impl Classifier {
     pub fn with_classes(device: Device, num_classes: i64, dropout: f64) -> Self {
         let vs = VarStore::new(device);
         let net = MobileNetV2::new(&vs.root(), num_classes, dropout);
-        Self { vs, net, num_classes }
+        Self {
+            vs,
+            net,
+            num_classes,
+        }
     }
 
     pub fn device(&self) -> Device {
@@ -109,13 +120,19 @@ impl Classifier {
         self.copy_in(tensors, |_| true).map(|_| ())
     }
 
-    fn copy_in(&mut self, tensors: Vec<(String, Tensor)>, wanted: impl Fn(&str) -> bool) -> Result<usize, WeightsError> {
+    fn copy_in(
+        &mut self,
+        tensors: Vec<(String, Tensor)>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<usize, WeightsError> {
         let mut vars = self.vs.variables();
         vars.retain(|name, _| wanted(name));
         let mut loaded = 0;
         tch::no_grad(|| -> Result<(), WeightsError> {
             for (name, src) in tensors {
-                let Some(dst) = vars.remove(&name) else { continue };
+                let Some(dst) = vars.remove(&name) else {
+                    continue;
+                };
                 if dst.size() != src.size() {
                     return Err(WeightsError::Mismatch(format!(
                         "{name} has shape {:?} in the file but {:?} in the model",
@@ -163,6 +180,8 @@ impl Classifier {
     pub fn batch(&self, samples: &[Vec<f32>], image_size: u32) -> Tensor {
         let s = i64::from(image_size);
         let flat: Vec<f32> = samples.iter().flat_map(|x| x.iter().copied()).collect();
-        Tensor::from_slice(&flat).view([samples.len() as i64, 3, s, s]).to_device(self.device())
+        Tensor::from_slice(&flat)
+            .view([samples.len() as i64, 3, s, s])
+            .to_device(self.device())
     }
 }

@@ -8,19 +8,45 @@ use tch::{Kind, Tensor};
 pub const FEATURES: i64 = 1280;
 
 // (expansion, out channels, repeats, first stride) — Sandler et al. 2018, table 2.
-const INVERTED_RESIDUAL_SETTINGS: [(i64, i64, i64, i64); 7] =
-    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+const INVERTED_RESIDUAL_SETTINGS: [(i64, i64, i64, i64); 7] = [
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+];
 
 /// Conv2d + BatchNorm + ReLU6.
-fn conv_bn_relu6(p: nn::Path, c_in: i64, c_out: i64, ks: i64, stride: i64, groups: i64) -> nn::SequentialT {
-    let cfg = nn::ConvConfig { stride, padding: (ks - 1) / 2, groups, bias: false, ..Default::default() };
+fn conv_bn_relu6(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    ks: i64,
+    stride: i64,
+    groups: i64,
+) -> nn::SequentialT {
+    let cfg = nn::ConvConfig {
+        stride,
+        padding: (ks - 1) / 2,
+        groups,
+        bias: false,
+        ..Default::default()
+    };
     nn::seq_t()
         .add(nn::conv2d(&p / 0, c_in, c_out, ks, cfg))
         .add(nn::batch_norm2d(&p / 1, c_out, Default::default()))
         .add_fn(|xs| xs.clamp(0.0, 6.0))
 }
 
-fn inverted_residual(p: nn::Path, c_in: i64, c_out: i64, stride: i64, expansion: i64) -> nn::FuncT<'static> {
+fn inverted_residual(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+    expansion: i64,
+) -> nn::FuncT<'static> {
     let hidden = expansion * c_in;
     let mut conv = nn::seq_t();
     let mut id = 0;
@@ -30,7 +56,16 @@ fn inverted_residual(p: nn::Path, c_in: i64, c_out: i64, stride: i64, expansion:
     }
     conv = conv
         .add(conv_bn_relu6(&p / id, hidden, hidden, 3, stride, hidden))
-        .add(nn::conv2d(&p / (id + 1), hidden, c_out, 1, nn::ConvConfig { bias: false, ..Default::default() }))
+        .add(nn::conv2d(
+            &p / (id + 1),
+            hidden,
+            c_out,
+            1,
+            nn::ConvConfig {
+                bias: false,
+                ..Default::default()
+            },
+        ))
         .add(nn::batch_norm2d(&p / (id + 2), c_out, Default::default()));
     let residual = stride == 1 && c_in == c_out;
     nn::func_t(move |xs, train| {
@@ -57,24 +92,42 @@ impl MobileNetV2 {
         for (expansion, c_out, repeats, stride) in INVERTED_RESIDUAL_SETTINGS {
             for i in 0..repeats {
                 let stride = if i == 0 { stride } else { 1 };
-                features = features.add(inverted_residual(&f / layer / "conv", c_in, c_out, stride, expansion));
+                features = features.add(inverted_residual(
+                    &f / layer / "conv",
+                    c_in,
+                    c_out,
+                    stride,
+                    expansion,
+                ));
                 c_in = c_out;
                 layer += 1;
             }
         }
         features = features.add(conv_bn_relu6(&f / layer, c_in, FEATURES, 1, 1, 1));
-        let head = nn::linear(p / "classifier" / 1, FEATURES, num_classes, Default::default());
-        Self { features, dropout, head }
+        let head = nn::linear(
+            p / "classifier" / 1,
+            FEATURES,
+            num_classes,
+            Default::default(),
+        );
+        Self {
+            features,
+            dropout,
+            head,
+        }
     }
 
     /// Pooled 1280-d embeddings.
     pub fn embed(&self, xs: &Tensor, train: bool) -> Tensor {
-        xs.apply_t(&self.features, train).mean_dim(Some([2i64, 3].as_slice()), false, Kind::Float)
+        xs.apply_t(&self.features, train)
+            .mean_dim(Some([2i64, 3].as_slice()), false, Kind::Float)
     }
 }
 
 impl ModuleT for MobileNetV2 {
     fn forward_t(&self, xs: &Tensor, train: bool) -> Tensor {
-        self.embed(xs, train).dropout(self.dropout, train).apply(&self.head)
+        self.embed(xs, train)
+            .dropout(self.dropout, train)
+            .apply(&self.head)
     }
 }

@@ -25,7 +25,11 @@ pub enum Value {
     /// `module.name`, as referenced by GLOBAL / STACK_GLOBAL.
     Global(String, String),
     /// `callable(*args)` as requested by REDUCE or NEWOBJ; `state` is what BUILD attached.
-    Call { callable: Box<Value>, args: Vec<Value>, state: Option<Box<Value>> },
+    Call {
+        callable: Box<Value>,
+        args: Vec<Value>,
+        state: Option<Box<Value>>,
+    },
     /// A persistent id: torch puts storage descriptors here.
     Persistent(Box<Value>),
 }
@@ -83,7 +87,10 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
     macro_rules! take {
         ($n:expr) => {{
             let n: usize = $n;
-            let end = p.checked_add(n).filter(|&e| e <= data.len()).ok_or(PickleError::Eof(p))?;
+            let end = p
+                .checked_add(n)
+                .filter(|&e| e <= data.len())
+                .ok_or(PickleError::Eof(p))?;
             let s = &data[p..end];
             p = end;
             s
@@ -97,14 +104,21 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
     fn pop(stack: &mut Vec<Item>, at: usize) -> Result<Value, PickleError> {
         match stack.pop() {
             Some(Item::Val(v)) => Ok(v),
-            _ => Err(PickleError::Malformed { at, what: "stack underflow" }),
+            _ => Err(PickleError::Malformed {
+                at,
+                what: "stack underflow",
+            }),
         }
     }
     fn pop_mark(stack: &mut Vec<Item>, at: usize) -> Result<Vec<Value>, PickleError> {
-        let mark = stack
-            .iter()
-            .rposition(|i| matches!(i, Item::Mark))
-            .ok_or(PickleError::Malformed { at, what: "no MARK" })?;
+        let mark =
+            stack
+                .iter()
+                .rposition(|i| matches!(i, Item::Mark))
+                .ok_or(PickleError::Malformed {
+                    at,
+                    what: "no MARK",
+                })?;
         let items = stack.split_off(mark + 1);
         stack.pop();
         Ok(items
@@ -118,17 +132,26 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
     fn top(stack: &mut [Item], at: usize) -> Result<&mut Value, PickleError> {
         match stack.last_mut() {
             Some(Item::Val(v)) => Ok(v),
-            _ => Err(PickleError::Malformed { at, what: "stack underflow" }),
+            _ => Err(PickleError::Malformed {
+                at,
+                what: "stack underflow",
+            }),
         }
     }
     fn line(data: &[u8], p: &mut usize) -> Result<String, PickleError> {
         let start = *p;
-        let len = data[start..].iter().position(|&b| b == b'\n').ok_or(PickleError::Eof(start))?;
+        let len = data[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or(PickleError::Eof(start))?;
         *p = start + len + 1;
         Ok(String::from_utf8_lossy(&data[start..start + len]).into_owned())
     }
     fn utf8(bytes: &[u8], at: usize) -> Result<String, PickleError> {
-        String::from_utf8(bytes.to_vec()).map_err(|_| PickleError::Malformed { at, what: "invalid utf-8" })
+        String::from_utf8(bytes.to_vec()).map_err(|_| PickleError::Malformed {
+            at,
+            what: "invalid utf-8",
+        })
     }
     fn add_items(target: &mut Value, items: Vec<Value>, at: usize) -> Result<(), PickleError> {
         match target {
@@ -140,7 +163,12 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
                     d.push((k, v));
                 }
             }
-            _ => return Err(PickleError::Malformed { at, what: "items added to a non-container" }),
+            _ => {
+                return Err(PickleError::Malformed {
+                    at,
+                    what: "items added to a non-container",
+                });
+            }
         }
         Ok(())
     }
@@ -162,7 +190,9 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
             0x89 => stack.push(Item::Val(Value::Bool(false))),
             b'J' => {
                 let b = take!(4);
-                stack.push(Item::Val(Value::Int(i64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))));
+                stack.push(Item::Val(Value::Int(i64::from(i32::from_le_bytes([
+                    b[0], b[1], b[2], b[3],
+                ])))));
             }
             b'K' => {
                 let b = take!(1);
@@ -170,7 +200,9 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
             }
             b'M' => {
                 let b = take!(2);
-                stack.push(Item::Val(Value::Int(i64::from(u16::from_le_bytes([b[0], b[1]])))));
+                stack.push(Item::Val(Value::Int(i64::from(u16::from_le_bytes([
+                    b[0], b[1],
+                ])))));
             }
             0x8a => {
                 // LONG1: little-endian two's complement of n bytes
@@ -180,7 +212,11 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
                     stack.push(Item::Val(Value::BigInt(b.to_vec())));
                     continue;
                 }
-                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) { [0xffu8; 8] } else { [0u8; 8] };
+                let mut buf = if b.last().is_some_and(|&x| x & 0x80 != 0) {
+                    [0xffu8; 8]
+                } else {
+                    [0u8; 8]
+                };
                 buf[..n].copy_from_slice(b);
                 stack.push(Item::Val(Value::Int(i64::from_le_bytes(buf))));
             }
@@ -283,7 +319,11 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
                 let v = if callable.is_global("collections", "OrderedDict") && args.is_empty() {
                     Value::Dict(Vec::new())
                 } else {
-                    Value::Call { callable: Box::new(callable), args, state: None }
+                    Value::Call {
+                        callable: Box::new(callable),
+                        args,
+                        state: None,
+                    }
                 };
                 stack.push(Item::Val(v));
             }
@@ -316,13 +356,19 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
             }
             b'h' => {
                 let idx = u32::from(take!(1)[0]);
-                let v = memo.get(&idx).cloned().ok_or(bad!("BINGET of unknown memo slot"))?;
+                let v = memo
+                    .get(&idx)
+                    .cloned()
+                    .ok_or(bad!("BINGET of unknown memo slot"))?;
                 stack.push(Item::Val(v));
             }
             b'j' => {
                 let b = take!(4);
                 let idx = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-                let v = memo.get(&idx).cloned().ok_or(bad!("LONG_BINGET of unknown memo slot"))?;
+                let v = memo
+                    .get(&idx)
+                    .cloned()
+                    .ok_or(bad!("LONG_BINGET of unknown memo slot"))?;
                 stack.push(Item::Val(v));
             }
             b'0' => {
@@ -334,7 +380,10 @@ pub fn read(data: &[u8], pos: &mut usize) -> Result<Value, PickleError> {
     *pos = p;
     match stack.pop() {
         Some(Item::Val(v)) => Ok(v),
-        _ => Err(PickleError::Malformed { at: p, what: "empty stack at STOP" }),
+        _ => Err(PickleError::Malformed {
+            at: p,
+            what: "empty stack at STOP",
+        }),
     }
 }
 
@@ -349,15 +398,27 @@ mod tests {
         let mut pos = 0;
         let v = read(data, &mut pos).unwrap();
         assert_eq!(pos, data.len());
-        let Value::Dict(items) = v else { panic!("not a dict: {v:?}") };
+        let Value::Dict(items) = v else {
+            panic!("not a dict: {v:?}")
+        };
         assert_eq!(items[0].0, Value::Str("a".into()));
         assert_eq!(
             items[0].1,
-            Value::List(vec![Value::Int(1), Value::Int(300), Value::Int(-2), Value::Int(1 << 40)])
+            Value::List(vec![
+                Value::Int(1),
+                Value::Int(300),
+                Value::Int(-2),
+                Value::Int(1 << 40)
+            ])
         );
         assert_eq!(
             items[1].1,
-            Value::Tuple(vec![Value::Bool(true), Value::None, Value::Float(1.5), Value::Str("é".into())])
+            Value::Tuple(vec![
+                Value::Bool(true),
+                Value::None,
+                Value::Float(1.5),
+                Value::Str("é".into())
+            ])
         );
     }
 
@@ -369,7 +430,10 @@ mod tests {
         match v {
             Value::Call { callable, args, .. } => {
                 assert!(callable.is_global("__builtin__", "setattr"));
-                assert_eq!(args, vec![Value::Persistent(Box::new(Value::Str("x".into())))]);
+                assert_eq!(
+                    args,
+                    vec![Value::Persistent(Box::new(Value::Str("x".into())))]
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -377,8 +441,14 @@ mod tests {
 
     #[test]
     fn truncated_and_unknown_input_fail_cleanly() {
-        assert!(matches!(read(b"\x80\x02]q\x00(K\x01", &mut 0), Err(PickleError::Eof(_))));
-        assert!(matches!(read(b"\x80\x02\xff.", &mut 0), Err(PickleError::Opcode { op: 0xff, .. })));
+        assert!(matches!(
+            read(b"\x80\x02]q\x00(K\x01", &mut 0),
+            Err(PickleError::Eof(_))
+        ));
+        assert!(matches!(
+            read(b"\x80\x02\xff.", &mut 0),
+            Err(PickleError::Opcode { op: 0xff, .. })
+        ));
         assert!(read(b"", &mut 0).is_err());
         assert!(read(b"h\x07.", &mut 0).is_err());
         assert!(read(b"a.", &mut 0).is_err());

@@ -63,7 +63,10 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     limits.max_alloc = Some(MAX_DECODE_ALLOC);
     reader.limits(limits);
     // Read dimensions from the header first so the error can say how large the bomb claims to be.
-    let probe = ImageReader::new(Cursor::new(bytes)).with_guessed_format().ok().and_then(|r| r.into_dimensions().ok());
+    let probe = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .ok()
+        .and_then(|r| r.into_dimensions().ok());
     if let Some((width, height)) = probe {
         if width > MAX_SIDE || height > MAX_SIDE {
             return Err(ImageError::TooLarge { width, height });
@@ -83,11 +86,21 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let (nw, nh) = if w <= h {
-        (size, ((u64::from(h) * u64::from(size)).div_ceil(u64::from(w.max(1)))) as u32)
+        (
+            size,
+            ((u64::from(h) * u64::from(size)).div_ceil(u64::from(w.max(1)))) as u32,
+        )
     } else {
-        (((u64::from(w) * u64::from(size)).div_ceil(u64::from(h.max(1)))) as u32, size)
+        (
+            ((u64::from(w) * u64::from(size)).div_ceil(u64::from(h.max(1)))) as u32,
+            size,
+        )
     };
-    let resized = if (nw, nh) == (w, h) { img.clone() } else { image::imageops::resize(img, nw, nh, FilterType::Triangle) };
+    let resized = if (nw, nh) == (w, h) {
+        img.clone()
+    } else {
+        image::imageops::resize(img, nw, nh, FilterType::Triangle)
+    };
     let x = (nw - size) / 2;
     let y = (nh - size) / 2;
     image::imageops::crop_imm(&resized, x, y, size, size).to_image()
@@ -113,8 +126,14 @@ pub const AUGMENTATIONS: [Augmentation; 5] = [
     Augmentation::HorizontalFlip { p: 0.5 },
     Augmentation::Contrast { strength: 0.9 },
     Augmentation::Brightness { strength: 0.1 },
-    Augmentation::FlipThenContrast { p: 0.5, strength: 0.9 },
-    Augmentation::FlipThenBrightness { p: 0.5, strength: 0.1 },
+    Augmentation::FlipThenContrast {
+        p: 0.5,
+        strength: 0.9,
+    },
+    Augmentation::FlipThenBrightness {
+        p: 0.5,
+        strength: 0.1,
+    },
 ];
 
 /// A CHW float image in 0..=1, before normalisation.
@@ -159,7 +178,12 @@ impl Chw {
         let plane = self.size * self.size;
         let (r, rest) = self.data.split_at(plane);
         let (g, b) = rest.split_at(plane);
-        let sum: f32 = r.iter().zip(g).zip(b).map(|((r, g), b)| 0.299 * r + 0.587 * g + 0.114 * b).sum();
+        let sum: f32 = r
+            .iter()
+            .zip(g)
+            .zip(b)
+            .map(|((r, g), b)| 0.299 * r + 0.587 * g + 0.114 * b)
+            .sum();
         let mean = sum / plane as f32;
         for v in &mut self.data {
             *v = (factor * *v + (1.0 - factor) * mean).clamp(0.0, 1.0);

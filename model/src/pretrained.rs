@@ -38,7 +38,9 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsErr
     if bytes.len() > 9 && bytes[8] == b'{' {
         return crate::weights::from_safetensors(bytes);
     }
-    Err(WeightsError::UnknownFormat("neither a legacy torch pickle nor safetensors".into()))
+    Err(WeightsError::UnknownFormat(
+        "neither a legacy torch pickle nor safetensors".into(),
+    ))
 }
 
 struct TensorRef {
@@ -82,12 +84,19 @@ fn storage_kind(name: &str) -> Result<Kind, WeightsError> {
 }
 
 /// Interprets `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...)`.
-fn tensor_ref(v: &Value, storages: &mut HashMap<String, StorageInfo>) -> Result<TensorRef, WeightsError> {
+fn tensor_ref(
+    v: &Value,
+    storages: &mut HashMap<String, StorageInfo>,
+) -> Result<TensorRef, WeightsError> {
     let Value::Call { callable, args, .. } = v else {
         return Err(malformed("state dict value is not a tensor"));
     };
-    if !callable.is_global("torch._utils", "_rebuild_tensor_v2") && !callable.is_global("torch._utils", "_rebuild_tensor") {
-        return Err(malformed(format!("unsupported tensor constructor {callable:?}")));
+    if !callable.is_global("torch._utils", "_rebuild_tensor_v2")
+        && !callable.is_global("torch._utils", "_rebuild_tensor")
+    {
+        return Err(malformed(format!(
+            "unsupported tensor constructor {callable:?}"
+        )));
     }
     let [storage, offset, size, stride, ..] = args.as_slice() else {
         return Err(malformed("tensor constructor has too few arguments"));
@@ -96,7 +105,9 @@ fn tensor_ref(v: &Value, storages: &mut HashMap<String, StorageInfo>) -> Result<
     let Value::Persistent(pid) = storage else {
         return Err(malformed("tensor storage is not a persistent id"));
     };
-    let pid = pid.as_tuple().ok_or_else(|| malformed("storage id is not a tuple"))?;
+    let pid = pid
+        .as_tuple()
+        .ok_or_else(|| malformed("storage id is not a tuple"))?;
     let [tag, ty, key, _location, numel, ..] = pid else {
         return Err(malformed("storage id too short"));
     };
@@ -106,12 +117,25 @@ fn tensor_ref(v: &Value, storages: &mut HashMap<String, StorageInfo>) -> Result<
     let Value::Global(_, type_name) = ty else {
         return Err(malformed("storage type is not a class"));
     };
-    let key = key.as_str().ok_or_else(|| malformed("storage key is not a string"))?.to_owned();
-    let numel = numel.as_int().ok_or_else(|| malformed("storage size is not an int"))?;
-    storages.insert(key.clone(), StorageInfo { kind: storage_kind(type_name)?, numel });
+    let key = key
+        .as_str()
+        .ok_or_else(|| malformed("storage key is not a string"))?
+        .to_owned();
+    let numel = numel
+        .as_int()
+        .ok_or_else(|| malformed("storage size is not an int"))?;
+    storages.insert(
+        key.clone(),
+        StorageInfo {
+            kind: storage_kind(type_name)?,
+            numel,
+        },
+    );
     Ok(TensorRef {
         storage_key: key,
-        offset: offset.as_int().ok_or_else(|| malformed("offset is not an int"))?,
+        offset: offset
+            .as_int()
+            .ok_or_else(|| malformed("offset is not an int"))?,
         size: ints(size)?,
         stride: ints(stride)?,
     })
@@ -123,7 +147,9 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
     let mut pos = 0;
     let magic = pickle::read(bytes, &mut pos)?;
     if magic != Value::BigInt(LEGACY_MAGIC.to_vec()) {
-        return Err(WeightsError::UnknownFormat("a pickle, but not a torch.save file".into()));
+        return Err(WeightsError::UnknownFormat(
+            "a pickle, but not a torch.save file".into(),
+        ));
     }
     let _protocol = pickle::read(bytes, &mut pos)?;
     let _sys_info = pickle::read(bytes, &mut pos)?;
@@ -133,37 +159,64 @@ fn read_legacy(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
     let entries = match obj {
         Value::Dict(items) => items,
         // {'state_dict': {...}} wrappers are common in checkpoints.
-        other => return Err(malformed(format!("top-level object is not a state dict: {other:?}"))),
+        other => {
+            return Err(malformed(format!(
+                "top-level object is not a state dict: {other:?}"
+            )));
+        }
     };
     let mut storages = HashMap::new();
     let mut refs = Vec::with_capacity(entries.len());
     for (name, value) in &entries {
-        let name = name.as_str().ok_or_else(|| malformed("state dict key is not a string"))?;
+        let name = name
+            .as_str()
+            .ok_or_else(|| malformed("state dict key is not a string"))?;
         refs.push((name.to_owned(), tensor_ref(value, &mut storages)?));
     }
 
-    let keys = keys.as_tuple().ok_or_else(|| malformed("storage key list missing"))?;
+    let keys = keys
+        .as_tuple()
+        .ok_or_else(|| malformed("storage key list missing"))?;
     let mut data: HashMap<String, Tensor> = HashMap::new();
     for key in keys {
-        let key = key.as_str().ok_or_else(|| malformed("storage key is not a string"))?;
-        let info = storages.get(key).ok_or_else(|| malformed(format!("storage {key} is not used by any tensor")))?;
-        let head = bytes.get(pos..pos + 8).ok_or_else(|| malformed("file ends before a storage header"))?;
+        let key = key
+            .as_str()
+            .ok_or_else(|| malformed("storage key is not a string"))?;
+        let info = storages
+            .get(key)
+            .ok_or_else(|| malformed(format!("storage {key} is not used by any tensor")))?;
+        let head = bytes
+            .get(pos..pos + 8)
+            .ok_or_else(|| malformed("file ends before a storage header"))?;
         let mut n = [0u8; 8];
         n.copy_from_slice(head);
         let numel = i64::from_le_bytes(n);
         pos += 8;
         if numel != info.numel || numel < 0 {
-            return Err(malformed(format!("storage {key} holds {numel} elements, the pickle says {}", info.numel)));
+            return Err(malformed(format!(
+                "storage {key} holds {numel} elements, the pickle says {}",
+                info.numel
+            )));
         }
-        let len = usize::try_from(numel).map_err(|_| malformed("storage too large"))? * info.kind.elt_size_in_bytes();
-        let raw = bytes.get(pos..pos + len).ok_or_else(|| malformed(format!("file ends inside storage {key}")))?;
+        let len = usize::try_from(numel).map_err(|_| malformed("storage too large"))?
+            * info.kind.elt_size_in_bytes();
+        let raw = bytes
+            .get(pos..pos + len)
+            .ok_or_else(|| malformed(format!("file ends inside storage {key}")))?;
         pos += len;
-        data.insert(key.to_owned(), Tensor::f_from_data_size(raw, &[numel], info.kind)?);
+        data.insert(
+            key.to_owned(),
+            Tensor::f_from_data_size(raw, &[numel], info.kind)?,
+        );
     }
     refs.into_iter()
         .map(|(name, r)| {
-            let storage = data.get(&r.storage_key).ok_or_else(|| malformed(format!("no data for storage {}", r.storage_key)))?;
-            let t = storage.f_as_strided(&r.size, &r.stride, Some(r.offset))?.f_contiguous()?;
+            let storage = data
+                .get(&r.storage_key)
+                .ok_or_else(|| malformed(format!("no data for storage {}", r.storage_key)))?;
+            let t = storage
+                .f_as_strided(&r.size, &r.stride, Some(r.offset))?
+                .f_contiguous()?;
             Ok((name, t))
         })
         .collect()

@@ -18,7 +18,11 @@ fn dtype(kind: Kind) -> Result<Dtype, WeightsError> {
         Kind::Int => Dtype::I32,
         Kind::Uint8 => Dtype::U8,
         Kind::Bool => Dtype::BOOL,
-        other => return Err(WeightsError::Mismatch(format!("cannot store {other:?} tensors"))),
+        other => {
+            return Err(WeightsError::Mismatch(format!(
+                "cannot store {other:?} tensors"
+            )));
+        }
     })
 }
 
@@ -32,7 +36,11 @@ fn kind(dtype: Dtype) -> Result<Kind, WeightsError> {
         Dtype::I32 => Kind::Int,
         Dtype::U8 => Kind::Uint8,
         Dtype::BOOL => Kind::Bool,
-        other => return Err(WeightsError::Mismatch(format!("unsupported safetensors dtype {other:?}"))),
+        other => {
+            return Err(WeightsError::Mismatch(format!(
+                "unsupported safetensors dtype {other:?}"
+            )));
+        }
     })
 }
 
@@ -59,7 +67,8 @@ pub fn to_safetensors(named: &[(String, Tensor)]) -> Result<Vec<u8>, WeightsErro
 
 /// Parses safetensors bytes into CPU tensors.
 pub fn from_safetensors(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsError> {
-    let st = SafeTensors::deserialize(bytes).map_err(|e| WeightsError::UnknownFormat(format!("invalid safetensors: {e}")))?;
+    let st = SafeTensors::deserialize(bytes)
+        .map_err(|e| WeightsError::UnknownFormat(format!("invalid safetensors: {e}")))?;
     st.tensors()
         .into_iter()
         .map(|(name, view)| {

@@ -1,7 +1,9 @@
 //! Network shapes, weight round trips and the preprocessing contract.
 
 use face2simpson_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE};
-use face2simpson_model::{AUGMENTATIONS, Augmentation, CLASSES, Classifier, ImageError, Preprocessor, decode};
+use face2simpson_model::{
+    AUGMENTATIONS, Augmentation, CLASSES, Classifier, ImageError, Preprocessor, decode,
+};
 use image::{Rgb, RgbImage};
 use tch::{Device, Kind, Tensor};
 
@@ -12,7 +14,13 @@ fn png(img: &RgbImage) -> Vec<u8> {
 }
 
 fn gradient(w: u32, h: u32) -> RgbImage {
-    RgbImage::from_fn(w, h, |x, y| Rgb([(x * 255 / w) as u8, (y * 255 / h) as u8, ((x + y) % 256) as u8]))
+    RgbImage::from_fn(w, h, |x, y| {
+        Rgb([
+            (x * 255 / w) as u8,
+            (y * 255 / h) as u8,
+            ((x + y) % 256) as u8,
+        ])
+    })
 }
 
 #[test]
@@ -32,7 +40,8 @@ fn shapes() {
     assert_eq!(net.logits(&x, false).size(), [3, 4]);
     assert_eq!(net.net().embed(&x, false).size(), [3, 1280]);
     let p = net.predict(&x);
-    let sums = Vec::<f32>::try_from(p.sum_dim_intlist(Some([1i64].as_slice()), false, Kind::Float)).unwrap();
+    let sums = Vec::<f32>::try_from(p.sum_dim_intlist(Some([1i64].as_slice()), false, Kind::Float))
+        .unwrap();
     assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
 }
 
@@ -55,7 +64,10 @@ fn safetensors_round_trip_preserves_outputs() {
     let mut b = Classifier::new(Device::Cpu, 0.2);
     b.load_weights(&bytes).unwrap();
     let x = Tensor::randn([2, 3, 48, 48], (Kind::Float, Device::Cpu));
-    assert!(a.logits(&x, false).allclose(&b.logits(&x, false), 1e-6, 1e-6, false));
+    assert!(
+        a.logits(&x, false)
+            .allclose(&b.logits(&x, false), 1e-6, 1e-6, false)
+    );
     assert!(b.load_weights(&bytes[..bytes.len() / 2]).is_err());
 }
 
@@ -67,8 +79,14 @@ fn exactly_the_seed_augmentations() {
             Augmentation::HorizontalFlip { p: 0.5 },
             Augmentation::Contrast { strength: 0.9 },
             Augmentation::Brightness { strength: 0.1 },
-            Augmentation::FlipThenContrast { p: 0.5, strength: 0.9 },
-            Augmentation::FlipThenBrightness { p: 0.5, strength: 0.1 },
+            Augmentation::FlipThenContrast {
+                p: 0.5,
+                strength: 0.9
+            },
+            Augmentation::FlipThenBrightness {
+                p: 0.5,
+                strength: 0.1
+            },
         ]
     );
 }
@@ -78,10 +96,15 @@ fn training_preprocessing_is_deterministic_per_seed() {
     let pre = Preprocessor::new(32);
     let img = pre.fit(&gradient(50, 40));
     assert_eq!(pre.train(&img, 7), pre.train(&img, 7));
-    let distinct: std::collections::HashSet<Vec<u32>> =
-        (0..40).map(|s| pre.train(&img, s).iter().map(|v| v.to_bits()).collect()).collect();
+    let distinct: std::collections::HashSet<Vec<u32>> = (0..40)
+        .map(|s| pre.train(&img, s).iter().map(|v| v.to_bits()).collect())
+        .collect();
     // Flips, two jitters and the no-op branches of RandomApply give many distinct outputs.
-    assert!(distinct.len() > 10, "only {} distinct augmentations", distinct.len());
+    assert!(
+        distinct.len() > 10,
+        "only {} distinct augmentations",
+        distinct.len()
+    );
     // Every output is a normalised image of the right length.
     assert!(distinct.iter().all(|v| v.len() == 3 * 32 * 32));
 }
@@ -96,7 +119,10 @@ fn brightness_and_contrast_stay_in_their_ranges() {
         // Undo normalisation on the red channel: a flat grey stays flat; brightness scales it by 0.9–1.1,
         // contrast leaves a flat image unchanged.
         let r = x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0];
-        assert!((base * 0.9 - 1e-4..=base * 1.1 + 1e-4).contains(&r), "seed {seed}: {r}");
+        assert!(
+            (base * 0.9 - 1e-4..=base * 1.1 + 1e-4).contains(&r),
+            "seed {seed}: {r}"
+        );
     }
 }
 
@@ -111,7 +137,13 @@ fn eval_normalises_with_imagenet_statistics() {
 #[test]
 fn resize_keeps_aspect_then_crops_centre() {
     let pre = Preprocessor::new(100);
-    let wide = RgbImage::from_fn(400, 200, |x, _| if (150..250).contains(&x) { Rgb([255, 0, 0]) } else { Rgb([0, 0, 255]) });
+    let wide = RgbImage::from_fn(400, 200, |x, _| {
+        if (150..250).contains(&x) {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
     let out = pre.fit(&wide);
     assert_eq!(out.dimensions(), (100, 100));
     // The centre strip (x 150..250 of 400) becomes x 75..125 of 200, i.e. 25..75 after the crop.
@@ -126,7 +158,10 @@ fn bad_images_are_refused_with_a_reason() {
     assert_eq!(decode(b"hello, not an image"), Err(ImageError::NotAnImage));
     let good = png(&gradient(64, 64));
     assert!(decode(&good).is_ok());
-    assert!(matches!(decode(&good[..good.len() / 2]), Err(ImageError::Corrupt(_))));
+    assert!(matches!(
+        decode(&good[..good.len() / 2]),
+        Err(ImageError::Corrupt(_))
+    ));
 }
 
 /// A 40000×40000 PNG header on a tiny file must be refused before any pixel buffer exists.
@@ -139,6 +174,12 @@ fn decompression_bomb_is_refused_from_its_header() {
     let crc = crc32fast::hash(&bomb[12..29]);
     bomb[29..33].copy_from_slice(&crc.to_be_bytes());
     assert!(bomb.len() < 200);
-    assert_eq!(decode(&bomb), Err(ImageError::TooLarge { width: 40_000, height: 40_000 }));
+    assert_eq!(
+        decode(&bomb),
+        Err(ImageError::TooLarge {
+            width: 40_000,
+            height: 40_000
+        })
+    );
     assert!(40_000 > MAX_SIDE);
 }

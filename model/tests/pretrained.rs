@@ -13,7 +13,8 @@ fn pth() -> Vec<u8> {
 
 fn imagenet() -> Classifier {
     let mut net = Classifier::with_classes(Device::Cpu, 1000, 0.2);
-    net.load_weights(&pth()).expect("the .pth covers every tensor of the 1000-class model");
+    net.load_weights(&pth())
+        .expect("the .pth covers every tensor of the 1000-class model");
     net
 }
 
@@ -27,7 +28,10 @@ fn top5(net: &Classifier, png: &[u8]) -> Vec<i64> {
 
 #[test]
 fn file_is_the_published_one() {
-    let digest: String = Sha256::digest(pth()).iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = Sha256::digest(pth())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     assert_eq!(digest, SHA256);
 }
 
@@ -35,14 +39,20 @@ fn file_is_the_published_one() {
 fn legacy_pth_has_torchvision_names_and_shapes() {
     let dict = read_state_dict(&pth()).unwrap();
     let get = |name: &str| {
-        dict.iter().find(|(n, _)| n == name).map(|(_, t)| t.size()).unwrap_or_else(|| panic!("{name} missing"))
+        dict.iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, t)| t.size())
+            .unwrap_or_else(|| panic!("{name} missing"))
     };
     assert_eq!(get("features.0.0.weight"), [32, 3, 3, 3]);
     assert_eq!(get("features.1.conv.0.0.weight"), [32, 1, 3, 3]);
     assert_eq!(get("features.18.0.weight"), [1280, 320, 1, 1]);
     assert_eq!(get("classifier.1.weight"), [1000, 1280]);
     // Trained batch-norm statistics, not the initial zeros/ones.
-    let var = dict.iter().find(|(n, _)| n == "features.0.1.running_var").unwrap();
+    let var = dict
+        .iter()
+        .find(|(n, _)| n == "features.0.1.running_var")
+        .unwrap();
     assert!(var.1.mean(Kind::Float).double_value(&[]) != 1.0);
 }
 
@@ -54,7 +64,10 @@ fn classifies_imagenet_photos() {
     assert!((281..=285).contains(&cat[0]), "cat photo top-5 {cat:?}");
     // 967 espresso, 968 cup, 504 coffee mug.
     let cup = top5(&net, include_bytes!("fixtures/coffee.png"));
-    assert!([967, 968, 504].contains(&cup[0]), "coffee photo top-5 {cup:?}");
+    assert!(
+        [967, 968, 504].contains(&cup[0]),
+        "coffee photo top-5 {cup:?}"
+    );
 }
 
 #[test]
@@ -63,10 +76,19 @@ fn backbone_loads_into_the_four_class_model() {
     let head_before = net.var_store().variables()["classifier.1.weight"].copy();
     let n = net.load_backbone(&pth()).unwrap();
     let vars = net.var_store().variables();
-    assert_eq!(n, vars.keys().filter(|k| k.starts_with("features.")).count());
-    assert!(vars["classifier.1.weight"].equal(&head_before), "head must stay as initialised");
+    assert_eq!(
+        n,
+        vars.keys().filter(|k| k.starts_with("features.")).count()
+    );
+    assert!(
+        vars["classifier.1.weight"].equal(&head_before),
+        "head must stay as initialised"
+    );
     let reference = read_state_dict(&pth()).unwrap();
-    let (_, w) = reference.iter().find(|(n, _)| n == "features.5.conv.1.0.weight").unwrap();
+    let (_, w) = reference
+        .iter()
+        .find(|(n, _)| n == "features.5.conv.1.0.weight")
+        .unwrap();
     assert!(vars["features.5.conv.1.0.weight"].equal(w));
 }
 
@@ -74,9 +96,19 @@ fn backbone_loads_into_the_four_class_model() {
 fn wrong_files_are_refused() {
     let mut net = Classifier::new(Device::Cpu, 0.2);
     assert!(net.load_backbone(b"").is_err());
-    assert!(net.load_backbone(b"PK\x03\x04rest-of-a-zip").unwrap_err().to_string().contains("zip"));
+    assert!(
+        net.load_backbone(b"PK\x03\x04rest-of-a-zip")
+            .unwrap_err()
+            .to_string()
+            .contains("zip")
+    );
     let truncated = &pth()[..100_000];
     assert!(net.load_backbone(truncated).is_err());
     // A full 1000-class file does not fit a 4-class head.
-    assert!(net.load_weights(&pth()).unwrap_err().to_string().contains("shape"));
+    assert!(
+        net.load_weights(&pth())
+            .unwrap_err()
+            .to_string()
+            .contains("shape")
+    );
 }

@@ -9,7 +9,8 @@ use std::f32::consts::PI;
 
 use image::{ImageFormat, Rgb, RgbImage, Rgba, RgbaImage};
 use imageproc::drawing::{
-    draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_line_segment_mut, draw_polygon_mut,
+    draw_filled_circle_mut, draw_filled_ellipse_mut, draw_filled_rect_mut, draw_line_segment_mut,
+    draw_polygon_mut,
 };
 use imageproc::geometric_transformations::{Interpolation, rotate_about_center};
 use imageproc::point::Point;
@@ -27,7 +28,12 @@ pub fn draw(class: usize, size: u32, seed: u64) -> RgbImage {
     let mut layer = RgbaImage::new(size, size);
     let scale = rng.random_range(0.55..0.85) * s;
     let (cx, cy) = (s / 2.0, s * 0.58);
-    let skin = Rgba([rng.random_range(230..=255), rng.random_range(195..=225), rng.random_range(0..=60), 255]);
+    let skin = Rgba([
+        rng.random_range(230..=255),
+        rng.random_range(195..=225),
+        rng.random_range(0..=60),
+        255,
+    ]);
     let head_w = scale * 0.26;
     let head_h = scale * 0.34;
     match class {
@@ -36,7 +42,16 @@ pub fn draw(class: usize, size: u32, seed: u64) -> RgbImage {
         2 => bart(&mut layer, cx, cy, head_w, head_h, skin, &mut rng),
         _ => lisa(&mut layer, cx, cy, head_w, head_h, skin, &mut rng),
     }
-    face(&mut layer, cx, cy, head_w, head_h, skin, class == 0, &mut rng);
+    face(
+        &mut layer,
+        cx,
+        cy,
+        head_w,
+        head_h,
+        skin,
+        class == 0,
+        &mut rng,
+    );
 
     let angle = rng.random_range(-0.35..0.35);
     let layer = rotate_about_center(&layer, angle, Interpolation::Bilinear, Rgba([0, 0, 0, 0]));
@@ -57,11 +72,21 @@ pub fn encode(img: &RgbImage, format: ImageFormat) -> Vec<u8> {
 }
 
 fn background(size: u32, rng: &mut impl Rng) -> RgbImage {
-    let c0 = [rng.random_range(0..=255u8), rng.random_range(0..=255u8), rng.random_range(0..=255u8)];
-    let c1 = [rng.random_range(0..=255u8), rng.random_range(0..=255u8), rng.random_range(0..=255u8)];
+    let c0 = [
+        rng.random_range(0..=255u8),
+        rng.random_range(0..=255u8),
+        rng.random_range(0..=255u8),
+    ];
+    let c1 = [
+        rng.random_range(0..=255u8),
+        rng.random_range(0..=255u8),
+        rng.random_range(0..=255u8),
+    ];
     let mut img = RgbImage::from_fn(size, size, |_, y| {
         let t = y as f32 / size as f32;
-        Rgb(std::array::from_fn(|i| (f32::from(c0[i]) * (1.0 - t) + f32::from(c1[i]) * t) as u8))
+        Rgb(std::array::from_fn(|i| {
+            (f32::from(c0[i]) * (1.0 - t) + f32::from(c1[i]) * t) as u8
+        }))
     });
     for _ in 0..rng.random_range(0..5) {
         let colour = Rgb([rng.random(), rng.random(), rng.random()]);
@@ -71,7 +96,11 @@ fn background(size: u32, rng: &mut impl Rng) -> RgbImage {
         if rng.random_bool(0.5) {
             draw_filled_circle_mut(&mut img, (x, y), r, colour);
         } else {
-            draw_filled_rect_mut(&mut img, Rect::at(x, y).of_size(r as u32 * 2, r as u32), colour);
+            draw_filled_rect_mut(
+                &mut img,
+                Rect::at(x, y).of_size(r as u32 * 2, r as u32),
+                colour,
+            );
         }
     }
     img
@@ -125,11 +154,30 @@ fn head(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>) {
     draw_filled_ellipse_mut(img, (cx as i32, cy as i32), w as i32, h as i32, skin);
 }
 
-fn homer(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, rng: &mut impl Rng) {
+fn homer(
+    img: &mut RgbaImage,
+    cx: f32,
+    cy: f32,
+    w: f32,
+    h: f32,
+    skin: Rgba<u8>,
+    rng: &mut impl Rng,
+) {
     head(img, cx, cy, w, h, skin);
     // Stubble: a grey-brown muzzle around mouth and jaw, speckled.
-    let stubble = Rgba([rng.random_range(140..=180), rng.random_range(110..=140), rng.random_range(60..=100), 255]);
-    draw_filled_ellipse_mut(img, (cx as i32, (cy + h * 0.55) as i32), (w * 0.85) as i32, (h * 0.42) as i32, stubble);
+    let stubble = Rgba([
+        rng.random_range(140..=180),
+        rng.random_range(110..=140),
+        rng.random_range(60..=100),
+        255,
+    ]);
+    draw_filled_ellipse_mut(
+        img,
+        (cx as i32, (cy + h * 0.55) as i32),
+        (w * 0.85) as i32,
+        (h * 0.42) as i32,
+        stubble,
+    );
     for _ in 0..25 {
         let x = cx + rng.random_range(-0.7..0.7) * w;
         let y = cy + h * rng.random_range(0.3..0.85);
@@ -152,19 +200,44 @@ fn homer(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, 
     }
 }
 
-fn marge(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, rng: &mut impl Rng) {
-    let blue = Rgba([rng.random_range(20..=70), rng.random_range(60..=110), rng.random_range(180..=255), 255]);
+fn marge(
+    img: &mut RgbaImage,
+    cx: f32,
+    cy: f32,
+    w: f32,
+    h: f32,
+    skin: Rgba<u8>,
+    rng: &mut impl Rng,
+) {
+    let blue = Rgba([
+        rng.random_range(20..=70),
+        rng.random_range(60..=110),
+        rng.random_range(180..=255),
+        255,
+    ]);
     // A beehive about twice the head's height, stacked in lumps.
     let tower = h * rng.random_range(1.8..2.4);
     let lumps = 4;
     for i in 0..lumps {
         let t = i as f32 / (lumps - 1) as f32;
         let y = cy - h * 0.6 - tower * t;
-        draw_filled_ellipse_mut(img, (cx as i32, y as i32), (w * (0.95 - 0.2 * t)) as i32, (tower / 3.0) as i32, blue);
+        draw_filled_ellipse_mut(
+            img,
+            (cx as i32, y as i32),
+            (w * (0.95 - 0.2 * t)) as i32,
+            (tower / 3.0) as i32,
+            blue,
+        );
     }
     head(img, cx, cy, w, h, skin);
     // Fringe over the forehead.
-    draw_filled_ellipse_mut(img, (cx as i32, (cy - h * 0.75) as i32), (w * 0.9) as i32, (h * 0.3) as i32, blue);
+    draw_filled_ellipse_mut(
+        img,
+        (cx as i32, (cy - h * 0.75) as i32),
+        (w * 0.9) as i32,
+        (h * 0.3) as i32,
+        blue,
+    );
 }
 
 fn bart(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, rng: &mut impl Rng) {
@@ -198,33 +271,78 @@ fn lisa(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, r
         let a = PI + PI * (i as f32 + 0.5) / points as f32 + rng.random_range(-0.08..0.08);
         let base = 0.25;
         let tip = pt(cx + a.cos() * w * reach, cy + a.sin() * h * reach);
-        let l = pt(cx + (a - base).cos() * w * 0.8, cy + (a - base).sin() * h * 0.8);
-        let r = pt(cx + (a + base).cos() * w * 0.8, cy + (a + base).sin() * h * 0.8);
+        let l = pt(
+            cx + (a - base).cos() * w * 0.8,
+            cy + (a - base).sin() * h * 0.8,
+        );
+        let r = pt(
+            cx + (a + base).cos() * w * 0.8,
+            cy + (a + base).sin() * h * 0.8,
+        );
         polygon(img, &[l, tip, r], skin);
     }
     head(img, cx, cy, w, h, skin);
     // Pearl necklace under the chin.
     for i in 0..7 {
         let x = cx - w * 0.6 + w * 1.2 * i as f32 / 6.0;
-        draw_filled_circle_mut(img, (x as i32, (cy + h * 1.05) as i32), (w * 0.07).max(1.0) as i32, Rgba([250, 250, 250, 255]));
+        draw_filled_circle_mut(
+            img,
+            (x as i32, (cy + h * 1.05) as i32),
+            (w * 0.07).max(1.0) as i32,
+            Rgba([250, 250, 250, 255]),
+        );
     }
 }
 
 #[allow(clippy::too_many_arguments)]
-fn face(img: &mut RgbaImage, cx: f32, cy: f32, w: f32, h: f32, skin: Rgba<u8>, stubble: bool, rng: &mut impl Rng) {
+fn face(
+    img: &mut RgbaImage,
+    cx: f32,
+    cy: f32,
+    w: f32,
+    h: f32,
+    skin: Rgba<u8>,
+    stubble: bool,
+    rng: &mut impl Rng,
+) {
     let eye_r = (w * rng.random_range(0.22..0.3)).max(2.0);
     let eye_y = cy - h * 0.15;
     for side in [-1.0f32, 1.0] {
         let ex = cx + side * w * 0.35;
-        draw_filled_circle_mut(img, (ex as i32, eye_y as i32), eye_r as i32, Rgba([255, 255, 255, 255]));
+        draw_filled_circle_mut(
+            img,
+            (ex as i32, eye_y as i32),
+            eye_r as i32,
+            Rgba([255, 255, 255, 255]),
+        );
         let look = rng.random_range(-0.3..0.3) * eye_r;
-        draw_filled_circle_mut(img, ((ex + look) as i32, eye_y as i32), (eye_r * 0.3).max(1.0) as i32, Rgba([0, 0, 0, 255]));
+        draw_filled_circle_mut(
+            img,
+            ((ex + look) as i32, eye_y as i32),
+            (eye_r * 0.3).max(1.0) as i32,
+            Rgba([0, 0, 0, 255]),
+        );
     }
     // Nose and mouth.
-    draw_filled_ellipse_mut(img, (cx as i32, (cy + h * 0.1) as i32), (w * 0.14) as i32, (h * 0.1) as i32, skin);
+    draw_filled_ellipse_mut(
+        img,
+        (cx as i32, (cy + h * 0.1) as i32),
+        (w * 0.14) as i32,
+        (h * 0.1) as i32,
+        skin,
+    );
     let mouth_y = cy + h * 0.55;
-    let mouth = if stubble { Rgba([60, 20, 20, 255]) } else { Rgba([120, 30, 30, 255]) };
-    draw_line_segment_mut(img, (cx - w * 0.3, mouth_y), (cx + w * 0.3, mouth_y + rng.random_range(-2.0..2.0)), mouth);
+    let mouth = if stubble {
+        Rgba([60, 20, 20, 255])
+    } else {
+        Rgba([120, 30, 30, 255])
+    };
+    draw_line_segment_mut(
+        img,
+        (cx - w * 0.3, mouth_y),
+        (cx + w * 0.3, mouth_y + rng.random_range(-2.0..2.0)),
+        mouth,
+    );
 }
 
 #[cfg(test)]

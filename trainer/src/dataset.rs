@@ -25,11 +25,19 @@ pub enum DatasetError {
     #[error("unknown split folder {folder:?} in {prefix}; expected only train/ and test/")]
     UnknownSplit { prefix: String, folder: String },
     #[error("unknown class folder {split}/{folder} in {prefix}; the classes are {}", CLASSES.join(", "))]
-    UnknownClass { prefix: String, split: String, folder: String },
+    UnknownClass {
+        prefix: String,
+        split: String,
+        folder: String,
+    },
     #[error("split {split} of {prefix} is empty")]
     EmptySplit { prefix: String, split: String },
     #[error("class {class} of split {split} in {prefix} has no usable images")]
-    EmptyClass { prefix: String, split: String, class: String },
+    EmptyClass {
+        prefix: String,
+        split: String,
+        class: String,
+    },
     #[error("decoding worker failed: {0}")]
     Worker(String),
 }
@@ -73,17 +81,28 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
     let prefix = prefix.trim_matches('/');
     let objects = storage.list(prefix).await?;
     if objects.is_empty() {
-        return Err(DatasetError::Missing { prefix: prefix.to_owned() });
+        return Err(DatasetError::Missing {
+            prefix: prefix.to_owned(),
+        });
     }
     let mut listing = Listing::default();
     for meta in objects {
         let key = meta.location.to_string();
-        let rel = key.strip_prefix(prefix).unwrap_or(&key).trim_start_matches('/');
+        let rel = key
+            .strip_prefix(prefix)
+            .unwrap_or(&key)
+            .trim_start_matches('/');
         let parts: Vec<&str> = rel.split('/').collect();
-        let skip = |reason: &str| SkippedFile { path: key.clone(), reason: reason.to_owned() };
+        let skip = |reason: &str| SkippedFile {
+            path: key.clone(),
+            reason: reason.to_owned(),
+        };
         let [split, class, file] = parts.as_slice() else {
             if parts.len() >= 2 && !artifacts::layout::SPLITS.contains(&parts[0]) {
-                return Err(DatasetError::UnknownSplit { prefix: prefix.to_owned(), folder: parts[0].to_owned() });
+                return Err(DatasetError::UnknownSplit {
+                    prefix: prefix.to_owned(),
+                    folder: parts[0].to_owned(),
+                });
             }
             listing.skipped.push(skip("not at <split>/<class>/<file>"));
             continue;
@@ -91,7 +110,12 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
         let target = match *split {
             "train" => &mut listing.train,
             "test" => &mut listing.test,
-            other => return Err(DatasetError::UnknownSplit { prefix: prefix.to_owned(), folder: other.to_owned() }),
+            other => {
+                return Err(DatasetError::UnknownSplit {
+                    prefix: prefix.to_owned(),
+                    folder: other.to_owned(),
+                });
+            }
         };
         let Some(label) = class_index(class) else {
             return Err(DatasetError::UnknownClass {
@@ -100,9 +124,14 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
                 folder: (*class).to_owned(),
             });
         };
-        let ext = file.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
+        let ext = file
+            .rsplit_once('.')
+            .map(|(_, e)| e.to_ascii_lowercase())
+            .unwrap_or_default();
         if file.starts_with('.') || !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
-            listing.skipped.push(skip("not a .jpg, .jpeg, .png or .webp file"));
+            listing
+                .skipped
+                .push(skip("not a .jpg, .jpeg, .png or .webp file"));
             continue;
         }
         if meta.size as usize > model::preprocess::MAX_FILE_BYTES {
@@ -113,7 +142,11 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
             )));
             continue;
         }
-        target.push(Entry { key: key.clone(), label, size: meta.size });
+        target.push(Entry {
+            key: key.clone(),
+            label,
+            size: meta.size,
+        });
     }
     for (split, entries) in [("train", &listing.train), ("test", &listing.test)] {
         check_classes(prefix, split, entries.iter().map(|e| e.label))?;
@@ -121,13 +154,20 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
     Ok(listing)
 }
 
-fn check_classes(prefix: &str, split: &str, labels: impl Iterator<Item = usize>) -> Result<(), DatasetError> {
+fn check_classes(
+    prefix: &str,
+    split: &str,
+    labels: impl Iterator<Item = usize>,
+) -> Result<(), DatasetError> {
     let mut counts = [0usize; CLASSES.len()];
     for l in labels {
         counts[l] += 1;
     }
     if counts.iter().all(|&c| c == 0) {
-        return Err(DatasetError::EmptySplit { prefix: prefix.to_owned(), split: split.to_owned() });
+        return Err(DatasetError::EmptySplit {
+            prefix: prefix.to_owned(),
+            split: split.to_owned(),
+        });
     }
     if let Some(i) = counts.iter().position(|&c| c == 0) {
         return Err(DatasetError::EmptyClass {
@@ -157,7 +197,11 @@ pub async fn load(
     on_loaded: impl Fn(),
 ) -> Result<Dataset, DatasetError> {
     let prefix = prefix.trim_matches('/');
-    let Listing { train, test, mut skipped } = listing;
+    let Listing {
+        train,
+        test,
+        mut skipped,
+    } = listing;
     let fetch = |entries: Vec<Entry>| {
         let storage = storage.clone();
         let on_loaded = &on_loaded;
@@ -171,10 +215,17 @@ pub async fn load(
                             let digest: [u8; 32] = Sha256::digest(&bytes).into();
                             match model::decode(&bytes) {
                                 Ok(img) => Loaded::Ok(
-                                    Sample { key: entry.key, label: entry.label, image: pre.fit(&img) },
+                                    Sample {
+                                        key: entry.key,
+                                        label: entry.label,
+                                        image: pre.fit(&img),
+                                    },
                                     digest,
                                 ),
-                                Err(e) => Loaded::Skipped(SkippedFile { path: entry.key, reason: e.to_string() }),
+                                Err(e) => Loaded::Skipped(SkippedFile {
+                                    path: entry.key,
+                                    reason: e.to_string(),
+                                }),
                             }
                         })
                         .await
@@ -221,7 +272,13 @@ pub async fn load(
     }
     let fingerprint = format!("sha256:{}", hex(&hasher.finalize()));
     let (train, val) = split_validation(train, val_fraction, seed);
-    Ok(Dataset { train, val, test, skipped, fingerprint })
+    Ok(Dataset {
+        train,
+        val,
+        test,
+        skipped,
+        fingerprint,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -230,7 +287,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Stratified and deterministic: per class, shuffle by `seed` and move `val_fraction` of the
 /// images (at least one when the class has two or more) to validation.
-pub fn split_validation(train: Vec<Sample>, val_fraction: f64, seed: u64) -> (Vec<Sample>, Vec<Sample>) {
+pub fn split_validation(
+    train: Vec<Sample>,
+    val_fraction: f64,
+    seed: u64,
+) -> (Vec<Sample>, Vec<Sample>) {
     let mut by_class: Vec<Vec<Sample>> = vec![Vec::new(); CLASSES.len()];
     for s in train {
         by_class[s.label].push(s);

@@ -25,11 +25,16 @@ pub async fn generate_dataset(
     for (class, name) in CLASSES.iter().enumerate() {
         for (split, n) in [("train", per_class), ("test", test_per_class)] {
             for i in 0..n {
-                let (format, ext) = if i % 2 == 0 { (ImageFormat::Png, "png") } else { (ImageFormat::Jpeg, "jpg") };
+                let (format, ext) = if i % 2 == 0 {
+                    (ImageFormat::Png, "png")
+                } else {
+                    (ImageFormat::Jpeg, "jpg")
+                };
                 let key = format!("{prefix}/{split}/{name}/{i:05}.{ext}");
                 // Distinct seeds per split keep test images out of the training set.
                 let split_salt: u64 = if split == "train" { 0 } else { 1 << 32 };
-                let img_seed = seed.wrapping_mul(1_000_003) ^ split_salt ^ ((class as u64) << 48) ^ i as u64;
+                let img_seed =
+                    seed.wrapping_mul(1_000_003) ^ split_salt ^ ((class as u64) << 48) ^ i as u64;
                 jobs.push((key, class, img_seed, format));
             }
         }
@@ -38,11 +43,16 @@ pub async fn generate_dataset(
     let encoded: Vec<(String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         jobs.into_par_iter()
-            .map(|(key, class, s, format)| (key, datagen::encode(&datagen::draw(class, size, s), format)))
+            .map(|(key, class, s, format)| {
+                (key, datagen::encode(&datagen::draw(class, size, s), format))
+            })
             .collect()
     })
     .await
-    .map_err(|e| StorageError::InvalidUrl { url: storage.url().to_owned(), reason: e.to_string() })?;
+    .map_err(|e| StorageError::InvalidUrl {
+        url: storage.url().to_owned(),
+        reason: e.to_string(),
+    })?;
     use futures::StreamExt;
     let results: Vec<Result<(), StorageError>> = futures::stream::iter(encoded)
         .map(|(key, bytes)| async move { storage.put(&key, bytes).await })

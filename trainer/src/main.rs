@@ -8,7 +8,11 @@ use face2simpson_trainer::train::{self, TrainConfig};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "face2simpson-trainer", version, about = "Fine-tune MobileNetV2 to tell Homer, Marge, Bart and Lisa apart")]
+#[command(
+    name = "face2simpson-trainer",
+    version,
+    about = "Fine-tune MobileNetV2 to tell Homer, Marge, Bart and Lisa apart"
+)]
 struct Cli {
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", global = true, value_parser = ["text", "json"])]
@@ -101,8 +105,14 @@ struct DatagenArgs {
 
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 #[tokio::main]
@@ -136,10 +146,15 @@ async fn train_cmd(a: TrainArgs) -> Result<()> {
         device,
         pretrained: (a.pretrained != "none").then_some(a.pretrained),
         promote: a.promote,
-        policy: PromotionPolicy { min_improvement: a.min_improvement, min_accuracy: a.min_accuracy },
+        policy: PromotionPolicy {
+            min_improvement: a.min_improvement,
+            min_accuracy: a.min_accuracy,
+        },
         concurrency: a.fetch_concurrency,
     };
-    if !(0.0..=1.0).contains(&cfg.policy.min_accuracy) || !(0.0..=1.0).contains(&cfg.policy.min_improvement) {
+    if !(0.0..=1.0).contains(&cfg.policy.min_accuracy)
+        || !(0.0..=1.0).contains(&cfg.policy.min_improvement)
+    {
         bail!("--min-accuracy and --min-improvement are fractions between 0 and 1");
     }
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %model::device_name(device), "training");
@@ -159,7 +174,11 @@ async fn train_cmd(a: TrainArgs) -> Result<()> {
         "run complete"
     );
     if let Some(decision) = outcome.decision {
-        tracing::info!(decision = decision.kind(), reason = decision.reason(), "promotion gate");
+        tracing::info!(
+            decision = decision.kind(),
+            reason = decision.reason(),
+            "promotion gate"
+        );
         println!("{decision}");
     }
     Ok(())
@@ -173,7 +192,9 @@ async fn datagen_cmd(a: DatagenArgs) -> Result<()> {
         bail!("--per-class must be at least 1");
     }
     let storage = Storage::open(&a.storage)?;
-    let n = face2simpson_trainer::generate_dataset(&storage, &a.dataset, a.per_class, a.size, a.seed).await?;
+    let n =
+        face2simpson_trainer::generate_dataset(&storage, &a.dataset, a.per_class, a.size, a.seed)
+            .await?;
     tracing::info!(images = n, dataset = %storage.url_of(&a.dataset), "synthetic dataset written");
     Ok(())
 }

@@ -15,7 +15,11 @@ pub struct Progress {
 impl Progress {
     /// A bar when stderr is a terminal, log lines otherwise.
     pub fn auto() -> Self {
-        if std::io::stderr().is_terminal() { Self::bar() } else { Self::logs() }
+        if std::io::stderr().is_terminal() {
+            Self::bar()
+        } else {
+            Self::logs()
+        }
     }
 
     pub fn logs() -> Self {
@@ -24,7 +28,9 @@ impl Progress {
 
     fn bar() -> Self {
         let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
-        Self { bar: Some(Arc::new(bar)) }
+        Self {
+            bar: Some(Arc::new(bar)),
+        }
     }
 
     fn restyle(&self, len: u64, template: &str) {
@@ -47,7 +53,10 @@ impl Progress {
 
     pub fn start_loading(&self, total: u64) {
         tracing::info!(images = total, "loading images");
-        self.restyle(total, "{spinner} loading  [{bar:30}] {pos}/{len} images {per_sec} eta {eta}");
+        self.restyle(
+            total,
+            "{spinner} loading  [{bar:30}] {pos}/{len} images {per_sec} eta {eta}",
+        );
     }
 
     pub fn loaded_one(&self) {
@@ -63,7 +72,10 @@ impl Progress {
     }
 
     pub fn start_training(&self, batches: u64) {
-        self.restyle(batches, "{spinner} training [{bar:30}] {pos}/{len} batches {msg} eta {eta}");
+        self.restyle(
+            batches,
+            "{spinner} training [{bar:30}] {pos}/{len} batches {msg} eta {eta}",
+        );
     }
 
     pub fn batch_done(&self, epoch: u32, running_loss: f64) {

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use artifacts::metrics::METRICS_SCHEMA_VERSION;
 use artifacts::{
-    ChampionRecord, Decision, EpochRecord, Hyperparameters, PromotionPolicy, RunMetrics, SplitCounts, Storage,
-    StorageError, layout,
+    ChampionRecord, Decision, EpochRecord, Hyperparameters, PromotionPolicy, RunMetrics,
+    SplitCounts, Storage, StorageError, layout,
 };
 use chrono::Utc;
 use model::{CLASSES, Classifier, Preprocessor, WeightsError};
@@ -77,7 +77,10 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
         }
     }
     if !(32..=1024).contains(&h.image_size) {
-        return bad(format!("--image-size {} is outside 32..=1024", h.image_size));
+        return bad(format!(
+            "--image-size {} is outside 32..=1024",
+            h.image_size
+        ));
     }
     if h.epochs == 0 {
         return bad("--epochs must be at least 1".into());
@@ -88,13 +91,19 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     if !(h.learning_rate > 0.0 && h.learning_rate.is_finite()) {
         return bad(format!("--lr {} must be positive", h.learning_rate));
     }
-    for (name, v) in [("--label-smoothing", h.label_smoothing), ("--dropout", h.dropout)] {
+    for (name, v) in [
+        ("--label-smoothing", h.label_smoothing),
+        ("--dropout", h.dropout),
+    ] {
         if !(0.0..1.0).contains(&v) {
             return bad(format!("{name} {v} must be in [0, 1)"));
         }
     }
     if !(0.0..0.9).contains(&h.val_fraction) {
-        return bad(format!("--val-fraction {} must be in [0, 0.9)", h.val_fraction));
+        return bad(format!(
+            "--val-fraction {} must be in [0, 0.9)",
+            h.val_fraction
+        ));
     }
     if h.patience == 0 {
         return bad("--patience must be at least 1".into());
@@ -105,13 +114,17 @@ fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
 /// Fetches the pretrained backbone: a key in `storage`, a URL of any supported store, or a
 /// local file path.
 async fn fetch_pretrained(storage: &Storage, location: &str) -> Result<Vec<u8>, TrainError> {
-    if let Some((dir, file)) = location.rsplit_once('/').filter(|_| location.contains("://")) {
+    if let Some((dir, file)) = location
+        .rsplit_once('/')
+        .filter(|_| location.contains("://"))
+    {
         return Ok(Storage::open(dir)?.get(file).await?.to_vec());
     }
     let path = std::path::Path::new(location);
     if path.is_absolute() || location.starts_with('.') {
-        return std::fs::read(path)
-            .map_err(|e| TrainError::Config(format!("cannot read pretrained weights {location}: {e}")));
+        return std::fs::read(path).map_err(|e| {
+            TrainError::Config(format!("cannot read pretrained weights {location}: {e}"))
+        });
     }
     storage.get(location).await.map(|b| b.to_vec()).map_err(|e| match e {
         e if e.is_not_found() => TrainError::Config(format!(
@@ -123,7 +136,11 @@ async fn fetch_pretrained(storage: &Storage, location: &str) -> Result<Vec<u8>, 
 }
 
 /// Runs a whole training: the function behind `face2simpson-trainer train`.
-pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> Result<Outcome, TrainError> {
+pub async fn run(
+    storage: &Storage,
+    cfg: &TrainConfig,
+    progress: &Progress,
+) -> Result<Outcome, TrainError> {
     validate(cfg)?;
     let started_at = Utc::now();
     let metrics_key = layout::run_metrics(&cfg.run_id);
@@ -131,7 +148,11 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
         // A Job retried after it already finished: the run is complete, keep its result.
         let metrics = storage.get_metrics(&cfg.run_id).await?;
         tracing::info!(run_id = %cfg.run_id, "run already complete; not training again");
-        return Ok(Outcome { metrics, decision: None, already_complete: true });
+        return Ok(Outcome {
+            metrics,
+            decision: None,
+            already_complete: true,
+        });
     }
 
     // Everything that can fail cheaply is checked before the expensive part.
@@ -140,12 +161,13 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
         (None, true) => storage.get_champion().await?.map(|c| c.run_id),
         (None, false) => None,
     };
-    let champion_weights = match &champion {
-        Some(c) => Some(storage.get(&layout::run_weights(c)).await.map_err(|e| {
-            TrainError::Config(format!("champion {c} cannot be re-scored: {e}"))
-        })?),
-        None => None,
-    };
+    let champion_weights =
+        match &champion {
+            Some(c) => Some(storage.get(&layout::run_weights(c)).await.map_err(|e| {
+                TrainError::Config(format!("champion {c} cannot be re-scored: {e}"))
+            })?),
+            None => None,
+        };
     let pretrained = match &cfg.pretrained {
         Some(loc) => Some(fetch_pretrained(storage, loc).await?),
         None => None,
@@ -181,7 +203,14 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
     let device = cfg.device;
     let progress_clone = progress.clone();
     let (fit, data) = tokio::task::spawn_blocking(move || {
-        let result = fit(&data, &hyper, device, pretrained.as_deref(), champion_weights.as_deref(), &progress_clone);
+        let result = fit(
+            &data,
+            &hyper,
+            device,
+            pretrained.as_deref(),
+            champion_weights.as_deref(),
+            &progress_clone,
+        );
         (result, data)
     })
     .await
@@ -197,7 +226,14 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
         .map(|(i, c)| {
             let row = &fit.test.confusion[i];
             let n: u64 = row.iter().sum();
-            (c.to_string(), if n == 0 { 0.0 } else { row[i] as f64 / n as f64 })
+            (
+                c.to_string(),
+                if n == 0 {
+                    0.0
+                } else {
+                    row[i] as f64 / n as f64
+                },
+            )
         })
         .collect::<BTreeMap<_, _>>();
     let metrics = RunMetrics {
@@ -210,7 +246,11 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
         classes: CLASSES.iter().map(|c| c.to_string()).collect(),
         per_class_accuracy,
         confusion_matrix: fit.test.confusion.clone(),
-        counts: SplitCounts { train: data.train.len() as u64, val: data.val.len() as u64, test: data.test.len() as u64 },
+        counts: SplitCounts {
+            train: data.train.len() as u64,
+            val: data.val.len() as u64,
+            test: data.test.len() as u64,
+        },
         skipped_files: data.skipped.clone(),
         epochs_run: fit.history.len() as u32,
         best_epoch: fit.best_epoch,
@@ -242,7 +282,11 @@ pub async fn run(storage: &Storage, cfg: &TrainConfig, progress: &Progress) -> R
     } else {
         None
     };
-    Ok(Outcome { metrics, decision, already_complete: false })
+    Ok(Outcome {
+        metrics,
+        decision,
+        already_complete: false,
+    })
 }
 
 /// Accuracy, loss and confusion matrix over a split.
@@ -263,7 +307,10 @@ struct Fit {
 }
 
 fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
-    move |source| TrainError::Weights { what: what.to_owned(), source }
+    move |source| TrainError::Weights {
+        what: what.to_owned(),
+        source,
+    }
 }
 
 fn fit(
@@ -278,13 +325,16 @@ fn fit(
     let pre = Preprocessor::new(hyper.image_size);
     let mut net = Classifier::new(device, hyper.dropout);
     if let Some(bytes) = pretrained {
-        let n = net.load_backbone(bytes).map_err(weights_err("loading the pretrained backbone"))?;
+        let n = net
+            .load_backbone(bytes)
+            .map_err(weights_err("loading the pretrained backbone"))?;
         tracing::info!(tensors = n, "loaded ImageNet backbone");
     }
     let champion_net = match champion {
         Some(bytes) => {
             let mut c = Classifier::new(device, hyper.dropout);
-            c.load_weights(bytes).map_err(weights_err("loading the champion's weights"))?;
+            c.load_weights(bytes)
+                .map_err(weights_err("loading the champion's weights"))?;
             Some(c)
         }
         None => None,
@@ -293,14 +343,24 @@ fn fit(
     let history = train_epochs(&mut net, data, hyper, &pre, progress)?;
     let best_epoch = history.best_epoch;
     let test = evaluate(&net, &data.test, &pre, hyper.label_smoothing)?;
-    let champion_test = champion_net.map(|c| evaluate(&c, &data.test, &pre, hyper.label_smoothing)).transpose()?;
+    let champion_test = champion_net
+        .map(|c| evaluate(&c, &data.test, &pre, hyper.label_smoothing))
+        .transpose()?;
     tracing::info!(
         test_accuracy = test.accuracy,
         champion_test_accuracy = champion_test.as_ref().map(|e| e.accuracy),
         "evaluated on the test split"
     );
-    let weights = net.to_safetensors().map_err(weights_err("serialising the weights"))?;
-    Ok(Fit { weights, history: history.records, best_epoch, test, champion_test })
+    let weights = net
+        .to_safetensors()
+        .map_err(weights_err("serialising the weights"))?;
+    Ok(Fit {
+        weights,
+        history: history.records,
+        best_epoch,
+        test,
+        champion_test,
+    })
 }
 
 struct History {
@@ -329,8 +389,16 @@ pub fn scheduled_lr(lr: f64, epoch_index: u32, epochs: u32) -> f64 {
 /// train on it) and comes back reshuffled next epoch.
 pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: u32) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(seed, epoch, usize::MAX)));
-    order.chunks(batch_size).filter(|c| c.len() >= 2).map(<[usize]>::to_vec).collect()
+    order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
+        seed,
+        epoch,
+        usize::MAX,
+    )));
+    order
+        .chunks(batch_size)
+        .filter(|c| c.len() >= 2)
+        .map(<[usize]>::to_vec)
+        .collect()
 }
 
 type Batch = (Vec<f32>, Vec<i64>);
@@ -348,7 +416,8 @@ pub fn for_each_batch<E>(
         let make = &make;
         scope.spawn(move || {
             for batch in batches {
-                let parts: Vec<Vec<f32>> = batch.par_iter().map(|&i| make(i, &samples[i])).collect();
+                let parts: Vec<Vec<f32>> =
+                    batch.par_iter().map(|&i| make(i, &samples[i])).collect();
                 let labels = batch.iter().map(|&i| samples[i].label as i64).collect();
                 if tx.send((parts.concat(), labels)).is_err() {
                     return; // the consumer stopped early (error)
@@ -362,9 +431,33 @@ pub fn for_each_batch<E>(
     })
 }
 
-fn to_batch(net: &Classifier, xs: &[f32], labels: &[i64], size: u32) -> (Tensor, Tensor) {
+/// One optimisation step: forward in training mode, label-smoothed cross-entropy, Adam.
+/// Returns the batch's mean loss and the number of correct predictions.
+pub fn train_step(
+    net: &Classifier,
+    opt: &mut nn::Optimizer,
+    x: &Tensor,
+    y: &Tensor,
+    label_smoothing: f64,
+) -> Result<(f64, i64), TrainError> {
+    let logits = net.logits(x, true);
+    let loss =
+        logits.f_cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing)?;
+    opt.backward_step(&loss);
+    let hits = logits
+        .argmax(-1, false)
+        .eq_tensor(y)
+        .sum(Kind::Int64)
+        .int64_value(&[]);
+    Ok((loss.double_value(&[]), hits))
+}
+
+/// Moves a prepared batch to the model's device as an NCHW tensor and its labels.
+pub fn to_batch(net: &Classifier, xs: &[f32], labels: &[i64], size: u32) -> (Tensor, Tensor) {
     let s = i64::from(size);
-    let x = Tensor::from_slice(xs).view([labels.len() as i64, 3, s, s]).to_device(net.device());
+    let x = Tensor::from_slice(xs)
+        .view([labels.len() as i64, 3, s, s])
+        .to_device(net.device());
     let y = Tensor::from_slice(labels).to_device(net.device());
     (x, y)
 }
@@ -395,12 +488,10 @@ fn train_epochs(
             |i, s| pre.train(&s.image, sample_seed(hyper.seed, epoch, i)),
             |(xs, labels)| -> Result<(), TrainError> {
                 let (x, y) = to_batch(net, &xs, &labels, hyper.image_size);
-                let logits = net.logits(&x, true);
-                let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Mean, -100, hyper.label_smoothing)?;
-                opt.backward_step(&loss);
+                let (loss, hits) = train_step(net, &mut opt, &x, &y, hyper.label_smoothing)?;
                 let n = labels.len() as i64;
-                loss_sum += loss.double_value(&[]) * n as f64;
-                correct += logits.argmax(-1, false).eq_tensor(&y).sum(Kind::Int64).int64_value(&[]);
+                loss_sum += loss * n as f64;
+                correct += hits;
                 seen += n;
                 progress.batch_done(epoch, loss_sum / seen as f64);
                 Ok(())
@@ -420,15 +511,28 @@ fn train_epochs(
         records.push(record);
 
         // With no validation split, the last epoch counts as the best.
-        let score = if data.val.is_empty() { -f64::from(epoch) } else { val.loss };
+        let score = if data.val.is_empty() {
+            -f64::from(epoch)
+        } else {
+            val.loss
+        };
         if best.as_ref().is_none_or(|(b, _, _)| score < *b - 1e-6) {
-            let snapshot = net.var_store().variables().into_iter().map(|(k, v)| (k, v.detach().copy())).collect();
+            let snapshot = net
+                .var_store()
+                .variables()
+                .into_iter()
+                .map(|(k, v)| (k, v.detach().copy()))
+                .collect();
             best = Some((score, epoch, snapshot));
             since_best = 0;
         } else {
             since_best += 1;
             if since_best >= hyper.patience {
-                tracing::info!(epoch, patience = hyper.patience, "early stopping: validation loss stopped improving");
+                tracing::info!(
+                    epoch,
+                    patience = hyper.patience,
+                    "early stopping: validation loss stopped improving"
+                );
                 break;
             }
         }
@@ -446,33 +550,61 @@ fn train_epochs(
         }
     });
     progress.finish_training();
-    Ok(History { records, best_epoch })
+    Ok(History {
+        records,
+        best_epoch,
+    })
 }
 
 /// Scores `net` on `samples` in eval mode. Empty splits score 0 with no loss.
-pub fn evaluate(net: &Classifier, samples: &[Sample], pre: &Preprocessor, label_smoothing: f64) -> Result<Evaluation, TrainError> {
+pub fn evaluate(
+    net: &Classifier,
+    samples: &[Sample],
+    pre: &Preprocessor,
+    label_smoothing: f64,
+) -> Result<Evaluation, TrainError> {
     let k = CLASSES.len();
     let mut confusion = vec![vec![0u64; k]; k];
     let mut loss_sum = 0.0;
-    let batches: Vec<Vec<usize>> = (0..samples.len()).collect::<Vec<_>>().chunks(EVAL_BATCH).map(<[usize]>::to_vec).collect();
+    let batches: Vec<Vec<usize>> = (0..samples.len())
+        .collect::<Vec<_>>()
+        .chunks(EVAL_BATCH)
+        .map(<[usize]>::to_vec)
+        .collect();
     tch::no_grad(|| {
-        for_each_batch(samples, &batches, |_, s| pre.eval(&s.image), |(xs, labels)| -> Result<(), TrainError> {
-            let (x, y) = to_batch(net, &xs, &labels, pre.image_size);
-            let logits = net.logits(&x, false);
-            let loss = logits.f_cross_entropy_loss(&y, None::<Tensor>, Reduction::Sum, -100, label_smoothing)?;
-            loss_sum += loss.double_value(&[]);
-            let predicted = Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
-            for (t, p) in labels.iter().zip(predicted) {
-                confusion[*t as usize][p as usize] += 1;
-            }
-            Ok(())
-        })
+        for_each_batch(
+            samples,
+            &batches,
+            |_, s| pre.eval(&s.image),
+            |(xs, labels)| -> Result<(), TrainError> {
+                let (x, y) = to_batch(net, &xs, &labels, pre.image_size);
+                let logits = net.logits(&x, false);
+                let loss = logits.f_cross_entropy_loss(
+                    &y,
+                    None::<Tensor>,
+                    Reduction::Sum,
+                    -100,
+                    label_smoothing,
+                )?;
+                loss_sum += loss.double_value(&[]);
+                let predicted =
+                    Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
+                for (t, p) in labels.iter().zip(predicted) {
+                    confusion[*t as usize][p as usize] += 1;
+                }
+                Ok(())
+            },
+        )
     })?;
     let n = samples.len();
     let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
     Ok(Evaluation {
         loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
-        accuracy: if n == 0 { 0.0 } else { correct as f64 / n as f64 },
+        accuracy: if n == 0 {
+            0.0
+        } else {
+            correct as f64 / n as f64
+        },
         confusion,
     })
 }

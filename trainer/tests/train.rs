@@ -1,0 +1,245 @@
+//! End-to-end training runs against real stores.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use artifacts::{Storage, layout};
+use common::{config, dataset, keys, png_bomb, train};
+use face2simpson_trainer::train::{TrainConfig, TrainError};
+
+/// The acceptance bar: a dataset the trainer has never seen, 96 px, 6 CPU epochs, ≥ 90 %.
+#[tokio::test(flavor = "multi_thread")]
+async fn learns_an_unseen_synthetic_dataset_to_90_percent() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&format!("file://{}", dir.path().display())).unwrap();
+    dataset(&storage, 40, 128, 9_001).await;
+    let out = train(&storage, &config("accept-1", 96, 6)).await.unwrap();
+    let m = &out.metrics;
+    assert!(
+        m.test_accuracy >= 0.9,
+        "test accuracy {} < 0.9",
+        m.test_accuracy
+    );
+    let first = m.history.first().unwrap().train_loss;
+    let last = m.history.last().unwrap().train_loss;
+    assert!(
+        last < first,
+        "training loss did not fall: {first} -> {last}"
+    );
+    assert_eq!(m.counts.test, 40);
+    assert_eq!(m.counts.train + m.counts.val, 160);
+    // Both artifacts landed, metrics last.
+    assert!(dir.path().join("runs/accept-1/model.safetensors").exists());
+    let on_disk = storage.get_metrics("accept-1").await.unwrap();
+    assert_eq!(&on_disk, m);
+    // The weights reproduce the reported accuracy when loaded afresh.
+    let mut net = model::Classifier::new(tch::Device::Cpu, 0.2);
+    net.load_weights(&storage.get(&layout::run_weights("accept-1")).await.unwrap())
+        .unwrap();
+}
+
+/// A tiny run on a store with every kind of broken file: they are skipped, listed with a reason,
+/// and the model still learns.
+#[tokio::test(flavor = "multi_thread")]
+async fn skips_and_reports_bad_files_and_still_learns() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 12, 64, 5).await;
+    let good = storage
+        .get("datasets/test/train/homer/00000.png")
+        .await
+        .unwrap();
+    let bad: Vec<(&str, Vec<u8>)> = vec![
+        ("datasets/test/train/homer/zero.jpg", vec![]),
+        (
+            "datasets/test/train/marge/truncated.png",
+            good[..good.len() / 3].to_vec(),
+        ),
+        (
+            "datasets/test/train/bart/corrupt.jpg",
+            b"\xff\xd8\xff\xe0garbage-not-a-jpeg".to_vec(),
+        ),
+        (
+            "datasets/test/train/lisa/notes.webp",
+            b"just some text".to_vec(),
+        ),
+        ("datasets/test/test/lisa/bomb.png", png_bomb()),
+        ("datasets/test/train/bart/README.txt", b"hello".to_vec()),
+    ];
+    for (key, bytes) in &bad {
+        storage.put(key, bytes.clone()).await.unwrap();
+    }
+    let out = train(&storage, &config("tiny-1", 48, 2)).await.unwrap();
+    let m = &out.metrics;
+    let skipped: Vec<&str> = m.skipped_files.iter().map(|s| s.path.as_str()).collect();
+    let mut expected: Vec<&str> = bad.iter().map(|(k, _)| *k).collect();
+    expected.sort();
+    assert_eq!(skipped, expected);
+    assert!(m.skipped_files.iter().all(|s| !s.reason.is_empty()));
+    let reason = |k: &str| {
+        m.skipped_files
+            .iter()
+            .find(|s| s.path.ends_with(k))
+            .unwrap()
+            .reason
+            .clone()
+    };
+    assert!(
+        reason("zero.jpg").contains("empty"),
+        "{}",
+        reason("zero.jpg")
+    );
+    assert!(
+        reason("bomb.png").contains("40000x40000"),
+        "{}",
+        reason("bomb.png")
+    );
+    assert!(
+        reason("notes.webp").contains("not a supported image"),
+        "{}",
+        reason("notes.webp")
+    );
+    // Learned something: the loss fell and accuracy beats chance (25 %).
+    assert!(
+        m.history[1].train_loss < m.history[0].train_loss,
+        "{:?}",
+        m.history
+    );
+    assert!(m.test_accuracy > 0.25, "test accuracy {}", m.test_accuracy);
+    assert_eq!(m.epochs_run, 2);
+    assert_eq!(
+        m.confusion_matrix.iter().flatten().sum::<u64>(),
+        m.counts.test
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn champion_is_rescored_on_the_same_test_set_and_gated() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 12, 64, 11).await;
+    let mut first = config("gate-1", 48, 2);
+    first.promote = true;
+    let out1 = train(&storage, &first).await.unwrap();
+    assert_eq!(out1.decision.as_ref().unwrap().kind(), "FirstModel");
+    let champion = storage.get_champion().await.unwrap().unwrap();
+    assert_eq!(champion.run_id, "gate-1");
+    assert_eq!(champion.weights_key, "runs/gate-1/model.safetensors");
+
+    // Without --champion, --promote compares against champion.json's run.
+    let mut second = config("gate-2", 48, 2);
+    second.promote = true;
+    second.hyper.seed = 8;
+    let out2 = train(&storage, &second).await.unwrap();
+    let m = &out2.metrics;
+    assert_eq!(m.champion_run_id.as_deref(), Some("gate-1"));
+    let rescored = m.champion_test_accuracy.unwrap();
+    assert!(
+        (rescored - out1.metrics.test_accuracy).abs() <= 0.02,
+        "champion re-scored at {rescored}, its own run said {}",
+        out1.metrics.test_accuracy
+    );
+    let decision = out2.decision.unwrap();
+    let now = storage.get_champion().await.unwrap().unwrap();
+    if decision.promotes() {
+        assert_eq!(now.run_id, "gate-2");
+        assert!(m.test_accuracy > rescored);
+    } else {
+        assert_eq!(
+            now.run_id, "gate-1",
+            "a rejected run must not move the champion"
+        );
+        assert!(m.test_accuracy <= rescored);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_completed_run_is_not_trained_again() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 6, 48, 3).await;
+    let cfg = config("once", 32, 1);
+    let first = train(&storage, &cfg).await.unwrap();
+    assert!(!first.already_complete);
+    let again = train(&storage, &cfg).await.unwrap();
+    assert!(again.already_complete);
+    assert_eq!(again.metrics, first.metrics);
+}
+
+async fn assert_fails_before_training(storage: &Storage, cfg: &TrainConfig, needle: &str) {
+    let err = train(storage, cfg).await.unwrap_err();
+    assert!(
+        err.to_string().contains(needle),
+        "expected {needle:?} in: {err}"
+    );
+    assert!(
+        keys(storage, "runs").await.is_empty(),
+        "a failed run left objects behind"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn layout_errors_stop_the_run_before_training() {
+    let cfg = config("layout", 32, 1);
+    let empty = Storage::open("memory:///").unwrap();
+    assert_fails_before_training(&empty, &cfg, "holds no objects").await;
+
+    let unknown = Storage::open("memory:///").unwrap();
+    dataset(&unknown, 4, 32, 1).await;
+    unknown
+        .put("datasets/test/train/milhouse/1.png", vec![1])
+        .await
+        .unwrap();
+    assert_fails_before_training(&unknown, &cfg, "unknown class folder train/milhouse").await;
+
+    let no_lisa = Storage::open("memory:///").unwrap();
+    dataset(&no_lisa, 4, 32, 1).await;
+    for key in keys(&no_lisa, "datasets/test/test/lisa").await {
+        no_lisa.delete(&key).await.unwrap();
+    }
+    assert_fails_before_training(&no_lisa, &cfg, "class lisa of split test").await;
+
+    let no_test = Storage::open("memory:///").unwrap();
+    dataset(&no_test, 4, 32, 1).await;
+    for key in keys(&no_test, "datasets/test/test").await {
+        no_test.delete(&key).await.unwrap();
+    }
+    assert_fails_before_training(&no_test, &cfg, "split test of datasets/test is empty").await;
+
+    // A class whose only images are broken is empty too.
+    let broken = Storage::open("memory:///").unwrap();
+    dataset(&broken, 4, 32, 1).await;
+    for key in keys(&broken, "datasets/test/train/bart").await {
+        broken.put(&key, b"broken".to_vec()).await.unwrap();
+    }
+    assert_fails_before_training(&broken, &cfg, "class bart of split train").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_leave_no_metrics() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 4, 32, 1).await;
+
+    let mut missing_champion = config("r-champ", 32, 1);
+    missing_champion.champion = Some("nope".into());
+    assert_fails_before_training(
+        &storage,
+        &missing_champion,
+        "champion nope cannot be re-scored",
+    )
+    .await;
+
+    let mut missing_pretrained = config("r-pre", 32, 1);
+    missing_pretrained.pretrained = Some("pretrained/absent.pth".into());
+    assert_fails_before_training(&storage, &missing_pretrained, "--pretrained none").await;
+
+    storage
+        .put("pretrained/garbage.pth", b"\x80\x02garbage".to_vec())
+        .await
+        .unwrap();
+    let mut bad_pretrained = config("r-bad", 32, 1);
+    bad_pretrained.pretrained = Some("pretrained/garbage.pth".into());
+    assert_fails_before_training(&storage, &bad_pretrained, "pretrained backbone").await;
+
+    let mut bad_run_id = config("../escape", 32, 1);
+    bad_run_id.pretrained = None;
+    let err = train(&storage, &bad_run_id).await.unwrap_err();
+    assert!(matches!(err, TrainError::Config(_)), "{err}");
+}
