@@ -26,7 +26,7 @@ pub enum StorageError {
     #[error("cannot open storage {url}: {source}")]
     Open {
         url: String,
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{url}/{key} does not exist")]
     NotFound { url: String, key: String },
@@ -34,7 +34,7 @@ pub enum StorageError {
     Backend {
         url: String,
         key: String,
-        source: object_store::Error,
+        source: Box<object_store::Error>,
     },
     #[error("{url}/{key} is not valid JSON for this schema: {reason}")]
     Malformed {
@@ -102,7 +102,7 @@ impl Storage {
         };
         let open = |source| StorageError::Open {
             url: url.to_owned(),
-            source,
+            source: Box::new(source),
         };
         let (store, root): (Arc<dyn ObjectStore>, Path) = match scheme {
             ObjectStoreScheme::Local => {
@@ -219,7 +219,7 @@ impl Storage {
             source => StorageError::Backend {
                 url: self.url.clone(),
                 key: key.to_owned(),
-                source,
+                source: Box::new(source),
             },
         }
     }

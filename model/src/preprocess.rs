@@ -67,10 +67,10 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
         .with_guessed_format()
         .ok()
         .and_then(|r| r.into_dimensions().ok());
-    if let Some((width, height)) = probe {
-        if width > MAX_SIDE || height > MAX_SIDE {
-            return Err(ImageError::TooLarge { width, height });
-        }
+    if let Some((width, height)) = probe
+        && (width > MAX_SIDE || height > MAX_SIDE)
+    {
+        return Err(ImageError::TooLarge { width, height });
     }
     match reader.decode() {
         Ok(img) => Ok(img.into_rgb8()),

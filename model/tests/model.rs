@@ -1,6 +1,7 @@
 //! Network shapes, weight round trips and the preprocessing contract.
+#![allow(clippy::unwrap_used)]
 
-use face2simpson_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD, MAX_SIDE};
+use face2simpson_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 use face2simpson_model::{
     AUGMENTATIONS, Augmentation, CLASSES, Classifier, ImageError, Preprocessor, decode,
 };
@@ -181,5 +182,4 @@ fn decompression_bomb_is_refused_from_its_header() {
             height: 40_000
         })
     );
-    assert!(40_000 > MAX_SIDE);
 }

@@ -1,4 +1,5 @@
 //! The backbone we fine-tune really is torchvision's ImageNet MobileNetV2.
+#![allow(clippy::unwrap_used)]
 
 use face2simpson_model::{Classifier, Preprocessor, decode, read_state_dict};
 use sha2::{Digest, Sha256};

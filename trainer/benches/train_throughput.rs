@@ -72,7 +72,13 @@ fn main() -> anyhow::Result<()> {
     let t0 = Instant::now();
     let data = rt.block_on(async {
         let listing = dataset::list(&storage, "datasets/bench").await?;
-        dataset::load(&storage, "datasets/bench", listing, pre, 0.0, 1, 16, || {}).await
+        let options = dataset::LoadOptions {
+            pre,
+            val_fraction: 0.0,
+            seed: 1,
+            concurrency: 16,
+        };
+        dataset::load(&storage, "datasets/bench", listing, options, || {}).await
     })?;
     let load_secs = t0.elapsed().as_secs_f64();
     let mut steps = 0usize;

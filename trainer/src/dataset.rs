@@ -179,6 +179,17 @@ fn check_classes(
     Ok(())
 }
 
+/// How to turn a listing into samples.
+#[derive(Debug, Clone, Copy)]
+pub struct LoadOptions {
+    pub pre: Preprocessor,
+    /// Share of each class moved from train to validation.
+    pub val_fraction: f64,
+    pub seed: u64,
+    /// Requests in flight to the store.
+    pub concurrency: usize,
+}
+
 enum Loaded {
     Ok(Sample, [u8; 32]),
     Skipped(SkippedFile),
@@ -190,12 +201,15 @@ pub async fn load(
     storage: &Storage,
     prefix: &str,
     listing: Listing,
-    pre: Preprocessor,
-    val_fraction: f64,
-    seed: u64,
-    concurrency: usize,
+    options: LoadOptions,
     on_loaded: impl Fn(),
 ) -> Result<Dataset, DatasetError> {
+    let LoadOptions {
+        pre,
+        val_fraction,
+        seed,
+        concurrency,
+    } = options;
     let prefix = prefix.trim_matches('/');
     let Listing {
         train,

@@ -18,7 +18,7 @@ use rayon::prelude::*;
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use crate::dataset::{self, Dataset, DatasetError, Sample};
+use crate::dataset::{self, Dataset, DatasetError, LoadOptions, Sample};
 use crate::progress::Progress;
 
 /// Batches prepared ahead of the model step. Two keep the device fed while bounding memory.
@@ -178,16 +178,15 @@ pub async fn run(
     let listing = dataset::list(storage, &cfg.dataset).await?;
     let total = (listing.train.len() + listing.test.len()) as u64;
     progress.start_loading(total);
-    let data = dataset::load(
-        storage,
-        &cfg.dataset,
-        listing,
+    let options = LoadOptions {
         pre,
-        cfg.hyper.val_fraction,
-        cfg.hyper.seed,
-        cfg.concurrency,
-        || progress.loaded_one(),
-    )
+        val_fraction: cfg.hyper.val_fraction,
+        seed: cfg.hyper.seed,
+        concurrency: cfg.concurrency,
+    };
+    let data = dataset::load(storage, &cfg.dataset, listing, options, || {
+        progress.loaded_one()
+    })
     .await?;
     progress.finish_loading();
     tracing::info!(
@@ -363,6 +362,13 @@ fn fit(
     })
 }
 
+/// The weights of the epoch with the lowest validation loss so far.
+struct Best {
+    score: f64,
+    epoch: u32,
+    snapshot: Vec<(String, Tensor)>,
+}
+
 struct History {
     records: Vec<EpochRecord>,
     best_epoch: u32,
@@ -474,7 +480,7 @@ fn train_epochs(
     let per_epoch = epoch_batches(data.train.len(), batch_size, hyper.seed, 0).len() as u64;
     progress.start_training(u64::from(hyper.epochs) * per_epoch);
     let mut records = Vec::new();
-    let mut best: Option<(f64, u32, Vec<(String, Tensor)>)> = None;
+    let mut best: Option<Best> = None;
     let mut since_best = 0;
     for epoch in 1..=hyper.epochs {
         let t0 = Instant::now();
@@ -516,14 +522,18 @@ fn train_epochs(
         } else {
             val.loss
         };
-        if best.as_ref().is_none_or(|(b, _, _)| score < *b - 1e-6) {
+        if best.as_ref().is_none_or(|b| score < b.score - 1e-6) {
             let snapshot = net
                 .var_store()
                 .variables()
                 .into_iter()
                 .map(|(k, v)| (k, v.detach().copy()))
                 .collect();
-            best = Some((score, epoch, snapshot));
+            best = Some(Best {
+                score,
+                epoch,
+                snapshot,
+            });
             since_best = 0;
         } else {
             since_best += 1;
@@ -537,7 +547,12 @@ fn train_epochs(
             }
         }
     }
-    let Some((_, best_epoch, snapshot)) = best else {
+    let Some(Best {
+        epoch: best_epoch,
+        snapshot,
+        ..
+    }) = best
+    else {
         return Err(TrainError::Config("no epoch ran".into()));
     };
     let vars = net.var_store().variables();
