@@ -1,0 +1,290 @@
+//! The HTTP API, driven with `oneshot` against a real model.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode, header};
+use common::{ASTRONAUT, IMAGE_SIZE, png, png_bomb, ready_state};
+use face2simpson_inference::{AppState, Limits, app};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+async fn call(
+    state: &AppState,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
+
+fn get(path: &str) -> Request<Body> {
+    Request::get(path).body(Body::empty()).unwrap()
+}
+
+fn raw(bytes: Vec<u8>, content_type: &str) -> Request<Body> {
+    Request::post("/v1/predict")
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(bytes))
+        .unwrap()
+}
+
+fn multipart(field: &str, bytes: &[u8]) -> Request<Body> {
+    let boundary = "XfaceX2XsimpsonX";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    Request::post("/v1/predict")
+        .header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={boundary}"),
+        )
+        .body(Body::from(body))
+        .unwrap()
+}
+
+fn json(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(body)))
+}
+
+fn assert_distribution(p: &serde_json::Value) {
+    let sum: f64 = ["homer", "marge", "bart", "lisa"]
+        .iter()
+        .map(|c| p[c].as_f64().unwrap())
+        .sum();
+    assert!((sum - 1.0).abs() < 1e-4, "probabilities sum to {sum}: {p}");
+}
+
+fn flat_image() -> Vec<u8> {
+    png(&image::RgbImage::from_fn(120, 90, |x, y| {
+        image::Rgb([(x * 2) as u8, (y * 2) as u8, 90])
+    }))
+}
+
+#[tokio::test]
+async fn readiness_follows_the_model() {
+    let state = AppState::new(Limits::default());
+    assert_eq!(call(&state, get("/healthz")).await.0, StatusCode::OK);
+    assert_eq!(
+        call(&state, get("/readyz")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(json(&body)["error"].as_str().unwrap().contains("loading"));
+    assert_eq!(
+        call(&state, get("/v1/model")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let ready = ready_state(dir.path(), Limits::default()).await;
+    assert_eq!(call(&ready, get("/readyz")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn predicts_raw_and_multipart_uploads() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), Limits::default()).await;
+    for req in [
+        raw(flat_image(), "image/png"),
+        multipart("image", &flat_image()),
+    ] {
+        let (status, _, body) = call(&state, req).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let v = json(&body);
+        assert!(["homer", "marge", "bart", "lisa"].contains(&v["character"].as_str().unwrap()));
+        assert_distribution(&v["probabilities"]);
+        assert_eq!(v["face_detected"], false);
+        assert_eq!(v["faces"].as_array().unwrap().len(), 0);
+        assert_eq!(v["model"]["run_id"], "r1");
+        assert_eq!(v["model"]["test_accuracy"], 0.75);
+    }
+    let (_, _, body) = call(&state, get("/v1/model")).await;
+    let info = json(&body);
+    assert_eq!(info["image_size"], IMAGE_SIZE);
+    assert_eq!(info["metrics"]["run_id"], "r1");
+}
+
+#[tokio::test]
+async fn one_verdict_per_face() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), Limits::default()).await;
+    let (status, _, body) = call(&state, raw(ASTRONAUT.to_vec(), "image/png")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v = json(&body);
+    assert_eq!(v["face_detected"], true);
+    let faces = v["faces"].as_array().unwrap();
+    assert_eq!(faces.len(), 1, "{v}");
+    let b = &faces[0]["box"];
+    // The astronaut's face sits in the upper middle of the 512×512 portrait.
+    let (x, y, w) = (
+        b["x"].as_u64().unwrap(),
+        b["y"].as_u64().unwrap(),
+        b["w"].as_u64().unwrap(),
+    );
+    assert!(
+        (150..300).contains(&x) && y < 200 && (50..250).contains(&w),
+        "{b}"
+    );
+    assert_distribution(&faces[0]["probabilities"]);
+    assert_eq!(v["character"], faces[0]["character"]);
+
+    // A "group photo": the portrait twice side by side gives two faces.
+    let one = model::decode(ASTRONAUT).unwrap();
+    let mut two = image::RgbImage::new(one.width() * 2, one.height());
+    image::imageops::replace(&mut two, &one, 0, 0);
+    image::imageops::replace(&mut two, &one, i64::from(one.width()), 0);
+    let (status, _, body) = call(&state, raw(png(&two), "image/png")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["faces"].as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_body_bytes: 256 << 10,
+        request_timeout: Duration::from_millis(500),
+    };
+    let state = ready_state(dir.path(), limits).await;
+    let good = flat_image();
+    let cases: Vec<(&str, Request<Body>, StatusCode)> = vec![
+        (
+            "over the size limit",
+            raw(vec![0u8; 300 << 10], "image/jpeg"),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "multipart over the limit",
+            multipart("image", &vec![0u8; 300 << 10]),
+            StatusCode::PAYLOAD_TOO_LARGE,
+        ),
+        (
+            "decompression bomb",
+            raw(png_bomb(), "image/png"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "not an image",
+            raw(b"%PDF-1.4 definitely not a picture".to_vec(), "image/jpeg"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "truncated",
+            raw(good[..good.len() / 2].to_vec(), "image/png"),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "zero bytes",
+            raw(Vec::new(), "image/png"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "wrong content type",
+            raw(good.clone(), "text/plain"),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ),
+        (
+            "multipart without image field",
+            multipart("photo", &good),
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (what, req, want) in cases {
+        let (status, _, body) = call(&state, req).await;
+        assert_eq!(status, want, "{what}: {}", String::from_utf8_lossy(&body));
+        assert!(!json(&body)["error"].as_str().unwrap().is_empty(), "{what}");
+        assert_eq!(
+            call(&state, get("/readyz")).await.0,
+            StatusCode::OK,
+            "not ready after {what}"
+        );
+    }
+
+    // A client that never finishes its body is cut off.
+    let stalled = futures_stall();
+    let req = Request::post("/v1/predict")
+        .header(header::CONTENT_TYPE, "image/png")
+        .body(stalled)
+        .unwrap();
+    let (status, _, _) = call(&state, req).await;
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
+    // And the service still answers properly.
+    assert_eq!(call(&state, raw(good, "image/png")).await.0, StatusCode::OK);
+}
+
+/// A body that sends a few bytes and then nothing, forever.
+fn futures_stall() -> Body {
+    let mut sent = false;
+    Body::from_stream(futures::stream::poll_fn(move |_| {
+        if sent {
+            std::task::Poll::Pending
+        } else {
+            sent = true;
+            std::task::Poll::Ready(Some(Ok::<_, std::io::Error>(
+                axum::body::Bytes::from_static(b"\x89PNG"),
+            )))
+        }
+    }))
+}
+
+#[tokio::test]
+async fn metrics_and_openapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), Limits::default()).await;
+    call(&state, raw(flat_image(), "image/png")).await;
+    call(&state, raw(Vec::new(), "image/png")).await;
+    let (status, headers, body) = call(&state, get("/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text")
+    );
+    let text = String::from_utf8(body).unwrap();
+    for needle in [
+        r#"face2simpson_inference_http_requests_total{route="/v1/predict",status="200"} 1"#,
+        r#"face2simpson_inference_http_requests_total{route="/v1/predict",status="400"} 1"#,
+        "face2simpson_inference_http_request_duration_seconds_bucket",
+        "face2simpson_inference_batch_size_bucket",
+        "face2simpson_inference_queue_depth",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from:\n{text}");
+    }
+    let (status, _, body) = call(&state, get("/openapi.json")).await;
+    assert_eq!(status, StatusCode::OK);
+    let doc = json(&body);
+    assert!(doc["paths"]["/v1/predict"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["Prediction"].is_object());
+    let (status, headers, body) = call(&state, get("/")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let page = String::from_utf8(body).unwrap();
+    assert!(
+        page.contains("/v1/predict") && !page.contains("https://"),
+        "the page must be self-contained"
+    );
+}
