@@ -6,11 +6,13 @@ STORE ?= $(CURDIR)/var/store
 DATASET ?= datasets/demo
 PRETRAINED := $(CURDIR)/.deps/pretrained/mobilenet_v2-b0353104.pth
 TRAINER := target/release/face2simpson-trainer
+INFERENCE := target/release/face2simpson-inference
+LISTEN ?= 127.0.0.1:8080
 # Demo training settings: small enough for a few minutes on two CPU cores.
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
 
-.PHONY: help setup build demo demo-data test fmt fmt-check lint unit bench-train clean
+.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -25,13 +27,19 @@ demo-data: build
 	$(TRAINER) datagen --storage $(STORE) --dataset $(DATASET) --per-class 60 --size 128 --seed 1
 	mkdir -p $(STORE)/pretrained && cp -f $(PRETRAINED) $(STORE)/pretrained/
 
-demo: demo-data ## generate data, train a champion, train a challenger against it, print the decision
+demo: demo-data ## data, a champion, a challenger gated against it, then serve the champion
 	rm -rf $(STORE)/runs $(STORE)/champion.json
 	@echo "== training the first model (becomes the champion)"
 	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-1 --seed 1
 	@echo "== training a challenger against it"
 	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-2 --seed 2
 	@echo "== champion:" && cat $(STORE)/champion.json && echo
+	$(MAKE) --no-print-directory serve
+
+serve: build ## serve the local champion (var/store/champion.json) at http://$(LISTEN)
+	@weights=$$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["weights_key"])' $(STORE)/champion.json); \
+	echo "== serving $$weights at http://$(LISTEN)  (Ctrl-C to stop)"; \
+	exec $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -45,7 +53,10 @@ lint: setup ## clippy with warnings as errors
 unit: setup
 	$(CARGO) test --workspace
 
-test: setup fmt-check lint unit ## everything CI runs
+setup-test: ## what tests need beyond setup: Debian's chromium for the page test
+	@scripts/setup-test.sh
+
+test: setup setup-test fmt-check lint unit ## everything CI runs
 
 bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput

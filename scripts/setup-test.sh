@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# What the test suite needs beyond `make setup`: Debian's Chromium, for the web page test.
+# Idempotent: does nothing when a Chromium is already on PATH.
+set -euo pipefail
+for candidate in chromium chromium-browser google-chrome; do
+  command -v "$candidate" >/dev/null 2>&1 && exit 0
+done
+if [[ $(id -u) -ne 0 ]] && ! command -v sudo >/dev/null 2>&1; then
+  echo "setup-test: Chromium is missing; install Debian's 'chromium' package (root needed)" >&2
+  exit 1
+fi
+sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+echo "setup-test: installing Debian's chromium for the page test" >&2
+$sudo apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null
