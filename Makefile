@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
 
-.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train clean
+.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train bench-serve clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -60,6 +60,10 @@ test: setup setup-test fmt-check lint unit ## everything CI runs
 
 bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
+
+bench-serve: setup ## serving throughput and p50/p99 with wrk at concurrency 1, 8, 32 vs in-process forward
+	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	$(CARGO) bench -p face2simpson-inference --bench serve
 
 clean: ## remove build output, demo store and fetched dependencies
 	$(CARGO) clean
