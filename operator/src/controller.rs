@@ -609,3 +609,41 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
             .map_or(MAX_REQUEUE, |d| d.clamp(Duration::from_secs(1), MAX_REQUEUE))
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn job_state_reads_conditions() {
+        let job = |conditions: serde_json::Value| -> Job {
+            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+        };
+        assert_eq!(job_state(&job(json!([]))), JobState::Active);
+        assert_eq!(job_state(&job(json!([{"type": "Complete", "status": "True"}]))), JobState::Succeeded);
+        assert_eq!(job_state(&job(json!([{"type": "Complete", "status": "False"}]))), JobState::Active);
+        assert_eq!(
+            job_state(&job(json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]))),
+            JobState::Failed("DeadlineExceeded".into())
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_flip() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        let mut conds = Vec::new();
+        set_condition(&mut conds, "Degraded", true, "JobFailed", "a", Some(1), t0);
+        set_condition(&mut conds, "Degraded", true, "MetricsMissing", "b", Some(2), t1);
+        assert_eq!((conds[0].last_transition_time.0, conds[0].reason.as_str()), (t0, "MetricsMissing"));
+        set_condition(&mut conds, "Degraded", false, "RunEvaluated", "", Some(2), t1);
+        assert_eq!((conds.len(), conds[0].last_transition_time.0, conds[0].status.as_str()), (1, t1, "False"));
+    }
+}

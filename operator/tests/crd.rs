@@ -1,0 +1,91 @@
+//! The generated CRD: in sync with crds/, and carrying what `kubectl` users rely on.
+#![allow(clippy::unwrap_used)]
+
+use face2simpson_operator::SimpsonModel;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+#[test]
+fn checked_in_crd_is_in_sync() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/simpsonmodel.yaml");
+    let generated = face2simpson_operator::crd::crd_yaml().unwrap();
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(on_disk == generated, "crds/simpsonmodel.yaml is out of date: run `make crds`");
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(SimpsonModel::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn crd_identity_and_printer_columns() {
+    let crd = serde_json::to_value(SimpsonModel::crd()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "simpsonmodels.face2simpson.io");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "sm");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> =
+        version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Phase", "Champion-Acc", "Last-Run", "Decision", "Next-Run", "Age"]);
+}
+
+#[test]
+fn schema_has_storage_schedule_gate_and_status() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    for field in ["storageUri", "storageSecretRef", "dataset", "schedule", "training", "promotion", "inference"] {
+        assert!(spec[field].is_object(), "spec.{field} missing");
+    }
+    for field in ["interval", "cron", "timeZone", "suspend", "successfulJobsHistoryLimit", "failedJobsHistoryLimit", "historyLimit"] {
+        assert!(spec["schedule"]["properties"][field].is_object(), "schedule.{field} missing");
+    }
+    assert_eq!(spec["schedule"]["properties"]["interval"]["default"], "72h");
+    for field in ["minImprovement", "minAccuracy", "dryRun"] {
+        assert!(spec["promotion"]["properties"][field].is_object(), "promotion.{field} missing");
+    }
+    assert_eq!(spec["training"]["properties"]["batchSize"]["default"], 32);
+    assert_eq!(spec["training"]["properties"]["labelSmoothing"]["default"], 0.1);
+    assert_eq!(spec["training"]["properties"]["resources"]["default"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(spec["dataset"]["default"], "datasets/current");
+    let status = &s["properties"]["status"]["properties"];
+    for field in [
+        "conditions", "phase", "champion", "previousChampion", "lastRun", "nextRunAt", "history", "observedGeneration",
+        "lastTrainRequest", "lastRollbackRequest",
+    ] {
+        assert!(status[field].is_object(), "status.{field} missing");
+    }
+    for field in ["runId", "accuracy", "modelUri", "promotedAt"] {
+        assert!(status["champion"]["properties"][field].is_object(), "champion.{field} missing");
+    }
+    for field in ["runId", "jobName", "startedAt", "finishedAt", "accuracy", "championAccuracy", "decision", "reason"] {
+        assert!(status["lastRun"]["properties"][field].is_object(), "lastRun.{field} missing");
+    }
+}
+
+/// Every property has a description, so `kubectl explain` is useful everywhere.
+#[test]
+fn every_field_is_described() {
+    fn walk(path: &str, v: &Value, missing: &mut Vec<String>) {
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                if prop.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    missing.push(here.clone());
+                }
+                walk(&here, prop, missing);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    let s = schema();
+    let mut missing = Vec::new();
+    for part in ["spec", "status"] {
+        walk(part, &s["properties"][part], &mut missing);
+    }
+    assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+}
