@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use croner::Cron;
 use jiff::tz::TimeZone;
-use jiff::{SignedDuration, Timestamp, Zoned};
+use jiff::{SignedDuration, Span, SpanRelativeTo, Timestamp, Zoned};
 
 use crate::crd::ScheduleSpec;
 
@@ -55,9 +55,11 @@ impl Schedule {
             };
             return Ok(Schedule::Cron { expr: expr.to_owned(), cron: Box::new(cron), tz });
         }
-        let interval: SignedDuration = spec.interval.trim().parse().map_err(|e: jiff::Error| {
-            ScheduleError::Interval { value: spec.interval.clone(), reason: e.to_string() }
-        })?;
+        let invalid = |e: jiff::Error| ScheduleError::Interval { value: spec.interval.clone(), reason: e.to_string() };
+        // Parsed as a Span so that days and weeks are accepted; a day is 24 hours here, which
+        // is what "every three days" means for a training cadence. Months and years are refused.
+        let span: Span = spec.interval.trim().parse().map_err(invalid)?;
+        let interval = span.to_duration(SpanRelativeTo::days_are_24_hours()).map_err(invalid)?;
         // A tiny interval would start a Job per reconcile: refuse it outright.
         if interval < SignedDuration::from_mins(1) {
             return Err(ScheduleError::IntervalTooShort(spec.interval.clone()));
@@ -130,13 +132,14 @@ mod tests {
 
     #[test]
     fn interval_accepts_friendly_and_iso_durations() {
-        for (text, hours) in [("72h", 72), ("3d", 72), ("1d 12h", 36), ("PT6H", 6)] {
+        for (text, hours) in [("72h", 72), ("3d", 72), ("1d 12h", 36), ("1w", 168), ("PT6H", 6), ("P3D", 72)] {
             match Schedule::from_spec(&spec(text, None, None)).unwrap() {
                 Schedule::Interval(d) => assert_eq!(d, SignedDuration::from_hours(hours), "{text}"),
                 other => panic!("{text}: {other:?}"),
             }
         }
         assert!(matches!(Schedule::from_spec(&spec("often", None, None)), Err(ScheduleError::Interval { .. })));
+        assert!(matches!(Schedule::from_spec(&spec("1 month", None, None)), Err(ScheduleError::Interval { .. })));
         assert!(matches!(Schedule::from_spec(&spec("10s", None, None)), Err(ScheduleError::IntervalTooShort(_))));
     }
 

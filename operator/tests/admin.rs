@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use face2simpson_operator::admin::{AdminState, app};
-use face2simpson_operator::metrics::{ErrorLabels, Metrics};
+use face2simpson_operator::metrics::{ErrorLabels, Metrics, ModelLabels};
 use http_body_util::BodyExt;
 use prometheus_client::registry::Registry;
 use tower::ServiceExt;
@@ -25,6 +25,11 @@ async fn health_readiness_and_metrics() {
     let metrics = Metrics::register(&mut registry);
     metrics.reconcile_errors.get_or_create(&ErrorLabels { kind: "conflict" }).inc();
     metrics.reconciles.inc();
+    let model = ModelLabels { namespace: "simpsons".into(), model: "homer".into() };
+    metrics.promotions.get_or_create(&model).inc();
+    metrics.rejections.get_or_create(&model).inc();
+    metrics.trainings_started.get_or_create(&model).inc();
+    metrics.champion_accuracy.get_or_create(&model).set(0.875);
     let state = AdminState { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) };
 
     assert_eq!(get(&state, "/healthz").await, (StatusCode::OK, "ok".into()));
@@ -37,10 +42,11 @@ async fn health_readiness_and_metrics() {
     for line in [
         "face2simpson_operator_reconciles_total 1",
         r#"face2simpson_operator_reconcile_errors_total{kind="conflict"} 1"#,
-        "# TYPE face2simpson_operator_promotions counter",
-        "# TYPE face2simpson_operator_rejections counter",
-        "# TYPE face2simpson_operator_trainings_started counter",
+        r#"face2simpson_operator_promotions_total{namespace="simpsons",model="homer"} 1"#,
+        r#"face2simpson_operator_rejections_total{namespace="simpsons",model="homer"} 1"#,
+        r#"face2simpson_operator_trainings_started_total{namespace="simpsons",model="homer"} 1"#,
         "# TYPE face2simpson_operator_champion_accuracy gauge",
+        r#"face2simpson_operator_champion_accuracy{namespace="simpsons",model="homer"} 0.875"#,
     ] {
         assert!(text.contains(line), "missing {line:?} in\n{text}");
     }

@@ -325,6 +325,10 @@ async fn serve(handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, 
         seen.push(Seen { method, path, query, body });
         send.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap());
     }
+    // Nothing more may come: the test calls `finish` after the reconcile returned.
+    if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await {
+        panic!("unexpected request {} {} after {:#?}", request.method(), request.uri(), summary(&seen));
+    }
     seen
 }
 
