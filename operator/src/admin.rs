@@ -31,13 +31,28 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: the controller has not started").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the controller has not started",
+        )
+            .into_response()
     }
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {
     match crate::metrics::encode(&state.registry) {
-        Ok(body) => ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode metrics: {e}")).into_response(),
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("cannot encode metrics: {e}"),
+        )
+            .into_response(),
     }
 }

@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar, HTTPGetAction,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretEnvSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -54,7 +56,13 @@ pub fn manual_run_id(model: &str, request: &str) -> String {
         hash ^= u32::from(b);
         hash = hash.wrapping_mul(0x0100_0193);
     }
-    format!("{}-manual-{hash:08x}", name_prefix(model).chars().take(NAME_PREFIX_MAX - 7).collect::<String>())
+    format!(
+        "{}-manual-{hash:08x}",
+        name_prefix(model)
+            .chars()
+            .take(NAME_PREFIX_MAX - 7)
+            .collect::<String>()
+    )
 }
 
 /// Name shared by the inference Deployment and Service.
@@ -77,7 +85,10 @@ pub fn job_selector(model: &str) -> String {
 
 fn inference_labels(model: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
-        ("app.kubernetes.io/name".to_owned(), "face2simpson-inference".to_owned()),
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "face2simpson-inference".to_owned(),
+        ),
         ("app.kubernetes.io/instance".to_owned(), model.to_owned()),
         (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
         (MODEL_LABEL.to_owned(), model.to_owned()),
@@ -87,14 +98,24 @@ fn inference_labels(model: &str) -> BTreeMap<String, String> {
 fn env_from(sm: &SimpsonModel) -> Option<Vec<EnvFromSource>> {
     sm.spec.storage_secret_ref.as_ref().map(|s| {
         vec![EnvFromSource {
-            secret_ref: Some(SecretEnvSource { name: s.name.clone(), optional: Some(false) }),
+            secret_ref: Some(SecretEnvSource {
+                name: s.name.clone(),
+                optional: Some(false),
+            }),
             ..Default::default()
         }]
     })
 }
 
 fn env(pairs: &[(&str, String)]) -> Vec<EnvVar> {
-    pairs.iter().map(|(k, v)| EnvVar { name: (*k).to_owned(), value: Some(v.clone()), ..Default::default() }).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| EnvVar {
+            name: (*k).to_owned(),
+            value: Some(v.clone()),
+            ..Default::default()
+        })
+        .collect()
 }
 
 /// The restricted Pod Security Standard, plus a writable /tmp since the root is read-only.
@@ -106,7 +127,10 @@ fn hardened_pod(containers: Vec<Container>) -> PodSpec {
             run_as_user: Some(NON_ROOT_UID),
             run_as_group: Some(NON_ROOT_UID),
             fs_group: Some(NON_ROOT_UID),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         volumes: Some(vec![Volume {
@@ -124,8 +148,14 @@ fn hardened_container() -> Container {
             run_as_non_root: Some(true),
             read_only_root_filesystem: Some(true),
             allow_privilege_escalation: Some(false),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), ..Default::default() }),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), ..Default::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         volume_mounts: Some(vec![VolumeMount {
@@ -139,7 +169,11 @@ fn hardened_container() -> Container {
 
 /// The training Job of one run. `champion` is re-scored by the trainer on the run's test
 /// split so the gate compares like with like.
-pub fn training_job(sm: &SimpsonModel, run_id: &str, champion: Option<&str>) -> Result<Job, MissingMetadata> {
+pub fn training_job(
+    sm: &SimpsonModel,
+    run_id: &str,
+    champion: Option<&str>,
+) -> Result<Job, MissingMetadata> {
     let model = sm.name_any();
     let t = &sm.spec.training;
     let mut args: Vec<String> = vec![
@@ -183,7 +217,10 @@ pub fn training_job(sm: &SimpsonModel, run_id: &str, champion: Option<&str>) -> 
         image: Some(t.image.clone()),
         command: Some(vec!["face2simpson-trainer".into()]),
         args: Some(args),
-        env: Some(env(&[("HOME", "/tmp".into()), ("LOG_FORMAT", "json".into())])),
+        env: Some(env(&[
+            ("HOME", "/tmp".into()),
+            ("LOG_FORMAT", "json".into()),
+        ])),
         env_from: env_from(sm),
         resources: Some(t.resources.clone()),
         ..hardened_container()
@@ -206,7 +243,10 @@ pub fn training_job(sm: &SimpsonModel, run_id: &str, champion: Option<&str>) -> 
             backoff_limit: Some(t.backoff_limit),
             active_deadline_seconds: Some(t.active_deadline_seconds),
             template: PodTemplateSpec {
-                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
                 spec: Some(pod),
             },
             ..Default::default()
@@ -231,7 +271,10 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 
 /// The inference Deployment serving `champion`. Changing MODEL_URI changes the pod template,
 /// which is what makes Kubernetes roll the pods.
-pub fn inference_deployment(sm: &SimpsonModel, champion: &ChampionStatus) -> Result<Deployment, MissingMetadata> {
+pub fn inference_deployment(
+    sm: &SimpsonModel,
+    champion: &ChampionStatus,
+) -> Result<Deployment, MissingMetadata> {
     let model = sm.name_any();
     let inf = &sm.spec.inference;
     let selector = BTreeMap::from([
@@ -258,7 +301,10 @@ pub fn inference_deployment(sm: &SimpsonModel, champion: &ChampionStatus) -> Res
         // Loading weights from object storage can take a while: readiness gates traffic,
         // liveness only restarts a pod that stopped answering at all.
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
-        liveness_probe: Some(Probe { initial_delay_seconds: Some(30), ..http_probe("/healthz", 10, 6) }),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(30),
+            ..http_probe("/healthz", 10, 6)
+        }),
         ..hardened_container()
     };
     let template_labels = labels.clone();
@@ -273,7 +319,10 @@ pub fn inference_deployment(sm: &SimpsonModel, champion: &ChampionStatus) -> Res
         },
         spec: Some(DeploymentSpec {
             replicas: Some(inf.replicas),
-            selector: LabelSelector { match_labels: Some(selector), ..Default::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
             strategy: Some(DeploymentStrategy {
                 type_: Some("RollingUpdate".into()),
                 // Never below the requested capacity while a new model rolls out.
@@ -285,7 +334,10 @@ pub fn inference_deployment(sm: &SimpsonModel, champion: &ChampionStatus) -> Res
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(RUN_ID_LABEL.to_owned(), champion.run_id.clone())])),
+                    annotations: Some(BTreeMap::from([(
+                        RUN_ID_LABEL.to_owned(),
+                        champion.run_id.clone(),
+                    )])),
                     ..Default::default()
                 }),
                 spec: Some(hardened_pod(vec![container])),

@@ -24,8 +24,8 @@ use tracing::{info, instrument, warn};
 
 use crate::builders::{self, MissingMetadata, RUN_ID_LABEL};
 use crate::crd::{
-    ChampionStatus, HistoryEntry, ROLLBACK_REQUEST_ANNOTATION, RunStatus, SimpsonModel, SimpsonModelStatus,
-    TRAIN_REQUEST_ANNOTATION,
+    ChampionStatus, HistoryEntry, ROLLBACK_REQUEST_ANNOTATION, RunStatus, SimpsonModel,
+    SimpsonModelStatus, TRAIN_REQUEST_ANNOTATION,
 };
 use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
 use crate::schedule::Schedule;
@@ -39,7 +39,8 @@ const TRAINING_REQUEUE: Duration = Duration::from_secs(300);
 
 /// Opens the model's store with the credential variables taken from its Secret. Injected so
 /// tests can hand in an in-memory store shared with the test body.
-pub type StorageOpener = Arc<dyn Fn(&str, Vec<(String, String)>) -> Result<Storage, StorageError> + Send + Sync>;
+pub type StorageOpener =
+    Arc<dyn Fn(&str, Vec<(String, String)>) -> Result<Storage, StorageError> + Send + Sync>;
 /// The current time. Injected so schedules are tested without waiting for them.
 pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
 
@@ -56,13 +57,28 @@ pub struct Context {
 
 impl std::fmt::Debug for Context {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Context").field("metrics", &self.metrics).finish_non_exhaustive()
+        f.debug_struct("Context")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
     }
 }
 
 impl Context {
-    pub fn new(client: Client, recorder: Recorder, metrics: Arc<Metrics>, clock: Clock, open_storage: StorageOpener) -> Self {
-        Self { client, recorder, metrics, clock, open_storage, failures: Mutex::default() }
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        open_storage: StorageOpener,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            clock,
+            open_storage,
+            failures: Mutex::default(),
+        }
     }
 
     /// The production context: wall clock and stores opened from their URLs.
@@ -78,7 +94,9 @@ impl Context {
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
         // A poisoned map only loses backoff counts; keep going with what it holds.
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
@@ -120,7 +138,10 @@ fn object_key(sm: &SimpsonModel) -> String {
 
 /// Called by the controller when `reconcile` fails: count it and retry later, longer each time.
 pub fn error_policy(sm: Arc<SimpsonModel>, err: &Error, ctx: Arc<Context>) -> Action {
-    ctx.metrics.reconcile_errors.get_or_create(&ErrorLabels { kind: err.kind() }).inc();
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { kind: err.kind() })
+        .inc();
     let n = {
         let mut failures = ctx.failures();
         let n = failures.entry(object_key(&sm)).or_insert(0);
@@ -143,14 +164,22 @@ pub enum JobState {
 /// Reads a Job's outcome from its conditions, which the Job controller sets once and for all.
 pub fn job_state(job: &Job) -> JobState {
     let status = job.status.as_ref();
-    for c in status.and_then(|s| s.conditions.as_ref()).into_iter().flatten() {
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
         if c.status != "True" {
             continue;
         }
         match c.type_.as_str() {
             "Complete" => return JobState::Succeeded,
             "Failed" => {
-                let why = c.message.clone().or_else(|| c.reason.clone()).unwrap_or_else(|| "Job failed".into());
+                let why = c
+                    .message
+                    .clone()
+                    .or_else(|| c.reason.clone())
+                    .unwrap_or_else(|| "Job failed".into());
                 return JobState::Failed(why);
             }
             _ => {}
@@ -160,11 +189,22 @@ pub fn job_state(job: &Job) -> JobState {
 }
 
 fn run_id_of(job: &Job) -> String {
-    job.labels().get(RUN_ID_LABEL).cloned().unwrap_or_else(|| job.name_any())
+    job.labels()
+        .get(RUN_ID_LABEL)
+        .cloned()
+        .unwrap_or_else(|| job.name_any())
 }
 
 /// Sets a condition, keeping its transition time when the status did not flip.
-pub fn set_condition(conds: &mut Vec<Condition>, type_: &str, status: bool, reason: &str, message: &str, generation: Option<i64>, now: Timestamp) {
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
     let status = if status { "True" } else { "False" }.to_owned();
     if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
         if c.status != status {
@@ -202,29 +242,63 @@ struct Pass<'a> {
 
 impl Pass<'_> {
     fn labels(&self) -> ModelLabels {
-        ModelLabels { namespace: self.ns.clone(), model: self.name.clone() }
+        ModelLabels {
+            namespace: self.ns.clone(),
+            model: self.name.clone(),
+        }
     }
 
     async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let ev = Event { type_, reason: reason.into(), note: Some(note), action: action.into(), secondary: None };
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
         // An event is a courtesy to humans: failing to publish one must not fail the pass.
-        if let Err(e) = self.ctx.recorder.publish(&ev, &self.sm.object_ref(&())).await {
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.sm.object_ref(&()))
+            .await
+        {
             warn!(model = %self.name, reason, error = %e, "cannot publish event");
         }
     }
 
     fn degraded(&mut self, reason: &str, message: &str) {
         let generation = self.sm.metadata.generation;
-        set_condition(&mut self.status.conditions, "Degraded", true, reason, message, generation, self.now);
+        set_condition(
+            &mut self.status.conditions,
+            "Degraded",
+            true,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
     }
 
     fn healthy(&mut self, reason: &str, message: &str) {
         let generation = self.sm.metadata.generation;
-        set_condition(&mut self.status.conditions, "Degraded", false, reason, message, generation, self.now);
+        set_condition(
+            &mut self.status.conditions,
+            "Degraded",
+            false,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
     }
 
     fn already_decided(&self, run_id: &str) -> bool {
-        let in_last = self.status.last_run.as_ref().is_some_and(|r| r.run_id == run_id && r.decision.is_some());
+        let in_last = self
+            .status
+            .last_run
+            .as_ref()
+            .is_some_and(|r| r.run_id == run_id && r.decision.is_some());
         in_last || self.status.history.iter().any(|h| h.run_id == run_id)
     }
 
@@ -251,7 +325,11 @@ impl Pass<'_> {
                 run_id: run_id.clone(),
                 job_name: job.name_any(),
                 trigger: "Unknown".into(),
-                started_at: job.metadata.creation_timestamp.clone().unwrap_or(Time(self.now)),
+                started_at: job
+                    .metadata
+                    .creation_timestamp
+                    .clone()
+                    .unwrap_or(Time(self.now)),
                 finished_at: None,
                 accuracy: None,
                 champion_accuracy: None,
@@ -262,17 +340,26 @@ impl Pass<'_> {
         };
         run.finished_at = Some(Time(self.now));
         let outcome = match state {
-            JobState::Failed(why) => Err(("JobFailed", format!("training Job {} failed: {why}", job.name_any()))),
+            JobState::Failed(why) => Err((
+                "JobFailed",
+                format!("training Job {} failed: {why}", job.name_any()),
+            )),
             JobState::Active => return Ok(()),
             JobState::Succeeded => match self.storage().await? {
                 Err(e) => Err(("StorageUnreachable", e.to_string())),
                 Ok(storage) => match storage.get_metrics(&run_id).await {
-                    Err(e) if e.is_not_found() => Err(("MetricsMissing", format!("run {run_id} succeeded but wrote no metrics: {e}"))),
-                    Err(e @ StorageError::Malformed { .. }) => Err(("MetricsInvalid", e.to_string())),
-                    Err(e) => Err(("StorageUnreachable", e.to_string())),
-                    Ok(m) if m.run_id != run_id => {
-                        Err(("MetricsInvalid", format!("metrics of run {run_id} name run {:?}", m.run_id)))
+                    Err(e) if e.is_not_found() => Err((
+                        "MetricsMissing",
+                        format!("run {run_id} succeeded but wrote no metrics: {e}"),
+                    )),
+                    Err(e @ StorageError::Malformed { .. }) => {
+                        Err(("MetricsInvalid", e.to_string()))
                     }
+                    Err(e) => Err(("StorageUnreachable", e.to_string())),
+                    Ok(m) if m.run_id != run_id => Err((
+                        "MetricsInvalid",
+                        format!("metrics of run {run_id} name run {:?}", m.run_id),
+                    )),
                     Ok(m) => Ok((m, storage)),
                 },
             },
@@ -280,27 +367,55 @@ impl Pass<'_> {
         let (decision, reason) = match outcome {
             Err((why, message)) => {
                 warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
-                self.ctx.metrics.failed_runs.get_or_create(&self.labels()).inc();
+                self.ctx
+                    .metrics
+                    .failed_runs
+                    .get_or_create(&self.labels())
+                    .inc();
                 self.degraded(why, &message);
-                self.event(EventType::Warning, why, "Evaluate", message.clone()).await;
+                self.event(EventType::Warning, why, "Evaluate", message.clone())
+                    .await;
                 ("Failed".to_owned(), message)
             }
             Ok((metrics, storage)) => {
                 let p = &self.sm.spec.promotion;
-                let policy = PromotionPolicy { min_improvement: p.min_improvement, min_accuracy: p.min_accuracy };
+                let policy = PromotionPolicy {
+                    min_improvement: p.min_improvement,
+                    min_accuracy: p.min_accuracy,
+                };
                 let decision = artifacts::decide(&policy, &metrics);
                 run.accuracy = Some(metrics.test_accuracy);
                 run.champion_accuracy = metrics.champion_test_accuracy;
                 run.dry_run = p.dry_run;
                 self.healthy("RunEvaluated", &format!("run {run_id}: {decision}"));
-                let reason = if p.dry_run { format!("dry run, nothing rolled: {}", decision.reason()) } else { decision.reason().to_owned() };
+                let reason = if p.dry_run {
+                    format!("dry run, nothing rolled: {}", decision.reason())
+                } else {
+                    decision.reason().to_owned()
+                };
                 match (&decision, p.dry_run) {
                     (Decision::Reject(_), _) => {
-                        self.ctx.metrics.rejections.get_or_create(&self.labels()).inc();
-                        self.event(EventType::Normal, "Rejected", "Evaluate", format!("run {run_id}: {reason}")).await;
+                        self.ctx
+                            .metrics
+                            .rejections
+                            .get_or_create(&self.labels())
+                            .inc();
+                        self.event(
+                            EventType::Normal,
+                            "Rejected",
+                            "Evaluate",
+                            format!("run {run_id}: {reason}"),
+                        )
+                        .await;
                     }
                     (_, true) => {
-                        self.event(EventType::Normal, "DryRun", "Evaluate", format!("run {run_id} would be promoted: {reason}")).await;
+                        self.event(
+                            EventType::Normal,
+                            "DryRun",
+                            "Evaluate",
+                            format!("run {run_id} would be promoted: {reason}"),
+                        )
+                        .await;
                     }
                     (_, false) => {
                         let champion = ChampionStatus {
@@ -311,12 +426,27 @@ impl Pass<'_> {
                         };
                         // Re-deciding after a crash finds the same champion already in place:
                         // keep the older previous champion instead of pointing it at itself.
-                        if self.status.champion.as_ref().is_none_or(|c| c.run_id != run_id) {
+                        if self
+                            .status
+                            .champion
+                            .as_ref()
+                            .is_none_or(|c| c.run_id != run_id)
+                        {
                             self.status.previous_champion = self.status.champion.take();
                         }
                         self.status.champion = Some(champion);
-                        self.ctx.metrics.promotions.get_or_create(&self.labels()).inc();
-                        self.event(EventType::Normal, "Promoted", "Promote", format!("run {run_id}: {reason}")).await;
+                        self.ctx
+                            .metrics
+                            .promotions
+                            .get_or_create(&self.labels())
+                            .inc();
+                        self.event(
+                            EventType::Normal,
+                            "Promoted",
+                            "Promote",
+                            format!("run {run_id}: {reason}"),
+                        )
+                        .await;
                     }
                 }
                 info!(model = %self.name, run = %run_id, decision = decision.kind(), %reason, "run evaluated");
@@ -340,22 +470,44 @@ impl Pass<'_> {
 
     fn record(&mut self, entry: HistoryEntry) {
         self.status.history.insert(0, entry);
-        self.status.history.truncate(self.sm.spec.schedule.history_limit as usize);
+        self.status
+            .history
+            .truncate(self.sm.spec.schedule.history_limit as usize);
     }
 
     /// A changed rollback annotation puts the previous champion back in service.
     async fn rollback(&mut self) {
-        let Some(request) = self.sm.annotations().get(ROLLBACK_REQUEST_ANNOTATION).cloned() else { return };
+        let Some(request) = self
+            .sm
+            .annotations()
+            .get(ROLLBACK_REQUEST_ANNOTATION)
+            .cloned()
+        else {
+            return;
+        };
         if self.status.last_rollback_request.as_deref() == Some(request.as_str()) {
             return;
         }
         self.status.last_rollback_request = Some(request);
-        let (Some(current), Some(previous)) = (self.status.champion.take(), self.status.previous_champion.take()) else {
-            let message = "rollback requested but there is no previous champion to go back to".to_owned();
-            self.event(EventType::Warning, "RollbackImpossible", "Rollback", message).await;
+        let (Some(current), Some(previous)) = (
+            self.status.champion.take(),
+            self.status.previous_champion.take(),
+        ) else {
+            let message =
+                "rollback requested but there is no previous champion to go back to".to_owned();
+            self.event(
+                EventType::Warning,
+                "RollbackImpossible",
+                "Rollback",
+                message,
+            )
+            .await;
             return;
         };
-        let reason = format!("manual rollback from {} to {}", current.run_id, previous.run_id);
+        let reason = format!(
+            "manual rollback from {} to {}",
+            current.run_id, previous.run_id
+        );
         self.record(HistoryEntry {
             run_id: previous.run_id.clone(),
             decision: "Rollback".into(),
@@ -365,28 +517,60 @@ impl Pass<'_> {
             dry_run: false,
             decided_at: Time(self.now),
         });
-        self.status.champion = Some(ChampionStatus { promoted_at: Time(self.now), ..previous });
+        self.status.champion = Some(ChampionStatus {
+            promoted_at: Time(self.now),
+            ..previous
+        });
         self.status.previous_champion = Some(current);
         info!(model = %self.name, %reason, "rolled back");
-        self.event(EventType::Normal, "RolledBack", "Rollback", reason).await;
+        self.event(EventType::Normal, "RolledBack", "Rollback", reason)
+            .await;
     }
 
     /// Server-side applies the Deployment and Service of the current champion.
     async fn serve(&mut self) -> Result<(), Error> {
         let generation = self.sm.metadata.generation;
         let Some(champion) = self.status.champion.clone() else {
-            set_condition(&mut self.status.conditions, "Ready", false, "NoChampion", "no model has passed the gate yet", generation, self.now);
+            set_condition(
+                &mut self.status.conditions,
+                "Ready",
+                false,
+                "NoChampion",
+                "no model has passed the gate yet",
+                generation,
+                self.now,
+            );
             return Ok(());
         };
         let pp = PatchParams::apply(MANAGER).force();
         let deployment = builders::inference_deployment(self.sm, &champion)?;
         let name = builders::inference_name(&self.name);
-        Api::<Deployment>::namespaced(self.ctx.client.clone(), &self.ns).patch(&name, &pp, &Patch::Apply(&deployment)).await?;
+        Api::<Deployment>::namespaced(self.ctx.client.clone(), &self.ns)
+            .patch(&name, &pp, &Patch::Apply(&deployment))
+            .await?;
         let service = builders::inference_service(self.sm)?;
-        Api::<Service>::namespaced(self.ctx.client.clone(), &self.ns).patch(&name, &pp, &Patch::Apply(&service)).await?;
-        self.ctx.metrics.champion_accuracy.get_or_create(&self.labels()).set(champion.accuracy);
-        let message = format!("serving run {} ({:.2}% test accuracy)", champion.run_id, champion.accuracy * 100.0);
-        set_condition(&mut self.status.conditions, "Ready", true, "Serving", &message, generation, self.now);
+        Api::<Service>::namespaced(self.ctx.client.clone(), &self.ns)
+            .patch(&name, &pp, &Patch::Apply(&service))
+            .await?;
+        self.ctx
+            .metrics
+            .champion_accuracy
+            .get_or_create(&self.labels())
+            .set(champion.accuracy);
+        let message = format!(
+            "serving run {} ({:.2}% test accuracy)",
+            champion.run_id,
+            champion.accuracy * 100.0
+        );
+        set_condition(
+            &mut self.status.conditions,
+            "Ready",
+            true,
+            "Serving",
+            &message,
+            generation,
+            self.now,
+        );
         Ok(())
     }
 
@@ -398,10 +582,16 @@ impl Pass<'_> {
         match jobs.create(&PostParams::default(), &job).await {
             Ok(_) => {}
             // Deterministic names make a second create for the same slot a no-op.
-            Err(kube::Error::Api(s)) if s.code == 409 => info!(model = %self.name, run = %run_id, "training Job already exists; adopting it"),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                info!(model = %self.name, run = %run_id, "training Job already exists; adopting it")
+            }
             Err(e) => return Err(e.into()),
         }
-        self.ctx.metrics.trainings_started.get_or_create(&self.labels()).inc();
+        self.ctx
+            .metrics
+            .trainings_started
+            .get_or_create(&self.labels())
+            .inc();
         info!(model = %self.name, run = %run_id, trigger, "training started");
         let note = format!("started training run {run_id} ({trigger})");
         self.status.last_run = Some(RunStatus {
@@ -416,7 +606,8 @@ impl Pass<'_> {
             reason: None,
             dry_run: false,
         });
-        self.event(EventType::Normal, "TrainingStarted", "Train", note).await;
+        self.event(EventType::Normal, "TrainingStarted", "Train", note)
+            .await;
         Ok(())
     }
 
@@ -441,7 +632,10 @@ impl Pass<'_> {
                 continue;
             }
             info!(model = %self.name, job = %job.name_any(), "deleting old training Job");
-            match api.delete(&job.name_any(), &DeleteParams::background()).await {
+            match api
+                .delete(&job.name_any(), &DeleteParams::background())
+                .await
+            {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 Err(e) => return Err(e.into()),
@@ -464,7 +658,14 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     let now = (ctx.clock)();
     let ns = sm.namespace().ok_or(MissingMetadata("namespace"))?;
     let old = sm.status.clone().unwrap_or_default();
-    let mut pass = Pass { sm, ctx, ns: ns.clone(), name: sm.name_any(), now, status: old.clone() };
+    let mut pass = Pass {
+        sm,
+        ctx,
+        ns: ns.clone(),
+        name: sm.name_any(),
+        now,
+        status: old.clone(),
+    };
     let generation = sm.metadata.generation;
     if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
         pass.healthy("AsExpected", "");
@@ -472,11 +673,23 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
 
     // 1. The model's training Jobs, oldest first: the truth about runs in flight.
     let api: Api<Job> = Api::namespaced(ctx.client.clone(), &ns);
-    let list = api.list(&ListParams::default().labels(&builders::job_selector(&pass.name))).await?;
-    let mut jobs: Vec<(Job, JobState)> = list.items.into_iter().map(|j| (j.clone(), job_state(&j))).collect();
+    let list = api
+        .list(&ListParams::default().labels(&builders::job_selector(&pass.name)))
+        .await?;
+    let mut jobs: Vec<(Job, JobState)> = list
+        .items
+        .into_iter()
+        .map(|j| (j.clone(), job_state(&j)))
+        .collect();
     jobs.sort_by(|(a, _), (b, _)| {
-        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), a.name_any())
-            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), b.name_any()))
+        (
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            a.name_any(),
+        )
+            .cmp(&(
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                b.name_any(),
+            ))
     });
 
     // 2. Only the newest Job can hold an undecided result: no run starts before the
@@ -489,10 +702,17 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     }
 
     // A run recorded as started whose Job is gone (deleted by hand) will never report back.
-    if let Some(run) = pass.status.last_run.as_ref().filter(|r| r.decision.is_none())
+    if let Some(run) = pass
+        .status
+        .last_run
+        .as_ref()
+        .filter(|r| r.decision.is_none())
         && !jobs.iter().any(|(j, _)| run_id_of(j) == run.run_id)
     {
-        let message = format!("training Job {} disappeared before it finished", run.job_name);
+        let message = format!(
+            "training Job {} disappeared before it finished",
+            run.job_name
+        );
         let mut run = run.clone();
         run.finished_at = Some(Time(now));
         run.decision = Some("Failed".into());
@@ -508,7 +728,8 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         });
         pass.status.last_run = Some(run);
         pass.degraded("JobMissing", &message);
-        pass.event(EventType::Warning, "JobMissing", "Evaluate", message).await;
+        pass.event(EventType::Warning, "JobMissing", "Evaluate", message)
+            .await;
     }
 
     // 3. Manual rollback, then serve whoever is champion now.
@@ -527,12 +748,23 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         Err(e) => {
             let message = e.to_string();
             if !condition_is(&pass.status.conditions, "Degraded", "True") {
-                pass.event(EventType::Warning, "InvalidSchedule", "Schedule", message.clone()).await;
+                pass.event(
+                    EventType::Warning,
+                    "InvalidSchedule",
+                    "Schedule",
+                    message.clone(),
+                )
+                .await;
             }
             pass.degraded("InvalidSchedule", &message);
         }
         Ok(schedule) => {
-            if pass.status.conditions.iter().any(|c| c.type_ == "Degraded" && c.reason == "InvalidSchedule") {
+            if pass
+                .status
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.reason == "InvalidSchedule")
+            {
                 pass.healthy("ScheduleValid", "the schedule is valid again");
             }
             let plan = schedule.plan(last_start, anchor, now);
@@ -543,8 +775,14 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
                     None
                 }
             };
-            let request = sm.annotations().get(TRAIN_REQUEST_ANNOTATION).filter(|v| !v.is_empty()).cloned();
-            let manual = request.clone().filter(|r| pass.status.last_train_request.as_ref() != Some(r));
+            let request = sm
+                .annotations()
+                .get(TRAIN_REQUEST_ANNOTATION)
+                .filter(|v| !v.is_empty())
+                .cloned();
+            let manual = request
+                .clone()
+                .filter(|r| pass.status.last_train_request.as_ref() != Some(r));
             let trigger = if active || suspended {
                 None
             } else if let Some(r) = &manual {
@@ -552,7 +790,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
             } else if pass.status.champion.is_none() && pass.status.last_run.is_none() {
                 Some((builders::scheduled_run_id(&pass.name, anchor), "Bootstrap"))
             } else {
-                plan.as_ref().and_then(|p| p.due_slot).map(|slot| (builders::scheduled_run_id(&pass.name, slot), "Schedule"))
+                plan.as_ref()
+                    .and_then(|p| p.due_slot)
+                    .map(|slot| (builders::scheduled_run_id(&pass.name, slot), "Schedule"))
             };
             next_run_at = plan.as_ref().map(|p| p.next_run_at);
             if let Some((run_id, trigger)) = trigger {
@@ -561,17 +801,35 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
                 if trigger == "Manual" {
                     pass.status.last_train_request = manual;
                 }
-                next_run_at = schedule.plan(Some(now), anchor, now).ok().map(|p| p.next_run_at);
+                next_run_at = schedule
+                    .plan(Some(now), anchor, now)
+                    .ok()
+                    .map(|p| p.next_run_at);
             }
         }
     }
     let training = active || started;
     let (reason, message) = match (&pass.status.last_run, training) {
-        (Some(r), true) => ("JobRunning", format!("training run {} is in progress", r.run_id)),
+        (Some(r), true) => (
+            "JobRunning",
+            format!("training run {} is in progress", r.run_id),
+        ),
         _ => ("Idle", String::new()),
     };
-    set_condition(&mut pass.status.conditions, "Training", training, reason, &message, generation, now);
-    pass.status.next_run_at = if suspended { None } else { next_run_at.map(Time) };
+    set_condition(
+        &mut pass.status.conditions,
+        "Training",
+        training,
+        reason,
+        &message,
+        generation,
+        now,
+    );
+    pass.status.next_run_at = if suspended {
+        None
+    } else {
+        next_run_at.map(Time)
+    };
 
     // 5. Old Jobs.
     pass.housekeeping(&jobs).await?;
@@ -596,7 +854,13 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
             "status": pass.status,
         });
         let models: Api<SimpsonModel> = Api::namespaced(ctx.client.clone(), &ns);
-        models.patch_status(&pass.name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body)).await?;
+        models
+            .patch_status(
+                &pass.name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&body),
+            )
+            .await?;
     }
 
     Ok(Action::requeue(if training {
@@ -606,7 +870,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
             .next_run_at
             .as_ref()
             .map(|t| Duration::try_from(t.0.duration_since(now)).unwrap_or(Duration::ZERO))
-            .map_or(MAX_REQUEUE, |d| d.clamp(Duration::from_secs(1), MAX_REQUEUE))
+            .map_or(MAX_REQUEUE, |d| {
+                d.clamp(Duration::from_secs(1), MAX_REQUEUE)
+            })
     }))
 }
 
@@ -624,13 +890,24 @@ mod tests {
     #[test]
     fn job_state_reads_conditions() {
         let job = |conditions: serde_json::Value| -> Job {
-            serde_json::from_value(json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}})).unwrap()
+            serde_json::from_value(
+                json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}),
+            )
+            .unwrap()
         };
         assert_eq!(job_state(&job(json!([]))), JobState::Active);
-        assert_eq!(job_state(&job(json!([{"type": "Complete", "status": "True"}]))), JobState::Succeeded);
-        assert_eq!(job_state(&job(json!([{"type": "Complete", "status": "False"}]))), JobState::Active);
         assert_eq!(
-            job_state(&job(json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}]))),
+            job_state(&job(json!([{"type": "Complete", "status": "True"}]))),
+            JobState::Succeeded
+        );
+        assert_eq!(
+            job_state(&job(json!([{"type": "Complete", "status": "False"}]))),
+            JobState::Active
+        );
+        assert_eq!(
+            job_state(&job(
+                json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}])
+            )),
             JobState::Failed("DeadlineExceeded".into())
         );
     }
@@ -641,9 +918,35 @@ mod tests {
         let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
         let mut conds = Vec::new();
         set_condition(&mut conds, "Degraded", true, "JobFailed", "a", Some(1), t0);
-        set_condition(&mut conds, "Degraded", true, "MetricsMissing", "b", Some(2), t1);
-        assert_eq!((conds[0].last_transition_time.0, conds[0].reason.as_str()), (t0, "MetricsMissing"));
-        set_condition(&mut conds, "Degraded", false, "RunEvaluated", "", Some(2), t1);
-        assert_eq!((conds.len(), conds[0].last_transition_time.0, conds[0].status.as_str()), (1, t1, "False"));
+        set_condition(
+            &mut conds,
+            "Degraded",
+            true,
+            "MetricsMissing",
+            "b",
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            (conds[0].last_transition_time.0, conds[0].reason.as_str()),
+            (t0, "MetricsMissing")
+        );
+        set_condition(
+            &mut conds,
+            "Degraded",
+            false,
+            "RunEvaluated",
+            "",
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            (
+                conds.len(),
+                conds[0].last_transition_time.0,
+                conds[0].status.as_str()
+            ),
+            (1, t1, "False")
+        );
     }
 }

@@ -34,12 +34,12 @@ pub const ROLLBACK_REQUEST_ANNOTATION: &str = "face2simpson.io/rollback-requeste
     status = "SimpsonModelStatus",
     derive = "PartialEq",
     doc = "A continuously retrained Simpsons face classifier served in-cluster.",
-    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase", description = "Where the model is in its lifecycle"),
-    printcolumn(name = "Champion-Acc", type_ = "number", json_path = ".status.champion.accuracy", description = "Test accuracy of the model in service"),
-    printcolumn(name = "Last-Run", type_ = "string", json_path = ".status.lastRun.runId", description = "The most recent training run"),
-    printcolumn(name = "Decision", type_ = "string", json_path = ".status.lastRun.decision", description = "What the gate decided on the last run"),
-    printcolumn(name = "Next-Run", type_ = "date", json_path = ".status.nextRunAt", description = "When the next scheduled run is due"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the model is in its lifecycle"}"#,
+    printcolumn = r#"{"name": "Champion-Acc", "type": "number", "jsonPath": ".status.champion.accuracy", "description": "Test accuracy of the model in service"}"#,
+    printcolumn = r#"{"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.runId", "description": "The most recent training run"}"#,
+    printcolumn = r#"{"name": "Decision", "type": "string", "jsonPath": ".status.lastRun.decision", "description": "What the gate decided on the last run"}"#,
+    printcolumn = r#"{"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunAt", "description": "When the next scheduled run is due"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
 pub struct SimpsonModelSpec {
@@ -312,7 +312,10 @@ fn default_history_limit() -> u32 {
 }
 fn default_training_resources() -> ResourceRequirements {
     ResourceRequirements {
-        limits: Some(BTreeMap::from([("nvidia.com/gpu".to_owned(), Quantity("1".to_owned()))])),
+        limits: Some(BTreeMap::from([(
+            "nvidia.com/gpu".to_owned(),
+            Quantity("1".to_owned()),
+        )])),
         ..Default::default()
     }
 }

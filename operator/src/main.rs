@@ -15,17 +15,21 @@ use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
+use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
-use kube::Client;
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
-#[command(name = "face2simpson-operator", version, about = "Schedules training, gates new models and rolls the inference Deployment")]
+#[command(
+    name = "face2simpson-operator",
+    version,
+    about = "Schedules training, gates new models and rolls the inference Deployment"
+)]
 struct Cli {
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
@@ -45,9 +49,16 @@ struct Cli {
 }
 
 fn init_tracing(format: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if format == "json" { builder.json().init() } else { builder.init() }
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init()
+    } else {
+        builder.init()
+    }
 }
 
 /// Resolves on SIGTERM (what the kubelet sends) or Ctrl-C.
@@ -97,16 +108,23 @@ async fn main() -> Result<()> {
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
     let ready = Arc::new(AtomicBool::new(false));
-    let state = AdminState { registry: Arc::new(registry), ready: ready.clone() };
+    let state = AdminState {
+        registry: Arc::new(registry),
+        ready: ready.clone(),
+    };
     let listener = tokio::net::TcpListener::bind(cli.admin_addr)
         .await
         .with_context(|| format!("cannot bind the admin port {}", cli.admin_addr))?;
     info!(addr = %cli.admin_addr, "admin server listening");
     let admin = tokio::spawn(async move {
-        axum::serve(listener, admin::app(state)).with_graceful_shutdown(shutdown_signal()).await
+        axum::serve(listener, admin::app(state))
+            .with_graceful_shutdown(shutdown_signal())
+            .await
     });
 
-    let client = Client::try_default().await.context("cannot configure a Kubernetes client")?;
+    let client = Client::try_default()
+        .await
+        .context("cannot configure a Kubernetes client")?;
     let ns = cli.namespace.as_deref();
     let models: Api<SimpsonModel> = api(&client, ns);
     // Fail early and clearly when the CRD is missing instead of retrying a watch forever.
@@ -115,11 +133,15 @@ async fn main() -> Result<()> {
         .await
         .context("cannot list SimpsonModels: is the CRD installed (kubectl apply -f crds/simpsonmodel.yaml) and the RBAC granted?")?;
 
-    let reporter = Reporter { controller: "face2simpson-operator".into(), instance: cli.pod_name.clone() };
+    let reporter = Reporter {
+        controller: "face2simpson-operator".into(),
+        instance: cli.pod_name.clone(),
+    };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::production(client.clone(), recorder, metrics));
     // Only our own children wake us up, not every Job in the cluster.
-    let owned = watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
     ready.store(true, Ordering::Relaxed);
     info!(namespace = ns.unwrap_or("<all>"), "controller starting");
     Controller::new(models, watcher::Config::default().any_semantic())

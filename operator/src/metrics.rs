@@ -41,12 +41,36 @@ impl Metrics {
         let m = Self::default();
         let r = registry.sub_registry_with_prefix("face2simpson_operator");
         r.register("reconciles", "Reconciliations run", m.reconciles.clone());
-        r.register("reconcile_errors", "Reconciliations that failed, by error kind", m.reconcile_errors.clone());
-        r.register("trainings_started", "Training Jobs created", m.trainings_started.clone());
-        r.register("promotions", "Runs that replaced the champion", m.promotions.clone());
-        r.register("rejections", "Runs the gate kept out of service", m.rejections.clone());
-        r.register("failed_runs", "Runs without a usable result (Job failed, metrics missing or invalid)", m.failed_runs.clone());
-        r.register("champion_accuracy", "Test accuracy of the model in service", m.champion_accuracy.clone());
+        r.register(
+            "reconcile_errors",
+            "Reconciliations that failed, by error kind",
+            m.reconcile_errors.clone(),
+        );
+        r.register(
+            "trainings_started",
+            "Training Jobs created",
+            m.trainings_started.clone(),
+        );
+        r.register(
+            "promotions",
+            "Runs that replaced the champion",
+            m.promotions.clone(),
+        );
+        r.register(
+            "rejections",
+            "Runs the gate kept out of service",
+            m.rejections.clone(),
+        );
+        r.register(
+            "failed_runs",
+            "Runs without a usable result (Job failed, metrics missing or invalid)",
+            m.failed_runs.clone(),
+        );
+        r.register(
+            "champion_accuracy",
+            "Test accuracy of the model in service",
+            m.champion_accuracy.clone(),
+        );
         m
     }
 }

@@ -13,7 +13,10 @@ use prometheus_client::registry::Registry;
 use tower::ServiceExt;
 
 async fn get(state: &AdminState, path: &str) -> (StatusCode, String) {
-    let response = app(state.clone()).oneshot(Request::get(path).body(Body::empty()).unwrap()).await.unwrap();
+    let response = app(state.clone())
+        .oneshot(Request::get(path).body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
     (status, String::from_utf8(body.to_vec()).unwrap())
@@ -23,17 +26,29 @@ async fn get(state: &AdminState, path: &str) -> (StatusCode, String) {
 async fn health_readiness_and_metrics() {
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    metrics.reconcile_errors.get_or_create(&ErrorLabels { kind: "conflict" }).inc();
+    metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { kind: "conflict" })
+        .inc();
     metrics.reconciles.inc();
-    let model = ModelLabels { namespace: "simpsons".into(), model: "homer".into() };
+    let model = ModelLabels {
+        namespace: "simpsons".into(),
+        model: "homer".into(),
+    };
     metrics.promotions.get_or_create(&model).inc();
     metrics.rejections.get_or_create(&model).inc();
     metrics.trainings_started.get_or_create(&model).inc();
     metrics.champion_accuracy.get_or_create(&model).set(0.875);
-    let state = AdminState { registry: Arc::new(registry), ready: Arc::new(AtomicBool::new(false)) };
+    let state = AdminState {
+        registry: Arc::new(registry),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
 
     assert_eq!(get(&state, "/healthz").await, (StatusCode::OK, "ok".into()));
-    assert_eq!(get(&state, "/readyz").await.0, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        get(&state, "/readyz").await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     state.ready.store(true, Ordering::Relaxed);
     assert_eq!(get(&state, "/readyz").await.0, StatusCode::OK);
 

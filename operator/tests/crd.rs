@@ -10,7 +10,10 @@ fn checked_in_crd_is_in_sync() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/simpsonmodel.yaml");
     let generated = face2simpson_operator::crd::crd_yaml().unwrap();
     let on_disk = std::fs::read_to_string(path).unwrap_or_default();
-    assert!(on_disk == generated, "crds/simpsonmodel.yaml is out of date: run `make crds`");
+    assert!(
+        on_disk == generated,
+        "crds/simpsonmodel.yaml is out of date: run `make crds`"
+    );
 }
 
 fn schema() -> Value {
@@ -27,41 +30,106 @@ fn crd_identity_and_printer_columns() {
     let version = &crd["spec"]["versions"][0];
     assert_eq!(version["name"], "v1alpha1");
     assert!(version["subresources"]["status"].is_object());
-    let columns: Vec<&str> =
-        version["additionalPrinterColumns"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
-    assert_eq!(columns, ["Phase", "Champion-Acc", "Last-Run", "Decision", "Next-Run", "Age"]);
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Phase",
+            "Champion-Acc",
+            "Last-Run",
+            "Decision",
+            "Next-Run",
+            "Age"
+        ]
+    );
 }
 
 #[test]
 fn schema_has_storage_schedule_gate_and_status() {
     let s = schema();
     let spec = &s["properties"]["spec"]["properties"];
-    for field in ["storageUri", "storageSecretRef", "dataset", "schedule", "training", "promotion", "inference"] {
+    for field in [
+        "storageUri",
+        "storageSecretRef",
+        "dataset",
+        "schedule",
+        "training",
+        "promotion",
+        "inference",
+    ] {
         assert!(spec[field].is_object(), "spec.{field} missing");
     }
-    for field in ["interval", "cron", "timeZone", "suspend", "successfulJobsHistoryLimit", "failedJobsHistoryLimit", "historyLimit"] {
-        assert!(spec["schedule"]["properties"][field].is_object(), "schedule.{field} missing");
+    for field in [
+        "interval",
+        "cron",
+        "timeZone",
+        "suspend",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+        "historyLimit",
+    ] {
+        assert!(
+            spec["schedule"]["properties"][field].is_object(),
+            "schedule.{field} missing"
+        );
     }
     assert_eq!(spec["schedule"]["properties"]["interval"]["default"], "72h");
     for field in ["minImprovement", "minAccuracy", "dryRun"] {
-        assert!(spec["promotion"]["properties"][field].is_object(), "promotion.{field} missing");
+        assert!(
+            spec["promotion"]["properties"][field].is_object(),
+            "promotion.{field} missing"
+        );
     }
     assert_eq!(spec["training"]["properties"]["batchSize"]["default"], 32);
-    assert_eq!(spec["training"]["properties"]["labelSmoothing"]["default"], 0.1);
-    assert_eq!(spec["training"]["properties"]["resources"]["default"]["limits"]["nvidia.com/gpu"], "1");
+    assert_eq!(
+        spec["training"]["properties"]["labelSmoothing"]["default"],
+        0.1
+    );
+    assert_eq!(
+        spec["training"]["properties"]["resources"]["default"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
     assert_eq!(spec["dataset"]["default"], "datasets/current");
     let status = &s["properties"]["status"]["properties"];
     for field in [
-        "conditions", "phase", "champion", "previousChampion", "lastRun", "nextRunAt", "history", "observedGeneration",
-        "lastTrainRequest", "lastRollbackRequest",
+        "conditions",
+        "phase",
+        "champion",
+        "previousChampion",
+        "lastRun",
+        "nextRunAt",
+        "history",
+        "observedGeneration",
+        "lastTrainRequest",
+        "lastRollbackRequest",
     ] {
         assert!(status[field].is_object(), "status.{field} missing");
     }
     for field in ["runId", "accuracy", "modelUri", "promotedAt"] {
-        assert!(status["champion"]["properties"][field].is_object(), "champion.{field} missing");
+        assert!(
+            status["champion"]["properties"][field].is_object(),
+            "champion.{field} missing"
+        );
     }
-    for field in ["runId", "jobName", "startedAt", "finishedAt", "accuracy", "championAccuracy", "decision", "reason"] {
-        assert!(status["lastRun"]["properties"][field].is_object(), "lastRun.{field} missing");
+    for field in [
+        "runId",
+        "jobName",
+        "startedAt",
+        "finishedAt",
+        "accuracy",
+        "championAccuracy",
+        "decision",
+        "reason",
+    ] {
+        assert!(
+            status["lastRun"]["properties"][field].is_object(),
+            "lastRun.{field} missing"
+        );
     }
 }
 
@@ -72,7 +140,11 @@ fn every_field_is_described() {
         if let Some(props) = v.get("properties").and_then(Value::as_object) {
             for (name, prop) in props {
                 let here = format!("{path}.{name}");
-                if prop.get("description").and_then(Value::as_str).is_none_or(str::is_empty) {
+                if prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
                     missing.push(here.clone());
                 }
                 walk(&here, prop, missing);
@@ -87,5 +159,8 @@ fn every_field_is_described() {
     for part in ["spec", "status"] {
         walk(part, &s["properties"][part], &mut missing);
     }
-    assert!(missing.is_empty(), "fields without a description: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
 }

@@ -14,8 +14,8 @@ use artifacts::{EpochRecord, Hyperparameters, RunMetrics, SplitCounts, Storage};
 use face2simpson_operator::Context;
 use face2simpson_operator::controller::{Clock, StorageOpener};
 use face2simpson_operator::crd::{
-    ChampionStatus, InferenceSpec, RunStatus, SecretRef, SimpsonModel, SimpsonModelSpec, SimpsonModelStatus,
-    TrainingSpec,
+    ChampionStatus, InferenceSpec, RunStatus, SecretRef, SimpsonModel, SimpsonModelSpec,
+    SimpsonModelStatus, TrainingSpec,
 };
 use face2simpson_operator::metrics::Metrics;
 use http::{Method, Request, Response};
@@ -46,12 +46,20 @@ pub fn created() -> Timestamp {
 pub fn model() -> SimpsonModel {
     let spec = SimpsonModelSpec {
         storage_uri: STORE_URL.into(),
-        storage_secret_ref: Some(SecretRef { name: "store-creds".into() }),
+        storage_secret_ref: Some(SecretRef {
+            name: "store-creds".into(),
+        }),
         dataset: "datasets/current".into(),
         schedule: Default::default(),
-        training: serde_json::from_value::<TrainingSpec>(json!({"image": "ghcr.io/face2simpson/trainer:1"})).unwrap(),
+        training: serde_json::from_value::<TrainingSpec>(
+            json!({"image": "ghcr.io/face2simpson/trainer:1"}),
+        )
+        .unwrap(),
         promotion: Default::default(),
-        inference: serde_json::from_value::<InferenceSpec>(json!({"image": "ghcr.io/face2simpson/inference:1"})).unwrap(),
+        inference: serde_json::from_value::<InferenceSpec>(
+            json!({"image": "ghcr.io/face2simpson/inference:1"}),
+        )
+        .unwrap(),
     };
     let mut sm = SimpsonModel::new(NAME, spec);
     sm.metadata.namespace = Some(NS.into());
@@ -147,7 +155,9 @@ pub fn api_error(code: u16, reason: &str) -> Value {
 
 /// Metrics of a finished run, as the trainer writes them.
 pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -> RunMetrics {
-    let classes: Vec<String> = ["homer", "marge", "bart", "lisa"].map(String::from).to_vec();
+    let classes: Vec<String> = ["homer", "marge", "bart", "lisa"]
+        .map(String::from)
+        .to_vec();
     RunMetrics {
         schema_version: artifacts::metrics::METRICS_SCHEMA_VERSION,
         run_id: run_id.into(),
@@ -155,10 +165,22 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         test_accuracy: accuracy,
         champion_run_id: champion.map(|(id, _)| id.to_owned()),
         champion_test_accuracy: champion.map(|(_, acc)| acc),
-        per_class_accuracy: classes.iter().map(|c| (c.clone(), accuracy)).collect::<BTreeMap<_, _>>(),
-        confusion_matrix: vec![vec![4, 0, 0, 0], vec![0, 4, 0, 0], vec![0, 0, 4, 0], vec![0, 0, 0, 4]],
+        per_class_accuracy: classes
+            .iter()
+            .map(|c| (c.clone(), accuracy))
+            .collect::<BTreeMap<_, _>>(),
+        confusion_matrix: vec![
+            vec![4, 0, 0, 0],
+            vec![0, 4, 0, 0],
+            vec![0, 0, 4, 0],
+            vec![0, 0, 0, 4],
+        ],
         classes,
-        counts: SplitCounts { train: 64, val: 16, test: 16 },
+        counts: SplitCounts {
+            train: 64,
+            val: 16,
+            test: 16,
+        },
         skipped_files: vec![],
         epochs_run: 2,
         best_epoch: 2,
@@ -192,6 +214,9 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
     }
 }
 
+/// Credential variables as handed to the store opener.
+pub type Vars = Vec<(String, String)>;
+
 /// What a request looked like.
 #[derive(Debug, Clone)]
 pub struct Seen {
@@ -211,51 +236,97 @@ pub struct Step {
 }
 
 impl Step {
-    pub fn new(method: Method, path: impl Into<String>, respond: impl FnOnce(&Value) -> (u16, Value) + Send + 'static) -> Self {
-        Self { method, path: path.into(), respond: Box::new(respond) }
+    pub fn new(
+        method: Method,
+        path: impl Into<String>,
+        respond: impl FnOnce(&Value) -> (u16, Value) + Send + 'static,
+    ) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            respond: Box::new(respond),
+        }
     }
 
     pub fn list_jobs(jobs: Vec<Value>) -> Self {
-        Self::new(Method::GET, format!("/apis/batch/v1/namespaces/{NS}/jobs"), move |_| (200, job_list(jobs)))
+        Self::new(
+            Method::GET,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs"),
+            move |_| (200, job_list(jobs)),
+        )
     }
 
     pub fn get_secret() -> Self {
-        Self::new(Method::GET, format!("/api/v1/namespaces/{NS}/secrets/store-creds"), |_| (200, secret()))
+        Self::new(
+            Method::GET,
+            format!("/api/v1/namespaces/{NS}/secrets/store-creds"),
+            |_| (200, secret()),
+        )
     }
 
     pub fn create_job() -> Self {
-        Self::new(Method::POST, format!("/apis/batch/v1/namespaces/{NS}/jobs"), |b| (201, b.clone()))
+        Self::new(
+            Method::POST,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs"),
+            |b| (201, b.clone()),
+        )
     }
 
     pub fn event() -> Self {
-        Self::new(Method::POST, format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"), |b| (201, b.clone()))
+        Self::new(
+            Method::POST,
+            format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            |b| (201, b.clone()),
+        )
     }
 
     pub fn apply_deployment() -> Self {
-        Self::new(Method::PATCH, format!("/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-inference"), |b| (200, b.clone()))
+        Self::new(
+            Method::PATCH,
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-inference"),
+            |b| (200, b.clone()),
+        )
     }
 
     pub fn apply_service() -> Self {
-        Self::new(Method::PATCH, format!("/api/v1/namespaces/{NS}/services/{NAME}-inference"), |b| (200, b.clone()))
+        Self::new(
+            Method::PATCH,
+            format!("/api/v1/namespaces/{NS}/services/{NAME}-inference"),
+            |b| (200, b.clone()),
+        )
     }
 
     pub fn patch_status() -> Self {
-        Self::new(Method::PATCH, format!("/apis/face2simpson.io/v1alpha1/namespaces/{NS}/simpsonmodels/{NAME}/status"), |b| {
-            let mut sm = serde_json::to_value(model()).unwrap();
-            sm["status"] = b["status"].clone();
-            (200, sm)
-        })
+        Self::new(
+            Method::PATCH,
+            format!("/apis/face2simpson.io/v1alpha1/namespaces/{NS}/simpsonmodels/{NAME}/status"),
+            |b| {
+                let mut sm = serde_json::to_value(model()).unwrap();
+                sm["status"] = b["status"].clone();
+                (200, sm)
+            },
+        )
     }
 
     pub fn delete_job(name: &str) -> Self {
-        Self::new(Method::DELETE, format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"), |_| {
-            (200, json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}))
-        })
+        Self::new(
+            Method::DELETE,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"),
+            |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
+                )
+            },
+        )
     }
 
     /// Any expected request answered with an API error instead.
     pub fn failing(self, code: u16, reason: &'static str) -> Self {
-        Self { respond: Box::new(move |_| (code, api_error(code, reason))), ..self }
+        Self {
+            respond: Box::new(move |_| (code, api_error(code, reason))),
+            ..self
+        }
     }
 }
 
@@ -265,7 +336,7 @@ pub struct Harness {
     pub registry: Registry,
     pub store: Storage,
     /// Credential variables the operator handed to the store opener.
-    pub opened_with: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    pub opened_with: Arc<Mutex<Vec<Vars>>>,
     server: JoinHandle<Vec<Seen>>,
 }
 
@@ -277,7 +348,13 @@ impl Harness {
         let server = tokio::spawn(serve(handle, steps));
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
-        let recorder = Recorder::new(client.clone(), Reporter { controller: "face2simpson-operator".into(), instance: Some("test".into()) });
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "face2simpson-operator".into(),
+                instance: Some("test".into()),
+            },
+        );
         let memory = Arc::new(InMemory::new());
         let store = Storage::from_store(memory.clone(), "", STORE_URL);
         let opened_with = Arc::new(Mutex::new(Vec::new()));
@@ -290,16 +367,28 @@ impl Harness {
         let now = ts(now);
         let clock: Clock = Arc::new(move || now);
         let ctx = Arc::new(Context::new(client, recorder, metrics, clock, opener));
-        Self { ctx, registry, store, opened_with, server }
+        Self {
+            ctx,
+            registry,
+            store,
+            opened_with,
+            server,
+        }
     }
 
     /// Waits for the server to have answered every expected request, and returns them.
     pub async fn finish(self) -> Vec<Seen> {
-        tokio::time::timeout(Duration::from_secs(5), self.server).await.expect("the expected requests were not all made").unwrap()
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("the expected requests were not all made")
+            .unwrap()
     }
 
     pub async fn put_metrics(&self, m: &RunMetrics) {
-        self.store.put(&artifacts::layout::run_metrics(&m.run_id), m.to_json()).await.unwrap();
+        self.store
+            .put(&artifacts::layout::run_metrics(&m.run_id), m.to_json())
+            .await
+            .unwrap();
     }
 
     pub fn metrics_text(&self) -> String {
@@ -307,33 +396,71 @@ impl Harness {
     }
 }
 
-async fn serve(handle: tower_test::mock::Handle<Request<Body>, Response<Body>>, steps: Vec<Step>) -> Vec<Seen> {
+async fn serve(
+    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    steps: Vec<Step>,
+) -> Vec<Seen> {
     let mut handle = Box::pin(handle);
     let mut seen = Vec::new();
     for (i, step) in steps.into_iter().enumerate() {
         let (request, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("request #{i} ({} {}) never came; seen so far: {:#?}", step.method, step.path, summary(&seen)))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "request #{i} ({} {}) never came; seen so far: {:#?}",
+                    step.method,
+                    step.path,
+                    summary(&seen)
+                )
+            })
             .expect("client gone");
         let method = request.method().clone();
         let path = request.uri().path().to_owned();
         let query = request.uri().query().unwrap_or_default().to_owned();
         let bytes = request.into_body().collect().await.unwrap().to_bytes();
-        let body: Value = if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap() };
-        assert_eq!((&method, &path), (&step.method, &step.path), "request #{i}; before it: {:#?}", summary(&seen));
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(
+            (&method, &path),
+            (&step.method, &step.path),
+            "request #{i}; before it: {:#?}",
+            summary(&seen)
+        );
         let (code, response) = (step.respond)(&body);
-        seen.push(Seen { method, path, query, body });
-        send.send_response(Response::builder().status(code).body(Body::from(serde_json::to_vec(&response).unwrap())).unwrap());
+        seen.push(Seen {
+            method,
+            path,
+            query,
+            body,
+        });
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
     }
     // Nothing more may come: the test calls `finish` after the reconcile returned.
-    if let Ok(Some((request, _))) = tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await {
-        panic!("unexpected request {} {} after {:#?}", request.method(), request.uri(), summary(&seen));
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+    {
+        panic!(
+            "unexpected request {} {} after {:#?}",
+            request.method(),
+            request.uri(),
+            summary(&seen)
+        );
     }
     seen
 }
 
 fn summary(seen: &[Seen]) -> Vec<String> {
-    seen.iter().map(|s| format!("{} {}", s.method, s.path)).collect()
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
 }
 
 /// The status a status patch carried.
@@ -348,7 +475,11 @@ pub fn with_status(mut sm: SimpsonModel, status: SimpsonModelStatus) -> SimpsonM
 }
 
 pub fn condition<'a>(status: &'a SimpsonModelStatus, type_: &str) -> (&'a str, &'a str) {
-    let c = status.conditions.iter().find(|c| c.type_ == type_).unwrap_or_else(|| panic!("no {type_} condition"));
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
     (c.status.as_str(), c.reason.as_str())
 }
 
