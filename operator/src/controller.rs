@@ -747,7 +747,11 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     match &schedule {
         Err(e) => {
             let message = e.to_string();
-            if !condition_is(&pass.status.conditions, "Degraded", "True") {
+            // Warn once when the schedule turns invalid, not on every pass while it stays so.
+            let already = pass.status.conditions.iter().any(|c| {
+                c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSchedule"
+            });
+            if !already {
                 pass.event(
                     EventType::Warning,
                     "InvalidSchedule",

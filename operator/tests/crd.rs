@@ -164,3 +164,71 @@ fn every_field_is_described() {
         "fields without a description: {missing:#?}"
     );
 }
+
+#[test]
+fn example_manifest_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/simpsonmodel.yaml");
+    let sm: SimpsonModel = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(sm.spec.schedule.interval, "72h");
+    assert_eq!(sm.spec.promotion.min_accuracy, 0.8);
+    assert_eq!(
+        sm.spec.training.learning_rate, 1e-3,
+        "unset hyperparameters take their defaults"
+    );
+    face2simpson_operator::schedule::Schedule::from_spec(&sm.spec.schedule).unwrap();
+}
+
+/// The operator must never link libtorch: walk Cargo.lock from the operator package.
+#[test]
+fn operator_does_not_depend_on_libtorch() {
+    let lock =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+    let mut deps: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for block in lock.split("[[package]]").skip(1) {
+        let name = block
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let list = block
+            .split("dependencies = [")
+            .nth(1)
+            .map(|rest| rest.split(']').next().unwrap_or(""));
+        let children = list
+            .into_iter()
+            .flat_map(|l| l.lines())
+            .filter_map(|l| {
+                l.trim()
+                    .trim_end_matches(',')
+                    .trim_matches('"')
+                    .split(' ')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .filter(|n| !n.is_empty())
+            .collect();
+        deps.entry(name)
+            .or_default()
+            .extend::<Vec<String>>(children);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec!["face2simpson-operator".to_owned()];
+    while let Some(n) = todo.pop() {
+        if seen.insert(n.clone()) {
+            todo.extend(deps.get(&n).cloned().unwrap_or_default());
+        }
+    }
+    assert!(
+        seen.contains("kube"),
+        "the walk found the operator's dependencies"
+    );
+    for banned in [
+        "tch",
+        "torch-sys",
+        "face2simpson-model",
+        "face2simpson-trainer",
+    ] {
+        assert!(!seen.contains(banned), "the operator depends on {banned}");
+    }
+}
