@@ -986,10 +986,60 @@ async fn invalid_schedule_degrades_with_a_warning() {
             Step::patch_status(),
         ],
     );
-    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
     let seen = h.finish().await;
     assert_event(&seen[3], "Warning", "InvalidSchedule");
     let status = status_of(&seen[4]);
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSchedule"));
     assert_eq!(status.phase.as_deref(), Some("Degraded"));
+
+    // The warning is given once: the next pass neither warns again nor writes.
+    let h = Harness::new(
+        "2026-11-09T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    h.finish().await;
+}
+
+#[tokio::test]
+async fn cron_in_a_time_zone_starts_the_run_of_the_local_slot() {
+    // 02:30 in Paris is 01:30 UTC in November.
+    let mut sm = serving(FIRST, "2026-11-03T01:30:00Z");
+    sm.spec.schedule.cron = Some("30 2 * * *".into());
+    sm.spec.schedule.time_zone = Some("Europe/Paris".into());
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-03T01:30:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::create_job(),
+            Step::event(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_eq!(seen[3].body["metadata"]["name"], "homer-20261104-013000");
+    assert_eq!(
+        status_of(&seen[5]).next_run_at,
+        Some(Time(ts("2026-11-05T01:30:00Z")))
+    );
 }
