@@ -490,8 +490,8 @@ impl Pass<'_> {
         }
         self.status.last_rollback_request = Some(request);
         let (Some(current), Some(previous)) = (
-            self.status.champion.take(),
-            self.status.previous_champion.take(),
+            self.status.champion.clone(),
+            self.status.previous_champion.clone(),
         ) else {
             let message =
                 "rollback requested but there is no previous champion to go back to".to_owned();

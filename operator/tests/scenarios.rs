@@ -1043,3 +1043,40 @@ async fn cron_in_a_time_zone_starts_the_run_of_the_local_slot() {
         Some(Time(ts("2026-11-05T01:30:00Z")))
     );
 }
+
+#[tokio::test]
+async fn rollback_without_a_previous_champion_warns_and_keeps_serving() {
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.metadata.annotations = Some(BTreeMap::from([(
+        "face2simpson.io/rollback-requested-at".to_owned(),
+        "1".to_owned(),
+    )]));
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[1], "Warning", "RollbackImpossible");
+    assert_eq!(
+        env_value(&seen[2].body, "MODEL_URI").as_deref(),
+        Some(FIRST_URI)
+    );
+    let status = status_of(&seen[4]);
+    assert_eq!(status.champion.unwrap().run_id, FIRST);
+    assert_eq!(
+        status.last_rollback_request.as_deref(),
+        Some("1"),
+        "handled, not retried forever"
+    );
+}
