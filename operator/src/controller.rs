@@ -302,6 +302,25 @@ impl Pass<'_> {
         in_last || self.status.history.iter().any(|h| h.run_id == run_id)
     }
 
+    /// Whether a finished Job still awaits its decision: not decided yet, and not older than
+    /// the last recorded run (an older one was decided long ago, even if its history entry
+    /// has since been dropped, or was superseded).
+    fn pending(&self, job: &Job) -> bool {
+        let id = run_id_of(job);
+        if self.already_decided(&id) {
+            return false;
+        }
+        match &self.status.last_run {
+            None => true,
+            Some(r) if r.run_id == id => true,
+            Some(r) => job
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_none_or(|t| t.0 >= r.started_at.0),
+        }
+    }
+
     /// Credentials for the store, from the Secret named in the spec.
     async fn storage(&self) -> Result<Result<Storage, StorageError>, Error> {
         let mut vars = Vec::new();
@@ -628,7 +647,7 @@ impl Pass<'_> {
                     failed <= limits.failed_jobs_history_limit
                 }
             };
-            if keep || !self.already_decided(&run_id_of(job)) {
+            if keep || self.pending(job) {
                 continue;
             }
             info!(model = %self.name, job = %job.name_any(), "deleting old training Job");
@@ -694,9 +713,10 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
 
     // 2. Only the newest Job can hold an undecided result: no run starts before the
     //    previous one is decided, so older Jobs were decided (or superseded) already.
+    //    It may be newer than status.lastRun when the operator died right after creating it.
     if let Some((job, state)) = jobs.last()
         && *state != JobState::Active
-        && !pass.already_decided(&run_id_of(job))
+        && pass.pending(job)
     {
         pass.evaluate(job, state.clone()).await?;
     }

@@ -1080,3 +1080,35 @@ async fn rollback_without_a_previous_champion_warns_and_keeps_serving() {
         "handled, not retried forever"
     );
 }
+
+#[tokio::test]
+async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
+    let h = Harness::new(
+        "2026-11-05T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[1], "Warning", "JobMissing");
+    let status = status_of(&seen[4]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "JobMissing"));
+    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(status.history[0].run_id, SECOND);
+    assert_eq!(
+        status.next_run_at,
+        Some(Time(ts("2026-11-07T00:00:00Z"))),
+        "the next slot, not at once"
+    );
+}
