@@ -1112,3 +1112,39 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
         "the next slot, not at once"
     );
 }
+
+#[tokio::test]
+async fn unreachable_store_degrades_without_promotion() {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.store_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[2], "Warning", "StorageUnreachable");
+    assert_eq!(
+        env_value(&seen[3].body, "MODEL_URI").as_deref(),
+        Some(FIRST_URI)
+    );
+    let status = status_of(&seen[5]);
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "StorageUnreachable")
+    );
+    assert_eq!(status.champion.unwrap().run_id, FIRST);
+}

@@ -7,10 +7,11 @@
 #![allow(clippy::unwrap_used, dead_code)]
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use artifacts::{EpochRecord, Hyperparameters, RunMetrics, SplitCounts, Storage};
+use artifacts::{EpochRecord, Hyperparameters, RunMetrics, SplitCounts, Storage, StorageError};
 use face2simpson_operator::Context;
 use face2simpson_operator::controller::{Clock, StorageOpener};
 use face2simpson_operator::crd::{
@@ -337,6 +338,8 @@ pub struct Harness {
     pub store: Storage,
     /// Credential variables the operator handed to the store opener.
     pub opened_with: Arc<Mutex<Vec<Vars>>>,
+    /// When set, opening the store fails as an unreachable or misconfigured one would.
+    pub store_down: Arc<AtomicBool>,
     server: JoinHandle<Vec<Seen>>,
 }
 
@@ -359,9 +362,17 @@ impl Harness {
         let store = Storage::from_store(memory.clone(), "", STORE_URL);
         let opened_with = Arc::new(Mutex::new(Vec::new()));
         let seen = opened_with.clone();
+        let store_down = Arc::new(AtomicBool::new(false));
+        let down = store_down.clone();
         let opener: StorageOpener = Arc::new(move |url: &str, vars: Vec<(String, String)>| {
             assert_eq!(url, STORE_URL);
             seen.lock().unwrap().push(vars);
+            if down.load(Ordering::Relaxed) {
+                return Err(StorageError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "store down for the test".into(),
+                });
+            }
             Ok(Storage::from_store(memory.clone(), "", STORE_URL))
         });
         let now = ts(now);
@@ -372,6 +383,7 @@ impl Harness {
             registry,
             store,
             opened_with,
+            store_down,
             server,
         }
     }
