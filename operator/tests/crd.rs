@@ -232,3 +232,65 @@ fn operator_does_not_depend_on_libtorch() {
         assert!(!seen.contains(banned), "the operator depends on {banned}");
     }
 }
+
+/// deploy/operator.yaml holds valid objects, and its RBAC grants what the operator calls.
+#[test]
+fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use serde::Deserialize;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/operator.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment"
+        ]
+    );
+    let role: ClusterRole = serde_json::from_value(docs[2].clone()).unwrap();
+    let allowed = |group: &str, resource: &str, verb: &str| {
+        role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for (group, resource, verb) in [
+        ("face2simpson.io", "simpsonmodels", "watch"),
+        ("face2simpson.io", "simpsonmodels/status", "patch"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("apps", "deployments", "patch"),
+        ("", "services", "patch"),
+        ("", "secrets", "get"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            allowed(group, resource, verb),
+            "RBAC lacks {verb} on {group}/{resource}"
+        );
+    }
+    let d: Deployment = serde_json::from_value(docs[4].clone()).unwrap();
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+}
