@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
 
-.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train bench-serve clean
+.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train bench-serve crds clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -40,6 +40,9 @@ serve: build ## serve the local champion (var/store/champion.json) at http://$(L
 	@weights=$$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["weights_key"])' $(STORE)/champion.json); \
 	echo "== serving $$weights at http://$(LISTEN)  (Ctrl-C to stop)"; \
 	exec $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
+
+crds: ## regenerate crds/simpsonmodel.yaml from the operator's Rust types
+	$(CARGO) run -q -p face2simpson-operator --bin crdgen > crds/simpsonmodel.yaml
 
 fmt: ## format the code
 	$(CARGO) fmt --all

@@ -1,0 +1,382 @@
+//! Pure builders for the objects the operator owns: the training Job, the inference
+//! Deployment and its Service. No client here, so every field is checked by unit tests.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+
+use crate::crd::{ChampionStatus, SimpsonModel};
+
+/// Label carrying the owning SimpsonModel's name on every object we create.
+pub const MODEL_LABEL: &str = "face2simpson.io/model";
+/// Label carrying the run id on training Jobs.
+pub const RUN_ID_LABEL: &str = "face2simpson.io/run-id";
+/// Label telling training Jobs from inference pods.
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "face2simpson-operator");
+/// UID the hardened pods run as (distroless `nonroot`).
+const NON_ROOT_UID: i64 = 65532;
+/// Room left for `-YYYYMMDD-HHMMSS` in a 63-character Job name.
+const NAME_PREFIX_MAX: usize = 47;
+
+/// The resource lacks something the API server always sets (name, namespace, uid).
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("SimpsonModel lacks metadata.{0}")]
+pub struct MissingMetadata(pub &'static str);
+
+fn name_prefix(model: &str) -> &str {
+    let cut = model.len().min(NAME_PREFIX_MAX);
+    model[..cut].trim_end_matches(['-', '.'])
+}
+
+/// Run id (and Job name) of the run started for a schedule slot. Derived from the slot, not
+/// from the clock, so an operator that restarts before recording a run computes the same
+/// name and the API server's AlreadyExists stops a duplicate.
+pub fn scheduled_run_id(model: &str, slot: Timestamp) -> String {
+    format!("{}-{}", name_prefix(model), slot.strftime("%Y%m%d-%H%M%S"))
+}
+
+/// Run id of a manual request: a hash of the annotation value, stable across restarts.
+pub fn manual_run_id(model: &str, request: &str) -> String {
+    // FNV-1a: tiny, dependency-free and stable across Rust versions, unlike DefaultHasher.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in request.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    format!(
+        "{}-manual-{hash:08x}",
+        name_prefix(model)
+            .chars()
+            .take(NAME_PREFIX_MAX - 7)
+            .collect::<String>()
+    )
+}
+
+/// Name shared by the inference Deployment and Service.
+pub fn inference_name(model: &str) -> String {
+    format!("{model}-inference")
+}
+
+fn owner(sm: &SimpsonModel) -> Result<OwnerReference, MissingMetadata> {
+    sm.controller_owner_ref(&()).ok_or(MissingMetadata("uid"))
+}
+
+fn namespace(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
+    sm.namespace().ok_or(MissingMetadata("namespace"))
+}
+
+/// Labels selecting the training Jobs of one model.
+pub fn job_selector(model: &str) -> String {
+    format!("{MODEL_LABEL}={model},{COMPONENT_LABEL}=training")
+}
+
+fn inference_labels(model: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "face2simpson-inference".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), model.to_owned()),
+        (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
+        (MODEL_LABEL.to_owned(), model.to_owned()),
+    ])
+}
+
+fn env_from(sm: &SimpsonModel) -> Option<Vec<EnvFromSource>> {
+    sm.spec.storage_secret_ref.as_ref().map(|s| {
+        vec![EnvFromSource {
+            secret_ref: Some(SecretEnvSource {
+                name: s.name.clone(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }]
+    })
+}
+
+fn env(pairs: &[(&str, String)]) -> Vec<EnvVar> {
+    pairs
+        .iter()
+        .map(|(k, v)| EnvVar {
+            name: (*k).to_owned(),
+            value: Some(v.clone()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+/// The restricted Pod Security Standard, plus a writable /tmp since the root is read-only.
+fn hardened_pod(containers: Vec<Container>) -> PodSpec {
+    PodSpec {
+        containers,
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(NON_ROOT_UID),
+            run_as_group: Some(NON_ROOT_UID),
+            fs_group: Some(NON_ROOT_UID),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volumes: Some(vec![Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+fn hardened_container() -> Container {
+    Container {
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Default::default()
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    }
+}
+
+/// The training Job of one run. `champion` is re-scored by the trainer on the run's test
+/// split so the gate compares like with like.
+pub fn training_job(
+    sm: &SimpsonModel,
+    run_id: &str,
+    champion: Option<&str>,
+) -> Result<Job, MissingMetadata> {
+    let model = sm.name_any();
+    let t = &sm.spec.training;
+    let mut args: Vec<String> = vec![
+        "train".into(),
+        "--storage".into(),
+        sm.spec.storage_uri.clone(),
+        "--dataset".into(),
+        sm.spec.dataset.clone(),
+        "--run-id".into(),
+        run_id.to_owned(),
+    ];
+    if let Some(champion) = champion {
+        args.extend(["--champion".into(), champion.to_owned()]);
+    }
+    args.extend([
+        "--image-size".into(),
+        t.image_size.to_string(),
+        "--epochs".into(),
+        t.epochs.to_string(),
+        "--batch-size".into(),
+        t.batch_size.to_string(),
+        "--lr".into(),
+        t.learning_rate.to_string(),
+        "--label-smoothing".into(),
+        t.label_smoothing.to_string(),
+        "--dropout".into(),
+        t.dropout.to_string(),
+        "--patience".into(),
+        t.patience.to_string(),
+        "--device".into(),
+        "auto".into(),
+    ]);
+    let labels = BTreeMap::from([
+        (MODEL_LABEL.to_owned(), model.clone()),
+        (RUN_ID_LABEL.to_owned(), run_id.to_owned()),
+        (COMPONENT_LABEL.to_owned(), "training".to_owned()),
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+    ]);
+    let container = Container {
+        name: "trainer".into(),
+        image: Some(t.image.clone()),
+        command: Some(vec!["face2simpson-trainer".into()]),
+        args: Some(args),
+        env: Some(env(&[
+            ("HOME", "/tmp".into()),
+            ("LOG_FORMAT", "json".into()),
+        ])),
+        env_from: env_from(sm),
+        resources: Some(t.resources.clone()),
+        ..hardened_container()
+    };
+    let mut pod = hardened_pod(vec![container]);
+    pod.restart_policy = Some("Never".into());
+    pod.node_selector = (!t.node_selector.is_empty()).then(|| t.node_selector.clone());
+    pod.tolerations = (!t.tolerations.is_empty()).then(|| t.tolerations.clone());
+    Ok(Job {
+        metadata: ObjectMeta {
+            name: Some(run_id.to_owned()),
+            namespace: Some(namespace(sm)?),
+            labels: Some(labels.clone()),
+            owner_references: Some(vec![owner(sm)?]),
+            ..Default::default()
+        },
+        spec: Some(JobSpec {
+            // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
+            // is recorded; housekeeping deletes it afterwards.
+            backoff_limit: Some(t.backoff_limit),
+            active_deadline_seconds: Some(t.active_deadline_seconds),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(pod),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("http".into()),
+            ..Default::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Default::default()
+    }
+}
+
+/// The inference Deployment serving `champion`. Changing MODEL_URI changes the pod template,
+/// which is what makes Kubernetes roll the pods.
+pub fn inference_deployment(
+    sm: &SimpsonModel,
+    champion: &ChampionStatus,
+) -> Result<Deployment, MissingMetadata> {
+    let model = sm.name_any();
+    let inf = &sm.spec.inference;
+    let selector = BTreeMap::from([
+        ("app.kubernetes.io/instance".to_owned(), model.clone()),
+        (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
+    ]);
+    let mut labels = inference_labels(&model);
+    let container = Container {
+        name: "inference".into(),
+        image: Some(inf.image.clone()),
+        env: Some(env(&[
+            ("MODEL_URI", champion.model_uri.clone()),
+            ("LISTEN_ADDR", format!("0.0.0.0:{}", inf.port)),
+            ("HOME", "/tmp".into()),
+        ])),
+        env_from: env_from(sm),
+        ports: Some(vec![ContainerPort {
+            name: Some("http".into()),
+            container_port: inf.port,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]),
+        resources: inf.resources.clone(),
+        // Loading weights from object storage can take a while: readiness gates traffic,
+        // liveness only restarts a pod that stopped answering at all.
+        readiness_probe: Some(http_probe("/readyz", 5, 3)),
+        liveness_probe: Some(Probe {
+            initial_delay_seconds: Some(30),
+            ..http_probe("/healthz", 10, 6)
+        }),
+        ..hardened_container()
+    };
+    let template_labels = labels.clone();
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    Ok(Deployment {
+        metadata: ObjectMeta {
+            name: Some(inference_name(&model)),
+            namespace: Some(namespace(sm)?),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(sm)?]),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(inf.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..Default::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                // Never below the requested capacity while a new model rolls out.
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(template_labels),
+                    annotations: Some(BTreeMap::from([(
+                        RUN_ID_LABEL.to_owned(),
+                        champion.run_id.clone(),
+                    )])),
+                    ..Default::default()
+                }),
+                spec: Some(hardened_pod(vec![container])),
+            },
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// The Service in front of the inference pods.
+pub fn inference_service(sm: &SimpsonModel) -> Result<Service, MissingMetadata> {
+    let model = sm.name_any();
+    let inf = &sm.spec.inference;
+    let mut labels = inference_labels(&model);
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    Ok(Service {
+        metadata: ObjectMeta {
+            name: Some(inference_name(&model)),
+            namespace: Some(namespace(sm)?),
+            labels: Some(labels),
+            owner_references: Some(vec![owner(sm)?]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            type_: Some(inf.service_type.clone()),
+            selector: Some(BTreeMap::from([
+                ("app.kubernetes.io/instance".to_owned(), model.clone()),
+                (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
+            ])),
+            ports: Some(vec![ServicePort {
+                name: Some("http".into()),
+                port: inf.port,
+                target_port: Some(IntOrString::String("http".into())),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}

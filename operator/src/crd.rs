@@ -1,0 +1,363 @@
+//! The `SimpsonModel` custom resource: what a user asks for (spec) and what the operator
+//! observed and decided (status).
+//!
+//! Every field carries a doc comment because kube-derive turns them into the schema's
+//! descriptions, which is what `kubectl explain simpsonmodel.spec…` prints.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// API group of the CRD.
+pub const GROUP: &str = "face2simpson.io";
+/// A changed value of this annotation requests one training run now.
+pub const TRAIN_REQUEST_ANNOTATION: &str = "face2simpson.io/train-requested-at";
+/// A changed value of this annotation swaps champion and previous champion (a manual rollback).
+pub const ROLLBACK_REQUEST_ANNOTATION: &str = "face2simpson.io/rollback-requested-at";
+
+/// A continuously retrained Simpsons face classifier: where its data and models live, when
+/// to retrain, when a new model may replace the one in service, and how to serve it.
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "face2simpson.io",
+    version = "v1alpha1",
+    kind = "SimpsonModel",
+    plural = "simpsonmodels",
+    singular = "simpsonmodel",
+    shortname = "sm",
+    namespaced,
+    status = "SimpsonModelStatus",
+    derive = "PartialEq",
+    doc = "A continuously retrained Simpsons face classifier served in-cluster.",
+    printcolumn = r#"{"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Where the model is in its lifecycle"}"#,
+    printcolumn = r#"{"name": "Champion-Acc", "type": "number", "jsonPath": ".status.champion.accuracy", "description": "Test accuracy of the model in service"}"#,
+    printcolumn = r#"{"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.runId", "description": "The most recent training run"}"#,
+    printcolumn = r#"{"name": "Decision", "type": "string", "jsonPath": ".status.lastRun.decision", "description": "What the gate decided on the last run"}"#,
+    printcolumn = r#"{"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunAt", "description": "When the next scheduled run is due"}"#,
+    printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct SimpsonModelSpec {
+    /// Object store holding datasets and runs: s3://bucket/prefix, gs://…, az://…, or file:///path for local clusters.
+    pub storage_uri: String,
+    /// Secret (same namespace) whose keys become environment variables (AWS_*, GOOGLE_*, AZURE_*) of the training Job and the inference Deployment; the operator reads it to fetch metrics.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_secret_ref: Option<SecretRef>,
+    /// Dataset prefix inside the store, holding train/ and test/ class folders.
+    #[serde(default = "default_dataset")]
+    pub dataset: String,
+    /// When to retrain.
+    #[serde(default)]
+    pub schedule: ScheduleSpec,
+    /// The training Job.
+    pub training: TrainingSpec,
+    /// The gate a new model must pass to replace the champion.
+    #[serde(default)]
+    pub promotion: PromotionSpec,
+    /// The Deployment and Service that serve the champion.
+    pub inference: InferenceSpec,
+}
+
+/// A reference to a Secret in the SimpsonModel's namespace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct SecretRef {
+    /// Name of the Secret.
+    pub name: String,
+}
+
+/// When training runs happen.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleSpec {
+    /// Time between the starts of two runs, e.g. 72h or 3d 12h. Measured from the last run's start, so it is a true every-three-days, unlike a cron day-of-month step that resets each month. Ignored when cron is set.
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    /// Standard five-field cron expression (optionally with a leading seconds field); takes precedence over interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+    /// IANA time zone the cron expression is evaluated in, e.g. Europe/Paris. Defaults to UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// When true no new training Job starts; a running one still finishes and is evaluated.
+    #[serde(default)]
+    pub suspend: bool,
+    /// Succeeded training Jobs kept for inspection; older ones are deleted.
+    #[serde(default = "default_successful_jobs")]
+    pub successful_jobs_history_limit: u32,
+    /// Failed training Jobs kept for inspection; older ones are deleted.
+    #[serde(default = "default_failed_jobs")]
+    pub failed_jobs_history_limit: u32,
+    /// Decisions kept in status.history.
+    #[serde(default = "default_history_limit")]
+    pub history_limit: u32,
+}
+
+impl Default for ScheduleSpec {
+    fn default() -> Self {
+        Self {
+            interval: default_interval(),
+            cron: None,
+            time_zone: None,
+            suspend: false,
+            successful_jobs_history_limit: default_successful_jobs(),
+            failed_jobs_history_limit: default_failed_jobs(),
+            history_limit: default_history_limit(),
+        }
+    }
+}
+
+/// The training Job and the hyperparameters handed to `face2simpson-trainer train`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TrainingSpec {
+    /// Container image with the face2simpson-trainer binary.
+    pub image: String,
+    /// Compute resources of the training container; defaults to a limit of one nvidia.com/gpu.
+    #[serde(default = "default_training_resources")]
+    pub resources: ResourceRequirements,
+    /// Node labels the training pod must match, e.g. a GPU node pool.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the training pod, e.g. for tainted GPU nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Side of the square network input in pixels.
+    #[serde(default = "default_image_size")]
+    pub image_size: u32,
+    /// Maximum number of epochs; early stopping may end sooner.
+    #[serde(default = "default_epochs")]
+    pub epochs: u32,
+    /// Images per optimisation step.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// Initial learning rate of the cosine schedule.
+    #[serde(default = "default_learning_rate")]
+    pub learning_rate: f64,
+    /// Label smoothing of the cross-entropy loss.
+    #[serde(default = "default_label_smoothing")]
+    pub label_smoothing: f64,
+    /// Dropout before the classifier.
+    #[serde(default = "default_dropout")]
+    pub dropout: f64,
+    /// Epochs without a lower validation loss before training stops.
+    #[serde(default = "default_patience")]
+    pub patience: u32,
+    /// Seconds after which a training Job is killed and counted as failed.
+    #[serde(default = "default_active_deadline")]
+    pub active_deadline_seconds: i64,
+    /// Pod retries before a training Job counts as failed.
+    #[serde(default = "default_backoff_limit")]
+    pub backoff_limit: i32,
+}
+
+/// The promotion gate, applied with the same function as the trainer's cluster-free mode.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PromotionSpec {
+    /// Absolute accuracy (0-1) a challenger must beat the re-scored champion by; 0 means strictly better.
+    #[serde(default)]
+    pub min_improvement: f64,
+    /// Accuracy floor (0-1) below which no model is ever promoted, first model included.
+    #[serde(default)]
+    pub min_accuracy: f64,
+    /// Decide and record, but never change the champion or the Deployment.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// How the champion is served.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InferenceSpec {
+    /// Container image with the face2simpson-inference binary.
+    pub image: String,
+    /// Number of inference pods.
+    #[serde(default = "default_replicas")]
+    pub replicas: i32,
+    /// Compute resources of the inference container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Port the inference server listens on and the Service exposes.
+    #[serde(default = "default_port")]
+    pub port: i32,
+    /// Service type: ClusterIP, NodePort or LoadBalancer.
+    #[serde(default = "default_service_type")]
+    pub service_type: String,
+}
+
+/// What the operator observed and decided.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SimpsonModelStatus {
+    /// Standard conditions: Ready (a champion is served), Training (a Job runs), Degraded (the last attempt failed).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Pending (no model yet), Training, Serving, Suspended or Degraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
+    /// The model in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion: Option<ChampionStatus>,
+    /// The model served before the champion, the target of a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_champion: Option<ChampionStatus>,
+    /// The most recent training run, running or finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<RunStatus>,
+    /// When the next scheduled run is due.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_run_at: Option<Time>,
+    /// The latest decisions, newest first, bounded by spec.schedule.historyLimit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub history: Vec<HistoryEntry>,
+    /// The metadata.generation this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The last handled value of the face2simpson.io/train-requested-at annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_train_request: Option<String>,
+    /// The last handled value of the face2simpson.io/rollback-requested-at annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_rollback_request: Option<String>,
+}
+
+/// A model that is or was in service.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ChampionStatus {
+    /// The run that trained it.
+    pub run_id: String,
+    /// Its test accuracy (0-1) when it was promoted.
+    pub accuracy: f64,
+    /// Full URL of its weights, the MODEL_URI of the inference pods.
+    pub model_uri: String,
+    /// When it went into service.
+    pub promoted_at: Time,
+}
+
+/// One training run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunStatus {
+    /// Run id; artifacts live under runs/<runId>/.
+    pub run_id: String,
+    /// Name of the training Job.
+    pub job_name: String,
+    /// Why it started: Bootstrap, Schedule or Manual.
+    pub trigger: String,
+    /// When the Job was created.
+    pub started_at: Time,
+    /// When the operator saw it finish.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    /// The run's test accuracy (0-1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// The champion's accuracy re-measured by this run on the same test set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_accuracy: Option<f64>,
+    /// FirstModel, Promote, Reject or Failed; unset while the run is in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    /// A sentence explaining the decision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// True when the decision was taken in dry-run mode and nothing rolled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+/// One recorded decision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEntry {
+    /// The run decided on (for a rollback: the run put back in service).
+    pub run_id: String,
+    /// FirstModel, Promote, Reject, Failed or Rollback.
+    pub decision: String,
+    /// A sentence explaining the decision.
+    pub reason: String,
+    /// The run's test accuracy, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// The champion's re-measured accuracy, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_accuracy: Option<f64>,
+    /// True when recorded in dry-run mode.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+    /// When the decision was taken.
+    pub decided_at: Time,
+}
+
+fn default_dataset() -> String {
+    artifacts::layout::DEFAULT_DATASET.to_owned()
+}
+fn default_interval() -> String {
+    "72h".to_owned()
+}
+fn default_successful_jobs() -> u32 {
+    3
+}
+fn default_failed_jobs() -> u32 {
+    1
+}
+fn default_history_limit() -> u32 {
+    10
+}
+fn default_training_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        limits: Some(BTreeMap::from([(
+            "nvidia.com/gpu".to_owned(),
+            Quantity("1".to_owned()),
+        )])),
+        ..Default::default()
+    }
+}
+fn default_image_size() -> u32 {
+    224
+}
+fn default_epochs() -> u32 {
+    15
+}
+fn default_batch_size() -> u32 {
+    32
+}
+fn default_learning_rate() -> f64 {
+    1e-3
+}
+fn default_label_smoothing() -> f64 {
+    0.1
+}
+fn default_dropout() -> f64 {
+    0.2
+}
+fn default_patience() -> u32 {
+    3
+}
+fn default_active_deadline() -> i64 {
+    6 * 3600
+}
+fn default_backoff_limit() -> i32 {
+    1
+}
+fn default_replicas() -> i32 {
+    2
+}
+fn default_port() -> i32 {
+    8080
+}
+fn default_service_type() -> String {
+    "ClusterIP".to_owned()
+}
+
+/// The CRD as YAML, exactly what `crdgen` prints and `crds/simpsonmodel.yaml` holds.
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&SimpsonModel::crd())
+}

@@ -1,0 +1,266 @@
+//! The pure builders: every field the cluster relies on, without a client.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use face2simpson_operator::builders::{
+    inference_deployment, inference_service, manual_run_id, scheduled_run_id, training_job,
+};
+use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+fn assert_hardened(pod: &PodSpec, container: &Container) {
+    let psc = pod.security_context.as_ref().unwrap();
+    assert_eq!(psc.run_as_non_root, Some(true));
+    assert_eq!(
+        psc.seccomp_profile.as_ref().unwrap().type_,
+        "RuntimeDefault"
+    );
+    let sc = container.security_context.as_ref().unwrap();
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.run_as_non_root, Some(true));
+    assert_eq!(
+        sc.capabilities.as_ref().unwrap().drop.as_deref(),
+        Some(&["ALL".to_owned()][..])
+    );
+    assert_eq!(sc.seccomp_profile.as_ref().unwrap().type_, "RuntimeDefault");
+    // A read-only root still needs somewhere to write.
+    assert_eq!(
+        container.volume_mounts.as_ref().unwrap()[0].mount_path,
+        "/tmp"
+    );
+}
+
+#[test]
+fn training_job_runs_the_trainer_with_the_spec() {
+    let mut sm = model();
+    sm.spec
+        .training
+        .node_selector
+        .insert("pool".into(), "gpu".into());
+    sm.spec.training.tolerations.push(Toleration {
+        key: Some("nvidia.com/gpu".into()),
+        operator: Some("Exists".into()),
+        effect: Some("NoSchedule".into()),
+        ..Default::default()
+    });
+    sm.spec.training.epochs = 7;
+    let job = training_job(&sm, "homer-20261104-000000", Some("homer-20261101-000000")).unwrap();
+    assert_eq!(job.metadata.name.as_deref(), Some("homer-20261104-000000"));
+    assert_eq!(job.metadata.namespace.as_deref(), Some(NS));
+    let labels = job.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["face2simpson.io/model"], "homer");
+    assert_eq!(labels["face2simpson.io/run-id"], "homer-20261104-000000");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"],
+        "face2simpson-operator"
+    );
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+        ("SimpsonModel", "homer", Some(true))
+    );
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.backoff_limit, Some(1));
+    assert_eq!(spec.active_deadline_seconds, Some(21600));
+    assert_eq!(
+        spec.ttl_seconds_after_finished, None,
+        "Jobs must outlive operator downtime"
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "gpu");
+    assert_eq!(
+        pod.tolerations.as_ref().unwrap()[0].key.as_deref(),
+        Some("nvidia.com/gpu")
+    );
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/face2simpson/trainer:1"));
+    assert_eq!(
+        c.command.as_deref(),
+        Some(&["face2simpson-trainer".to_owned()][..])
+    );
+    let args = c.args.as_ref().unwrap().join(" ");
+    assert_eq!(
+        args,
+        "train --storage s3://bucket/models --dataset datasets/current --run-id homer-20261104-000000 \
+         --champion homer-20261101-000000 --image-size 224 --epochs 7 --batch-size 32 --lr 0.001 \
+         --label-smoothing 0.1 --dropout 0.2 --patience 3 --device auto"
+    );
+    assert_eq!(
+        c.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "store-creds"
+    );
+    assert_eq!(
+        c.resources.as_ref().unwrap().limits.as_ref().unwrap()["nvidia.com/gpu"].0,
+        "1"
+    );
+    assert_hardened(pod, c);
+}
+
+#[test]
+fn training_job_without_secret_or_champion() {
+    let mut sm = model();
+    sm.spec.storage_secret_ref = None;
+    let job = training_job(&sm, "r1", None).unwrap();
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert!(c.env_from.is_none());
+    assert!(!c.args.as_ref().unwrap().contains(&"--champion".to_owned()));
+}
+
+#[test]
+fn builders_refuse_an_object_without_uid() {
+    let mut sm = model();
+    sm.metadata.uid = None;
+    assert!(
+        training_job(&sm, "r1", None)
+            .unwrap_err()
+            .to_string()
+            .contains("uid")
+    );
+}
+
+#[test]
+fn deployment_serves_the_champion_with_probes() {
+    let mut sm = model();
+    sm.spec.inference.replicas = 3;
+    sm.spec.inference.port = 8000;
+    let d = inference_deployment(&sm, &champion("homer-20261101-000000", 0.8)).unwrap();
+    assert_eq!(d.metadata.name.as_deref(), Some("homer-inference"));
+    assert_eq!(
+        d.metadata.owner_references.as_ref().unwrap()[0].kind,
+        "SimpsonModel"
+    );
+    let spec = d.spec.as_ref().unwrap();
+    assert_eq!(spec.replicas, Some(3));
+    let selector = spec.selector.match_labels.as_ref().unwrap();
+    let template_labels = spec
+        .template
+        .metadata
+        .as_ref()
+        .unwrap()
+        .labels
+        .as_ref()
+        .unwrap();
+    for (k, v) in selector {
+        assert_eq!(
+            template_labels.get(k),
+            Some(v),
+            "the selector must match the pods"
+        );
+    }
+    let rolling = spec
+        .strategy
+        .as_ref()
+        .unwrap()
+        .rolling_update
+        .as_ref()
+        .unwrap();
+    assert_eq!(rolling.max_unavailable, Some(IntOrString::Int(0)));
+    let pod = spec.template.spec.as_ref().unwrap();
+    let c = &pod.containers[0];
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/face2simpson/inference:1"));
+    let env: Vec<(String, String)> = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(|e| (e.name.clone(), e.value.clone().unwrap()))
+        .collect();
+    assert!(env.contains(&(
+        "MODEL_URI".into(),
+        "s3://bucket/models/runs/homer-20261101-000000/model.safetensors".into()
+    )));
+    assert!(env.contains(&("LISTEN_ADDR".into(), "0.0.0.0:8000".into())));
+    assert_eq!(
+        c.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "store-creds"
+    );
+    assert_eq!(c.ports.as_ref().unwrap()[0].container_port, 8000);
+    let ready = c
+        .readiness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        (ready.path.as_deref(), &ready.port),
+        (Some("/readyz"), &IntOrString::String("http".into()))
+    );
+    let live = c
+        .liveness_probe
+        .as_ref()
+        .unwrap()
+        .http_get
+        .as_ref()
+        .unwrap();
+    assert_eq!(live.path.as_deref(), Some("/healthz"));
+    assert_hardened(pod, c);
+}
+
+#[test]
+fn a_new_champion_changes_the_pod_template() {
+    let sm = model();
+    let a = inference_deployment(&sm, &champion("r1", 0.8))
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    let b = inference_deployment(&sm, &champion("r2", 0.9))
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    assert_ne!(a, b, "an unchanged template would not roll the pods");
+}
+
+#[test]
+fn service_exposes_the_port() {
+    let mut sm = model();
+    sm.spec.inference.service_type = "LoadBalancer".into();
+    let s = inference_service(&sm).unwrap();
+    assert_eq!(s.metadata.name.as_deref(), Some("homer-inference"));
+    let spec = s.spec.unwrap();
+    assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+    assert_eq!(spec.ports.as_ref().unwrap()[0].port, 8080);
+    assert_eq!(
+        spec.ports.as_ref().unwrap()[0].target_port,
+        Some(IntOrString::String("http".into()))
+    );
+    assert_eq!(
+        spec.selector.unwrap()["app.kubernetes.io/component"],
+        "inference"
+    );
+}
+
+#[test]
+fn run_ids_are_deterministic_valid_names() {
+    let slot = ts("2026-11-04T00:00:00Z");
+    assert_eq!(scheduled_run_id("homer", slot), "homer-20261104-000000");
+    assert_eq!(
+        scheduled_run_id("homer", slot),
+        scheduled_run_id("homer", slot)
+    );
+    assert_eq!(manual_run_id("homer", "a"), manual_run_id("homer", "a"));
+    assert_ne!(manual_run_id("homer", "a"), manual_run_id("homer", "b"));
+    let long = "x".repeat(80);
+    for id in [
+        scheduled_run_id(&long, slot),
+        manual_run_id(&long, "2026-11-04"),
+        scheduled_run_id("a-b-", slot),
+    ] {
+        artifacts::layout::validate_run_id(&id).unwrap();
+        assert!(id.len() <= 63, "{id}");
+    }
+}

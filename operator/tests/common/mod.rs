@@ -1,0 +1,504 @@
+//! A scripted Kubernetes API server on tower-test, driving a real `kube::Client`.
+//!
+//! A scenario lists the requests it expects, in order, each with the response to give. The
+//! server asserts method and path of every request and records bodies for the test to
+//! inspect. Too few requests make `finish` time out; one too many finds no server and fails
+//! the reconcile, so both directions are caught.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use artifacts::{EpochRecord, Hyperparameters, RunMetrics, SplitCounts, Storage, StorageError};
+use face2simpson_operator::Context;
+use face2simpson_operator::controller::{Clock, StorageOpener};
+use face2simpson_operator::crd::{
+    ChampionStatus, InferenceSpec, RunStatus, SecretRef, SimpsonModel, SimpsonModelSpec,
+    SimpsonModelStatus, TrainingSpec,
+};
+use face2simpson_operator::metrics::Metrics;
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::events::{Recorder, Reporter};
+use object_store::memory::InMemory;
+use prometheus_client::registry::Registry;
+use serde_json::{Value, json};
+use tokio::task::JoinHandle;
+
+pub const NS: &str = "simpsons";
+pub const NAME: &str = "homer";
+pub const STORE_URL: &str = "s3://bucket/models";
+
+pub fn ts(s: &str) -> Timestamp {
+    s.parse().unwrap()
+}
+
+/// The resource's creation time; schedules in tests are relative to it.
+pub fn created() -> Timestamp {
+    ts("2026-11-01T00:00:00Z")
+}
+
+pub fn model() -> SimpsonModel {
+    let spec = SimpsonModelSpec {
+        storage_uri: STORE_URL.into(),
+        storage_secret_ref: Some(SecretRef {
+            name: "store-creds".into(),
+        }),
+        dataset: "datasets/current".into(),
+        schedule: Default::default(),
+        training: serde_json::from_value::<TrainingSpec>(
+            json!({"image": "ghcr.io/face2simpson/trainer:1"}),
+        )
+        .unwrap(),
+        promotion: Default::default(),
+        inference: serde_json::from_value::<InferenceSpec>(
+            json!({"image": "ghcr.io/face2simpson/inference:1"}),
+        )
+        .unwrap(),
+    };
+    let mut sm = SimpsonModel::new(NAME, spec);
+    sm.metadata.namespace = Some(NS.into());
+    sm.metadata.uid = Some("0b9a1d3c-1111-4222-8333-444455556666".into());
+    sm.metadata.generation = Some(1);
+    sm.metadata.creation_timestamp = Some(Time(created()));
+    sm
+}
+
+pub fn champion(run_id: &str, accuracy: f64) -> ChampionStatus {
+    ChampionStatus {
+        run_id: run_id.into(),
+        accuracy,
+        model_uri: format!("{STORE_URL}/runs/{run_id}/model.safetensors"),
+        promoted_at: Time(created()),
+    }
+}
+
+pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
+    RunStatus {
+        run_id: run_id.into(),
+        job_name: run_id.into(),
+        trigger: "Schedule".into(),
+        started_at: Time(ts(started)),
+        finished_at: decision.map(|_| Time(ts(started))),
+        accuracy: None,
+        champion_accuracy: None,
+        decision: decision.map(Into::into),
+        reason: decision.map(|d| format!("{d} for the test")),
+        dry_run: false,
+    }
+}
+
+/// A model serving `champ` whose last run started at `started` (decided).
+pub fn serving(champ: &str, started: &str) -> SimpsonModel {
+    let mut sm = model();
+    sm.status = Some(SimpsonModelStatus {
+        champion: Some(champion(champ, 0.8)),
+        last_run: Some(run(champ, started, Some("FirstModel"))),
+        ..Default::default()
+    });
+    sm
+}
+
+pub enum JobPhase {
+    Active,
+    Succeeded,
+    Failed,
+}
+
+pub fn job(run_id: &str, created: &str, phase: JobPhase) -> Value {
+    let conditions = match phase {
+        JobPhase::Active => json!([]),
+        JobPhase::Succeeded => json!([{"type": "Complete", "status": "True"}]),
+        JobPhase::Failed => {
+            json!([{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit"}])
+        }
+    };
+    json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": run_id,
+            "namespace": NS,
+            "creationTimestamp": created,
+            "labels": {
+                "face2simpson.io/model": NAME,
+                "face2simpson.io/run-id": run_id,
+                "app.kubernetes.io/component": "training",
+            },
+        },
+        "spec": {"template": {"spec": {"containers": [{"name": "trainer", "image": "t"}]}}},
+        "status": {"conditions": conditions},
+    })
+}
+
+pub fn job_list(jobs: Vec<Value>) -> Value {
+    json!({"apiVersion": "batch/v1", "kind": "JobList", "metadata": {"resourceVersion": "1"}, "items": jobs})
+}
+
+pub fn secret() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": "store-creds", "namespace": NS},
+        "data": {"AWS_ACCESS_KEY_ID": "a2V5", "AWS_SECRET_ACCESS_KEY": "c2VjcmV0"},
+    })
+}
+
+pub fn api_error(code: u16, reason: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Status", "status": "Failure", "message": format!("{reason} for the test"), "reason": reason, "code": code})
+}
+
+/// Metrics of a finished run, as the trainer writes them.
+pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -> RunMetrics {
+    let classes: Vec<String> = ["homer", "marge", "bart", "lisa"]
+        .map(String::from)
+        .to_vec();
+    RunMetrics {
+        schema_version: artifacts::metrics::METRICS_SCHEMA_VERSION,
+        run_id: run_id.into(),
+        trainer_version: "0.1.0".into(),
+        test_accuracy: accuracy,
+        champion_run_id: champion.map(|(id, _)| id.to_owned()),
+        champion_test_accuracy: champion.map(|(_, acc)| acc),
+        per_class_accuracy: classes
+            .iter()
+            .map(|c| (c.clone(), accuracy))
+            .collect::<BTreeMap<_, _>>(),
+        confusion_matrix: vec![
+            vec![4, 0, 0, 0],
+            vec![0, 4, 0, 0],
+            vec![0, 0, 4, 0],
+            vec![0, 0, 0, 4],
+        ],
+        classes,
+        counts: SplitCounts {
+            train: 64,
+            val: 16,
+            test: 16,
+        },
+        skipped_files: vec![],
+        epochs_run: 2,
+        best_epoch: 2,
+        history: vec![EpochRecord {
+            epoch: 1,
+            train_loss: 1.0,
+            train_accuracy: 0.5,
+            val_loss: 0.9,
+            val_accuracy: 0.6,
+            lr: 1e-3,
+            seconds: 1.0,
+        }],
+        hyperparameters: Hyperparameters {
+            image_size: 224,
+            epochs: 15,
+            batch_size: 32,
+            learning_rate: 1e-3,
+            label_smoothing: 0.1,
+            dropout: 0.2,
+            patience: 3,
+            val_fraction: 0.15,
+            seed: 42,
+        },
+        dataset: "datasets/current".into(),
+        dataset_fingerprint: "cd".repeat(32),
+        weights_key: format!("runs/{run_id}/model.safetensors"),
+        pretrained: None,
+        started_at: "2026-11-10T00:00:00Z".parse().unwrap(),
+        finished_at: "2026-11-10T01:00:00Z".parse().unwrap(),
+        device: "cuda:0".into(),
+    }
+}
+
+/// Credential variables as handed to the store opener.
+pub type Vars = Vec<(String, String)>;
+
+/// What a request looked like.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: Method,
+    pub path: String,
+    pub query: String,
+    pub body: Value,
+}
+
+type Responder = Box<dyn FnOnce(&Value) -> (u16, Value) + Send>;
+
+/// One expected request and how to answer it.
+pub struct Step {
+    method: Method,
+    path: String,
+    respond: Responder,
+}
+
+impl Step {
+    pub fn new(
+        method: Method,
+        path: impl Into<String>,
+        respond: impl FnOnce(&Value) -> (u16, Value) + Send + 'static,
+    ) -> Self {
+        Self {
+            method,
+            path: path.into(),
+            respond: Box::new(respond),
+        }
+    }
+
+    pub fn list_jobs(jobs: Vec<Value>) -> Self {
+        Self::new(
+            Method::GET,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs"),
+            move |_| (200, job_list(jobs)),
+        )
+    }
+
+    pub fn get_secret() -> Self {
+        Self::new(
+            Method::GET,
+            format!("/api/v1/namespaces/{NS}/secrets/store-creds"),
+            |_| (200, secret()),
+        )
+    }
+
+    pub fn create_job() -> Self {
+        Self::new(
+            Method::POST,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs"),
+            |b| (201, b.clone()),
+        )
+    }
+
+    pub fn event() -> Self {
+        Self::new(
+            Method::POST,
+            format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+            |b| (201, b.clone()),
+        )
+    }
+
+    pub fn apply_deployment() -> Self {
+        Self::new(
+            Method::PATCH,
+            format!("/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-inference"),
+            |b| (200, b.clone()),
+        )
+    }
+
+    pub fn apply_service() -> Self {
+        Self::new(
+            Method::PATCH,
+            format!("/api/v1/namespaces/{NS}/services/{NAME}-inference"),
+            |b| (200, b.clone()),
+        )
+    }
+
+    pub fn patch_status() -> Self {
+        Self::new(
+            Method::PATCH,
+            format!("/apis/face2simpson.io/v1alpha1/namespaces/{NS}/simpsonmodels/{NAME}/status"),
+            |b| {
+                let mut sm = serde_json::to_value(model()).unwrap();
+                sm["status"] = b["status"].clone();
+                (200, sm)
+            },
+        )
+    }
+
+    pub fn delete_job(name: &str) -> Self {
+        Self::new(
+            Method::DELETE,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"),
+            |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
+                )
+            },
+        )
+    }
+
+    /// Any expected request answered with an API error instead.
+    pub fn failing(self, code: u16, reason: &'static str) -> Self {
+        Self {
+            respond: Box::new(move |_| (code, api_error(code, reason))),
+            ..self
+        }
+    }
+}
+
+/// A mock API server and the test's view of the world.
+pub struct Harness {
+    pub ctx: Arc<Context>,
+    pub registry: Registry,
+    pub store: Storage,
+    /// Credential variables the operator handed to the store opener.
+    pub opened_with: Arc<Mutex<Vec<Vars>>>,
+    /// When set, opening the store fails as an unreachable or misconfigured one would.
+    pub store_down: Arc<AtomicBool>,
+    server: JoinHandle<Vec<Seen>>,
+}
+
+impl Harness {
+    /// Starts a server that expects exactly `steps`, at time `now`.
+    pub fn new(now: &str, steps: Vec<Step>) -> Self {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, "default");
+        let server = tokio::spawn(serve(handle, steps));
+        let mut registry = Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "face2simpson-operator".into(),
+                instance: Some("test".into()),
+            },
+        );
+        let memory = Arc::new(InMemory::new());
+        let store = Storage::from_store(memory.clone(), "", STORE_URL);
+        let opened_with = Arc::new(Mutex::new(Vec::new()));
+        let seen = opened_with.clone();
+        let store_down = Arc::new(AtomicBool::new(false));
+        let down = store_down.clone();
+        let opener: StorageOpener = Arc::new(move |url: &str, vars: Vec<(String, String)>| {
+            assert_eq!(url, STORE_URL);
+            seen.lock().unwrap().push(vars);
+            if down.load(Ordering::Relaxed) {
+                return Err(StorageError::InvalidUrl {
+                    url: url.to_owned(),
+                    reason: "store down for the test".into(),
+                });
+            }
+            Ok(Storage::from_store(memory.clone(), "", STORE_URL))
+        });
+        let now = ts(now);
+        let clock: Clock = Arc::new(move || now);
+        let ctx = Arc::new(Context::new(client, recorder, metrics, clock, opener));
+        Self {
+            ctx,
+            registry,
+            store,
+            opened_with,
+            store_down,
+            server,
+        }
+    }
+
+    /// Waits for the server to have answered every expected request, and returns them.
+    pub async fn finish(self) -> Vec<Seen> {
+        tokio::time::timeout(Duration::from_secs(5), self.server)
+            .await
+            .expect("the expected requests were not all made")
+            .unwrap()
+    }
+
+    pub async fn put_metrics(&self, m: &RunMetrics) {
+        self.store
+            .put(&artifacts::layout::run_metrics(&m.run_id), m.to_json())
+            .await
+            .unwrap();
+    }
+
+    pub fn metrics_text(&self) -> String {
+        face2simpson_operator::metrics::encode(&self.registry).unwrap()
+    }
+}
+
+async fn serve(
+    handle: tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    steps: Vec<Step>,
+) -> Vec<Seen> {
+    let mut handle = Box::pin(handle);
+    let mut seen = Vec::new();
+    for (i, step) in steps.into_iter().enumerate() {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(2), handle.next_request())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "request #{i} ({} {}) never came; seen so far: {:#?}",
+                    step.method,
+                    step.path,
+                    summary(&seen)
+                )
+            })
+            .expect("client gone");
+        let method = request.method().clone();
+        let path = request.uri().path().to_owned();
+        let query = request.uri().query().unwrap_or_default().to_owned();
+        let bytes = request.into_body().collect().await.unwrap().to_bytes();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        assert_eq!(
+            (&method, &path),
+            (&step.method, &step.path),
+            "request #{i}; before it: {:#?}",
+            summary(&seen)
+        );
+        let (code, response) = (step.respond)(&body);
+        seen.push(Seen {
+            method,
+            path,
+            query,
+            body,
+        });
+        send.send_response(
+            Response::builder()
+                .status(code)
+                .body(Body::from(serde_json::to_vec(&response).unwrap()))
+                .unwrap(),
+        );
+    }
+    // Nothing more may come: the test calls `finish` after the reconcile returned.
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+    {
+        panic!(
+            "unexpected request {} {} after {:#?}",
+            request.method(),
+            request.uri(),
+            summary(&seen)
+        );
+    }
+    seen
+}
+
+fn summary(seen: &[Seen]) -> Vec<String> {
+    seen.iter()
+        .map(|s| format!("{} {}", s.method, s.path))
+        .collect()
+}
+
+/// The status a status patch carried.
+pub fn status_of(seen: &Seen) -> SimpsonModelStatus {
+    serde_json::from_value(seen.body["status"].clone()).unwrap()
+}
+
+/// The SimpsonModel as it is after the status patch, for a second pass.
+pub fn with_status(mut sm: SimpsonModel, status: SimpsonModelStatus) -> SimpsonModel {
+    sm.status = Some(status);
+    sm
+}
+
+pub fn condition<'a>(status: &'a SimpsonModelStatus, type_: &str) -> (&'a str, &'a str) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+pub fn env_value(deployment: &Value, name: &str) -> Option<String> {
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+        .and_then(|e| e["value"].as_str().map(str::to_owned))
+}

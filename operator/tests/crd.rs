@@ -1,0 +1,296 @@
+//! The generated CRD: in sync with crds/, and carrying what `kubectl` users rely on.
+#![allow(clippy::unwrap_used)]
+
+use face2simpson_operator::SimpsonModel;
+use kube::CustomResourceExt;
+use serde_json::Value;
+
+#[test]
+fn checked_in_crd_is_in_sync() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../crds/simpsonmodel.yaml");
+    let generated = face2simpson_operator::crd::crd_yaml().unwrap();
+    let on_disk = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        on_disk == generated,
+        "crds/simpsonmodel.yaml is out of date: run `make crds`"
+    );
+}
+
+fn schema() -> Value {
+    let crd = serde_json::to_value(SimpsonModel::crd()).unwrap();
+    crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
+}
+
+#[test]
+fn crd_identity_and_printer_columns() {
+    let crd = serde_json::to_value(SimpsonModel::crd()).unwrap();
+    assert_eq!(crd["metadata"]["name"], "simpsonmodels.face2simpson.io");
+    assert_eq!(crd["spec"]["scope"], "Namespaced");
+    assert_eq!(crd["spec"]["names"]["shortNames"][0], "sm");
+    let version = &crd["spec"]["versions"][0];
+    assert_eq!(version["name"], "v1alpha1");
+    assert!(version["subresources"]["status"].is_object());
+    let columns: Vec<&str> = version["additionalPrinterColumns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        columns,
+        [
+            "Phase",
+            "Champion-Acc",
+            "Last-Run",
+            "Decision",
+            "Next-Run",
+            "Age"
+        ]
+    );
+}
+
+#[test]
+fn schema_has_storage_schedule_gate_and_status() {
+    let s = schema();
+    let spec = &s["properties"]["spec"]["properties"];
+    for field in [
+        "storageUri",
+        "storageSecretRef",
+        "dataset",
+        "schedule",
+        "training",
+        "promotion",
+        "inference",
+    ] {
+        assert!(spec[field].is_object(), "spec.{field} missing");
+    }
+    for field in [
+        "interval",
+        "cron",
+        "timeZone",
+        "suspend",
+        "successfulJobsHistoryLimit",
+        "failedJobsHistoryLimit",
+        "historyLimit",
+    ] {
+        assert!(
+            spec["schedule"]["properties"][field].is_object(),
+            "schedule.{field} missing"
+        );
+    }
+    assert_eq!(spec["schedule"]["properties"]["interval"]["default"], "72h");
+    for field in ["minImprovement", "minAccuracy", "dryRun"] {
+        assert!(
+            spec["promotion"]["properties"][field].is_object(),
+            "promotion.{field} missing"
+        );
+    }
+    assert_eq!(spec["training"]["properties"]["batchSize"]["default"], 32);
+    assert_eq!(
+        spec["training"]["properties"]["labelSmoothing"]["default"],
+        0.1
+    );
+    assert_eq!(
+        spec["training"]["properties"]["resources"]["default"]["limits"]["nvidia.com/gpu"],
+        "1"
+    );
+    assert_eq!(spec["dataset"]["default"], "datasets/current");
+    let status = &s["properties"]["status"]["properties"];
+    for field in [
+        "conditions",
+        "phase",
+        "champion",
+        "previousChampion",
+        "lastRun",
+        "nextRunAt",
+        "history",
+        "observedGeneration",
+        "lastTrainRequest",
+        "lastRollbackRequest",
+    ] {
+        assert!(status[field].is_object(), "status.{field} missing");
+    }
+    for field in ["runId", "accuracy", "modelUri", "promotedAt"] {
+        assert!(
+            status["champion"]["properties"][field].is_object(),
+            "champion.{field} missing"
+        );
+    }
+    for field in [
+        "runId",
+        "jobName",
+        "startedAt",
+        "finishedAt",
+        "accuracy",
+        "championAccuracy",
+        "decision",
+        "reason",
+    ] {
+        assert!(
+            status["lastRun"]["properties"][field].is_object(),
+            "lastRun.{field} missing"
+        );
+    }
+}
+
+/// Every property has a description, so `kubectl explain` is useful everywhere.
+#[test]
+fn every_field_is_described() {
+    fn walk(path: &str, v: &Value, missing: &mut Vec<String>) {
+        if let Some(props) = v.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                let here = format!("{path}.{name}");
+                if prop
+                    .get("description")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    missing.push(here.clone());
+                }
+                walk(&here, prop, missing);
+            }
+        }
+        if let Some(items) = v.get("items") {
+            walk(&format!("{path}[]"), items, missing);
+        }
+    }
+    let s = schema();
+    let mut missing = Vec::new();
+    for part in ["spec", "status"] {
+        walk(part, &s["properties"][part], &mut missing);
+    }
+    assert!(
+        missing.is_empty(),
+        "fields without a description: {missing:#?}"
+    );
+}
+
+#[test]
+fn example_manifest_parses() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/simpsonmodel.yaml");
+    let sm: SimpsonModel = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(sm.spec.schedule.interval, "72h");
+    assert_eq!(sm.spec.promotion.min_accuracy, 0.8);
+    assert_eq!(
+        sm.spec.training.learning_rate, 1e-3,
+        "unset hyperparameters take their defaults"
+    );
+    face2simpson_operator::schedule::Schedule::from_spec(&sm.spec.schedule).unwrap();
+}
+
+/// The operator must never link libtorch: walk Cargo.lock from the operator package.
+#[test]
+fn operator_does_not_depend_on_libtorch() {
+    let lock =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../Cargo.lock")).unwrap();
+    let mut deps: std::collections::HashMap<String, Vec<String>> = Default::default();
+    for block in lock.split("[[package]]").skip(1) {
+        let name = block
+            .lines()
+            .find_map(|l| l.strip_prefix("name = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_owned();
+        let list = block
+            .split("dependencies = [")
+            .nth(1)
+            .map(|rest| rest.split(']').next().unwrap_or(""));
+        let children = list
+            .into_iter()
+            .flat_map(|l| l.lines())
+            .filter_map(|l| {
+                l.trim()
+                    .trim_end_matches(',')
+                    .trim_matches('"')
+                    .split(' ')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .filter(|n| !n.is_empty())
+            .collect();
+        deps.entry(name)
+            .or_default()
+            .extend::<Vec<String>>(children);
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut todo = vec!["face2simpson-operator".to_owned()];
+    while let Some(n) = todo.pop() {
+        if seen.insert(n.clone()) {
+            todo.extend(deps.get(&n).cloned().unwrap_or_default());
+        }
+    }
+    assert!(
+        seen.contains("kube"),
+        "the walk found the operator's dependencies"
+    );
+    for banned in [
+        "tch",
+        "torch-sys",
+        "face2simpson-model",
+        "face2simpson-trainer",
+    ] {
+        assert!(!seen.contains(banned), "the operator depends on {banned}");
+    }
+}
+
+/// deploy/operator.yaml holds valid objects, and its RBAC grants what the operator calls.
+#[test]
+fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::rbac::v1::ClusterRole;
+    use serde::Deserialize;
+
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/operator.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(&text)
+        .map(|d| Value::deserialize(d).unwrap())
+        .collect();
+    let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "Namespace",
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment"
+        ]
+    );
+    let role: ClusterRole = serde_json::from_value(docs[2].clone()).unwrap();
+    let allowed = |group: &str, resource: &str, verb: &str| {
+        role.rules.iter().flatten().any(|r| {
+            r.api_groups.iter().flatten().any(|g| g == group)
+                && r.resources.iter().flatten().any(|x| x == resource)
+                && r.verbs.iter().any(|v| v == verb)
+        })
+    };
+    for (group, resource, verb) in [
+        ("face2simpson.io", "simpsonmodels", "watch"),
+        ("face2simpson.io", "simpsonmodels/status", "patch"),
+        ("batch", "jobs", "list"),
+        ("batch", "jobs", "create"),
+        ("batch", "jobs", "delete"),
+        ("apps", "deployments", "patch"),
+        ("", "services", "patch"),
+        ("", "secrets", "get"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            allowed(group, resource, verb),
+            "RBAC lacks {verb} on {group}/{resource}"
+        );
+    }
+    let d: Deployment = serde_json::from_value(docs[4].clone()).unwrap();
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        c.readiness_probe
+            .as_ref()
+            .unwrap()
+            .http_get
+            .as_ref()
+            .unwrap()
+            .path
+            .as_deref(),
+        Some("/readyz")
+    );
+}
