@@ -25,7 +25,11 @@ struct WrkResult {
 }
 
 fn parse_ms(s: &str) -> f64 {
-    let (num, unit) = s.trim().split_at(s.trim().find(|c: char| c.is_alphabetic()).unwrap_or(s.trim().len()));
+    let (num, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| c.is_alphabetic())
+            .unwrap_or(s.trim().len()),
+    );
     let v: f64 = num.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => v / 1000.0,
@@ -54,7 +58,10 @@ fn parse_wrk(out: &str) -> WrkResult {
 }
 
 fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10);
     if Command::new("wrk").arg("--version").output().is_err() {
         anyhow::bail!("wrk is not installed: `make bench-serve` installs Debian's wrk");
     }
@@ -69,7 +76,10 @@ fn main() -> anyhow::Result<()> {
     // The upload: a synthetic 256 px head as JPEG.
     let upload = dir.path().join("upload.jpg");
     let img = face2simpson_trainer::datagen::draw(1, 256, 3);
-    std::fs::write(&upload, face2simpson_trainer::datagen::encode(&img, image::ImageFormat::Jpeg))?;
+    std::fs::write(
+        &upload,
+        face2simpson_trainer::datagen::encode(&img, image::ImageFormat::Jpeg),
+    )?;
     let script = dir.path().join("post.lua");
     std::fs::write(
         &script,
@@ -80,10 +90,23 @@ fn main() -> anyhow::Result<()> {
     )?;
 
     let addr = rt.block_on(async {
-        let (net, mut info) = load_model(&format!("{store}/runs/bench/model.safetensors"), Device::Cpu, IMAGE_SIZE).await?;
+        let (net, mut info) = load_model(
+            &format!("{store}/runs/bench/model.safetensors"),
+            Device::Cpu,
+            IMAGE_SIZE,
+        )
+        .await?;
         info.image_size = IMAGE_SIZE;
         let state = AppState::new(Limits::default());
-        state.install(net, info, BatchConfig { max_batch: MAX_BATCH, max_wait: Duration::from_millis(5), queue_capacity: 256 });
+        state.install(
+            net,
+            info,
+            BatchConfig {
+                max_batch: MAX_BATCH,
+                max_wait: Duration::from_millis(5),
+                queue_capacity: 256,
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(async move { axum::serve(listener, app(state)).await });
@@ -92,7 +115,15 @@ fn main() -> anyhow::Result<()> {
 
     // In-process reference: batched forward passes of the same network, inputs already tensors.
     let reference = Classifier::new(Device::Cpu, 0.0);
-    let x = Tensor::randn([MAX_BATCH as i64, 3, i64::from(IMAGE_SIZE), i64::from(IMAGE_SIZE)], (Kind::Float, Device::Cpu));
+    let x = Tensor::randn(
+        [
+            MAX_BATCH as i64,
+            3,
+            i64::from(IMAGE_SIZE),
+            i64::from(IMAGE_SIZE),
+        ],
+        (Kind::Float, Device::Cpu),
+    );
     let _ = reference.predict(&x);
     let t = Instant::now();
     let mut n = 0;
@@ -102,12 +133,26 @@ fn main() -> anyhow::Result<()> {
     }
     let raw_ips = n as f64 / t.elapsed().as_secs_f64();
 
-    println!("serving benchmark: {IMAGE_SIZE} px model, max batch {MAX_BATCH}, {seconds} s per level, 256 px JPEG uploads");
+    println!(
+        "serving benchmark: {IMAGE_SIZE} px model, max batch {MAX_BATCH}, {seconds} s per level, 256 px JPEG uploads"
+    );
     println!("  in-process batched forward (batch {MAX_BATCH}): {raw_ips:8.2} images/s");
-    println!("  {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}", "concurrency", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio");
+    println!(
+        "  {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}",
+        "concurrency", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio"
+    );
     for c in [1, 8, 32] {
         let out = Command::new("wrk")
-            .args(["-t", &c.min(2).to_string(), "-c", &c.to_string(), "-d", &format!("{seconds}s"), "--latency", "-s"])
+            .args([
+                "-t",
+                &c.min(2).to_string(),
+                "-c",
+                &c.to_string(),
+                "-d",
+                &format!("{seconds}s"),
+                "--latency",
+                "-s",
+            ])
             .arg(&script)
             .arg(format!("http://{addr}/v1/predict"))
             .output()?;
@@ -122,6 +167,8 @@ fn main() -> anyhow::Result<()> {
             r.rps / raw_ips
         );
     }
-    println!("  ratio = served requests/s ÷ in-process images/s (target >= 0.85 at concurrency 32)");
+    println!(
+        "  ratio = served requests/s ÷ in-process images/s (target >= 0.85 at concurrency 32)"
+    );
     Ok(())
 }

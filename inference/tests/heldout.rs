@@ -19,7 +19,9 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let storage = Storage::open(&url).unwrap();
-    face2simpson_trainer::generate_dataset(&storage, "datasets/serve", 40, 128, 77).await.unwrap();
+    face2simpson_trainer::generate_dataset(&storage, "datasets/serve", 40, 128, 77)
+        .await
+        .unwrap();
     let cfg = TrainConfig {
         run_id: "serve-1".into(),
         dataset: "datasets/serve".into(),
@@ -43,10 +45,27 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
     };
     train::run(&storage, &cfg, &Progress::logs()).await.unwrap();
 
-    let (net, info) = load_model(&format!("{url}/runs/serve-1/model.safetensors"), tch::Device::Cpu, 224).await.unwrap();
-    assert_eq!(info.image_size, 96, "the image size comes from the run's metrics.json");
+    let (net, info) = load_model(
+        &format!("{url}/runs/serve-1/model.safetensors"),
+        tch::Device::Cpu,
+        224,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        info.image_size, 96,
+        "the image size comes from the run's metrics.json"
+    );
     let state = AppState::new(Limits::default());
-    state.install(net, info, BatchConfig { max_batch: 16, max_wait: std::time::Duration::from_millis(5), queue_capacity: 64 });
+    state.install(
+        net,
+        info,
+        BatchConfig {
+            max_batch: 16,
+            max_wait: std::time::Duration::from_millis(5),
+            queue_capacity: 64,
+        },
+    );
 
     // Held-out: seeds the dataset generator never used, JPEG like a phone upload.
     let per_class = 15;
@@ -55,10 +74,15 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
         for i in 0..per_class {
             let img = datagen::draw(class, 160, 9_000_000 + (class * 1000 + i) as u64);
             let bytes = datagen::encode(&img, image::ImageFormat::Jpeg);
-            let req = Request::post("/v1/predict").header(header::CONTENT_TYPE, "image/jpeg").body(Body::from(bytes)).unwrap();
+            let req = Request::post("/v1/predict")
+                .header(header::CONTENT_TYPE, "image/jpeg")
+                .body(Body::from(bytes))
+                .unwrap();
             let resp = app(state.clone()).oneshot(req).await.unwrap();
             assert_eq!(resp.status(), StatusCode::OK);
-            let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes())
+                    .unwrap();
             assert_eq!(v["model"]["run_id"], "serve-1");
             if v["character"] == *name {
                 correct += 1;
@@ -67,5 +91,8 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
     }
     let total = per_class * CLASSES.len();
     let accuracy = f64::from(correct) / total as f64;
-    assert!(accuracy >= 0.85, "{correct}/{total} held-out uploads right ({accuracy:.3})");
+    assert!(
+        accuracy >= 0.85,
+        "{correct}/{total} held-out uploads right ({accuracy:.3})"
+    );
 }
