@@ -4,6 +4,12 @@
 use tch::nn::{self, ModuleT};
 use tch::{Kind, Tensor};
 
+/// Optimizer group of the pretrained backbone: fine-tuned with a smaller learning rate so the
+/// first epochs do not wreck the ImageNet features and batch-norm statistics.
+pub const BACKBONE_GROUP: usize = 0;
+/// Optimizer group of the freshly initialised classifier.
+pub const HEAD_GROUP: usize = 1;
+
 /// Width of the backbone's last feature map.
 pub const FEATURES: i64 = 1280;
 
@@ -85,7 +91,7 @@ pub struct MobileNetV2 {
 impl MobileNetV2 {
     /// Builds the network under `p`: `p/features/…` and `p/classifier/1`.
     pub fn new(p: &nn::Path, num_classes: i64, dropout: f64) -> Self {
-        let f = p / "features";
+        let f = p.set_group(BACKBONE_GROUP) / "features";
         let mut c_in = 32;
         let mut features = nn::seq_t().add(conv_bn_relu6(&f / 0, 3, c_in, 3, 2, 1));
         let mut layer = 1;
@@ -105,7 +111,7 @@ impl MobileNetV2 {
         }
         features = features.add(conv_bn_relu6(&f / layer, c_in, FEATURES, 1, 1, 1));
         let head = nn::linear(
-            p / "classifier" / 1,
+            p.set_group(HEAD_GROUP) / "classifier" / 1,
             FEATURES,
             num_classes,
             Default::default(),

@@ -24,6 +24,10 @@ use crate::progress::Progress;
 /// Batches prepared ahead of the model step. Two keep the device fed while bounding memory.
 const PREFETCH_BATCHES: usize = 2;
 const EVAL_BATCH: usize = 64;
+/// The pretrained backbone learns at a tenth of the head's rate (discriminative fine-tuning):
+/// full-rate Adam on ImageNet features made validation accuracy swing by 20 points from epoch
+/// to epoch on small datasets.
+const BACKBONE_LR_FACTOR: f64 = 0.1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -485,7 +489,8 @@ fn train_epochs(
     for epoch in 1..=hyper.epochs {
         let t0 = Instant::now();
         let lr = scheduled_lr(hyper.learning_rate, epoch - 1, hyper.epochs);
-        opt.set_lr(lr);
+        opt.set_lr_group(model::net::HEAD_GROUP, lr);
+        opt.set_lr_group(model::net::BACKBONE_GROUP, lr * BACKBONE_LR_FACTOR);
         let batches = epoch_batches(data.train.len(), batch_size, hyper.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0i64);
         for_each_batch(
