@@ -170,5 +170,9 @@ fn main() -> anyhow::Result<()> {
     println!(
         "  ratio = served requests/s ÷ in-process images/s (target >= 0.85 at concurrency 32)"
     );
-    Ok(())
+    // Stop the server so the model thread drops its tensors, then leave without unwinding the
+    // rest: libtorch's static destructors racing the model thread crashed the process on exit.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(2));
+    std::process::exit(0)
 }

@@ -113,6 +113,12 @@ fn worker(
                 Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
             }
         }
+        // Callers that gave up (timeout, disconnect) no longer need an answer: skip their images.
+        jobs.retain(|job| !job.reply.is_closed());
+        if jobs.is_empty() {
+            continue;
+        }
+        let count: usize = jobs.iter().map(|job| job.images.len()).sum();
         metrics.batch_size.observe(count as f64);
         let mut flat = Vec::with_capacity(count * per_image);
         for job in &jobs {
