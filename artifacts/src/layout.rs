@@ -17,11 +17,6 @@ pub const CHAMPION: &str = "champion.json";
 /// The two splits every dataset has; validation is carved out of `train`.
 pub const SPLITS: [&str; 2] = ["train", "test"];
 
-/// Prefix of every object a run writes.
-pub fn run_prefix(run_id: &str) -> String {
-    format!("runs/{run_id}")
-}
-
 /// The weights of a run.
 pub fn run_weights(run_id: &str) -> String {
     format!("runs/{run_id}/model.safetensors")

@@ -66,7 +66,6 @@ pub fn device_name(device: Device) -> String {
 pub struct Classifier {
     vs: VarStore,
     net: MobileNetV2,
-    num_classes: i64,
 }
 
 impl Classifier {
@@ -79,11 +78,7 @@ impl Classifier {
     pub fn with_classes(device: Device, num_classes: i64, dropout: f64) -> Self {
         let vs = VarStore::new(device);
         let net = MobileNetV2::new(&vs.root(), num_classes, dropout);
-        Self {
-            vs,
-            net,
-            num_classes,
-        }
+        Self { vs, net }
     }
 
     pub fn device(&self) -> Device {
@@ -94,16 +89,8 @@ impl Classifier {
         &self.vs
     }
 
-    pub fn var_store_mut(&mut self) -> &mut VarStore {
-        &mut self.vs
-    }
-
     pub fn net(&self) -> &MobileNetV2 {
         &self.net
-    }
-
-    pub fn num_classes(&self) -> i64 {
-        self.num_classes
     }
 
     /// Copies every backbone tensor (`features.*`) from a `.pth` or `.safetensors` file and
@@ -173,15 +160,5 @@ impl Classifier {
     /// Class probabilities (rows sum to 1) for a normalised NCHW batch, in eval mode.
     pub fn predict(&self, batch: &Tensor) -> Tensor {
         tch::no_grad(|| self.logits(batch, false).softmax(-1, Kind::Float))
-    }
-
-    /// Stacks preprocessed samples (each `3*size*size` floats) into an NCHW tensor on the
-    /// model's device.
-    pub fn batch(&self, samples: &[Vec<f32>], image_size: u32) -> Tensor {
-        let s = i64::from(image_size);
-        let flat: Vec<f32> = samples.iter().flat_map(|x| x.iter().copied()).collect();
-        Tensor::from_slice(&flat)
-            .view([samples.len() as i64, 3, s, s])
-            .to_device(self.device())
     }
 }

@@ -245,11 +245,6 @@ impl Preprocessor {
         Self { image_size }
     }
 
-    /// Number of floats one preprocessed image occupies.
-    pub fn sample_len(&self) -> usize {
-        3 * (self.image_size as usize).pow(2)
-    }
-
     /// The deterministic part: resize and centre crop. Training caches its output.
     pub fn fit(&self, img: &RgbImage) -> RgbImage {
         resize_center_crop(img, self.image_size)
@@ -268,10 +263,5 @@ impl Preprocessor {
         let choice = AUGMENTATIONS[rng.random_range(0..AUGMENTATIONS.len())];
         choice.apply(&mut chw, &mut rng);
         chw.normalize()
-    }
-
-    /// Decode + fit + eval, the serving path for one upload.
-    pub fn eval_bytes(&self, bytes: &[u8]) -> Result<Vec<f32>, ImageError> {
-        Ok(self.eval(&self.fit(&decode(bytes)?)))
     }
 }

@@ -3,7 +3,6 @@
 //! files, a deterministic validation split and a content fingerprint.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use artifacts::{SkippedFile, Storage, StorageError};
 use futures::{StreamExt, TryStreamExt};
@@ -327,6 +326,3 @@ pub fn split_validation(
     val.sort_by(|a, b| a.key.cmp(&b.key));
     (keep, val)
 }
-
-/// Shared, read-only access to samples from the batch-producing threads.
-pub type Samples = Arc<Vec<Sample>>;
