@@ -12,7 +12,7 @@ LISTEN ?= 127.0.0.1:8080
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
 
-.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit bench-train bench-serve crds clean
+.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve crds clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,8 +41,9 @@ serve: build ## serve the local champion (var/store/champion.json) at http://$(L
 	echo "== serving $$weights at http://$(LISTEN)  (Ctrl-C to stop)"; \
 	exec $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
 
-crds: ## regenerate crds/simpsonmodel.yaml from the operator's Rust types
+crds: ## regenerate crds/simpsonmodel.yaml (and the chart's copy) from the operator's Rust types
 	$(CARGO) run -q -p face2simpson-operator --bin crdgen > crds/simpsonmodel.yaml
+	cp crds/simpsonmodel.yaml charts/face2simpson/files/simpsonmodel.crd.yaml
 
 fmt: ## format the code
 	$(CARGO) fmt --all
@@ -56,10 +57,16 @@ lint: setup ## clippy with warnings as errors
 unit: setup
 	$(CARGO) test --workspace
 
-setup-test: ## what tests need beyond setup: Debian's chromium for the page test
+setup-test: ## what tests need beyond setup: Chromium for the page test, helm/kubernetes-validate/hadolint
 	@scripts/setup-test.sh
 
-test: setup setup-test fmt-check lint unit ## everything CI runs
+check-packaging: setup-test ## helm lint + template, Kubernetes schema, RBAC, example and hadolint checks
+	.deps/tools/bin/python scripts/check-packaging.py
+
+test: setup setup-test fmt-check lint check-packaging unit ## everything CI runs
+
+images: ## build the operator, inference and trainer images with podman and smoke-run them
+	@scripts/images.sh
 
 bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput

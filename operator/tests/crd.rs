@@ -165,17 +165,37 @@ fn every_field_is_described() {
     );
 }
 
+/// Every SimpsonModel in examples/ is what the operator's own types accept, with a valid
+/// schedule. (scripts/check-packaging.py also validates them against the CRD's schema.)
 #[test]
-fn example_manifest_parses() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/simpsonmodel.yaml");
-    let sm: SimpsonModel = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    assert_eq!(sm.spec.schedule.interval, "72h");
-    assert_eq!(sm.spec.promotion.min_accuracy, 0.8);
+fn example_manifests_parse() {
+    use serde::Deserialize;
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples");
+    let mut models = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let value = Value::deserialize(doc).unwrap();
+            if value["kind"] == "SimpsonModel" {
+                let sm: SimpsonModel = serde_json::from_value(value)
+                    .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                face2simpson_operator::schedule::Schedule::from_spec(&sm.spec.schedule).unwrap();
+                models.push((path.file_name().unwrap().to_owned(), sm));
+            }
+        }
+    }
+    assert!(models.len() >= 3, "examples: {models:?}");
+    let (_, s3) = models.iter().find(|(f, _)| f == "s3.yaml").unwrap();
+    assert_eq!(s3.spec.schedule.interval, "72h");
+    assert_eq!(s3.spec.promotion.min_accuracy, 0.8);
     assert_eq!(
-        sm.spec.training.learning_rate, 1e-3,
+        s3.spec.training.learning_rate, 1e-3,
         "unset hyperparameters take their defaults"
     );
-    face2simpson_operator::schedule::Schedule::from_spec(&sm.spec.schedule).unwrap();
 }
 
 /// The operator must never link libtorch: walk Cargo.lock from the operator package.

@@ -1,0 +1,105 @@
+# syntax=docker/dockerfile:1.7
+# One file, three images:
+#   --target operator   the controller: a static binary on an empty base (no libc, no shell)
+#   --target inference  the HTTP service on Debian with the CPU libtorch
+#   --target trainer    the training Job on Debian with the CUDA libtorch (falls back to CPU)
+# Every image runs as uid 65532. Layers are ordered so that editing Rust code rebuilds only
+# the final compile: toolchain, then libtorch (depends on scripts/setup.sh alone), then the
+# sources; crates and build output live in cache mounts shared between builds.
+#
+# Base images are build arguments so that `make images` can use ones made locally with
+# debootstrap (no registry is reachable on the build machines) while everyone else gets the
+# official ones.
+ARG RUST_IMAGE=docker.io/library/rust:1.95.0-bookworm
+ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
+
+# ---------------------------------------------------------------------------------------------
+FROM ${RUST_IMAGE} AS toolchain
+# python3-pip fetches libtorch from PyPI; g++ compiles tch's C++ shim.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates g++ python3 python3-pip \
+ && rm -rf /var/lib/apt/lists/*
+ENV CARGO_HOME=/usr/local/cargo \
+    CARGO_TERM_COLOR=never \
+    FACE2SIMPSON_DEPS=/opt/face2simpson
+WORKDIR /src
+
+# CPU libtorch, headers and the ImageNet weights: what the binaries compile and link against.
+FROM toolchain AS libtorch-cpu
+ENV LIBTORCH=/opt/face2simpson/torch
+COPY scripts/setup.sh scripts/setup.sh
+RUN scripts/setup.sh && rm -rf /opt/face2simpson/wheels
+
+# The GPU libtorch and NVIDIA's CUDA libraries (several GB), for the trainer's runtime only.
+FROM toolchain AS libtorch-cuda
+ENV LIBTORCH=/opt/face2simpson/torch
+COPY scripts/setup.sh scripts/setup.sh
+RUN scripts/setup.sh --cuda \
+ && rm -rf /opt/face2simpson/wheels /opt/face2simpson/torch/include
+
+# ---------------------------------------------------------------------------------------------
+# trainer + inference, linked against the CPU libtorch; the same trainer binary loads CUDA at run
+# time when the GPU libtorch sits at the same path. The RPATH baked in is $LIBTORCH/lib.
+FROM libtorch-cpu AS build-torch
+COPY . .
+RUN --mount=type=cache,id=face2simpson-cargo,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=face2simpson-target-torch,target=/src/target \
+    cargo build --release --locked --bin face2simpson-trainer --bin face2simpson-inference \
+ && mkdir -p /out \
+ && cp target/release/face2simpson-trainer target/release/face2simpson-inference /out/
+
+# The operator never links libtorch. crt-static makes a fully static glibc binary, so the runtime
+# image needs no libc at all.
+FROM toolchain AS build-operator
+COPY . .
+RUN --mount=type=cache,id=face2simpson-cargo,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=face2simpson-target-operator,target=/src/target \
+    RUSTFLAGS="-C target-feature=+crt-static" CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked --target x86_64-unknown-linux-gnu \
+      -p face2simpson-operator --bin face2simpson-operator \
+ && mkdir -p /out \
+ && cp target/x86_64-unknown-linux-gnu/release/face2simpson-operator /out/
+
+# Files an empty image needs: a non-root passwd entry and the CA bundle for object storage TLS.
+FROM ${DEBIAN_IMAGE} AS rootfs-files
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /rootfs/etc/ssl/certs /rootfs/tmp \
+ && cp /etc/ssl/certs/ca-certificates.crt /rootfs/etc/ssl/certs/ \
+ && echo 'nonroot:x:65532:65532:nonroot:/nonexistent:/sbin/nologin' >/rootfs/etc/passwd \
+ && echo 'nonroot:x:65532:' >/rootfs/etc/group \
+ && chmod 1777 /rootfs/tmp
+
+# Debian with CA certificates and the non-root user, shared by the two libtorch images.
+FROM ${DEBIAN_IMAGE} AS debian-runtime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --gid 65532 nonroot \
+ && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot
+
+# ---------------------------------------------------------------------------------------------
+FROM scratch AS operator
+COPY --from=rootfs-files /rootfs/ /
+COPY --from=build-operator /out/face2simpson-operator /usr/local/bin/face2simpson-operator
+USER 65532:65532
+EXPOSE 9090
+ENTRYPOINT ["/usr/local/bin/face2simpson-operator"]
+
+FROM debian-runtime AS inference
+COPY --from=libtorch-cpu /opt/face2simpson/torch/lib/ /opt/face2simpson/torch/lib/
+COPY --from=build-torch /out/face2simpson-inference /usr/local/bin/face2simpson-inference
+USER 65532:65532
+ENV LISTEN_ADDR=0.0.0.0:8080 \
+    LOG_FORMAT=json
+EXPOSE 8080
+ENTRYPOINT ["/usr/local/bin/face2simpson-inference"]
+
+FROM debian-runtime AS trainer
+COPY --from=libtorch-cuda /opt/face2simpson/ /opt/face2simpson/
+COPY --from=build-torch /out/face2simpson-trainer /usr/local/bin/face2simpson-trainer
+USER 65532:65532
+ENV LOG_FORMAT=json
+ENTRYPOINT ["/usr/local/bin/face2simpson-trainer"]
+CMD ["train"]

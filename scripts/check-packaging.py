@@ -1,0 +1,392 @@
+#!/usr/bin/env python3
+"""Packaging checks that `make test` runs (`make check-packaging`):
+
+* the chart lints (Helm v4 engine, strict) and renders under several sets of values;
+* every rendered object is valid against the Kubernetes schemas (oldest and newest supported
+  versions, strict: unknown fields are errors);
+* the operator's pod is hardened and probed, and its RBAC is exactly what the operator calls,
+  cluster-wide or one Role per watched namespace, never more;
+* the CRD the chart installs is crds/simpsonmodel.yaml, kept on uninstall;
+* the example SimpsonModels validate against the CRD's openAPIV3Schema with the API server's
+  strict field validation, and broken copies of them are rejected;
+* hadolint passes on the Dockerfile, which has the three targets, each running as non-root.
+
+Run with the tools venv that scripts/setup-test.sh makes: .deps/tools/bin/python.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import re
+import subprocess
+import sys
+from typing import Any, Callable
+
+import helm_python as helm
+import jsonschema
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "face2simpson"
+CRD_FILE = ROOT / "crds" / "simpsonmodel.yaml"
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+RELEASE, NAMESPACE = "f2s", "face2simpson-system"
+
+# Every (API group, resource, verb) the operator uses; docs/operator.md explains each one.
+# Least privilege means the rendered RBAC grants exactly this set.
+OPERATOR_CALLS = {
+    ("face2simpson.io", "simpsonmodels", v) for v in ("get", "list", "watch")
+} | {
+    ("face2simpson.io", "simpsonmodels/status", v) for v in ("get", "patch")
+} | {
+    ("batch", "jobs", v) for v in ("list", "watch", "create", "delete")
+} | {
+    ("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")
+} | {
+    ("", "services", v) for v in ("get", "list", "watch", "create", "patch")
+} | {("", "secrets", "get")} | {
+    ("events.k8s.io", "events", v) for v in ("create", "patch")
+}
+
+# Value sets the chart must render correctly.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {
+        "watchNamespaces": ["team-a", "team-b"],
+        "logFormat": "text",
+        "crds": {"install": False},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+        "nodeSelector": {"kubernetes.io/os": "linux"},
+        "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
+        "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
+        "image": {"repository": "registry.example.com/f2s/operator", "tag": "1.2.3"},
+    },
+    "existing-service-account": {
+        "serviceAccount": {"create": False, "name": "ops-operator"},
+        "crds": {"keep": False},
+    },
+}
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.failures: list[str] = []
+        self.passed = 0
+
+    def check(self, ok: bool, what: str) -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            self.failures.append(what)
+        return ok
+
+
+def docs_of(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render(values: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+    with helm.Chart.load(CHART) as chart:
+        out = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    notes = "".join(v for k, v in out.items() if k.endswith("NOTES.txt"))
+    objects = [d for k, v in sorted(out.items()) if not k.endswith(".txt") for d in docs_of(v)]
+    return objects, notes
+
+
+def of_kind(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def grants(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v)
+        for rule in rules
+        for g in rule.get("apiGroups", [])
+        for r in rule.get("resources", [])
+        for v in rule.get("verbs", [])
+    }
+
+
+def check_lint(c: Checks) -> None:
+    for name, values in SCENARIOS.items():
+        report = helm.lint(CHART, values=values, strict=True, namespace=NAMESPACE)
+        # Severity 1 is informational ("icon is recommended"); 2 and 3 are warnings and errors.
+        bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
+        c.check(not bad, f"helm lint ({name}): {bad}")
+    # The values schema must reject a typo instead of ignoring it.
+    try:
+        render({"watchNamespace": "typo"})
+        c.check(False, "values.schema.json accepted an unknown key")
+    except helm.HelmError:
+        c.passed += 1
+
+
+def check_kubernetes_schemas(c: Checks, name: str, objects: list[dict[str, Any]]) -> None:
+    for obj in objects:
+        if obj["apiVersion"].startswith("monitoring.coreos.com/"):
+            continue  # not a Kubernetes API; checked against the Service below
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+                c.passed += 1
+            except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as e:
+                c.failures.append(f"{name}: {obj['kind']}/{obj['metadata']['name']} invalid for {version}: {e}")
+
+
+def check_hardening(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    (deploy,) = of_kind(objects, "Deployment")
+    pod = deploy["spec"]["template"]["spec"]
+    psc = pod.get("securityContext", {})
+    c.check(psc.get("runAsNonRoot") is True, f"{name}: pod lacks runAsNonRoot")
+    c.check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod lacks seccomp RuntimeDefault")
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        c.check(not pod.get(key), f"{name}: pod sets {key}")
+    c.check(deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"]["type"] == "Recreate",
+            f"{name}: without leader election the operator must be one Recreate replica")
+    for ctr in pod["containers"]:
+        sc = ctr.get("securityContext", {})
+        c.check(sc.get("readOnlyRootFilesystem") is True, f"{name}: {ctr['name']} root filesystem writable")
+        c.check(sc.get("allowPrivilegeEscalation") is False, f"{name}: {ctr['name']} allows privilege escalation")
+        c.check(sc.get("capabilities", {}).get("drop") == ["ALL"], f"{name}: {ctr['name']} keeps capabilities")
+        c.check(not sc.get("privileged"), f"{name}: {ctr['name']} is privileged")
+        res = ctr.get("resources", {})
+        c.check("memory" in res.get("limits", {}) and "cpu" in res.get("requests", {}),
+                f"{name}: {ctr['name']} lacks a memory limit or a CPU request")
+        ports = {p["name"]: p["containerPort"] for p in ctr.get("ports", [])}
+        c.check(ports.get("admin") == values.get("metrics", {}).get("port", 9090), f"{name}: admin port {ports}")
+        for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+            get = ctr.get(probe, {}).get("httpGet", {})
+            c.check(get.get("path") == path and get.get("port") == "admin", f"{name}: {probe} is {get}")
+        env = {e["name"]: e.get("value") for e in ctr.get("env", [])}
+        want_ns = ",".join(values.get("watchNamespaces", [])) or None
+        c.check(env.get("WATCH_NAMESPACE") == want_ns, f"{name}: WATCH_NAMESPACE={env.get('WATCH_NAMESPACE')}")
+        c.check(env.get("LOG_FORMAT") == values.get("logFormat", "json"), f"{name}: LOG_FORMAT={env.get('LOG_FORMAT')}")
+        image = values.get("image", {})
+        if "tag" in image:
+            c.check(ctr["image"] == f"{image['repository']}:{image['tag']}", f"{name}: image {ctr['image']}")
+    for key in ("nodeSelector", "tolerations"):
+        if key in values:
+            c.check(pod.get(key) == values[key], f"{name}: {key} not passed through")
+    if "resources" in values:
+        c.check(pod["containers"][0]["resources"] == values["resources"], f"{name}: resources not passed through")
+
+
+def check_rbac(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    sa_name = values.get("serviceAccount", {}).get("name") or f"{RELEASE}-face2simpson-operator"
+    sas = of_kind(objects, "ServiceAccount")
+    if values.get("serviceAccount", {}).get("create", True):
+        c.check([s["metadata"]["name"] for s in sas] == [sa_name], f"{name}: service accounts {sas}")
+    else:
+        c.check(not sas, f"{name}: made a ServiceAccount although serviceAccount.create is false")
+    (deploy,) = of_kind(objects, "Deployment")
+    c.check(deploy["spec"]["template"]["spec"]["serviceAccountName"] == sa_name, f"{name}: pod runs as another account")
+
+    roles = of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
+    bindings = of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding")
+    namespaces = values.get("watchNamespaces", [])
+    if namespaces:
+        c.check(not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding"),
+                f"{name}: namespaced install grants cluster-wide rights")
+        c.check(sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces),
+                f"{name}: Roles in {[r['metadata'].get('namespace') for r in roles]}, want {namespaces}")
+    else:
+        c.check(len(roles) == 1 and roles[0]["kind"] == "ClusterRole", f"{name}: want one ClusterRole, got {len(roles)} roles")
+    for role in roles:
+        rules = role.get("rules", [])
+        c.check(not any("*" in (r.get(k) or []) for r in rules for k in ("apiGroups", "resources", "verbs")),
+                f"{name}: {role['kind']} uses a wildcard")
+        c.check(not any(r.get("resourceNames") == [] for r in rules), f"{name}: empty resourceNames")
+        got = grants(rules)
+        c.check(got == OPERATOR_CALLS,
+                f"{name}: {role['kind']} grants {sorted(got - OPERATOR_CALLS)} beyond and lacks {sorted(OPERATOR_CALLS - got)}")
+    c.check(len(bindings) == len(roles), f"{name}: {len(bindings)} bindings for {len(roles)} roles")
+    for b in bindings:
+        subject_ok = b["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
+        ref_ok = any(r["kind"] == b["roleRef"]["kind"] and r["metadata"]["name"] == b["roleRef"]["name"]
+                     and r["metadata"].get("namespace") == b["metadata"].get("namespace") for r in roles)
+        c.check(subject_ok and ref_ok, f"{name}: {b['kind']} {b['metadata']} binds the wrong subject or role")
+
+    # deploy/operator.yaml (the kubectl path) must grant the same.
+    (plain,) = [d for d in docs_of((ROOT / "deploy" / "operator.yaml").read_text()) if d["kind"] == "ClusterRole"]
+    c.check(grants(plain["rules"]) == OPERATOR_CALLS, "deploy/operator.yaml's ClusterRole differs from the chart's rules")
+
+
+def check_metrics(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    (deploy,) = of_kind(objects, "Deployment")
+    pod_labels = deploy["spec"]["template"]["metadata"]["labels"]
+    (svc,) = of_kind(objects, "Service")
+    c.check(all(pod_labels.get(k) == v for k, v in svc["spec"]["selector"].items()),
+            f"{name}: the metrics Service selects no operator pod")
+    c.check([p["targetPort"] for p in svc["spec"]["ports"]] == ["admin"], f"{name}: metrics Service port")
+    monitors = of_kind(objects, "ServiceMonitor")
+    enabled = values.get("metrics", {}).get("serviceMonitor", {}).get("enabled", False)
+    c.check(len(monitors) == (1 if enabled else 0), f"{name}: {len(monitors)} ServiceMonitors, enabled={enabled}")
+    for m in monitors:
+        sel = m["spec"]["selector"]["matchLabels"]
+        c.check(all(svc["metadata"]["labels"].get(k) == v for k, v in sel.items()),
+                f"{name}: the ServiceMonitor selects no Service")
+        c.check({e["port"] for e in m["spec"]["endpoints"]} <= {p["name"] for p in svc["spec"]["ports"]},
+                f"{name}: ServiceMonitor endpoint port is not a Service port")
+        for k, v in values["metrics"]["serviceMonitor"].get("labels", {}).items():
+            c.check(m["metadata"]["labels"].get(k) == v, f"{name}: ServiceMonitor label {k} missing")
+
+
+def check_crd(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    crds = of_kind(objects, "CustomResourceDefinition")
+    install = values.get("crds", {}).get("install", True)
+    c.check(len(crds) == (1 if install else 0), f"{name}: {len(crds)} CRDs rendered, crds.install={install}")
+    source = yaml.safe_load(CRD_FILE.read_text())
+    for crd in crds:
+        c.check(crd["spec"] == source["spec"], f"{name}: the chart's CRD differs from crds/simpsonmodel.yaml")
+        keep = crd["metadata"].get("annotations", {}).get("helm.sh/resource-policy") == "keep"
+        c.check(keep == values.get("crds", {}).get("keep", True), f"{name}: resource-policy keep is {keep}")
+    copy_in_chart = CHART / "files" / "simpsonmodel.crd.yaml"
+    c.check(copy_in_chart.read_text() == CRD_FILE.read_text(),
+            f"{copy_in_chart.relative_to(ROOT)} differs from crds/simpsonmodel.yaml: run `make crds`")
+
+
+def strict_schema(schema: Any) -> Any:
+    """The API server's strict field validation (kubectl's default): unknown fields are errors
+    unless the schema preserves them."""
+    if isinstance(schema, dict):
+        out = {k: strict_schema(v) for k, v in schema.items()}
+        if ("properties" in out and "additionalProperties" not in out
+                and not out.get("x-kubernetes-preserve-unknown-fields")):
+            out["additionalProperties"] = False
+        if out.get("x-kubernetes-int-or-string"):
+            out.pop("type", None)
+            out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        return out
+    if isinstance(schema, list):
+        return [strict_schema(s) for s in schema]
+    return schema
+
+
+def check_examples(c: Checks) -> None:
+    crd = yaml.safe_load(CRD_FILE.read_text())
+    group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+    versions = {f"{group}/{v['name']}": strict_schema(v["schema"]["openAPIV3Schema"]) for v in crd["spec"]["versions"]}
+
+    def validate_sm(obj: dict[str, Any]) -> list[str]:
+        schema = versions.get(obj.get("apiVersion"))
+        if schema is None:
+            return [f"apiVersion {obj.get('apiVersion')} is not served by the CRD"]
+        # The API server checks metadata itself; the CRD schema covers the rest.
+        body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
+        errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}"
+                  for e in jsonschema.Draft7Validator(schema).iter_errors(body)]
+        name = obj.get("metadata", {}).get("name", "")
+        if not re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", name) or len(name) > 63:
+            errors.append(f"metadata.name {name!r} is not a DNS label")
+        return errors
+
+    models = 0
+    files = sorted((ROOT / "examples").glob("*.yaml"))
+    c.check(len(files) >= 3, f"want at least three examples, found {[f.name for f in files]}")
+    for path in files:
+        for obj in docs_of(path.read_text()):
+            where = f"examples/{path.name}: {obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
+            if obj.get("kind") == kind:
+                models += 1
+                errors = validate_sm(obj)
+                c.check(not errors, f"{where}: {errors}")
+                secret = obj["spec"].get("storageSecretRef", {}).get("name")
+                if secret:
+                    # The Secret it names is in the file, or the file says how to create it.
+                    text = path.read_text()
+                    in_file = [d for d in docs_of(text)
+                               if d.get("kind") == "Secret" and d["metadata"]["name"] == secret]
+                    c.check(len(in_file) == 1 or f"create secret generic {secret}" in text,
+                            f"{where}: nothing in the file makes the Secret {secret} it names")
+                # The validator must bite: broken copies are rejected.
+                for label, breaks in MUTATIONS.items():
+                    broken = copy.deepcopy(obj)
+                    breaks(broken)
+                    c.check(bool(validate_sm(broken)), f"{where}: a copy with {label} was accepted")
+            else:
+                for version in KUBE_VERSIONS:
+                    try:
+                        kubernetes_validate.validate(obj, version, strict=True)
+                        c.passed += 1
+                    except kubernetes_validate.ValidationError as e:
+                        c.failures.append(f"{where}: invalid for {version}: {e}")
+    c.check(models >= 3, f"want SimpsonModels in at least three examples, found {models}")
+
+
+def _drop(*path: str) -> Callable[[dict[str, Any]], None]:
+    def go(o: dict[str, Any]) -> None:
+        for p in path[:-1]:
+            o = o[p]
+        o.pop(path[-1], None)
+    return go
+
+
+def _set(value: Any, *path: str) -> Callable[[dict[str, Any]], None]:
+    def go(o: dict[str, Any]) -> None:
+        for p in path[:-1]:
+            o = o.setdefault(p, {})
+        o[path[-1]] = value
+    return go
+
+
+MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "no storageUri": _drop("spec", "storageUri"),
+    "no training image": _drop("spec", "training", "image"),
+    "epochs as a word": _set("fifteen", "spec", "training", "epochs"),
+    "a misspelt field": _set(3, "spec", "training", "epoch"),
+    "an unknown top-level spec field": _set(True, "spec", "gpu"),
+    "an unserved version": _set("face2simpson.io/v9", "apiVersion"),
+}
+
+
+def check_dockerfile(c: Checks) -> None:
+    hadolint = pathlib.Path(sys.executable).parent / "hadolint"
+    for f in ("Dockerfile", "images/rust.Containerfile"):
+        r = subprocess.run([str(hadolint), "--config", str(ROOT / ".hadolint.yaml"), f],
+                           cwd=ROOT, capture_output=True, text=True)
+        c.check(r.returncode == 0, f"hadolint {f}:\n{r.stdout}{r.stderr}")
+    text = (ROOT / "Dockerfile").read_text()
+    stages: dict[str, list[str]] = {}
+    current = None
+    for line in text.splitlines():
+        m = re.match(r"FROM\s+\S+(?:\s+AS\s+(\S+))?", line, re.IGNORECASE)
+        if m:
+            current = m.group(1) or f"#{len(stages)}"
+            stages[current] = []
+        elif current:
+            stages[current].append(line)
+    for target in ("operator", "inference", "trainer"):
+        c.check(target in stages, f"Dockerfile has no '{target}' target")
+        users = [l.split()[1] for l in stages.get(target, []) if l.startswith("USER ")]
+        c.check(bool(users) and users[-1].split(":")[0] not in ("0", "root"), f"Dockerfile: {target} runs as root")
+    builds = [l for l in text.replace("\\\n", " ").splitlines() if "cargo build" in l]
+    c.check(bool(builds) and all("--locked" in b for b in builds), "Dockerfile: every cargo build needs --locked")
+
+
+def main() -> int:
+    c = Checks()
+    check_lint(c)
+    for name, values in SCENARIOS.items():
+        objects, notes = render(values)
+        c.check(bool(notes.strip()), f"{name}: NOTES.txt rendered empty")
+        check_kubernetes_schemas(c, name, objects)
+        check_hardening(c, name, objects, values)
+        check_rbac(c, name, objects, values)
+        check_metrics(c, name, objects, values)
+        check_crd(c, name, objects, values)
+        kinds = sorted(o["kind"] for o in objects)
+        print(f"chart [{name}]: {len(objects)} objects ({', '.join(kinds)})")
+    check_examples(c)
+    check_dockerfile(c)
+    for failure in c.failures:
+        print(f"FAIL: {failure}", file=sys.stderr)
+    print(f"packaging checks: {c.passed} passed, {len(c.failures)} failed "
+          f"(Helm {helm.helm_sdk_version()}, Kubernetes schemas {', '.join(KUBE_VERSIONS)})")
+    return 1 if c.failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Smoke-runs the three images built by scripts/images.sh, as a cluster would use them:
+#   operator   --help (the static binary starts on an empty base);
+#   trainer    --help, every CUDA library libtorch_cuda.so needs resolves, then a real (tiny, CPU)
+#              training run from a synthetic dataset into a mounted store;
+#   inference  serves the model the trainer image just wrote, answers /readyz and a prediction.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+repo="${IMAGE_REPO:-localhost/face2simpson}"
+tag="${IMAGE_TAG:-dev}"
+export CONTAINERS_CONF="$root/images/containers.conf"
+port="${SMOKE_PORT:-18080}"
+store="$root/var/images/smoke-store"
+
+log() { printf '\033[1msmoke:\033[0m %s\n' "$*" >&2; }
+fail() { printf '\033[1;31msmoke: FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
+run() { podman run --rm --network=host --read-only --cap-drop=ALL --security-opt=no-new-privileges "$@"; }
+
+log "operator --help"
+run "$repo/operator:$tag" --help | grep -q "Schedules training" || fail "operator --help"
+
+log "trainer --help"
+run "$repo/trainer:$tag" --help | grep -q "train" || fail "trainer --help"
+
+log "trainer: every library libtorch_cuda.so needs is in the image"
+missing=$(run --entrypoint ldd "$repo/trainer:$tag" /opt/face2simpson/torch/lib/libtorch_cuda.so | grep "not found" || true)
+[[ -z "$missing" ]] || fail "unresolved CUDA libraries: $missing"
+
+log "trainer: synthetic dataset and a 1-epoch 64 px training run (CPU) into $store"
+rm -rf "$store" && mkdir -p "$store/pretrained"
+cp .deps/pretrained/mobilenet_v2-b0353104.pth "$store/pretrained/"
+chown -R 65532:65532 "$store"
+run -v "$store:/store" "$repo/trainer:$tag" datagen --storage /store --per-class 24 --size 96 --seed 3 >/dev/null
+run -v "$store:/store" --tmpfs /tmp "$repo/trainer:$tag" train --storage /store --run-id smoke \
+  --image-size 64 --epochs 1 --device auto --promote >/dev/null
+[[ -s "$store/runs/smoke/model.safetensors" && -s "$store/runs/smoke/metrics.json" ]] || fail "trainer wrote no model"
+
+log "inference: serving that model on 127.0.0.1:$port"
+name="face2simpson-smoke-$$"
+podman run -d --rm --name "$name" --network=host --read-only --cap-drop=ALL --security-opt=no-new-privileges \
+  -v "$store:/store:ro" "$repo/inference:$tag" \
+  --model file:///store/runs/smoke/model.safetensors --listen "127.0.0.1:$port" >/dev/null
+trap 'podman rm -f "$name" >/dev/null 2>&1 || true' EXIT
+for _ in $(seq 120); do
+  curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null 2>&1 && break
+  sleep 1
+done
+curl -fsS "http://127.0.0.1:$port/readyz" >/dev/null || { podman logs "$name" >&2; fail "inference never became ready"; }
+answer=$(curl -fsS -F image=@inference/tests/fixtures/astronaut.png "http://127.0.0.1:$port/v1/predict")
+python3 - "$answer" <<'PY' || fail "unexpected prediction: $answer"
+import json, sys
+a = json.loads(sys.argv[1])
+assert a["character"] in {"homer", "marge", "bart", "lisa"}, a
+assert abs(sum(a["probabilities"].values()) - 1) < 1e-3, a
+print(f"smoke: astronaut.png -> {a['character']} (face detected: {a['face_detected']})", file=sys.stderr)
+PY
+log "all three images passed"
