@@ -24,9 +24,16 @@ run "$repo/operator:$tag" --help | grep -q "Schedules training" || fail "operato
 log "trainer --help"
 run "$repo/trainer:$tag" --help | grep -q "train" || fail "trainer --help"
 
-log "trainer: every library libtorch_cuda.so needs is in the image"
+log "trainer: the binary loads libtorch_cuda.so, and every library that needs is in the image"
+libs=$(run --entrypoint ldd "$repo/trainer:$tag" /usr/local/bin/face2simpson-trainer)
+grep -q "libtorch_cuda.so => /opt/face2simpson/torch/lib/" <<<"$libs" || fail "the trainer does not load libtorch_cuda.so"
 missing=$(run --entrypoint ldd "$repo/trainer:$tag" /opt/face2simpson/torch/lib/libtorch_cuda.so | grep "not found" || true)
-[[ -z "$missing" ]] || fail "unresolved CUDA libraries: $missing"
+[[ -z "$missing" && $(grep -c "not found" <<<"$libs") == 0 ]] || fail "unresolved libraries: $missing"
+
+log "inference: CPU libtorch only, every library resolves"
+libs=$(run --entrypoint ldd "$repo/inference:$tag" /usr/local/bin/face2simpson-inference)
+! grep -q "not found" <<<"$libs" || fail "unresolved libraries in the inference image: $libs"
+! grep -q "libtorch_cuda" <<<"$libs" || fail "the inference image carries CUDA"
 
 log "trainer: synthetic dataset and a 1-epoch 64 px training run (CPU) into $store"
 rm -rf "$store" && mkdir -p "$store/pretrained"

@@ -34,7 +34,7 @@ weights_version="1.0.1"
 weights_file="mobilenet_v2-b0353104.pth"
 weights_sha256="b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
-stamp="$deps/.setup-stamp"
+stamp="$libtorch/.setup-stamp"
 want="variant=$variant torch=$torch_version cudart=$cudart_version cupti=$cupti_version weights=$weights_sha256"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -f "$libtorch/lib/libtorch_cpu.so" && -f "$pretrained/$weights_file" ]]; then
   exit 0

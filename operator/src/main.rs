@@ -34,9 +34,10 @@ struct Cli {
     /// Address of the admin server (/healthz, /readyz, /metrics).
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:9090")]
     admin_addr: SocketAddr,
-    /// Only watch this namespace; all namespaces when unset.
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Only watch these namespaces (comma-separated); all namespaces when unset. With a list,
+    /// the operator needs RBAC in those namespaces only.
+    #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
     /// SimpsonModels reconciled at the same time.
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 4)]
     concurrency: u16,
@@ -125,13 +126,24 @@ async fn main() -> Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client")?;
-    let ns = cli.namespace.as_deref();
-    let models: Api<SimpsonModel> = api(&client, ns);
-    // Fail early and clearly when the CRD is missing instead of retrying a watch forever.
-    models
-        .list(&ListParams::default().limit(1))
-        .await
-        .context("cannot list SimpsonModels: is the CRD installed (kubectl apply -f crds/simpsonmodel.yaml) and the RBAC granted?")?;
+    // One controller per watched namespace (or one for the whole cluster): each list and watch
+    // stays inside what a namespaced Role allows.
+    let scopes: Vec<Option<String>> = if cli.namespaces.is_empty() {
+        vec![None]
+    } else {
+        cli.namespaces.iter().cloned().map(Some).collect()
+    };
+    for ns in &scopes {
+        let models: Api<SimpsonModel> = api(&client, ns.as_deref());
+        // Fail early and clearly when the CRD is missing instead of retrying a watch forever.
+        models
+            .list(&ListParams::default().limit(1))
+            .await
+            .with_context(|| format!(
+                "cannot list SimpsonModels in {}: is the CRD installed (kubectl apply -f crds/simpsonmodel.yaml) and the RBAC granted?",
+                ns.as_deref().unwrap_or("any namespace")
+            ))?;
+    }
 
     let reporter = Reporter {
         controller: "face2simpson-operator".into(),
@@ -139,25 +151,35 @@ async fn main() -> Result<()> {
     };
     let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::production(client.clone(), recorder, metrics));
-    // Only our own children wake us up, not every Job in the cluster.
-    let owned =
-        watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
     ready.store(true, Ordering::Relaxed);
-    info!(namespace = ns.unwrap_or("<all>"), "controller starting");
-    Controller::new(models, watcher::Config::default().any_semantic())
-        .owns(api::<Job>(&client, ns), owned.clone())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned)
-        .with_config(controller::Config::default().concurrency(cli.concurrency))
-        .graceful_shutdown_on(shutdown_signal())
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            match result {
-                Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
-                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-            }
-        })
-        .await;
+    let controllers = scopes.into_iter().map(|ns| {
+        let (client, ctx) = (client.clone(), ctx.clone());
+        async move {
+            let ns = ns.as_deref();
+            // Only our own children wake us up, not every Job in the cluster.
+            let owned = watcher::Config::default()
+                .labels("app.kubernetes.io/managed-by=face2simpson-operator");
+            info!(namespace = ns.unwrap_or("<all>"), "controller starting");
+            Controller::new(
+                api::<SimpsonModel>(&client, ns),
+                watcher::Config::default().any_semantic(),
+            )
+            .owns(api::<Job>(&client, ns), owned.clone())
+            .owns(api::<Deployment>(&client, ns), owned.clone())
+            .owns(api::<Service>(&client, ns), owned)
+            .with_config(controller::Config::default().concurrency(cli.concurrency))
+            .graceful_shutdown_on(shutdown_signal())
+            .run(reconcile, error_policy, ctx)
+            .for_each(|result| async move {
+                match result {
+                    Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
+                    Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+                }
+            })
+            .await;
+        }
+    });
+    futures::future::join_all(controllers).await;
     ready.store(false, Ordering::Relaxed);
     info!("controller stopped, shutting down");
     match tokio::time::timeout(Duration::from_secs(10), admin).await {
