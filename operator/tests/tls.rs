@@ -12,8 +12,5 @@ async fn https_client_connects_without_a_crypto_provider_panic() {
     let client = Client::try_from(config).unwrap();
     let err = client.apiserver_version().await.unwrap_err();
     let text = format!("{err:#}");
-    assert!(
-        !text.contains("CryptoProvider"),
-        "unexpected error: {text}"
-    );
+    assert!(!text.contains("CryptoProvider"), "unexpected error: {text}");
 }
