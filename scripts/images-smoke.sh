@@ -19,10 +19,25 @@ fail() { printf '\033[1;31msmoke: FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
 run() { podman run --rm --network=host --read-only --cap-drop=ALL --security-opt=no-new-privileges "$@"; }
 
 log "operator --help"
-run "$repo/operator:$tag" --help | grep -q "Schedules training" || fail "operator --help"
+help=$(run "$repo/operator:$tag" --help) && grep -q "Schedules training" <<<"$help" || fail "operator --help"
+
+log "operator: the static binary resolves names on an empty base (localhost through /etc/hosts)"
+kube="$root/var/images/smoke-kube"
+mkdir -p "$kube"
+cat >"$kube/config" <<'YAML'
+apiVersion: v1
+kind: Config
+clusters: [{name: c, cluster: {server: "https://localhost:1"}}]
+users: [{name: u, user: {token: smoke}}]
+contexts: [{name: c, context: {cluster: c, user: u}}]
+current-context: c
+YAML
+chmod 0644 "$kube/config"
+out=$(run -v "$kube:/kube:ro" -e KUBECONFIG=/kube/config "$repo/operator:$tag" --admin-addr 127.0.0.1:0 2>&1 || true)
+grep -q "Connection refused" <<<"$out" || fail "operator against a closed localhost port: $out"
 
 log "trainer --help"
-run "$repo/trainer:$tag" --help | grep -q "train" || fail "trainer --help"
+help=$(run "$repo/trainer:$tag" --help) && grep -q "datagen" <<<"$help" || fail "trainer --help"
 
 log "trainer: the binary loads libtorch_cuda.so, and every library that needs is in the image"
 libs=$(run --entrypoint ldd "$repo/trainer:$tag" /usr/local/bin/face2simpson-trainer)
