@@ -4,7 +4,9 @@ SHELL := bash
 CARGO ?= cargo
 STORE ?= $(CURDIR)/var/store
 DATASET ?= datasets/demo
-PRETRAINED := $(CURDIR)/.deps/pretrained/mobilenet_v2-b0353104.pth
+# Where scripts/setup.sh and scripts/setup-test.sh put what cargo cannot fetch.
+DEPS := $(or $(FACE2SIMPSON_DEPS),$(CURDIR)/.deps)
+PRETRAINED := $(DEPS)/pretrained/mobilenet_v2-b0353104.pth
 TRAINER := target/release/face2simpson-trainer
 INFERENCE := target/release/face2simpson-inference
 LISTEN ?= 127.0.0.1:8080
@@ -61,7 +63,7 @@ setup-test: ## what tests need beyond setup: Chromium for the page test, helm/ku
 	@scripts/setup-test.sh
 
 check-packaging: setup-test ## helm lint + template, Kubernetes schema, RBAC, example and hadolint checks
-	.deps/tools/bin/python scripts/check-packaging.py
+	$(DEPS)/tools/bin/python scripts/check-packaging.py
 
 test: setup setup-test fmt-check lint check-packaging unit ## everything CI runs
 
