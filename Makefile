@@ -62,12 +62,13 @@ unit: setup
 setup-test: ## what tests need beyond setup: Chromium for the page test, helm/kubernetes-validate/hadolint
 	@scripts/setup-test.sh
 
-check-packaging: setup-test ## helm lint + template, Kubernetes schema, RBAC, example and hadolint checks
+check-packaging: ## helm lint + template, Kubernetes schema, RBAC, example and hadolint checks
+	@scripts/setup-tools.sh
 	$(DEPS)/tools/bin/python scripts/check-packaging.py
 
 test: setup setup-test fmt-check lint check-packaging unit ## everything CI runs
 
-images: ## build the operator, inference and trainer images with podman and smoke-run them
+images: setup ## build the operator, inference and trainer images with podman and smoke-run them
 	@scripts/images.sh
 
 bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)

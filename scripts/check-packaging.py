@@ -88,9 +88,9 @@ def docs_of(text: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(text) if d]
 
 
-def render(values: dict[str, Any]) -> tuple[list[dict[str, Any]], str]:
+def render(values: dict[str, Any], release: str = RELEASE) -> tuple[list[dict[str, Any]], str]:
     with helm.Chart.load(CHART) as chart:
-        out = chart.render(values=values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        out = chart.render(values=values, name=release, namespace=NAMESPACE, is_install=True)
     notes = "".join(v for k, v in out.items() if k.endswith("NOTES.txt"))
     objects = [d for k, v in sorted(out.items()) if not k.endswith(".txt") for d in docs_of(v)]
     return objects, notes
@@ -122,6 +122,37 @@ def check_lint(c: Checks) -> None:
         c.check(False, "values.schema.json accepted an unknown key")
     except helm.HelmError:
         c.passed += 1
+
+
+def check_edge_values(c: Checks) -> None:
+    """Values that trip templates: the longest release name Helm allows, labels that collide with
+    the selector, strings YAML would read as other types."""
+    release = "r" * 53
+    values = {
+        "podLabels": {"app.kubernetes.io/name": "other", "team": "ml"},
+        "podAnnotations": {"example.com/note": "yes"},
+        "priorityClassName": "true",
+        "watchNamespaces": ["123", "team-a"],
+        "imagePullSecrets": [{"name": "regcred"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
+        "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/x"}},
+        "metrics": {"service": {"annotations": {"prometheus.io/scrape": "true"}}},
+    }
+    objects, _ = render(values, release)
+    check_kubernetes_schemas(c, "edge-values", objects)
+    for obj in objects:
+        name = obj["metadata"]["name"]
+        c.check(len(name) <= 63, f"edge-values: {obj['kind']} name {name!r} is {len(name)} > 63 characters")
+        ns = obj["metadata"].get("namespace", NAMESPACE)
+        c.check(isinstance(ns, str), f"edge-values: {obj['kind']} namespace {ns!r} is not a string")
+    (deploy,) = of_kind(objects, "Deployment")
+    pod = deploy["spec"]["template"]
+    c.check(all(pod["metadata"]["labels"].get(k) == v for k, v in deploy["spec"]["selector"]["matchLabels"].items()),
+            "edge-values: podLabels overrode a selector label")
+    c.check(pod["metadata"]["labels"].get("team") == "ml", "edge-values: podLabels dropped")
+    c.check(pod["spec"].get("priorityClassName") == "true", "edge-values: priorityClassName is not a string")
 
 
 def check_kubernetes_schemas(c: Checks, name: str, objects: list[dict[str, Any]]) -> None:
@@ -379,6 +410,7 @@ def main() -> int:
         check_crd(c, name, objects, values)
         kinds = sorted(o["kind"] for o in objects)
         print(f"chart [{name}]: {len(objects)} objects ({', '.join(kinds)})")
+    check_edge_values(c)
     check_examples(c)
     check_dockerfile(c)
     for failure in c.failures:

@@ -13,9 +13,11 @@ tag="${IMAGE_TAG:-dev}"
 export CONTAINERS_CONF="$root/images/containers.conf"
 port="${SMOKE_PORT:-18080}"
 store="$root/var/images/smoke-store"
+pretrained="${FACE2SIMPSON_DEPS:-$root/.deps}/pretrained/mobilenet_v2-b0353104.pth"
 
 log() { printf '\033[1msmoke:\033[0m %s\n' "$*" >&2; }
 fail() { printf '\033[1;31msmoke: FAILED:\033[0m %s\n' "$*" >&2; exit 1; }
+[[ -f "$pretrained" ]] || fail "no ImageNet weights at $pretrained: run make setup"
 run() { podman run --rm --network=host --read-only --cap-drop=ALL --security-opt=no-new-privileges "$@"; }
 
 log "operator --help"
@@ -52,7 +54,7 @@ libs=$(run --entrypoint ldd "$repo/inference:$tag" /usr/local/bin/face2simpson-i
 
 log "trainer: synthetic dataset and a 1-epoch 64 px training run (CPU) into $store"
 rm -rf "$store" && mkdir -p "$store/pretrained"
-cp .deps/pretrained/mobilenet_v2-b0353104.pth "$store/pretrained/"
+cp "$pretrained" "$store/pretrained/"
 chown -R 65532:65532 "$store"
 run -v "$store:/store" "$repo/trainer:$tag" datagen --storage /store --per-class 24 --size 96 --seed 3 >/dev/null
 run -v "$store:/store" --tmpfs /tmp "$repo/trainer:$tag" train --storage /store --run-id smoke \

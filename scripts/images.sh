@@ -50,7 +50,8 @@ if ! podman image exists "$rust_image"; then
   ctx="$work/rust-base"
   rm -rf "$ctx" && mkdir -p "$ctx/extra-ca"
   # Hard links where possible: the toolchain is 1 GB and the documentation is not needed.
-  cp -al "$(rustc --print sysroot)" "$ctx/rust" 2>/dev/null || cp -a "$(rustc --print sysroot)" "$ctx/rust"
+  sysroot="$(rustc --print sysroot)"
+  cp -al "$sysroot" "$ctx/rust" 2>/dev/null || { rm -rf "$ctx/rust"; cp -a "$sysroot" "$ctx/rust"; }
   rm -rf "$ctx/rust/share/doc"
   # Certificates this machine trusts beyond Debian's (a TLS-intercepting egress proxy, say), so
   # cargo and pip in the builder stages can reach crates.io and PyPI.

@@ -74,6 +74,7 @@ for line in meta.splitlines():
             print(req)
 PY
 )
+  [[ ${#cuda_reqs[@]} -gt 0 ]] || { echo "setup: found no CUDA requirements in torch==$torch_version's metadata" >&2; exit 1; }
   # With dependencies: cuda-toolkit's extras are what pull the nvidia-* library wheels.
   # pip does not widen an explicit --platform to older glibc tags, and NVIDIA's wheels use
   # several (nccl is manylinux_2_18): name every one from 2.17 to 2.28.
@@ -133,6 +134,7 @@ with zipfile.ZipFile(one(f"torch-{torch_v}-*.whl")) as z:
 if variant == "cuda":
     # nvidia/<pkg>/lib beside torch/, where libtorch_cuda.so's $ORIGIN/../../nvidia RPATH looks.
     nvidia = os.path.join(os.path.dirname(out), "nvidia")
+    shutil.rmtree(nvidia, ignore_errors=True)
     for whl in glob.glob(os.path.join(wheels, "nvidia_*.whl")):
         with zipfile.ZipFile(whl) as z:
             for name in z.namelist():

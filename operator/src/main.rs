@@ -128,10 +128,18 @@ async fn main() -> Result<()> {
         .context("cannot configure a Kubernetes client")?;
     // One controller per watched namespace (or one for the whole cluster): each list and watch
     // stays inside what a namespaced Role allows.
-    let scopes: Vec<Option<String>> = if cli.namespaces.is_empty() {
+    // Empty entries ("a,", "") and repeats are dropped: they would mean `namespaces//...` paths
+    // or two controllers fighting over the same objects.
+    let namespaces: std::collections::BTreeSet<String> = cli
+        .namespaces
+        .iter()
+        .map(|ns| ns.trim().to_owned())
+        .filter(|ns| !ns.is_empty())
+        .collect();
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
         vec![None]
     } else {
-        cli.namespaces.iter().cloned().map(Some).collect()
+        namespaces.into_iter().map(Some).collect()
     };
     for ns in &scopes {
         let models: Api<SimpsonModel> = api(&client, ns.as_deref());
