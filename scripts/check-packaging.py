@@ -35,18 +35,20 @@ CRD_FILE = ROOT / "crds" / "simpsonmodel.yaml"
 KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 RELEASE, NAMESPACE = "f2s", "face2simpson-system"
 
-# Every (API group, resource, verb) the operator uses; docs/operator.md explains each one.
-# Least privilege means the rendered RBAC grants exactly this set.
+# Every (API group, resource, verb) the operator uses, read off its API calls (controller.rs,
+# main.rs, kube-runtime's watcher and event recorder); docs/operator.md explains each one, and
+# the mock-API scenarios in operator/tests/scenarios.rs assert those calls. Least privilege means
+# the rendered RBAC grants exactly this set: no `get` where only list/watch/patch are used.
 OPERATOR_CALLS = {
-    ("face2simpson.io", "simpsonmodels", v) for v in ("get", "list", "watch")
+    ("face2simpson.io", "simpsonmodels", v) for v in ("list", "watch")
 } | {
-    ("face2simpson.io", "simpsonmodels/status", v) for v in ("get", "patch")
+    ("face2simpson.io", "simpsonmodels/status", "patch")
 } | {
     ("batch", "jobs", v) for v in ("list", "watch", "create", "delete")
 } | {
-    ("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")
+    ("apps", "deployments", v) for v in ("list", "watch", "create", "patch")
 } | {
-    ("", "services", v) for v in ("get", "list", "watch", "create", "patch")
+    ("", "services", v) for v in ("list", "watch", "create", "patch")
 } | {("", "secrets", "get")} | {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }
