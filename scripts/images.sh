@@ -26,6 +26,17 @@ if ! need podman || ! need debootstrap; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc debootstrap uidmap >/dev/null
 fi
 
+# The trainer's CUDA layer is built from ~3 GB of wheels into ~4 GB of libraries and then
+# committed twice; with less room the build dies late with "no space left on device".
+graphroot="$(podman info --format '{{.Store.GraphRoot}}')"
+mkdir -p "$graphroot"
+free_gb=$(( $(df --output=avail -k "$graphroot" | tail -1) / 1024 / 1024 ))
+if (( free_gb < ${MIN_FREE_GB:-20} )); then
+  echo "images: only ${free_gb} GB free under $graphroot; the trainer image needs about 20 GB while it builds" >&2
+  echo "images: free some (podman image prune, cargo clean) or set MIN_FREE_GB to try anyway" >&2
+  exit 1
+fi
+
 rust_version="$(rustc --version | awk '{print $2}')"
 debian_image="localhost/face2simpson-base/debian:bookworm"
 rust_image="localhost/face2simpson-base/rust:$rust_version"
