@@ -17,7 +17,7 @@ DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6
 .PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve crds clean
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
 setup: ## fetch libtorch (CPU) and the ImageNet MobileNetV2 weights into .deps/ (idempotent)
 	@scripts/setup.sh
