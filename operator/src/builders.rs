@@ -70,6 +70,21 @@ pub fn inference_name(model: &str) -> String {
     format!("{model}-inference")
 }
 
+/// Metadata of an object the SimpsonModel owns: in its namespace, garbage-collected with it.
+fn child_meta(
+    sm: &SimpsonModel,
+    name: String,
+    labels: BTreeMap<String, String>,
+) -> Result<ObjectMeta, MissingMetadata> {
+    Ok(ObjectMeta {
+        name: Some(name),
+        namespace: Some(namespace(sm)?),
+        labels: Some(labels),
+        owner_references: Some(vec![owner(sm)?]),
+        ..Default::default()
+    })
+}
+
 fn owner(sm: &SimpsonModel) -> Result<OwnerReference, MissingMetadata> {
     sm.controller_owner_ref(&()).ok_or(MissingMetadata("uid"))
 }
@@ -230,13 +245,7 @@ pub fn training_job(
     pod.node_selector = (!t.node_selector.is_empty()).then(|| t.node_selector.clone());
     pod.tolerations = (!t.tolerations.is_empty()).then(|| t.tolerations.clone());
     Ok(Job {
-        metadata: ObjectMeta {
-            name: Some(run_id.to_owned()),
-            namespace: Some(namespace(sm)?),
-            labels: Some(labels.clone()),
-            owner_references: Some(vec![owner(sm)?]),
-            ..Default::default()
-        },
+        metadata: child_meta(sm, run_id.to_owned(), labels.clone())?,
         spec: Some(JobSpec {
             // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
             // is recorded; housekeeping deletes it afterwards.
@@ -310,13 +319,7 @@ pub fn inference_deployment(
     let template_labels = labels.clone();
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
     Ok(Deployment {
-        metadata: ObjectMeta {
-            name: Some(inference_name(&model)),
-            namespace: Some(namespace(sm)?),
-            labels: Some(labels),
-            owner_references: Some(vec![owner(sm)?]),
-            ..Default::default()
-        },
+        metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(DeploymentSpec {
             replicas: Some(inf.replicas),
             selector: LabelSelector {
@@ -355,13 +358,7 @@ pub fn inference_service(sm: &SimpsonModel) -> Result<Service, MissingMetadata> 
     let mut labels = inference_labels(&model);
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
     Ok(Service {
-        metadata: ObjectMeta {
-            name: Some(inference_name(&model)),
-            namespace: Some(namespace(sm)?),
-            labels: Some(labels),
-            owner_references: Some(vec![owner(sm)?]),
-            ..Default::default()
-        },
+        metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(ServiceSpec {
             type_: Some(inf.service_type.clone()),
             selector: Some(BTreeMap::from([
