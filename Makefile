@@ -14,7 +14,11 @@ LISTEN ?= 127.0.0.1:8080
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
 
-.PHONY: help setup setup-test build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve crds clean
+E2E_THREADS ?= 2
+# Run one e2e scenario: make e2e E2E=bootstrap
+E2E ?=
+
+.PHONY: help setup setup-test setup-e2e e2e build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve crds clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -59,6 +63,15 @@ lint: setup ## clippy with warnings as errors
 unit: setup
 	$(CARGO) test --workspace
 
+setup-e2e: ## build the real control plane (etcd, kube-apiserver, kube-controller-manager, kubectl, helm) into .deps/e2e/bin
+	@scripts/setup-e2e.sh
+
+e2e: setup setup-e2e ## scenarios against a real API server and controllers (E2E=<name> runs one; logs in target/e2e/)
+	@# The same feature resolution as `make unit`, so nothing is rebuilt and the binaries the
+	@# scenarios run are the ones the unit tests built.
+	$(CARGO) test --workspace --no-run
+	$(CARGO) test --workspace --test cluster -- --ignored --test-threads=$(E2E_THREADS) $(E2E)
+
 setup-test: ## what tests need beyond setup: Chromium for the page test, helm/kubernetes-validate/hadolint
 	@scripts/setup-test.sh
 
@@ -66,7 +79,7 @@ check-packaging: ## helm lint + template, Kubernetes schema, RBAC, example and h
 	@scripts/setup-tools.sh
 	$(DEPS)/tools/bin/python scripts/check-packaging.py
 
-test: setup setup-test fmt-check lint check-packaging unit ## everything CI runs
+test: setup setup-test setup-e2e fmt-check lint check-packaging unit e2e ## everything CI runs
 
 images: setup ## build the operator, inference and trainer images with podman and smoke-run them
 	@scripts/images.sh

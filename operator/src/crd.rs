@@ -76,6 +76,9 @@ pub struct SecretRef {
 pub struct ScheduleSpec {
     /// Time between the starts of two runs, e.g. 72h or 3d 12h. Measured from the last run's start, so it is a true every-three-days, unlike a cron day-of-month step that resets each month. Ignored when cron is set.
     #[serde(default = "default_interval")]
+    // A number then a unit, repeated ("72h", "3d 12h", "3 days"), or ISO 8601 ("P3D"): the
+    // API server refuses what the operator's parser (jiff) never could accept.
+    #[schemars(regex(pattern = r"^\s*(P[0-9.WYMDTHS]+|([0-9]+\s*[a-zA-Z]+[\s,]*)+)$"))]
     pub interval: String,
     /// Standard five-field cron expression (optionally with a leading seconds field); takes precedence over interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -178,12 +181,14 @@ pub struct InferenceSpec {
     pub image: String,
     /// Number of inference pods.
     #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0))]
     pub replicas: i32,
     /// Compute resources of the inference container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Port the inference server listens on and the Service exposes.
     #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Service type: ClusterIP, NodePort or LoadBalancer.
     #[serde(default = "default_service_type")]

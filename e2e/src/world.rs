@@ -1,0 +1,431 @@
+//! One test's world: a control plane, an S3 store with a dataset, the node stand-in, the
+//! chart installed by helm and the operator running under the chart's ServiceAccount.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, bail, ensure};
+use face2simpson_operator::SimpsonModel;
+use face2simpson_operator::builders::inference_name;
+use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::ControlPlane;
+use crate::install::{Operator, helm_install, kubectl, kubectl_apply};
+use crate::node::{Images, Node};
+use crate::paths::{our_bin, test_dir, workspace};
+use crate::process::{Env, Process};
+use crate::store::S3Store;
+use crate::wait::poll;
+
+/// Where the SimpsonModels live; the chart's RBAC is granted here only.
+pub const NAMESPACE: &str = "simpsons";
+/// Where the chart is installed.
+pub const RELEASE_NAMESPACE: &str = "face2simpson-system";
+/// The helm release.
+pub const RELEASE: &str = "face2simpson";
+/// The SimpsonModel every scenario drives.
+pub const MODEL: &str = "homer";
+pub const TRAINER_IMAGE: &str = "face2simpson/trainer:e2e";
+pub const INFERENCE_IMAGE: &str = "face2simpson/inference:e2e";
+/// Prefix of the model's store inside the bucket.
+pub const STORE_PREFIX: &str = "models";
+const PRETRAINED_KEY: &str = "pretrained/mobilenet_v2-b0353104.pth";
+/// Training a few epochs at 64 px on CPU, libtorch start-up included.
+pub const TRAINING_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Hyperparameters that decide whether a run is good or bad on the synthetic dataset.
+#[derive(Debug, Clone, Copy)]
+pub struct Recipe {
+    pub epochs: u32,
+    pub learning_rate: f64,
+}
+
+/// Learns the synthetic heads well.
+pub const GOOD: Recipe = Recipe {
+    epochs: 2,
+    learning_rate: 1e-3,
+};
+/// Barely moves from the random head: near chance.
+pub const BAD: Recipe = Recipe {
+    epochs: 1,
+    learning_rate: 1e-7,
+};
+
+/// Everything one scenario runs against. Dropping it stops every process.
+pub struct World {
+    pub dir: PathBuf,
+    pub client: Client,
+    pub operator: Operator,
+    pub node: Node,
+    pub store: S3Store,
+    pub plane: ControlPlane,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("dir", &self.dir)
+            .field("server", &self.plane.server)
+            .field("store", &self.store.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,kube=warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl World {
+    /// Starts everything for the test `name` (logs in `target/e2e/<name>/`).
+    pub async fn up(name: &str) -> Result<Self> {
+        init_tracing();
+        let dir = test_dir(name)?;
+        let plane = ControlPlane::start(&dir).await?;
+        let client = plane.admin_client().await?;
+        let store = S3Store::start(&dir.join("s3"))?;
+        seed_store(&store, &dir).await?;
+        let images = Images::default()
+            .with(TRAINER_IMAGE, &our_bin("face2simpson-trainer")?)
+            .with(INFERENCE_IMAGE, &our_bin("face2simpson-inference")?);
+        let node = Node::start(client.clone(), images, &dir).await?;
+
+        // As a user would: the namespace and its store Secret, then the chart.
+        kubectl_ok(&plane, &["create", "namespace", NAMESPACE]).await?;
+        let mut secret = vec![
+            "-n",
+            NAMESPACE,
+            "create",
+            "secret",
+            "generic",
+            "store-creds",
+        ];
+        let literals: Vec<String> = store
+            .secret_data()
+            .into_iter()
+            .map(|(k, v)| format!("--from-literal={k}={v}"))
+            .collect();
+        secret.extend(literals.iter().map(String::as_str));
+        kubectl_ok(&plane, &secret).await?;
+        helm_install(
+            &plane,
+            RELEASE,
+            RELEASE_NAMESPACE,
+            &[
+                ("watchNamespaces[0]", NAMESPACE),
+                ("image.tag", "e2e"),
+                ("logFormat", "text"),
+                ("logLevel", "info\\,kube=warn\\,face2simpson_operator=debug"),
+            ],
+        )
+        .await?;
+        let operator = Operator::from_release(&plane, RELEASE_NAMESPACE, RELEASE).await?;
+        Ok(Self {
+            dir,
+            client,
+            operator,
+            node,
+            store,
+            plane,
+        })
+    }
+
+    /// The SimpsonModel as a user writes it: examples/minimal.yaml with this store, the
+    /// e2e images, and a small CPU-only recipe.
+    pub fn manifest(&self, recipe: Recipe) -> Result<String> {
+        let example = std::fs::read_to_string(workspace().join("examples/minimal.yaml"))?;
+        let mut sm: Value = serde_yaml::from_str(&example)?;
+        sm["metadata"] = json!({"name": MODEL, "namespace": NAMESPACE});
+        sm["spec"]["storageUri"] = json!(self.store.url(STORE_PREFIX));
+        sm["spec"]["training"] = json!({
+            "image": TRAINER_IMAGE,
+            "imageSize": 64,
+            "batchSize": 16,
+            "epochs": recipe.epochs,
+            "learningRate": recipe.learning_rate,
+            "patience": 1,
+            "backoffLimit": 0,
+            "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
+        });
+        sm["spec"]["inference"]["image"] = json!(INFERENCE_IMAGE);
+        Ok(serde_yaml::to_string(&sm)?)
+    }
+
+    /// `kubectl apply` of the model with `recipe`.
+    pub async fn apply_model(&self, recipe: Recipe) -> Result<()> {
+        kubectl_apply(&self.plane, &self.manifest(recipe)?).await?;
+        Ok(())
+    }
+
+    pub fn models(&self) -> Api<SimpsonModel> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub fn deployments(&self) -> Api<Deployment> {
+        Api::namespaced(self.client.clone(), NAMESPACE)
+    }
+
+    pub async fn model(&self) -> Result<SimpsonModel> {
+        Ok(self.models().get(MODEL).await?)
+    }
+
+    /// Changes the recipe and asks for a run now, as `kubectl annotate` would.
+    pub async fn request_run(&self, recipe: Recipe, request: &str) -> Result<()> {
+        let patch = json!({
+            "metadata": {"annotations": {face2simpson_operator::crd::TRAIN_REQUEST_ANNOTATION: request}},
+            "spec": {"training": {"epochs": recipe.epochs, "learningRate": recipe.learning_rate}},
+        });
+        self.models()
+            .patch(MODEL, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+        Ok(())
+    }
+
+    /// Waits until a run other than `after` has a decision, and returns the model then.
+    pub async fn wait_decision(&self, after: Option<&str>) -> Result<SimpsonModel> {
+        let models = self.models();
+        poll(
+            "a training run's decision",
+            TRAINING_TIMEOUT,
+            Duration::from_millis(500),
+            || {
+                let models = models.clone();
+                async move {
+                    let sm = models.get(MODEL).await?;
+                    let decided = sm
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_run.as_ref())
+                        .is_some_and(|r| Some(r.run_id.as_str()) != after && r.decision.is_some());
+                    Ok(decided.then_some(sm))
+                }
+            },
+        )
+        .await
+        .with_context(|| self.context())
+    }
+
+    /// Waits until the inference Deployment has rolled out completely to `run_id` and every
+    /// serving pod answers `/v1/model` with it; returns those pods' endpoints.
+    pub async fn wait_serving(&self, run_id: &str) -> Result<Vec<String>> {
+        let name = inference_name(MODEL);
+        let timeout = Duration::from_secs(120);
+        poll(
+            &format!("the Deployment to serve {run_id}"),
+            timeout,
+            Duration::from_millis(500),
+            || {
+                let name = name.clone();
+                async move {
+                    let Some(d) = self.deployments().get_opt(&name).await? else {
+                        return Ok(None);
+                    };
+                    let (spec, status) = (
+                        d.spec.clone().unwrap_or_default(),
+                        d.status.clone().unwrap_or_default(),
+                    );
+                    let want = spec.replicas.unwrap_or(1);
+                    let rolled = status.observed_generation == d.metadata.generation
+                        && status.updated_replicas == Some(want)
+                        && status.available_replicas == Some(want)
+                        && status.replicas == Some(want);
+                    if !rolled {
+                        return Ok(None);
+                    }
+                    let endpoints = self.serving_endpoints().await?;
+                    if endpoints.len() != usize::try_from(want)? {
+                        return Ok(None);
+                    }
+                    for endpoint in &endpoints {
+                        if self.served_run(endpoint).await?.as_deref() != Some(run_id) {
+                            return Ok(None);
+                        }
+                    }
+                    Ok(Some(endpoints))
+                }
+            },
+        )
+        .await
+        .with_context(|| self.context())
+    }
+
+    /// Endpoints of the inference pods that are Ready and not terminating.
+    pub async fn serving_endpoints(&self) -> Result<Vec<String>> {
+        let selector =
+            format!("app.kubernetes.io/instance={MODEL},app.kubernetes.io/component=inference");
+        let pods = self
+            .pods()
+            .list(&ListParams::default().labels(&selector))
+            .await?;
+        Ok(pods
+            .items
+            .iter()
+            .filter(|p| p.metadata.deletion_timestamp.is_none() && is_ready(p))
+            .filter_map(|p| self.node.endpoint(p, 8080))
+            .collect())
+    }
+
+    /// The run id a pod's `/v1/model` names.
+    pub async fn served_run(&self, endpoint: &str) -> Result<Option<String>> {
+        let info: Value = reqwest::get(format!("{endpoint}/v1/model"))
+            .await?
+            .json()
+            .await?;
+        Ok(info["run_id"].as_str().map(str::to_owned))
+    }
+
+    /// A real prediction over HTTP: the verdicts for a synthetic head from the dataset.
+    pub async fn predict(&self, endpoint: &str) -> Result<Value> {
+        let image = std::fs::read(
+            self.store
+                .bucket_dir()
+                .join(STORE_PREFIX)
+                .join("datasets/current/test/homer/00000.png"),
+        )
+        .context("the dataset's first test image")?;
+        let response = reqwest::Client::new()
+            .post(format!("{endpoint}/v1/predict"))
+            .header("content-type", "image/png")
+            .body(image)
+            .send()
+            .await?;
+        let status = response.status();
+        let body: Value = response.json().await?;
+        ensure!(status.is_success(), "/v1/predict answered {status}: {body}");
+        Ok(body)
+    }
+
+    /// Events the operator emitted about the model, by reason.
+    pub async fn events(&self, reason: &str) -> Result<Vec<Event>> {
+        let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
+        Ok(events
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(MODEL)
+            })
+            .collect())
+    }
+
+    /// ReplicaSets of the inference Deployment, by name.
+    pub async fn replica_sets(&self) -> Result<Vec<String>> {
+        let rs: Api<ReplicaSet> = Api::namespaced(self.client.clone(), NAMESPACE);
+        let mut names: Vec<String> = rs
+            .list(&ListParams::default().labels("app.kubernetes.io/component=inference"))
+            .await?
+            .items
+            .iter()
+            .map(ResourceExt::name_any)
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// `kubectl` as admin, failing on a non-zero exit.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        kubectl_ok(&self.plane, args).await
+    }
+
+    /// The end of every scenario: the operator was never refused by RBAC and never panicked.
+    pub fn finish(self) -> Result<()> {
+        let forbidden = self.plane.forbidden_requests(&self.operator.username)?;
+        ensure!(
+            forbidden.is_empty(),
+            "the API server refused the operator (chart RBAC too narrow): {forbidden:?}"
+        );
+        let log = std::fs::read_to_string(self.operator.log())?.to_lowercase();
+        for needle in ["panicked", "forbidden"] {
+            ensure!(
+                !log.contains(needle),
+                "the operator log contains {needle:?}; see {}",
+                self.operator.log().display()
+            );
+        }
+        Ok(())
+    }
+
+    /// What to look at when a wait times out.
+    pub fn context(&self) -> String {
+        format!(
+            "logs in {}; operator log tail:\n{}",
+            self.dir.display(),
+            self.operator.tail(15)
+        )
+    }
+}
+
+fn is_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+async fn kubectl_ok(plane: &ControlPlane, args: &[&str]) -> Result<String> {
+    let out = kubectl(plane, args, None).await?;
+    if !out.success {
+        bail!("kubectl {} failed: {}", args.join(" "), out.stderr.trim());
+    }
+    Ok(out.stdout)
+}
+
+/// The synthetic dataset (drawn by the real trainer's `datagen`, through S3) and the ImageNet
+/// backbone where the trainer looks for it.
+async fn seed_store(store: &S3Store, dir: &std::path::Path) -> Result<()> {
+    let env: Vec<(String, String)> = store.secret_data().into_iter().collect();
+    let args: Vec<String> = [
+        "datagen",
+        "--storage",
+        &store.url(STORE_PREFIX),
+        "--dataset",
+        "datasets/current",
+        "--per-class",
+        "20",
+        "--size",
+        "64",
+        "--seed",
+        "1",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let mut datagen = Process::spawn(
+        "datagen",
+        &our_bin("face2simpson-trainer")?,
+        &args,
+        Env::Only(env),
+        dir,
+    )?;
+    let status = datagen.wait().await?;
+    ensure!(status.success(), "datagen failed:\n{}", datagen.tail(20));
+    let pretrained = crate::paths::deps().join("pretrained/mobilenet_v2-b0353104.pth");
+    let bytes = std::fs::read(&pretrained)
+        .with_context(|| format!("{} is missing: run `make setup`", pretrained.display()))?;
+    store
+        .storage(STORE_PREFIX)?
+        .put(PRETRAINED_KEY, bytes)
+        .await?;
+    Ok(())
+}

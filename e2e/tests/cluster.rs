@@ -1,0 +1,498 @@
+//! The whole loop against a real control plane: see docs/e2e.md.
+//!
+//! The scenarios are `#[ignore]`d in a plain `cargo test`: they need the control plane that
+//! `make setup-e2e` builds and several minutes. `make e2e` runs them (and `make test`, so CI);
+//! `make e2e E2E=<test name>` runs one.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, ensure};
+use face2simpson_e2e::wait::poll;
+use face2simpson_e2e::world::{BAD, GOOD, MODEL, NAMESPACE, STORE_PREFIX, World};
+use face2simpson_operator::SimpsonModel;
+use face2simpson_operator::crd::{ChampionStatus, ROLLBACK_REQUEST_ANNOTATION, RunStatus};
+use kube::ResourceExt;
+use kube::api::{ListParams, Patch, PatchParams};
+use serde_json::json;
+
+fn last_run(sm: &SimpsonModel) -> Result<RunStatus> {
+    sm.status
+        .as_ref()
+        .and_then(|s| s.last_run.clone())
+        .context("status.lastRun is empty")
+}
+
+fn champion(sm: &SimpsonModel) -> Result<ChampionStatus> {
+    sm.status
+        .as_ref()
+        .and_then(|s| s.champion.clone())
+        .context("status.champion is empty")
+}
+
+fn decision(run: &RunStatus) -> &str {
+    run.decision.as_deref().unwrap_or("")
+}
+
+/// Bootstraps the model with `recipe`: one Job, `FirstModel`, the Deployment serving it.
+async fn bootstrap(
+    world: &World,
+    recipe: face2simpson_e2e::world::Recipe,
+) -> Result<(String, Vec<String>)> {
+    world.apply_model(recipe).await?;
+    let sm = world.wait_decision(None).await?;
+    let run = last_run(&sm)?;
+    ensure!(
+        decision(&run) == "FirstModel",
+        "bootstrap decided {:?}: {:?}",
+        run.decision,
+        run.reason
+    );
+    ensure!(
+        champion(&sm)?.run_id == run.run_id,
+        "the first run did not become champion"
+    );
+    let endpoints = world.wait_serving(&run.run_id).await?;
+    Ok((run.run_id, endpoints))
+}
+
+async fn deployment_generation(world: &World) -> Result<i64> {
+    let name = face2simpson_operator::builders::inference_name(MODEL);
+    world
+        .deployments()
+        .get(&name)
+        .await?
+        .metadata
+        .generation
+        .context("no generation")
+}
+
+/// Scenario 1: a new SimpsonModel trains once, becomes the champion and is served.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn bootstrap_trains_and_serves_the_first_model() -> Result<()> {
+    let world = World::up("bootstrap").await?;
+    let (run, endpoints) = bootstrap(&world, GOOD).await?;
+
+    let jobs = world.jobs().list(&ListParams::default()).await?.items;
+    ensure!(
+        jobs.len() == 1,
+        "expected one training Job, found {}",
+        jobs.len()
+    );
+    let prediction = world.predict(&endpoints[0]).await?;
+    ensure!(
+        prediction["model"]["run_id"] == run.as_str(),
+        "predicted by {prediction}"
+    );
+    ensure!(
+        prediction["character"].is_string(),
+        "no verdict: {prediction}"
+    );
+
+    let table = world
+        .kubectl(&["-n", NAMESPACE, "get", "simpsonmodels"])
+        .await?;
+    for column in [
+        "PHASE",
+        "CHAMPION-ACC",
+        "LAST-RUN",
+        "DECISION",
+        "Serving",
+        "FirstModel",
+        run.as_str(),
+    ] {
+        ensure!(
+            table.contains(column),
+            "`kubectl get sm` lacks {column:?}:\n{table}"
+        );
+    }
+    let store = world.store.storage(STORE_PREFIX)?;
+    ensure!(store.get_metrics(&run).await?.run_id == run);
+    ensure!(
+        world.events("Promoted").await?.len() == 1,
+        "one Promoted event"
+    );
+    world.finish()
+}
+
+/// Scenario 2: a worse challenger is rejected; nothing rolls.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn worse_challenger_is_rejected() -> Result<()> {
+    let world = World::up("reject").await?;
+    let (run1, _) = bootstrap(&world, GOOD).await?;
+    let generation = deployment_generation(&world).await?;
+    let replica_sets = world.replica_sets().await?;
+
+    world.request_run(BAD, "worse").await?;
+    let sm = world.wait_decision(Some(&run1)).await?;
+    let run2 = last_run(&sm)?;
+    ensure!(
+        decision(&run2) == "Reject",
+        "decided {:?}: {:?}",
+        run2.decision,
+        run2.reason
+    );
+    ensure!(champion(&sm)?.run_id == run1, "the champion changed");
+    ensure!(
+        deployment_generation(&world).await? == generation,
+        "the Deployment changed"
+    );
+    ensure!(
+        world.replica_sets().await? == replica_sets,
+        "a new ReplicaSet appeared"
+    );
+
+    // The challenger Job re-scored the champion on its own test split.
+    let job = world.jobs().get(&run2.job_name).await?;
+    let args = job
+        .spec
+        .and_then(|s| s.template.spec)
+        .map(|s| s.containers[0].args.clone().unwrap_or_default())
+        .unwrap_or_default();
+    ensure!(
+        args.windows(2)
+            .any(|w| w[0] == "--champion" && w[1] == run1),
+        "Job args {args:?}"
+    );
+    let metrics = world
+        .store
+        .storage(STORE_PREFIX)?
+        .get_metrics(&run2.run_id)
+        .await?;
+    ensure!(metrics.champion_run_id.as_deref() == Some(run1.as_str()));
+    ensure!(
+        metrics
+            .champion_test_accuracy
+            .is_some_and(|c| c > metrics.test_accuracy)
+    );
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    ensure!(
+        world.events("Rejected").await?.len() == 1,
+        "one Rejected event"
+    );
+    world.finish()
+}
+
+/// Scenarios 3 and 8: a better challenger is promoted and rolled out; the rollback annotation
+/// puts the previous champion back.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
+    let world = World::up("promote-rollback").await?;
+    let (run1, _) = bootstrap(&world, BAD).await?;
+    let generation = deployment_generation(&world).await?;
+    let replica_sets = world.replica_sets().await?;
+
+    world.request_run(GOOD, "better").await?;
+    let sm = world.wait_decision(Some(&run1)).await?;
+    let run2 = last_run(&sm)?;
+    ensure!(
+        decision(&run2) == "Promote",
+        "decided {:?}: {:?}",
+        run2.decision,
+        run2.reason
+    );
+    let status = sm.status.clone().unwrap_or_default();
+    ensure!(status.previous_champion.map(|c| c.run_id) == Some(run1.clone()));
+    let endpoints = world.wait_serving(&run2.run_id).await?;
+    world.predict(&endpoints[0]).await?;
+    ensure!(
+        deployment_generation(&world).await? > generation,
+        "the Deployment did not roll"
+    );
+    let after = world.replica_sets().await?;
+    ensure!(
+        after.len() == replica_sets.len() + 1,
+        "ReplicaSets {replica_sets:?} -> {after:?}"
+    );
+    ensure!(
+        world.events("Promoted").await?.len() == 2,
+        "FirstModel and Promote each emit Promoted"
+    );
+
+    // Scenario 8: roll back by annotation.
+    let patch = json!({"metadata": {"annotations": {ROLLBACK_REQUEST_ANNOTATION: "back"}}});
+    world
+        .models()
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    let sm = world.model().await?;
+    ensure!(
+        champion(&sm)?.run_id == run1,
+        "rollback did not restore {run1}"
+    );
+    world.finish()
+}
+
+/// Scenario 4: a training pod that fails leaves the champion serving and marks the model Degraded.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn failed_training_keeps_the_champion() -> Result<()> {
+    let world = World::up("failure").await?;
+    let (run1, _) = bootstrap(&world, GOOD).await?;
+    let generation = deployment_generation(&world).await?;
+
+    // A dataset that does not exist: the trainer exits non-zero.
+    let patch = json!({
+        "metadata": {"annotations": {face2simpson_operator::crd::TRAIN_REQUEST_ANNOTATION: "broken"}},
+        "spec": {"dataset": "datasets/missing"},
+    });
+    world
+        .models()
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    let sm = world.wait_decision(Some(&run1)).await?;
+    let run2 = last_run(&sm)?;
+    ensure!(
+        decision(&run2) == "Failed",
+        "decided {:?}: {:?}",
+        run2.decision,
+        run2.reason
+    );
+    let job = world.jobs().get(&run2.job_name).await?;
+    let failed = job.status.and_then(|s| s.conditions).unwrap_or_default();
+    ensure!(
+        failed
+            .iter()
+            .any(|c| c.type_ == "Failed" && c.status == "True"),
+        "Job not Failed: {failed:?}"
+    );
+    let status = sm.status.clone().unwrap_or_default();
+    ensure!(
+        status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True"),
+        "no Degraded condition: {:?}",
+        status.conditions
+    );
+    ensure!(champion(&sm)?.run_id == run1);
+    ensure!(
+        deployment_generation(&world).await? == generation,
+        "the Deployment changed"
+    );
+    world.wait_serving(&run1).await?;
+    world.finish()
+}
+
+/// Scenario 5: the operator is SIGKILLed while its Job runs and restarted: one Job, one
+/// decision, one promotion.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn operator_killed_mid_run_decides_once() -> Result<()> {
+    let mut world = World::up("operator-killed").await?;
+    world.apply_model(GOOD).await?;
+    let pods = world.pods();
+    poll(
+        "the training pod to run",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
+                    .await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    world.operator.kill().await?;
+    let jobs = world.jobs();
+    poll(
+        "the Job to complete without the operator",
+        face2simpson_e2e::world::TRAINING_TIMEOUT,
+        Duration::from_millis(500),
+        || {
+            let jobs = jobs.clone();
+            async move {
+                let list = jobs.list(&ListParams::default()).await?;
+                Ok(list
+                    .items
+                    .iter()
+                    .any(|j| j.status.as_ref().and_then(|s| s.succeeded) == Some(1))
+                    .then_some(()))
+            }
+        },
+    )
+    .await?;
+    world.operator.restart().await?;
+    let sm = world.wait_decision(None).await?;
+    let run = last_run(&sm)?;
+    ensure!(decision(&run) == "FirstModel");
+    world.wait_serving(&run.run_id).await?;
+    // Give a duplicate a chance to appear before counting.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let jobs = world.jobs().list(&ListParams::default()).await?.items;
+    ensure!(
+        jobs.len() == 1,
+        "Jobs: {:?}",
+        jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+    );
+    let sm = world.model().await?;
+    ensure!(
+        sm.status.unwrap_or_default().history.len() == 1,
+        "one decision in history"
+    );
+    ensure!(
+        world.events("Promoted").await?.len() == 1,
+        "one Promoted event"
+    );
+    ensure!(
+        deployment_generation(&world).await? == 1,
+        "the Deployment was applied more than once with changes"
+    );
+    world.finish()
+}
+
+/// Scenario 6, and the examples: the API server itself refuses bad SimpsonModels with the CRD's
+/// own schema, and accepts the shipped examples as they are, apart from the store address.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
+    let world = World::up("validation").await?;
+    let good: serde_json::Value = serde_yaml::from_str(&world.manifest(GOOD)?)?;
+    let cases = [
+        (
+            "bad interval",
+            json!({"spec": {"schedule": {"interval": "every three days"}}}),
+            "spec.schedule.interval",
+        ),
+        (
+            "negative replicas",
+            json!({"spec": {"inference": {"replicas": -1}}}),
+            "spec.inference.replicas",
+        ),
+        (
+            "unknown field",
+            json!({"spec": {"trainnig": {"epochs": 3}}}),
+            "unknown field \"spec.trainnig\"",
+        ),
+    ];
+    for (what, change, expected) in cases {
+        let mut bad = good.clone();
+        merge(&mut bad, &change);
+        let refused = face2simpson_e2e::install::kubectl(
+            &world.plane,
+            &["apply", "-f", "-"],
+            Some(&serde_yaml::to_string(&bad)?),
+        )
+        .await?;
+        ensure!(!refused.success, "{what}: accepted");
+        ensure!(
+            refused.stderr.contains(expected),
+            "{what}: the message does not name {expected:?}: {}",
+            refused.stderr
+        );
+    }
+    ensure!(
+        world
+            .models()
+            .list(&ListParams::default())
+            .await?
+            .items
+            .is_empty()
+    );
+
+    for example in ["minimal.yaml", "s3.yaml", "gcs.yaml"] {
+        let text = std::fs::read_to_string(
+            face2simpson_e2e::paths::workspace()
+                .join("examples")
+                .join(example),
+        )?;
+        for doc in serde_yaml::Deserializer::from_str(&text) {
+            let mut value = serde_json::Value::deserialize(doc)?;
+            if value["kind"] != "SimpsonModel" {
+                continue;
+            }
+            value["spec"]["storageUri"] = json!(world.store.url("examples"));
+            let namespace = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_owned();
+            // The examples' own namespaces; `simpsons` and `default` already exist.
+            let _ = world.kubectl(&["create", "namespace", &namespace]).await;
+            face2simpson_e2e::install::kubectl_apply(&world.plane, &serde_yaml::to_string(&value)?)
+                .await
+                .with_context(|| format!("examples/{example}"))?;
+        }
+    }
+    let all: kube::Api<SimpsonModel> = kube::Api::all(world.client.clone());
+    ensure!(all.list(&ListParams::default()).await?.items.len() == 3);
+    world.finish()
+}
+
+use serde::Deserialize as _;
+
+fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (base, patch) {
+        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
+            for (k, v) in p {
+                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
+            }
+        }
+        (b, p) => *b = p.clone(),
+    }
+}
+
+/// Scenario 7: deleting the SimpsonModel garbage-collects its Jobs, Deployment, ReplicaSets,
+/// pods and Service through the real garbage collector.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn deleting_the_model_collects_its_children() -> Result<()> {
+    let world = World::up("garbage-collection").await?;
+    bootstrap(&world, GOOD).await?;
+    world
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "delete",
+            "simpsonmodel",
+            MODEL,
+            "--wait=false",
+        ])
+        .await?;
+    let selector = format!("face2simpson.io/model={MODEL}");
+    poll(
+        "the garbage collector to delete every child",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let selector = selector.clone();
+            let world = &world;
+            async move {
+                let lp = ListParams::default().labels(&selector);
+                let left = world.jobs().list(&lp).await?.items.len()
+                    + world.deployments().list(&lp).await?.items.len()
+                    + world.pods().list(&lp).await?.items.len()
+                    + world
+                        .kubectl(&[
+                            "-n",
+                            NAMESPACE,
+                            "get",
+                            "services,replicasets",
+                            "-l",
+                            &selector,
+                            "-o",
+                            "name",
+                        ])
+                        .await?
+                        .lines()
+                        .count();
+                Ok((left == 0 && world.node.running() == 0).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    world.finish()
+}
