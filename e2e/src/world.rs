@@ -81,7 +81,8 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,kube=warn".into()),
+                // kube_client logs every refused connection while the API server starts.
+                .unwrap_or_else(|_| "info,kube=warn,kube_client=off".into()),
         )
         .with_test_writer()
         .try_init();
@@ -314,19 +315,21 @@ impl World {
         Ok(body)
     }
 
-    /// Events the operator emitted about the model, by reason.
-    pub async fn events(&self, reason: &str) -> Result<Vec<Event>> {
+    /// How often the operator reported `reason` about the model: kube's event recorder folds
+    /// repeats into one Event with a series count.
+    pub async fn events(&self, reason: &str) -> Result<i32> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
         Ok(events
             .list(&ListParams::default())
             .await?
             .items
-            .into_iter()
+            .iter()
             .filter(|e| {
                 e.reason.as_deref() == Some(reason)
                     && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(MODEL)
             })
-            .collect())
+            .map(|e| e.series.as_ref().map_or(1, |s| s.count))
+            .sum())
     }
 
     /// ReplicaSets of the inference Deployment, by name.

@@ -108,10 +108,7 @@ async fn bootstrap_trains_and_serves_the_first_model() -> Result<()> {
     }
     let store = world.store.storage(STORE_PREFIX)?;
     ensure!(store.get_metrics(&run).await?.run_id == run);
-    ensure!(
-        world.events("Promoted").await?.len() == 1,
-        "one Promoted event"
-    );
+    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
     world.finish()
 }
 
@@ -168,10 +165,7 @@ async fn worse_challenger_is_rejected() -> Result<()> {
     );
     let endpoints = world.wait_serving(&run1).await?;
     world.predict(&endpoints[0]).await?;
-    ensure!(
-        world.events("Rejected").await?.len() == 1,
-        "one Rejected event"
-    );
+    ensure!(world.events("Rejected").await? == 1, "one Rejected event");
     world.finish()
 }
 
@@ -208,7 +202,7 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
         "ReplicaSets {replica_sets:?} -> {after:?}"
     );
     ensure!(
-        world.events("Promoted").await?.len() == 2,
+        world.events("Promoted").await? == 2,
         "FirstModel and Promote each emit Promoted"
     );
 
@@ -343,10 +337,7 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
         sm.status.unwrap_or_default().history.len() == 1,
         "one decision in history"
     );
-    ensure!(
-        world.events("Promoted").await?.len() == 1,
-        "one Promoted event"
-    );
+    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
     ensure!(
         deployment_generation(&world).await? == 1,
         "the Deployment was applied more than once with changes"

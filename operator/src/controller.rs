@@ -872,9 +872,13 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     );
     pass.status.observed_generation = generation;
     if pass.status != old {
+        // The resourceVersion makes the apply conditional: a pass that worked from a cached
+        // copy older than the last status write gets 409 and is retried from a fresh one,
+        // instead of dropping fields that write added (a handled manual request, say).
         let body = json!({
             "apiVersion": SimpsonModel::api_version(&()),
             "kind": SimpsonModel::kind(&()),
+            "metadata": {"resourceVersion": sm.resource_version()},
             "status": pass.status,
         });
         let models: Api<SimpsonModel> = Api::namespaced(ctx.client.clone(), &ns);

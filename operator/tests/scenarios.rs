@@ -109,6 +109,10 @@ async fn bootstrap_starts_the_first_run_at_once() {
 
     let status = status_of(&seen[3]);
     assert_eq!(seen[3].body["apiVersion"], "face2simpson.io/v1alpha1");
+    assert_eq!(
+        seen[3].body["metadata"]["resourceVersion"], "4711",
+        "a status write from a stale cached copy must conflict, not overwrite"
+    );
     assert_apply(&seen[3]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(

@@ -66,6 +66,7 @@ pub fn model() -> SimpsonModel {
     sm.metadata.namespace = Some(NS.into());
     sm.metadata.uid = Some("0b9a1d3c-1111-4222-8333-444455556666".into());
     sm.metadata.generation = Some(1);
+    sm.metadata.resource_version = Some("4711".into());
     sm.metadata.creation_timestamp = Some(Time(created()));
     sm
 }
