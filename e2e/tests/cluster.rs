@@ -192,6 +192,13 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     ensure!(status.previous_champion.map(|c| c.run_id) == Some(run1.clone()));
     let endpoints = world.wait_serving(&run2.run_id).await?;
     world.predict(&endpoints[0]).await?;
+    let store = world.store.storage(STORE_PREFIX)?;
+    let metrics = store.get_metrics(&run2.run_id).await?;
+    ensure!(metrics.champion_run_id.as_deref() == Some(run1.as_str()));
+    ensure!(
+        store.head(&metrics.weights_key).await?.is_some(),
+        "no weights in the store"
+    );
     ensure!(
         deployment_generation(&world).await? > generation,
         "the Deployment did not roll"
@@ -269,7 +276,16 @@ async fn failed_training_keeps_the_champion() -> Result<()> {
         deployment_generation(&world).await? == generation,
         "the Deployment changed"
     );
-    world.wait_serving(&run1).await?;
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    let store = world.store.storage(STORE_PREFIX)?;
+    ensure!(
+        store
+            .get_metrics(&run2.run_id)
+            .await
+            .is_err_and(|e| e.is_not_found()),
+        "a failed run must not leave metrics.json"
+    );
     world.finish()
 }
 
@@ -323,7 +339,8 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
     let sm = world.wait_decision(None).await?;
     let run = last_run(&sm)?;
     ensure!(decision(&run) == "FirstModel");
-    world.wait_serving(&run.run_id).await?;
+    let endpoints = world.wait_serving(&run.run_id).await?;
+    world.predict(&endpoints[0]).await?;
     // Give a duplicate a chance to appear before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let jobs = world.jobs().list(&ListParams::default()).await?.items;
@@ -441,7 +458,8 @@ fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
 #[ignore = "needs the control plane: make e2e"]
 async fn deleting_the_model_collects_its_children() -> Result<()> {
     let world = World::up("garbage-collection").await?;
-    bootstrap(&world, GOOD).await?;
+    let (run, endpoints) = bootstrap(&world, GOOD).await?;
+    world.predict(&endpoints[0]).await?;
     world
         .kubectl(&[
             "-n",
@@ -485,5 +503,8 @@ async fn deleting_the_model_collects_its_children() -> Result<()> {
     )
     .await
     .with_context(|| world.context())?;
+    // Objects in the store are the user's: deleting the resource keeps every run.
+    let store = world.store.storage(STORE_PREFIX)?;
+    ensure!(store.get_metrics(&run).await?.run_id == run);
     world.finish()
 }
