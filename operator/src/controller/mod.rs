@@ -111,6 +111,8 @@ pub enum Error {
     GetSecret { name: String, source: kube::Error },
     #[error("cannot create the training Job {name}: {source}")]
     CreateJob { name: String, source: kube::Error },
+    #[error("cannot read the existing training Job {name}: {source}")]
+    GetJob { name: String, source: kube::Error },
     #[error("cannot delete the training Job {name}: {source}")]
     DeleteJob { name: String, source: kube::Error },
     #[error("cannot apply the Deployment {name}: {source}")]
@@ -130,6 +132,7 @@ impl Error {
             Error::ListJobs(e) | Error::PatchStatus(e) => Some(e),
             Error::GetSecret { source, .. }
             | Error::CreateJob { source, .. }
+            | Error::GetJob { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. } => Some(source),
@@ -249,6 +252,29 @@ fn condition_is(conds: &[Condition], type_: &str, status: &str) -> bool {
     conds.iter().any(|c| c.type_ == type_ && c.status == status)
 }
 
+/// A counter of the metrics, bumped only once the decision it counts is recorded.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    TrainingStarted,
+    Promotion,
+    Rejection,
+    FailedRun,
+}
+
+/// Something the pass tells the world about: held back until the status that records it is
+/// written, so a pass that fails to record (a conflict, an outage) publishes nothing and the
+/// retry cannot publish twice.
+#[derive(Debug)]
+enum Effect {
+    Event {
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    },
+    Count(Counted),
+}
+
 /// One pass over one SimpsonModel.
 struct Pass<'a> {
     sm: &'a SimpsonModel,
@@ -256,7 +282,17 @@ struct Pass<'a> {
     ns: String,
     name: String,
     now: Timestamp,
+    /// The status being built.
     status: SimpsonModelStatus,
+    /// The status as the API server has it (read at the start, or last written).
+    saved: SimpsonModelStatus,
+    /// The resourceVersion every status write is guarded by.
+    resource_version: Option<String>,
+    effects: Vec<Effect>,
+    /// The store, opened at most once per pass.
+    store: Option<Storage>,
+    /// The soonest a step wants the next pass (a store outage, a rollout in progress).
+    requeue: Option<Duration>,
 }
 
 impl Pass<'_> {
@@ -267,23 +303,85 @@ impl Pass<'_> {
         }
     }
 
-    async fn event(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let ev = Event {
+    /// Queues an event; published once the status is recorded.
+    fn emit(&mut self, type_: EventType, reason: &'static str, action: &'static str, note: String) {
+        self.effects.push(Effect::Event {
             type_,
-            reason: reason.into(),
-            note: Some(note),
-            action: action.into(),
-            secondary: None,
-        };
-        // An event is a courtesy to humans: failing to publish one must not fail the pass.
-        if let Err(e) = self
-            .ctx
-            .recorder
-            .publish(&ev, &self.sm.object_ref(&()))
-            .await
-        {
-            warn!(model = %self.name, reason, error = %e, "cannot publish event");
+            reason,
+            action,
+            note,
+        });
+    }
+
+    /// Queues a counter increment; applied once the status is recorded.
+    fn count(&mut self, counted: Counted) {
+        self.effects.push(Effect::Count(counted));
+    }
+
+    fn requeue_within(&mut self, delay: Duration) {
+        self.requeue = Some(self.requeue.map_or(delay, |d| d.min(delay)));
+    }
+
+    /// Publishes the queued events and counts.
+    async fn flush(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Count(counted) => {
+                    let m = &self.ctx.metrics;
+                    let family = match counted {
+                        Counted::TrainingStarted => &m.trainings_started,
+                        Counted::Promotion => &m.promotions,
+                        Counted::Rejection => &m.rejections,
+                        Counted::FailedRun => &m.failed_runs,
+                    };
+                    family.get_or_create(&self.labels()).inc();
+                }
+                Effect::Event {
+                    type_,
+                    reason,
+                    action,
+                    note,
+                } => {
+                    let ev = Event {
+                        type_,
+                        reason: reason.into(),
+                        note: Some(note),
+                        action: action.into(),
+                        secondary: None,
+                    };
+                    // An event is a courtesy to humans: failing to publish one must not fail
+                    // the pass.
+                    if let Err(e) = self
+                        .ctx
+                        .recorder
+                        .publish(&ev, &self.sm.object_ref(&()))
+                        .await
+                    {
+                        warn!(model = %self.name, reason, error = %e, "cannot publish event");
+                    }
+                }
+            }
         }
+    }
+
+    /// Writes the status if it changed, then publishes what it records.
+    async fn commit(&mut self) -> Result<(), Error> {
+        self.write_status().await?;
+        self.flush().await;
+        Ok(())
+    }
+
+    /// Whether this pass took a decision not yet written: a new champion, a run's result, a
+    /// handled request. Those are recorded before anything acts on them.
+    fn decided(&self) -> bool {
+        let (a, b) = (&self.status, &self.saved);
+        a.champion != b.champion
+            || a.previous_champion != b.previous_champion
+            || a.last_run != b.last_run
+            || a.history != b.history
+            || a.last_rollback_request != b.last_rollback_request
+            || a.last_promote_request != b.last_promote_request
+            || a.last_train_request != b.last_train_request
     }
 
     fn degraded(&mut self, reason: &str, message: &str) {
@@ -299,12 +397,33 @@ impl Pass<'_> {
         );
     }
 
+    /// Whether Degraded is already True for `reason`, so a warning is not repeated each pass.
+    fn degraded_for(&self, reason: &str) -> bool {
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+    }
+
     fn healthy(&mut self, reason: &str, message: &str) {
         let generation = self.sm.metadata.generation;
         set_condition(
             &mut self.status.conditions,
             "Degraded",
             false,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
+    }
+
+    fn ready(&mut self, ready: bool, reason: &str, message: &str) {
+        let generation = self.sm.metadata.generation;
+        set_condition(
+            &mut self.status.conditions,
+            "Ready",
+            ready,
             reason,
             message,
             generation,
@@ -333,6 +452,11 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         name: sm.name_any(),
         now,
         status: old.clone(),
+        saved: old,
+        resource_version: sm.metadata.resource_version.clone(),
+        effects: Vec::new(),
+        store: None,
+        requeue: None,
     };
     if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
         pass.healthy("AsExpected", "");
@@ -344,41 +468,50 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     // Evaluate. Only the newest Job can hold an undecided result: no run starts before the
     // previous one is decided, so older Jobs were decided (or superseded) already. It may be
     // newer than status.lastRun when the operator died right after creating it.
+    let mut awaiting_result = false;
     if let Some((job, state)) = jobs.last()
         && *state != JobState::Active
         && pass.pending(job)
     {
-        pass.evaluate(job, state.clone()).await?;
+        awaiting_result = !pass.evaluate(job, state.clone()).await?;
     }
-    pass.job_missing(&jobs).await;
+    pass.job_missing(&jobs);
+    pass.promote_run().await?;
+    pass.rollback();
 
-    // Roll out: a manual rollback, then serve whoever is champion now.
-    pass.rollback().await;
-    pass.serve().await?;
+    // Record: a decision is in status before anything acts on it, so a failure after this
+    // point can never decide (or announce, or count) a second time.
+    if pass.decided() {
+        pass.commit().await?;
+    }
+
+    // Roll out whoever the recorded champion is.
+    let ready = pass.serve().await?;
 
     // Schedule.
     let active = jobs.iter().any(|(_, s)| *s == JobState::Active);
-    let training = pass.schedule(active).await?;
+    let training = pass.schedule(active, awaiting_result).await?;
 
     // Housekeeping.
     pass.housekeeping(&jobs).await?;
 
-    // Record.
+    // Record what the pass observed.
     let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
     pass.status.phase = Some(
         match () {
             () if training => "Training",
             () if degraded => "Degraded",
             () if sm.spec.schedule.suspend => "Suspended",
-            () if pass.status.champion.is_some() => "Serving",
+            () if pass.status.champion.is_some() && ready => "Serving",
+            () if pass.status.champion.is_some() => "RollingOut",
             () => "Pending",
         }
         .to_owned(),
     );
     pass.status.observed_generation = sm.metadata.generation;
-    pass.write_status(&old).await?;
+    pass.commit().await?;
 
-    Ok(Action::requeue(if training {
+    let scheduled = if training {
         TRAINING_REQUEUE
     } else {
         pass.status
@@ -388,7 +521,10 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
             .map_or(MAX_REQUEUE, |d| {
                 d.clamp(Duration::from_secs(1), MAX_REQUEUE)
             })
-    }))
+    };
+    Ok(Action::requeue(
+        pass.requeue.map_or(scheduled, |d| d.min(scheduled)),
+    ))
 }
 
 #[cfg(test)]

@@ -74,9 +74,13 @@ impl Pass<'_> {
         }
     }
 
-    /// Credentials for the store, from the Secret named in the spec. A missing Secret is an
-    /// API error (retried), a store that cannot be opened is the caller's to judge.
-    pub(super) async fn storage(&self) -> Result<Result<Storage, StorageError>, Error> {
+    /// The model's store, opened with the keys of the Secret named in the spec; at most once
+    /// per pass. A missing Secret is an API error (retried with backoff); a store that cannot
+    /// be opened is the caller's to judge, usually as an outage to retry.
+    pub(super) async fn store(&mut self) -> Result<Result<Storage, StorageError>, Error> {
+        if let Some(store) = &self.store {
+            return Ok(Ok(store.clone()));
+        }
         let mut vars = Vec::new();
         if let Some(secret) = &self.sm.spec.storage_secret_ref {
             let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
@@ -91,6 +95,36 @@ impl Pass<'_> {
                 vars.push((k, String::from_utf8_lossy(&v.0).into_owned()));
             }
         }
-        Ok((self.ctx.open_storage)(&self.sm.spec.storage_uri, vars))
+        let opened = (self.ctx.open_storage)(&self.sm.spec.storage_uri, vars);
+        if let Ok(store) = &opened {
+            self.store = Some(store.clone());
+        }
+        Ok(opened)
     }
+
+    /// Whether the weights at `uri` exist. Weights outside the model's store cannot be
+    /// checked here and count as present; the trainer reports them if they are not.
+    pub(super) async fn weights_present(&mut self, uri: &str) -> Result<Presence, Error> {
+        let store = match self.store().await? {
+            Ok(store) => store,
+            Err(e) => return Ok(Presence::Unknown(e.to_string())),
+        };
+        let Some(key) = store.key_of(uri) else {
+            return Ok(Presence::Present);
+        };
+        Ok(match store.head(key).await {
+            Ok(Some(_)) => Presence::Present,
+            Ok(None) => Presence::Missing,
+            Err(e) => Presence::Unknown(e.to_string()),
+        })
+    }
+}
+
+/// What the store says about an object.
+#[derive(Debug)]
+pub(super) enum Presence {
+    Present,
+    Missing,
+    /// The store could not be asked (an outage): try again later.
+    Unknown(String),
 }
