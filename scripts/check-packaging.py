@@ -44,7 +44,8 @@ OPERATOR_CALLS = {
 } | {
     ("face2simpson.io", "simpsonmodels/status", "patch")
 } | {
-    ("batch", "jobs", v) for v in ("list", "watch", "create", "delete")
+    # get: after a 409 on create, the existing Job is read to learn its real state and owner.
+    ("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")
 } | {
     ("apps", "deployments", v) for v in ("list", "watch", "create", "patch")
 } | {

@@ -3,10 +3,15 @@
 //! ```text
 //! datasets/<name>/{train,test}/<class>/*.{jpg,png,webp}
 //! pretrained/mobilenet_v2-b0353104.pth
-//! runs/<run-id>/model.safetensors
-//! runs/<run-id>/metrics.json      written last: its presence means the run is complete
+//! runs/<namespace>/<name>/<run-id>/model.safetensors   runs of one SimpsonModel (operator)
+//! runs/<namespace>/<name>/<run-id>/metrics.json        written last: the run is complete
+//! runs/<run-id>/{model.safetensors,metrics.json}       the cluster-free mode, and runs made
+//!                                                      before runs were keyed per model
 //! champion.json                   the embedded (cluster-free) mode's current champion
 //! ```
+//!
+//! Runs are keyed per model so two SimpsonModels sharing one bucket can never read each
+//! other's runs, even when their run ids collide.
 
 /// The default dataset prefix.
 pub const DEFAULT_DATASET: &str = "datasets/current";
@@ -17,14 +22,52 @@ pub const CHAMPION: &str = "champion.json";
 /// The two splits every dataset has; validation is carved out of `train`.
 pub const SPLITS: [&str; 2] = ["train", "test"];
 
-/// The weights of a run.
-pub fn run_weights(run_id: &str) -> String {
-    format!("runs/{run_id}/model.safetensors")
+/// Where runs live when no model-specific prefix is given (and where they all lived before).
+pub const RUNS: &str = "runs";
+
+/// The runs prefix of one SimpsonModel: `runs/<namespace>/<name>`.
+pub fn model_runs(namespace: &str, name: &str) -> String {
+    format!("{RUNS}/{namespace}/{name}")
 }
 
-/// The metrics of a run; its presence marks the run complete.
+/// The owner recorded in a model's `metrics.json`: `<namespace>/<name>`.
+pub fn owner(namespace: &str, name: &str) -> String {
+    format!("{namespace}/{name}")
+}
+
+/// The weights of a run under `prefix`.
+pub fn weights_in(prefix: &str, run_id: &str) -> String {
+    format!("{}/{run_id}/model.safetensors", prefix.trim_matches('/'))
+}
+
+/// The metrics of a run under `prefix`; its presence marks the run complete.
+pub fn metrics_in(prefix: &str, run_id: &str) -> String {
+    format!("{}/{run_id}/metrics.json", prefix.trim_matches('/'))
+}
+
+/// The weights of a run in the shared `runs/` prefix.
+pub fn run_weights(run_id: &str) -> String {
+    weights_in(RUNS, run_id)
+}
+
+/// The metrics of a run in the shared `runs/` prefix; its presence marks the run complete.
 pub fn run_metrics(run_id: &str) -> String {
-    format!("runs/{run_id}/metrics.json")
+    metrics_in(RUNS, run_id)
+}
+
+/// Checks a runs prefix given on a command line: relative, no `..`, no empty segment.
+pub fn validate_runs_prefix(prefix: &str) -> Result<(), String> {
+    let ok = !prefix.is_empty()
+        && prefix
+            .split('/')
+            .all(|seg| !seg.is_empty() && seg != "." && seg != "..");
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid runs prefix {prefix:?}: use a relative key such as runs/<namespace>/<name>"
+        ))
+    }
 }
 
 /// The metrics that sit beside a weights key (`runs/x/model.safetensors` → `runs/x/metrics.json`).
@@ -68,6 +111,20 @@ mod tests {
         assert_eq!(run_metrics("r1"), "runs/r1/metrics.json");
         assert_eq!(metrics_beside(&run_weights("r1")), run_metrics("r1"));
         assert_eq!(metrics_beside("model.safetensors"), "metrics.json");
+        let prefix = model_runs("simpsons", "homer");
+        assert_eq!(
+            weights_in(&prefix, "r1"),
+            "runs/simpsons/homer/r1/model.safetensors"
+        );
+        assert_eq!(
+            metrics_in(&prefix, "r1"),
+            "runs/simpsons/homer/r1/metrics.json"
+        );
+        assert_eq!(owner("simpsons", "homer"), "simpsons/homer");
+        assert!(validate_runs_prefix(&prefix).is_ok());
+        for bad in ["", "/abs", "runs/../x", "runs//x", "runs/"] {
+            assert!(validate_runs_prefix(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

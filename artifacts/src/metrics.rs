@@ -13,6 +13,10 @@ pub const METRICS_SCHEMA_VERSION: u32 = 1;
 pub struct RunMetrics {
     pub schema_version: u32,
     pub run_id: String,
+    /// `<namespace>/<name>` of the SimpsonModel the run was made for; absent in the
+    /// cluster-free mode and in runs made before runs were keyed per model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub trainer_version: String,
     /// Fraction of the test split classified correctly, 0–1.
     pub test_accuracy: f64,
@@ -161,6 +165,7 @@ pub(crate) mod tests {
         RunMetrics {
             schema_version: METRICS_SCHEMA_VERSION,
             run_id: "r2".into(),
+            owner: Some("simpsons/homer".into()),
             trainer_version: "0.1.0".into(),
             test_accuracy: 0.9375,
             champion_run_id: Some("r1".into()),
@@ -226,6 +231,7 @@ pub(crate) mod tests {
         let v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
         for key in [
             "run_id",
+            "owner",
             "test_accuracy",
             "champion_run_id",
             "champion_test_accuracy",

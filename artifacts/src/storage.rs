@@ -191,6 +191,14 @@ impl Storage {
         format!("{}/{}", self.url, key.trim_start_matches('/'))
     }
 
+    /// The key a full URL names inside this store (the inverse of [`Storage::url_of`]);
+    /// `None` when the URL points elsewhere.
+    pub fn key_of<'a>(&self, url: &'a str) -> Option<&'a str> {
+        url.strip_prefix(self.url.as_str())?
+            .strip_prefix('/')
+            .filter(|k| !k.is_empty())
+    }
+
     fn path(&self, key: &str) -> Path {
         let key = key.trim_matches('/');
         match (self.root.as_ref(), key) {
@@ -293,9 +301,18 @@ impl Storage {
         self.put(key, bytes).await
     }
 
-    /// Reads and validates a run's `metrics.json`.
+    /// Reads and validates a run's `metrics.json` in the shared `runs/` prefix.
     pub async fn get_metrics(&self, run_id: &str) -> Result<crate::RunMetrics, StorageError> {
-        let key = crate::layout::run_metrics(run_id);
+        self.get_metrics_in(crate::layout::RUNS, run_id).await
+    }
+
+    /// Reads and validates a run's `metrics.json` under a runs prefix.
+    pub async fn get_metrics_in(
+        &self,
+        prefix: &str,
+        run_id: &str,
+    ) -> Result<crate::RunMetrics, StorageError> {
+        let key = crate::layout::metrics_in(prefix, run_id);
         let bytes = self.get(&key).await?;
         crate::RunMetrics::from_json(&bytes).map_err(|reason| StorageError::Malformed {
             url: self.url.clone(),
@@ -366,6 +383,9 @@ mod tests {
             .collect();
         assert_eq!(keys, ["a/b.txt"]);
         assert_eq!(s.url_of("a/b.txt"), "memory:///bucket/prefix/a/b.txt");
+        assert_eq!(s.key_of("memory:///bucket/prefix/a/b.txt"), Some("a/b.txt"));
+        assert_eq!(s.key_of("memory:///bucket/prefixed/a/b.txt"), None);
+        assert_eq!(s.key_of("s3://elsewhere/a/b.txt"), None);
     }
 
     #[tokio::test]

@@ -157,6 +157,7 @@ impl World {
             "learningRate": recipe.learning_rate,
             "patience": 1,
             "backoffLimit": 0,
+            "gpus": 0,
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         });
         sm["spec"]["inference"]["image"] = json!(INFERENCE_IMAGE);
@@ -313,6 +314,19 @@ impl World {
         let body: Value = response.json().await?;
         ensure!(status.is_success(), "/v1/predict answered {status}: {body}");
         Ok(body)
+    }
+
+    /// A run's metrics.json where the operator keys the model's runs; `None` when absent.
+    pub async fn metrics(&self, run_id: &str) -> Result<Option<artifacts::RunMetrics>> {
+        let store = self.store.storage(STORE_PREFIX)?;
+        match store
+            .get_metrics_in(&artifacts::layout::model_runs(NAMESPACE, MODEL), run_id)
+            .await
+        {
+            Ok(metrics) => Ok(Some(metrics)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// How often the operator reported `reason` about the model: kube's event recorder folds

@@ -106,8 +106,14 @@ async fn bootstrap_trains_and_serves_the_first_model() -> Result<()> {
             "`kubectl get sm` lacks {column:?}:\n{table}"
         );
     }
-    let store = world.store.storage(STORE_PREFIX)?;
-    ensure!(store.get_metrics(&run).await?.run_id == run);
+    ensure!(
+        world
+            .metrics(&run)
+            .await?
+            .context("no metrics.json")?
+            .run_id
+            == run
+    );
     ensure!(world.events("Promoted").await? == 1, "one Promoted event");
     world.finish()
 }
@@ -153,10 +159,9 @@ async fn worse_challenger_is_rejected() -> Result<()> {
         "Job args {args:?}"
     );
     let metrics = world
-        .store
-        .storage(STORE_PREFIX)?
-        .get_metrics(&run2.run_id)
-        .await?;
+        .metrics(&run2.run_id)
+        .await?
+        .context("no metrics.json")?;
     ensure!(metrics.champion_run_id.as_deref() == Some(run1.as_str()));
     ensure!(
         metrics
@@ -193,7 +198,10 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     let endpoints = world.wait_serving(&run2.run_id).await?;
     world.predict(&endpoints[0]).await?;
     let store = world.store.storage(STORE_PREFIX)?;
-    let metrics = store.get_metrics(&run2.run_id).await?;
+    let metrics = world
+        .metrics(&run2.run_id)
+        .await?
+        .context("no metrics.json")?;
     ensure!(metrics.champion_run_id.as_deref() == Some(run1.as_str()));
     ensure!(
         store.head(&metrics.weights_key).await?.is_some(),
@@ -278,12 +286,8 @@ async fn failed_training_keeps_the_champion() -> Result<()> {
     );
     let endpoints = world.wait_serving(&run1).await?;
     world.predict(&endpoints[0]).await?;
-    let store = world.store.storage(STORE_PREFIX)?;
     ensure!(
-        store
-            .get_metrics(&run2.run_id)
-            .await
-            .is_err_and(|e| e.is_not_found()),
+        world.metrics(&run2.run_id).await?.is_none(),
         "a failed run must not leave metrics.json"
     );
     world.finish()
@@ -504,7 +508,13 @@ async fn deleting_the_model_collects_its_children() -> Result<()> {
     .await
     .with_context(|| world.context())?;
     // Objects in the store are the user's: deleting the resource keeps every run.
-    let store = world.store.storage(STORE_PREFIX)?;
-    ensure!(store.get_metrics(&run).await?.run_id == run);
+    ensure!(
+        world
+            .metrics(&run)
+            .await?
+            .context("no metrics.json")?
+            .run_id
+            == run
+    );
     world.finish()
 }

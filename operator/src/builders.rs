@@ -7,12 +7,17 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
+use k8s_openapi::api::batch::v1::{
+    Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+};
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
-    SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
+    SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
+    VolumeMount,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -23,6 +28,11 @@ use crate::crd::{ChampionStatus, SimpsonModel};
 pub const MODEL_LABEL: &str = "face2simpson.io/model";
 /// Label carrying the run id on training Jobs.
 pub const RUN_ID_LABEL: &str = "face2simpson.io/run-id";
+/// Annotation on training Jobs: the runs prefix the trainer writes to. Jobs without it were
+/// created before runs were keyed per model and wrote to the shared `runs/` prefix.
+pub const RUNS_PREFIX_ANNOTATION: &str = "face2simpson.io/runs-prefix";
+/// Annotation on training Jobs: the champion the run is compared with.
+pub const CHAMPION_ANNOTATION: &str = "face2simpson.io/champion-run-id";
 /// Label telling training Jobs from inference pods.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "face2simpson-operator");
@@ -30,6 +40,16 @@ const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "face2simpson-
 const NON_ROOT_UID: i64 = 65532;
 /// Room left for `-YYYYMMDD-HHMMSS` in a 63-character Job name.
 const NAME_PREFIX_MAX: usize = 47;
+
+/// The GPU resource name of the NVIDIA device plugin.
+pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
+/// Exit codes of `face2simpson-trainer` that no retry can fix (configuration, dataset,
+/// missing device): the Job fails at once instead of burning its backoffLimit.
+pub const TRAINER_PERMANENT_EXIT_CODES: [i32; 3] = [2, 3, 4];
+/// CPU and memory requested by a training pod when the spec does not say.
+const TRAINING_REQUESTS: [(&str, &str); 2] = [("cpu", "2"), ("memory", "8Gi")];
+/// CPU and memory requested by an inference pod when the spec does not say.
+const INFERENCE_REQUESTS: [(&str, &str); 2] = [("cpu", "250m"), ("memory", "512Mi")];
 
 /// The resource lacks something the API server always sets (name, namespace, uid).
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -91,6 +111,29 @@ fn owner(sm: &SimpsonModel) -> Result<OwnerReference, MissingMetadata> {
 
 fn namespace(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
     sm.namespace().ok_or(MissingMetadata("namespace"))
+}
+
+/// The runs prefix of a model (`runs/<namespace>/<name>`), so models sharing a bucket never
+/// read each other's runs.
+pub fn runs_prefix(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
+    Ok(artifacts::layout::model_runs(
+        &namespace(sm)?,
+        &sm.name_any(),
+    ))
+}
+
+/// `<namespace>/<name>`, recorded by the trainer in metrics.json and checked by the gate.
+pub fn owner_id(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
+    Ok(artifacts::layout::owner(&namespace(sm)?, &sm.name_any()))
+}
+
+/// Full URL of the weights a run of this model writes.
+pub fn run_weights_uri(sm: &SimpsonModel, run_id: &str) -> Result<String, MissingMetadata> {
+    Ok(format!(
+        "{}/{}",
+        sm.spec.storage_uri.trim_end_matches('/'),
+        artifacts::layout::weights_in(&runs_prefix(sm)?, run_id)
+    ))
 }
 
 /// Labels selecting the training Jobs of one model.
@@ -182,12 +225,83 @@ fn hardened_container() -> Container {
     }
 }
 
+/// `resources` with the default requests filled in where the spec names none, so the
+/// scheduler places pods by what they really use.
+fn with_default_requests(
+    resources: Option<&ResourceRequirements>,
+    defaults: &[(&str, &str)],
+) -> ResourceRequirements {
+    let mut r = resources.cloned().unwrap_or_default();
+    let requests = r.requests.get_or_insert_with(BTreeMap::new);
+    for (name, value) in defaults {
+        // A limit without a request makes the request equal to the limit: keep that meaning.
+        let limited = r.limits.as_ref().is_some_and(|l| l.contains_key(*name));
+        if !limited {
+            requests
+                .entry((*name).to_owned())
+                .or_insert_with(|| Quantity((*value).to_owned()));
+        }
+    }
+    r
+}
+
+/// The training container's resources: default requests, plus `gpus` as nvidia.com/gpu
+/// limits unless the spec's limits name the GPU resource themselves.
+pub fn training_resources(sm: &SimpsonModel) -> ResourceRequirements {
+    let t = &sm.spec.training;
+    let mut r = with_default_requests(Some(&t.resources), &TRAINING_REQUESTS);
+    let limits = r.limits.get_or_insert_with(BTreeMap::new);
+    if t.gpus > 0 && !limits.contains_key(GPU_RESOURCE) {
+        limits.insert(GPU_RESOURCE.to_owned(), Quantity(t.gpus.to_string()));
+    }
+    if limits.is_empty() {
+        r.limits = None;
+    }
+    r
+}
+
+/// Whether the training pod gets GPUs, and so must train on one.
+fn requests_gpus(resources: &ResourceRequirements) -> bool {
+    resources
+        .limits
+        .as_ref()
+        .and_then(|l| l.get(GPU_RESOURCE))
+        .is_some_and(|q| q.0.trim() != "0")
+}
+
+/// Evictions and preemptions do not count against the backoff limit; the trainer's
+/// permanent failures end the Job at once.
+fn pod_failure_policy() -> PodFailurePolicy {
+    PodFailurePolicy {
+        rules: vec![
+            PodFailurePolicyRule {
+                action: "Ignore".into(),
+                on_pod_conditions: Some(vec![PodFailurePolicyOnPodConditionsPattern {
+                    type_: "DisruptionTarget".into(),
+                    status: "True".into(),
+                }]),
+                on_exit_codes: None,
+            },
+            PodFailurePolicyRule {
+                action: "FailJob".into(),
+                on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
+                    container_name: Some("trainer".into()),
+                    operator: "In".into(),
+                    values: TRAINER_PERMANENT_EXIT_CODES.to_vec(),
+                }),
+                on_pod_conditions: None,
+            },
+        ],
+    }
+}
+
 /// The training Job of one run. `champion` is re-scored by the trainer on the run's test
-/// split so the gate compares like with like.
+/// split so the gate compares like with like; its weights are passed as a full URL so a
+/// champion from the old shared layout (or another prefix) is always found.
 pub fn training_job(
     sm: &SimpsonModel,
     run_id: &str,
-    champion: Option<&str>,
+    champion: Option<&ChampionStatus>,
 ) -> Result<Job, MissingMetadata> {
     let model = sm.name_any();
     let t = &sm.spec.training;
@@ -199,9 +313,18 @@ pub fn training_job(
         sm.spec.dataset.clone(),
         "--run-id".into(),
         run_id.to_owned(),
+        "--runs-prefix".into(),
+        runs_prefix(sm)?,
+        "--owner".into(),
+        owner_id(sm)?,
     ];
     if let Some(champion) = champion {
-        args.extend(["--champion".into(), champion.to_owned()]);
+        args.extend([
+            "--champion".into(),
+            champion.run_id.clone(),
+            "--champion-uri".into(),
+            champion.model_uri.clone(),
+        ]);
     }
     args.extend([
         "--image-size".into(),
@@ -218,9 +341,16 @@ pub fn training_job(
         t.dropout.to_string(),
         "--patience".into(),
         t.patience.to_string(),
-        "--device".into(),
-        "auto".into(),
     ]);
+    let resources = training_resources(sm);
+    // With GPUs requested, a broken CUDA setup must fail fast (exit code 4) instead of
+    // training on the CPU for hours.
+    let device = if requests_gpus(&resources) {
+        "cuda"
+    } else {
+        "cpu"
+    };
+    args.extend(["--device".into(), device.into()]);
     let labels = BTreeMap::from([
         (MODEL_LABEL.to_owned(), model.clone()),
         (RUN_ID_LABEL.to_owned(), run_id.to_owned()),
@@ -237,20 +367,28 @@ pub fn training_job(
             ("LOG_FORMAT", "json".into()),
         ])),
         env_from: env_from(sm),
-        resources: Some(t.resources.clone()),
+        resources: Some(resources),
         ..hardened_container()
     };
     let mut pod = hardened_pod(vec![container]);
     pod.restart_policy = Some("Never".into());
     pod.node_selector = (!t.node_selector.is_empty()).then(|| t.node_selector.clone());
     pod.tolerations = (!t.tolerations.is_empty()).then(|| t.tolerations.clone());
+    let mut annotations = BTreeMap::from([(RUNS_PREFIX_ANNOTATION.to_owned(), runs_prefix(sm)?)]);
+    if let Some(champion) = champion {
+        annotations.insert(CHAMPION_ANNOTATION.to_owned(), champion.run_id.clone());
+    }
     Ok(Job {
-        metadata: child_meta(sm, run_id.to_owned(), labels.clone())?,
+        metadata: ObjectMeta {
+            annotations: Some(annotations),
+            ..child_meta(sm, run_id.to_owned(), labels.clone())?
+        },
         spec: Some(JobSpec {
             // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
             // is recorded; housekeeping deletes it afterwards.
             backoff_limit: Some(t.backoff_limit),
             active_deadline_seconds: Some(t.active_deadline_seconds),
+            pod_failure_policy: Some(pod_failure_policy()),
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels),
@@ -306,7 +444,10 @@ pub fn inference_deployment(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        resources: inf.resources.clone(),
+        resources: Some(with_default_requests(
+            inf.resources.as_ref(),
+            &INFERENCE_REQUESTS,
+        )),
         // Loading weights from object storage can take a while: readiness gates traffic,
         // liveness only restarts a pod that stopped answering at all.
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
@@ -322,6 +463,9 @@ pub fn inference_deployment(
         metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(DeploymentSpec {
             replicas: Some(inf.replicas),
+            // Without a deadline a rollout that never becomes available is never reported
+            // as failed, and the operator could not roll back on its own.
+            progress_deadline_seconds: Some(inf.progress_deadline_seconds),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..Default::default()

@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -19,6 +18,8 @@ pub const GROUP: &str = "face2simpson.io";
 pub const TRAIN_REQUEST_ANNOTATION: &str = "face2simpson.io/train-requested-at";
 /// A changed value of this annotation swaps champion and previous champion (a manual rollback).
 pub const ROLLBACK_REQUEST_ANNOTATION: &str = "face2simpson.io/rollback-requested-at";
+/// A changed value of this annotation, a run id, puts that already-evaluated run in service.
+pub const PROMOTE_RUN_ANNOTATION: &str = "face2simpson.io/promote-run";
 
 /// A continuously retrained Simpsons face classifier: where its data and models live, when
 /// to retrain, when a new model may replace the one in service, and how to serve it.
@@ -98,6 +99,12 @@ pub struct ScheduleSpec {
     /// Decisions kept in status.history.
     #[serde(default = "default_history_limit")]
     pub history_limit: u32,
+    /// Seconds after a failed run before the next attempt; doubles with each consecutive failure. A retry never waits longer than the schedule's next slot.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff_seconds: i64,
+    /// Upper bound of the doubling retry backoff, in seconds.
+    #[serde(default = "default_max_retry_backoff")]
+    pub max_retry_backoff_seconds: i64,
 }
 
 impl Default for ScheduleSpec {
@@ -110,6 +117,8 @@ impl Default for ScheduleSpec {
             successful_jobs_history_limit: default_successful_jobs(),
             failed_jobs_history_limit: default_failed_jobs(),
             history_limit: default_history_limit(),
+            retry_backoff_seconds: default_retry_backoff(),
+            max_retry_backoff_seconds: default_max_retry_backoff(),
         }
     }
 }
@@ -120,9 +129,12 @@ impl Default for ScheduleSpec {
 pub struct TrainingSpec {
     /// Container image with the face2simpson-trainer binary.
     pub image: String,
-    /// Compute resources of the training container; defaults to a limit of one nvidia.com/gpu.
-    #[serde(default = "default_training_resources")]
+    /// Compute resources of the training container. CPU and memory requests default to 2 and 8Gi when not given; GPUs come from `gpus`.
+    #[serde(default)]
     pub resources: ResourceRequirements,
+    /// NVIDIA GPUs of the training pod, merged into the limits as nvidia.com/gpu (unless `resources.limits` names nvidia.com/gpu itself). With one or more the trainer runs with --device cuda and fails at once when CUDA is missing; with 0 it trains on the CPU.
+    #[serde(default = "default_gpus")]
+    pub gpus: i32,
     /// Node labels the training pod must match, e.g. a GPU node pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub node_selector: BTreeMap<String, String>,
@@ -159,7 +171,7 @@ pub struct TrainingSpec {
 }
 
 /// The promotion gate, applied with the same function as the trainer's cluster-free mode.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PromotionSpec {
     /// Absolute accuracy (0-1) a challenger must beat the re-scored champion by; 0 means strictly better.
@@ -171,6 +183,20 @@ pub struct PromotionSpec {
     /// Decide and record, but never change the champion or the Deployment.
     #[serde(default)]
     pub dry_run: bool,
+    /// Seconds after a run finished during which storage errors reading its metrics.json are retried; only then is the run recorded as Failed. A short store outage never throws a finished run away.
+    #[serde(default = "default_metrics_deadline")]
+    pub metrics_deadline_seconds: i64,
+}
+
+impl Default for PromotionSpec {
+    fn default() -> Self {
+        Self {
+            min_improvement: 0.0,
+            min_accuracy: 0.0,
+            dry_run: false,
+            metrics_deadline_seconds: default_metrics_deadline(),
+        }
+    }
 }
 
 /// How the champion is served.
@@ -183,7 +209,7 @@ pub struct InferenceSpec {
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
-    /// Compute resources of the inference container.
+    /// Compute resources of the inference container. CPU and memory requests default to 250m and 512Mi when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
     /// Port the inference server listens on and the Service exposes.
@@ -193,16 +219,19 @@ pub struct InferenceSpec {
     /// Service type: ClusterIP, NodePort or LoadBalancer.
     #[serde(default = "default_service_type")]
     pub service_type: String,
+    /// Seconds a rollout may make no progress before it counts as failed and the previous champion is put back (the Deployment's progressDeadlineSeconds).
+    #[serde(default = "default_progress_deadline")]
+    pub progress_deadline_seconds: i32,
 }
 
 /// What the operator observed and decided.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SimpsonModelStatus {
-    /// Standard conditions: Ready (a champion is served), Training (a Job runs), Degraded (the last attempt failed).
+    /// Standard conditions: Ready (the champion's rollout is complete and available), Training (a Job runs), Degraded (something needs attention).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Pending (no model yet), Training, Serving, Suspended or Degraded.
+    /// Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<String>,
     /// The model in service.
@@ -229,6 +258,9 @@ pub struct SimpsonModelStatus {
     /// The last handled value of the face2simpson.io/rollback-requested-at annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback_request: Option<String>,
+    /// The last handled value of the face2simpson.io/promote-run annotation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_promote_request: Option<String>,
 }
 
 /// A model that is or was in service.
@@ -249,14 +281,20 @@ pub struct ChampionStatus {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RunStatus {
-    /// Run id; artifacts live under runs/<runId>/.
+    /// Run id; artifacts live under runs/<namespace>/<name>/<runId>/.
     pub run_id: String,
     /// Name of the training Job.
     pub job_name: String,
-    /// Why it started: Bootstrap, Schedule or Manual.
+    /// Why it started: Bootstrap, Schedule, Retry (after a failed run) or Manual.
     pub trigger: String,
     /// When the Job was created.
     pub started_at: Time,
+    /// The champion this run is compared with (re-scored on the run's test split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_run_id: Option<String>,
+    /// Full URL of the weights this run writes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_uri: Option<String>,
     /// When the operator saw it finish.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
@@ -283,7 +321,7 @@ pub struct RunStatus {
 pub struct HistoryEntry {
     /// The run decided on (for a rollback: the run put back in service).
     pub run_id: String,
-    /// FirstModel, Promote, Reject, Failed or Rollback.
+    /// FirstModel, Promote, Reject, Failed, Rollback, ManualPromote or RolloutFailed.
     pub decision: String,
     /// A sentence explaining the decision.
     pub reason: String,
@@ -315,14 +353,20 @@ fn default_failed_jobs() -> u32 {
 fn default_history_limit() -> u32 {
     10
 }
-fn default_training_resources() -> ResourceRequirements {
-    ResourceRequirements {
-        limits: Some(BTreeMap::from([(
-            "nvidia.com/gpu".to_owned(),
-            Quantity("1".to_owned()),
-        )])),
-        ..Default::default()
-    }
+fn default_gpus() -> i32 {
+    1
+}
+fn default_retry_backoff() -> i64 {
+    15 * 60
+}
+fn default_max_retry_backoff() -> i64 {
+    6 * 3600
+}
+fn default_metrics_deadline() -> i64 {
+    4 * 3600
+}
+fn default_progress_deadline() -> i32 {
+    600
 }
 fn default_image_size() -> u32 {
     224

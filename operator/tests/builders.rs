@@ -8,6 +8,7 @@ use face2simpson_operator::builders::{
     inference_deployment, inference_service, manual_run_id, scheduled_run_id, training_job,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn assert_hardened(pod: &PodSpec, container: &Container) {
@@ -47,7 +48,8 @@ fn training_job_runs_the_trainer_with_the_spec() {
         ..Default::default()
     });
     sm.spec.training.epochs = 7;
-    let job = training_job(&sm, "homer-20261104-000000", Some("homer-20261101-000000")).unwrap();
+    let champ = champion("homer-20261101-000000", 0.8);
+    let job = training_job(&sm, "homer-20261104-000000", Some(&champ)).unwrap();
     assert_eq!(job.metadata.name.as_deref(), Some("homer-20261104-000000"));
     assert_eq!(job.metadata.namespace.as_deref(), Some(NS));
     let labels = job.metadata.labels.as_ref().unwrap();
@@ -86,8 +88,11 @@ fn training_job_runs_the_trainer_with_the_spec() {
     assert_eq!(
         args,
         "train --storage s3://bucket/models --dataset datasets/current --run-id homer-20261104-000000 \
-         --champion homer-20261101-000000 --image-size 224 --epochs 7 --batch-size 32 --lr 0.001 \
-         --label-smoothing 0.1 --dropout 0.2 --patience 3 --device auto"
+         --runs-prefix runs/simpsons/homer --owner simpsons/homer \
+         --champion homer-20261101-000000 \
+         --champion-uri s3://bucket/models/runs/homer-20261101-000000/model.safetensors \
+         --image-size 224 --epochs 7 --batch-size 32 --lr 0.001 \
+         --label-smoothing 0.1 --dropout 0.2 --patience 3 --device cuda"
     );
     assert_eq!(
         c.env_from.as_ref().unwrap()[0]
@@ -102,6 +107,95 @@ fn training_job_runs_the_trainer_with_the_spec() {
         "1"
     );
     assert_hardened(pod, c);
+}
+
+/// Item 11: evictions do not use up the backoff limit; the trainer's permanent failures
+/// (exit codes 2 configuration, 3 dataset, 4 device) end the Job at once.
+#[test]
+fn training_job_has_a_pod_failure_policy() {
+    let job = training_job(&model(), "r1", None).unwrap();
+    let policy = job.spec.unwrap().pod_failure_policy.unwrap();
+    let ignore = &policy.rules[0];
+    assert_eq!(ignore.action, "Ignore");
+    assert_eq!(
+        ignore.on_pod_conditions.as_ref().unwrap()[0].type_,
+        "DisruptionTarget"
+    );
+    let fail = &policy.rules[1];
+    assert_eq!(fail.action, "FailJob");
+    let codes = fail.on_exit_codes.as_ref().unwrap();
+    assert_eq!(
+        (
+            codes.container_name.as_deref(),
+            codes.operator.as_str(),
+            codes.values.as_slice()
+        ),
+        (Some("trainer"), "In", &[2, 3, 4][..])
+    );
+}
+
+/// Item 12: default requests, GPUs from spec.training.gpus, and --device following them.
+#[test]
+fn training_resources_and_device_follow_the_gpus() {
+    let container = |sm: &face2simpson_operator::SimpsonModel| {
+        training_job(sm, "r1", None)
+            .unwrap()
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .containers
+            .remove(0)
+    };
+    let device = |c: &Container| {
+        let args = c.args.as_ref().unwrap();
+        let i = args.iter().position(|a| a == "--device").unwrap();
+        args[i + 1].clone()
+    };
+    let mut sm = model();
+    let c = container(&sm);
+    let r = c.resources.as_ref().unwrap();
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "2");
+    assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "8Gi");
+    assert_eq!(r.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "1");
+    assert_eq!(device(&c), "cuda");
+
+    sm.spec.training.gpus = 2;
+    sm.spec.training.resources.requests = Some(
+        [("cpu".to_owned(), Quantity("8".into()))]
+            .into_iter()
+            .collect(),
+    );
+    let c = container(&sm);
+    let r = c.resources.as_ref().unwrap();
+    assert_eq!(r.requests.as_ref().unwrap()["cpu"].0, "8", "the spec wins");
+    assert_eq!(r.requests.as_ref().unwrap()["memory"].0, "8Gi");
+    assert_eq!(r.limits.as_ref().unwrap()["nvidia.com/gpu"].0, "2");
+
+    sm.spec.training.gpus = 0;
+    let c = container(&sm);
+    assert!(c.resources.as_ref().unwrap().limits.is_none());
+    assert_eq!(device(&c), "cpu", "no GPU: train on the CPU on purpose");
+
+    // A GPU named in the limits by hand counts too.
+    sm.spec.training.resources.limits = Some(
+        [("nvidia.com/gpu".to_owned(), Quantity("1".into()))]
+            .into_iter()
+            .collect(),
+    );
+    assert_eq!(device(&container(&sm)), "cuda");
+}
+
+#[test]
+fn inference_gets_default_requests() {
+    let d = inference_deployment(&model(), &champion("r1", 0.8)).unwrap();
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    let requests = c.resources.as_ref().unwrap().requests.clone().unwrap();
+    assert_eq!(
+        (requests["cpu"].0.as_str(), requests["memory"].0.as_str()),
+        ("250m", "512Mi")
+    );
 }
 
 #[test]

@@ -90,9 +90,18 @@ fn schema_has_storage_schedule_gate_and_status() {
         spec["training"]["properties"]["labelSmoothing"]["default"],
         0.1
     );
+    assert_eq!(spec["training"]["properties"]["gpus"]["default"], 1);
     assert_eq!(
-        spec["training"]["properties"]["resources"]["default"]["limits"]["nvidia.com/gpu"],
-        "1"
+        spec["inference"]["properties"]["progressDeadlineSeconds"]["default"],
+        600
+    );
+    assert_eq!(
+        spec["promotion"]["properties"]["metricsDeadlineSeconds"]["default"],
+        14400
+    );
+    assert_eq!(
+        spec["schedule"]["properties"]["retryBackoffSeconds"]["default"],
+        900
     );
     assert_eq!(spec["dataset"]["default"], "datasets/current");
     let status = &s["properties"]["status"]["properties"];
@@ -107,6 +116,7 @@ fn schema_has_storage_schedule_gate_and_status() {
         "observedGeneration",
         "lastTrainRequest",
         "lastRollbackRequest",
+        "lastPromoteRequest",
     ] {
         assert!(status[field].is_object(), "status.{field} missing");
     }
@@ -123,6 +133,8 @@ fn schema_has_storage_schedule_gate_and_status() {
         "finishedAt",
         "accuracy",
         "championAccuracy",
+        "championRunId",
+        "modelUri",
         "decision",
         "reason",
     ] {
@@ -288,6 +300,7 @@ fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
         ("face2simpson.io", "simpsonmodels", "watch"),
         ("face2simpson.io", "simpsonmodels/status", "patch"),
         ("batch", "jobs", "list"),
+        ("batch", "jobs", "get"),
         ("batch", "jobs", "create"),
         ("batch", "jobs", "delete"),
         ("apps", "deployments", "patch"),

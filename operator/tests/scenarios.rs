@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use face2simpson_operator::crd::{HistoryEntry, SimpsonModelStatus};
+use face2simpson_operator::crd::{ChampionStatus, HistoryEntry, SimpsonModelStatus};
 use face2simpson_operator::{error_policy, reconcile};
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -18,7 +18,9 @@ use kube::runtime::controller::Action;
 const FIRST: &str = "homer-20261101-000000";
 const SECOND: &str = "homer-20261104-000000";
 const FIRST_URI: &str = "s3://bucket/models/runs/homer-20261101-000000/model.safetensors";
-const SECOND_URI: &str = "s3://bucket/models/runs/homer-20261104-000000/model.safetensors";
+/// FIRST was trained before runs were keyed per model; SECOND under the model's own prefix.
+const SECOND_URI: &str =
+    "s3://bucket/models/runs/simpsons/homer/homer-20261104-000000/model.safetensors";
 
 /// Serving FIRST, with SECOND started at its slot and not decided yet.
 fn training_second() -> face2simpson_operator::SimpsonModel {
@@ -62,8 +64,8 @@ async fn bootstrap_starts_the_first_run_at_once() {
         vec![
             Step::list_jobs(vec![]),
             Step::create_job(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
     let action = reconcile(Arc::new(model()), h.ctx.clone()).await.unwrap();
@@ -105,15 +107,30 @@ async fn bootstrap_starts_the_first_run_at_once() {
         job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"],
         "1"
     );
-    assert_event(&seen[2], "Normal", "TrainingStarted");
-
-    let status = status_of(&seen[3]);
-    assert_eq!(seen[3].body["apiVersion"], "face2simpson.io/v1alpha1");
     assert_eq!(
-        seen[3].body["metadata"]["resourceVersion"], "4711",
-        "a status write from a stale cached copy must conflict, not overwrite"
+        arg_after(&a, "--runs-prefix").as_deref(),
+        Some("runs/simpsons/homer"),
+        "runs are keyed per model"
     );
-    assert_apply(&seen[3]);
+    assert_eq!(arg_after(&a, "--owner").as_deref(), Some("simpsons/homer"));
+    assert_eq!(
+        arg_after(&a, "--device").as_deref(),
+        Some("cuda"),
+        "a GPU is requested: no silent CPU fallback"
+    );
+    assert_eq!(
+        job["metadata"]["annotations"]["face2simpson.io/runs-prefix"],
+        "runs/simpsons/homer"
+    );
+    assert_event(&seen[3], "Normal", "TrainingStarted");
+
+    let status = status_of(&seen[2]);
+    assert_eq!(seen[2].body["apiVersion"], "face2simpson.io/v1alpha1");
+    assert_eq!(
+        seen[2].body["metadata"]["resourceVersion"], RESOURCE_VERSION,
+        "status writes are guarded by the resourceVersion the pass read"
+    );
+    assert_apply(&seen[2]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
         (
@@ -122,6 +139,11 @@ async fn bootstrap_starts_the_first_run_at_once() {
             last.decision.as_deref()
         ),
         (FIRST, "Bootstrap", None)
+    );
+    assert_eq!(
+        last.model_uri.as_deref(),
+        Some("s3://bucket/models/runs/simpsons/homer/homer-20261101-000000/model.safetensors"),
+        "the store URI of the run is recorded"
     );
     assert_eq!(status.phase.as_deref(), Some("Training"));
     assert_eq!(condition(&status, "Training"), ("True", "JobRunning"));
@@ -202,11 +224,13 @@ async fn due_starts_one_run_named_after_its_slot() {
             )]),
             Step::apply_deployment(),
             Step::apply_service(),
+            Step::get_secret(),
             Step::create_job(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
+    h.put_weights(FIRST_URI).await;
     reconcile(
         Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
         h.ctx.clone(),
@@ -214,7 +238,7 @@ async fn due_starts_one_run_named_after_its_slot() {
     .await
     .unwrap();
     let seen = h.finish().await;
-    let job = &seen[3].body;
+    let job = &seen[4].body;
     assert_eq!(
         job["metadata"]["name"], SECOND,
         "the slot (last start + 72h), not the clock"
@@ -224,8 +248,17 @@ async fn due_starts_one_run_named_after_its_slot() {
         Some(FIRST),
         "the champion is re-scored by the run"
     );
-    assert_event(&seen[4], "Normal", "TrainingStarted");
+    assert_eq!(
+        arg_after(&args(job), "--champion-uri").as_deref(),
+        Some(FIRST_URI),
+        "its weights are found by full URL, whatever layout they were written in"
+    );
+    assert_event(&seen[6], "Normal", "TrainingStarted");
     let status = status_of(&seen[5]);
+    assert_eq!(
+        status.last_run.as_ref().unwrap().champion_run_id.as_deref(),
+        Some(FIRST)
+    );
     assert_eq!(status.last_run.as_ref().unwrap().trigger, "Schedule");
     assert_eq!(
         status.last_run.as_ref().unwrap().started_at,
@@ -247,11 +280,13 @@ async fn missed_slots_after_downtime_start_a_single_run() {
             )]),
             Step::apply_deployment(),
             Step::apply_service(),
+            Step::get_secret(),
             Step::create_job(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
+    h.put_weights(FIRST_URI).await;
     reconcile(
         Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
         h.ctx.clone(),
@@ -260,7 +295,7 @@ async fn missed_slots_after_downtime_start_a_single_run() {
     .unwrap();
     let seen = h.finish().await;
     assert_eq!(
-        seen[3].body["metadata"]["name"], SECOND,
+        seen[4].body["metadata"]["name"], SECOND,
         "the first missed slot names the one run"
     );
     assert_eq!(
@@ -303,6 +338,7 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
                 job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded),
             ]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -326,22 +362,36 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         ]],
         "the Secret's keys open the store"
     );
-    assert_event(&seen[2], "Normal", "Promoted");
+    assert_event(&seen[3], "Normal", "Promoted");
     assert!(
-        seen[2].body["note"].as_str().unwrap().contains("90.00%"),
+        seen[3].body["note"].as_str().unwrap().contains("90.00%"),
         "{:#}",
-        seen[2].body
+        seen[3].body
     );
     assert_eq!(
-        env_value(&seen[3].body, "MODEL_URI").as_deref(),
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
         Some(SECOND_URI),
         "the new weights roll out"
     );
     assert_eq!(
-        seen[3].body["spec"]["template"]["metadata"]["annotations"]["face2simpson.io/run-id"],
+        seen[4].body["spec"]["template"]["metadata"]["annotations"]["face2simpson.io/run-id"],
         SECOND
     );
-    let status = status_of(&seen[5]);
+    let recorded = status_of(&seen[2]);
+    assert_eq!(
+        recorded.champion.as_ref().unwrap().run_id,
+        SECOND,
+        "the decision is recorded before the Deployment changes"
+    );
+    assert_eq!(
+        seen[2].body["metadata"]["resourceVersion"],
+        RESOURCE_VERSION
+    );
+    assert_eq!(
+        seen[6].body["metadata"]["resourceVersion"], "101",
+        "the second write is guarded by the version the first one produced"
+    );
+    let status = status_of(&seen[6]);
     let champion = status.champion.as_ref().unwrap();
     assert_eq!(
         (
@@ -396,6 +446,7 @@ async fn succeeded_but_not_better_is_rejected() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -409,13 +460,13 @@ async fn succeeded_but_not_better_is_rejected() {
         .unwrap();
     let text = h.metrics_text();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Normal", "Rejected");
+    assert_event(&seen[3], "Normal", "Rejected");
     assert_eq!(
-        env_value(&seen[3].body, "MODEL_URI").as_deref(),
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
         Some(FIRST_URI),
         "the champion stays in service"
     );
-    let status = status_of(&seen[5]);
+    let status = status_of(&seen[6]);
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     assert_eq!(status.previous_champion, None);
     let last = status.last_run.unwrap();
@@ -442,6 +493,7 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -452,12 +504,12 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
         .await;
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Normal", "DryRun");
+    assert_event(&seen[3], "Normal", "DryRun");
     assert_eq!(
-        env_value(&seen[3].body, "MODEL_URI").as_deref(),
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
         Some(FIRST_URI)
     );
-    let status = status_of(&seen[5]);
+    let status = status_of(&seen[6]);
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     let last = status.last_run.unwrap();
     assert_eq!(
@@ -469,11 +521,12 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
 }
 
 #[tokio::test]
-async fn failed_job_degrades_without_promotion_and_waits_for_the_next_slot() {
+async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() {
     let h = Harness::new(
         "2026-11-04T02:00:00Z",
         vec![
             Step::list_jobs(vec![job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed)]),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -485,18 +538,18 @@ async fn failed_job_degrades_without_promotion_and_waits_for_the_next_slot() {
         .unwrap();
     let text = h.metrics_text();
     let seen = h.finish().await;
-    assert_event(&seen[1], "Warning", "JobFailed");
+    assert_event(&seen[2], "Warning", "JobFailed");
     assert!(
-        seen[1].body["note"]
+        seen[2].body["note"]
             .as_str()
             .unwrap()
             .contains("backoff limit")
     );
     assert_eq!(
-        env_value(&seen[2].body, "MODEL_URI").as_deref(),
+        env_value(&seen[3].body, "MODEL_URI").as_deref(),
         Some(FIRST_URI)
     );
-    let status = status_of(&seen[4]);
+    let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobFailed"));
     assert_eq!(status.phase.as_deref(), Some("Degraded"));
     assert_eq!(
@@ -506,8 +559,8 @@ async fn failed_job_degrades_without_promotion_and_waits_for_the_next_slot() {
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     assert_eq!(
         status.next_run_at,
-        Some(Time(ts("2026-11-07T00:00:00Z"))),
-        "next attempt at the next slot"
+        Some(Time(ts("2026-11-04T02:15:00Z"))),
+        "retried 15 minutes after the failure, not at the next slot three days later"
     );
     assert!(
         text.contains(
@@ -528,6 +581,7 @@ async fn missing_metrics_degrade() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -538,14 +592,14 @@ async fn missing_metrics_degrade() {
         .await
         .unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Warning", "MetricsMissing");
+    assert_event(&seen[3], "Warning", "MetricsMissing");
     assert!(
-        seen[2].body["note"]
+        seen[3].body["note"]
             .as_str()
             .unwrap()
-            .contains("runs/homer-20261104-000000/metrics.json")
+            .contains("runs/simpsons/homer/homer-20261104-000000/metrics.json")
     );
-    let status = status_of(&seen[5]);
+    let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsMissing"));
     assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
     assert_eq!(status.champion.unwrap().run_id, FIRST);
@@ -562,6 +616,7 @@ async fn corrupt_metrics_degrade() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -570,7 +625,7 @@ async fn corrupt_metrics_degrade() {
     );
     h.store
         .put(
-            &artifacts::layout::run_metrics(SECOND),
+            &artifacts::layout::metrics_in(RUNS_PREFIX, SECOND),
             b"{\"run_id\": \"homer-2026".to_vec(),
         )
         .await
@@ -579,8 +634,8 @@ async fn corrupt_metrics_degrade() {
         .await
         .unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Warning", "MetricsInvalid");
-    let status = status_of(&seen[5]);
+    assert_event(&seen[3], "Warning", "MetricsInvalid");
+    let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsInvalid"));
     assert_eq!(status.champion.unwrap().run_id, FIRST);
 }
@@ -598,6 +653,7 @@ async fn suspend_starts_nothing_but_still_evaluates_the_running_job() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -608,8 +664,8 @@ async fn suspend_starts_nothing_but_still_evaluates_the_running_job() {
         .await;
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Normal", "Promoted");
-    let status = status_of(&seen[5]);
+    assert_event(&seen[3], "Normal", "Promoted");
+    let status = status_of(&seen[6]);
     assert_eq!(status.phase.as_deref(), Some("Suspended"));
     assert_eq!(status.next_run_at, None);
     assert_eq!(status.champion.unwrap().run_id, SECOND);
@@ -630,16 +686,18 @@ async fn manual_request_runs_once_and_is_echoed() {
             Step::list_jobs(vec![first_job.clone()]),
             Step::apply_deployment(),
             Step::apply_service(),
+            Step::get_secret(),
             Step::create_job(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
+    h.put_weights(FIRST_URI).await;
     reconcile(Arc::new(sm.clone()), h.ctx.clone())
         .await
         .unwrap();
     let seen = h.finish().await;
-    let name = seen[3].body["metadata"]["name"]
+    let name = seen[4].body["metadata"]["name"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -683,6 +741,7 @@ async fn restart_after_the_job_finished_decides_once_and_never_promotes_twice() 
         vec![
             Step::list_jobs(jobs.clone()),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -696,7 +755,7 @@ async fn restart_after_the_job_finished_decides_once_and_never_promotes_twice() 
         .await
         .unwrap();
     let seen = h.finish().await;
-    let status = status_of(&seen[5]);
+    let status = status_of(&seen[6]);
     assert_eq!(status.champion.as_ref().unwrap().run_id, SECOND);
 
     // Restarted again once the decision is recorded: the finished Job is still there, yet
@@ -739,6 +798,7 @@ async fn restart_before_the_run_was_recorded_adopts_and_decides_it() {
                 job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded),
             ]),
             Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -753,7 +813,7 @@ async fn restart_before_the_run_was_recorded_adopts_and_decides_it() {
     )
     .await
     .unwrap();
-    let status = status_of(&h.finish().await[5]);
+    let status = status_of(&h.finish().await[6]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
         (last.run_id.as_str(), last.decision.as_deref()),
@@ -777,19 +837,23 @@ async fn conflict_on_job_create_adopts_the_existing_job() {
         vec![
             Step::list_jobs(vec![]),
             Step::create_job().failing(409, "AlreadyExists"),
-            Step::event(),
+            Step::get_job(job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Active)),
             Step::patch_status(),
+            Step::event(),
         ],
     );
     reconcile(Arc::new(model()), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
     assert_eq!(seen[1].body["metadata"]["name"], FIRST);
     let status = status_of(&seen[3]);
+    let last = status.last_run.unwrap();
+    assert_eq!(last.run_id, FIRST, "the existing Job is the run");
     assert_eq!(
-        status.last_run.unwrap().run_id,
-        FIRST,
-        "the existing Job is the run"
+        last.started_at,
+        Time(ts("2026-11-01T00:00:00Z")),
+        "started when the Job was created, not now"
     );
+    assert_event(&seen[4], "Normal", "TrainingStarted");
 }
 
 #[tokio::test]
@@ -860,6 +924,7 @@ async fn rollback_annotation_puts_the_previous_champion_back() {
                 "2026-11-04T00:00:00Z",
                 JobPhase::Succeeded,
             )]),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -868,12 +933,12 @@ async fn rollback_annotation_puts_the_previous_champion_back() {
     );
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[1], "Normal", "RolledBack");
+    assert_event(&seen[2], "Normal", "RolledBack");
     assert_eq!(
-        env_value(&seen[2].body, "MODEL_URI").as_deref(),
+        env_value(&seen[3].body, "MODEL_URI").as_deref(),
         Some(FIRST_URI)
     );
-    let status = status_of(&seen[4]);
+    let status = status_of(&seen[5]);
     assert_eq!(status.champion.unwrap().run_id, FIRST);
     assert_eq!(status.previous_champion.unwrap().run_id, SECOND);
     assert_eq!(status.last_rollback_request.as_deref(), Some("now"));
@@ -960,6 +1025,7 @@ async fn history_stays_bounded() {
         "2026-11-04T02:00:00Z",
         vec![
             Step::list_jobs(vec![job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed)]),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -967,7 +1033,7 @@ async fn history_stays_bounded() {
         ],
     );
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
-    let status = status_of(&h.finish().await[4]);
+    let status = status_of(&h.finish().await[5]);
     let ids: Vec<&str> = status.history.iter().map(|h| h.run_id.as_str()).collect();
     assert_eq!(ids, [SECOND, "old-0"], "newest first, oldest dropped");
 }
@@ -986,16 +1052,16 @@ async fn invalid_schedule_degrades_with_a_warning() {
             )]),
             Step::apply_deployment(),
             Step::apply_service(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
     reconcile(Arc::new(sm.clone()), h.ctx.clone())
         .await
         .unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[3], "Warning", "InvalidSchedule");
-    let status = status_of(&seen[4]);
+    assert_event(&seen[4], "Warning", "InvalidSchedule");
+    let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSchedule"));
     assert_eq!(status.phase.as_deref(), Some("Degraded"));
 
@@ -1034,14 +1100,16 @@ async fn cron_in_a_time_zone_starts_the_run_of_the_local_slot() {
             )]),
             Step::apply_deployment(),
             Step::apply_service(),
+            Step::get_secret(),
             Step::create_job(),
-            Step::event(),
             Step::patch_status(),
+            Step::event(),
         ],
     );
+    h.put_weights(FIRST_URI).await;
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
-    assert_eq!(seen[3].body["metadata"]["name"], "homer-20261104-013000");
+    assert_eq!(seen[4].body["metadata"]["name"], "homer-20261104-013000");
     assert_eq!(
         status_of(&seen[5]).next_run_at,
         Some(Time(ts("2026-11-05T01:30:00Z")))
@@ -1063,6 +1131,7 @@ async fn rollback_without_a_previous_champion_warns_and_keeps_serving() {
                 "2026-11-01T00:00:00Z",
                 JobPhase::Succeeded,
             )]),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -1071,12 +1140,12 @@ async fn rollback_without_a_previous_champion_warns_and_keeps_serving() {
     );
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[1], "Warning", "RollbackImpossible");
+    assert_event(&seen[2], "Warning", "RollbackImpossible");
     assert_eq!(
-        env_value(&seen[2].body, "MODEL_URI").as_deref(),
+        env_value(&seen[3].body, "MODEL_URI").as_deref(),
         Some(FIRST_URI)
     );
-    let status = status_of(&seen[4]);
+    let status = status_of(&seen[5]);
     assert_eq!(status.champion.unwrap().run_id, FIRST);
     assert_eq!(
         status.last_rollback_request.as_deref(),
@@ -1095,6 +1164,7 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
                 "2026-11-01T00:00:00Z",
                 JobPhase::Succeeded,
             )]),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -1105,22 +1175,23 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
         .await
         .unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[1], "Warning", "JobMissing");
-    let status = status_of(&seen[4]);
+    assert_event(&seen[2], "Warning", "JobMissing");
+    let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobMissing"));
     assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
     assert_eq!(status.history[0].run_id, SECOND);
     assert_eq!(
         status.next_run_at,
-        Some(Time(ts("2026-11-07T00:00:00Z"))),
-        "the next slot, not at once"
+        Some(Time(ts("2026-11-05T00:15:00Z"))),
+        "after the retry backoff, not at once"
     );
 }
 
 #[tokio::test]
-async fn unreachable_store_degrades_without_promotion() {
+async fn unreachable_store_is_retried_and_blocks_new_runs() {
+    // Long overdue for the next slot, but the finished run must be decided first.
     let h = Harness::new(
-        "2026-11-04T02:00:00Z",
+        "2026-11-09T02:00:00Z",
         vec![
             Step::list_jobs(vec![job(
                 SECOND,
@@ -1128,6 +1199,94 @@ async fn unreachable_store_degrades_without_promotion() {
                 JobPhase::Succeeded,
             )]),
             Step::get_secret(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    h.store_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut sm = training_second();
+    sm.spec.promotion.metrics_deadline_seconds = 7 * 24 * 3600;
+    let action = reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    assert_eq!(
+        env_value(&seen[2].body, "MODEL_URI").as_deref(),
+        Some(FIRST_URI)
+    );
+    assert_event(&seen[5], "Warning", "StorageUnreachable");
+    let status = status_of(&seen[4]);
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "StorageUnreachable")
+    );
+    assert_eq!(
+        status.last_run.as_ref().unwrap().decision,
+        None,
+        "a store outage is not the run's failure"
+    );
+    assert!(status.history.is_empty());
+    assert!(!text.contains("failed_runs_total{"), "{text}");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(600)),
+        "down for five days: looked at again in ten minutes at most"
+    );
+
+    // The store is back: the run is decided as if nothing happened, and no warning repeats.
+    h_store_back(sm, status).await;
+}
+
+async fn h_store_back(mut sm: face2simpson_operator::SimpsonModel, status: SimpsonModelStatus) {
+    // Suspended, so the pass ends with the decision instead of starting the overdue run.
+    sm.spec.schedule.suspend = true;
+    let h = Harness::new(
+        "2026-11-09T02:10:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Promoted");
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, SECOND);
+    assert_eq!(condition(&status, "Degraded"), ("False", "RunEvaluated"));
+}
+
+#[tokio::test]
+async fn unreachable_store_past_the_deadline_fails_the_run() {
+    let h = Harness::new(
+        // The Job finished at 02:00; the default deadline is four hours.
+        "2026-11-04T06:00:01Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
             Step::event(),
             Step::apply_deployment(),
             Step::apply_service(),
@@ -1140,15 +1299,541 @@ async fn unreachable_store_degrades_without_promotion() {
         .await
         .unwrap();
     let seen = h.finish().await;
-    assert_event(&seen[2], "Warning", "StorageUnreachable");
-    assert_eq!(
-        env_value(&seen[3].body, "MODEL_URI").as_deref(),
-        Some(FIRST_URI)
-    );
-    let status = status_of(&seen[5]);
+    assert_event(&seen[3], "Warning", "StorageUnreachable");
+    let status = status_of(&seen[6]);
     assert_eq!(
         condition(&status, "Degraded"),
         ("True", "StorageUnreachable")
     );
+    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
     assert_eq!(status.champion.unwrap().run_id, FIRST);
+}
+
+// ---- Issue 10: decisions that cannot be wrong ----
+
+/// A finished SECOND whose metrics are `m`, evaluated against champion FIRST: the run is
+/// refused as MetricsInvalid and the champion stays.
+async fn assert_refused(m: artifacts::RunMetrics, job: serde_json::Value, needle: &str) {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![job]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&m).await;
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Warning", "MetricsInvalid");
+    let note = seen[3].body["note"].as_str().unwrap();
+    assert!(note.contains(needle), "{note}");
+    let status = status_of(&seen[6]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "MetricsInvalid"));
+    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(status.champion.unwrap().run_id, FIRST, "nothing promoted");
+    assert!(!text.contains("promotions_total{"), "{text}");
+}
+
+fn second_job() -> serde_json::Value {
+    job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded)
+}
+
+/// Item 1: a run compared with another model than the champion cannot promote.
+#[tokio::test]
+async fn metrics_compared_with_another_champion_are_refused() {
+    // 0.9 against 0.5 would win, but 0.5 is not FIRST's accuracy: it is some other model's.
+    assert_refused(
+        run_metrics(SECOND, 0.9, Some(("homer-20261020-000000", 0.5))),
+        second_job(),
+        "was compared with champion homer-20261020-000000 but the champion is homer-20261101-000000",
+    )
+    .await;
+}
+
+/// Item 1: with a champion in service, metrics without a comparison cannot promote either
+/// (the gate would take them for a first model).
+#[tokio::test]
+async fn metrics_without_the_champion_are_refused() {
+    assert_refused(
+        run_metrics(SECOND, 0.9, None),
+        second_job(),
+        "was compared with no champion",
+    )
+    .await;
+}
+
+/// Item 1: a metrics.json older than its Job is a leftover of an earlier run with that id.
+#[tokio::test]
+async fn metrics_older_than_the_job_are_refused() {
+    let mut m = run_metrics(SECOND, 0.9, Some((FIRST, 0.8)));
+    m.started_at = "2026-10-01T00:00:00Z".parse().unwrap();
+    assert_refused(m, second_job(), "stale file").await;
+}
+
+/// Item 2: another model's metrics (a shared bucket, a copied file) cannot decide for this one.
+#[tokio::test]
+async fn metrics_of_another_model_are_refused() {
+    let mut m = run_metrics(SECOND, 0.9, Some((FIRST, 0.8)));
+    m.owner = Some("springfield/bart".into());
+    assert_refused(m, second_job(), "belongs to springfield/bart").await;
+    let mut m = run_metrics(SECOND, 0.9, Some((FIRST, 0.8)));
+    m.owner = None;
+    assert_refused(m, second_job(), "does not name its owner").await;
+}
+
+/// Item 2: runs live under runs/<namespace>/<name>/; a Job from before that (no runs-prefix
+/// annotation) is still read from the shared runs/ prefix.
+#[tokio::test]
+async fn runs_are_keyed_per_model_and_the_old_layout_is_still_read() {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![legacy_job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let mut m = run_metrics(SECOND, 0.9, Some((FIRST, 0.8)));
+    m.owner = None;
+    h.put_legacy_metrics(&m).await;
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Promoted");
+    assert_eq!(
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
+        Some("s3://bucket/models/runs/homer-20261104-000000/model.safetensors"),
+        "the old layout's weights are served"
+    );
+
+    // The same metrics in the old place do not count for a Job of the new layout.
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![second_job()]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_legacy_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Warning", "MetricsMissing");
+    assert!(
+        seen[3].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("runs/simpsons/homer/homer-20261104-000000/metrics.json")
+    );
+}
+
+/// Items 3 and 4: the decision is written first, guarded by the resourceVersion the pass read.
+/// A stale copy gets a 409 and acts on nothing: no Deployment change, no event, no count.
+#[tokio::test]
+async fn a_decision_that_cannot_be_recorded_is_not_acted_on() {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![second_job()]),
+            Step::get_secret(),
+            Step::patch_status().failing(409, "Conflict"),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    let err = reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), "conflict");
+    assert!(err.to_string().contains("cannot write the status"), "{err}");
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    assert_eq!(
+        seen[2].body["metadata"]["resourceVersion"], RESOURCE_VERSION,
+        "the write names the version it was computed from"
+    );
+    assert!(!text.contains("promotions_total{"), "{text}");
+}
+
+/// Item 4: a 409 on create reads the Job that exists. One this model does not own is not
+/// adopted; one that already finished is recorded (and decided next pass), not "started".
+#[tokio::test]
+async fn conflict_on_job_create_reads_the_real_job() {
+    let mut foreign = job(FIRST, "2026-10-30T00:00:00Z", JobPhase::Active);
+    foreign["metadata"]["ownerReferences"][0]["uid"] = "someone-else".into();
+    let h = Harness::new(
+        "2026-11-01T00:05:00Z",
+        vec![
+            Step::list_jobs(vec![]),
+            Step::create_job().failing(409, "AlreadyExists"),
+            Step::get_job(foreign),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    reconcile(Arc::new(model()), h.ctx.clone()).await.unwrap();
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    let status = status_of(&seen[3]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "JobConflict"));
+    assert_eq!(status.last_run, None, "not our run");
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_event(&seen[4], "Warning", "JobConflict");
+    assert!(!text.contains("trainings_started_total{"), "{text}");
+
+    let h = Harness::new(
+        "2026-11-01T00:05:00Z",
+        vec![
+            Step::list_jobs(vec![]),
+            Step::create_job().failing(409, "AlreadyExists"),
+            Step::get_job(job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)),
+            Step::patch_status(),
+        ],
+    );
+    let action = reconcile(Arc::new(model()), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    let status = status_of(&seen[3]);
+    let last = status.last_run.as_ref().unwrap();
+    assert_eq!(
+        (last.run_id.as_str(), last.decision.as_deref()),
+        (FIRST, None)
+    );
+    assert_eq!(last.started_at, Time(ts("2026-11-01T00:00:00Z")));
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(1)),
+        "decided on the next pass"
+    );
+}
+
+// ---- Issue 10: outages do not lose work ----
+
+/// Item 6: a failed run is retried after 15 minutes, doubling with each consecutive failure.
+#[tokio::test]
+async fn failed_runs_are_retried_with_a_doubling_backoff() {
+    let failed = |id: &str| HistoryEntry {
+        run_id: id.into(),
+        decision: "Failed".into(),
+        reason: "test".into(),
+        accuracy: None,
+        champion_accuracy: None,
+        dry_run: false,
+        decided_at: Time(ts("2026-11-04T02:00:00Z")),
+    };
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    let st = sm.status.as_mut().unwrap();
+    let mut last = run(SECOND, "2026-11-04T00:00:00Z", Some("Failed"));
+    last.finished_at = Some(Time(ts("2026-11-04T02:00:00Z")));
+    st.last_run = Some(last);
+    st.history = vec![failed(SECOND), failed("homer-20261104-014500")];
+    let jobs = vec![job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed)];
+
+    // Two failures in a row: 30 minutes, not 15. Not yet due at 02:29.
+    let h = Harness::new(
+        "2026-11-04T02:29:00Z",
+        vec![
+            Step::list_jobs(jobs.clone()),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let action = reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T02:30:00Z"))));
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+
+    // Due at 02:30: one retry, named after its slot.
+    let h = Harness::new(
+        "2026-11-04T02:30:00Z",
+        vec![
+            Step::list_jobs(jobs),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            Step::create_job(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    h.put_weights(FIRST_URI).await;
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_eq!(seen[4].body["metadata"]["name"], "homer-20261104-023000");
+    let status = status_of(&seen[5]);
+    assert_eq!(status.last_run.as_ref().unwrap().trigger, "Retry");
+}
+
+/// Item 6: a failed bootstrap is retried soon too, instead of leaving the model without a
+/// champion for three days.
+#[tokio::test]
+async fn a_failed_bootstrap_is_retried_soon() {
+    let mut sm = model();
+    let mut last = run(FIRST, "2026-11-01T00:00:00Z", Some("Failed"));
+    last.finished_at = Some(Time(ts("2026-11-01T01:00:00Z")));
+    sm.status = Some(SimpsonModelStatus {
+        last_run: Some(last),
+        ..Default::default()
+    });
+    let h = Harness::new(
+        "2026-11-01T01:15:00Z",
+        vec![
+            Step::list_jobs(vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Failed)]),
+            Step::create_job(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_eq!(seen[1].body["metadata"]["name"], "homer-20261101-011500");
+}
+
+/// Item 7: no run starts against a champion whose weights are gone; it would fail after its
+/// GPU was scheduled. The model says why instead.
+#[tokio::test]
+async fn a_missing_champion_blocks_new_runs() {
+    let h = Harness::new(
+        "2026-11-04T01:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    reconcile(
+        Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = h.finish().await;
+    let status = status_of(&seen[4]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "ChampionMissing"));
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_event(&seen[5], "Warning", "ChampionMissing");
+    assert!(
+        seen[5].body["note"].as_str().unwrap().contains(FIRST_URI),
+        "{:#}",
+        seen[5].body
+    );
+}
+
+/// Item 7: the promote-run annotation puts a named, evaluated run in service.
+#[tokio::test]
+async fn promote_run_annotation_puts_a_named_run_in_service() {
+    let mut sm = serving(FIRST, "2026-11-04T00:00:00Z");
+    sm.metadata.annotations = Some(BTreeMap::from([(
+        "face2simpson.io/promote-run".to_owned(),
+        SECOND.to_owned(),
+    )]));
+    let h = Harness::new(
+        "2026-11-05T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.7, Some((FIRST, 0.8))))
+        .await;
+    h.put_weights(SECOND_URI).await;
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Promoted");
+    assert_eq!(
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
+        Some(SECOND_URI)
+    );
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, SECOND);
+    assert_eq!(status.previous_champion.as_ref().unwrap().run_id, FIRST);
+    assert_eq!(status.last_promote_request.as_deref(), Some(SECOND));
+    assert_eq!(status.history[0].decision, "ManualPromote");
+    assert!(text.contains("promotions_total{"), "{text}");
+
+    // A run without weights is refused, once.
+    sm.metadata.annotations = Some(BTreeMap::from([(
+        "face2simpson.io/promote-run".to_owned(),
+        "homer-20261103-000000".to_owned(),
+    )]));
+    let h = Harness::new(
+        "2026-11-05T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Warning", "PromoteImpossible");
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.unwrap().run_id, FIRST);
+    assert_eq!(
+        status.last_promote_request.as_deref(),
+        Some("homer-20261103-000000")
+    );
+}
+
+// ---- Issue 10: the rollout is real ----
+
+fn rolling(replicas: i64) -> serde_json::Value {
+    serde_json::json!({
+        "observedGeneration": 1,
+        "replicas": replicas + 1,
+        "updatedReplicas": 1,
+        "availableReplicas": replicas,
+        "conditions": [
+            {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated"},
+        ],
+    })
+}
+
+fn stuck(replicas: i64) -> serde_json::Value {
+    serde_json::json!({
+        "observedGeneration": 1,
+        "replicas": replicas + 1,
+        "updatedReplicas": 1,
+        "availableReplicas": replicas,
+        "conditions": [
+            {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded",
+             "message": "ReplicaSet \"homer-inference-7d9\" has timed out progressing."},
+        ],
+    })
+}
+
+/// Item 8: Ready means the new pods serve, not that the Deployment was applied.
+#[tokio::test]
+async fn ready_waits_for_the_rollout() {
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment_with(rolling),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let action = reconcile(
+        Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = h.finish().await;
+    assert_eq!(
+        seen[1].body["spec"]["progressDeadlineSeconds"], 600,
+        "without a deadline a stuck rollout is never reported"
+    );
+    let status = status_of(&seen[3]);
+    assert_eq!(condition(&status, "Ready"), ("False", "RollingOut"));
+    assert_eq!(status.phase.as_deref(), Some("RollingOut"));
+    assert_eq!(action, Action::requeue(Duration::from_secs(30)));
+}
+
+/// Item 9: a rollout past its progress deadline puts the previous champion back on its own.
+#[tokio::test]
+async fn a_failed_rollout_rolls_back_on_its_own() {
+    let mut sm = serving(SECOND, "2026-11-04T00:00:00Z");
+    let st = sm.status.as_mut().unwrap();
+    st.champion = Some(ChampionStatus {
+        model_uri: SECOND_URI.into(),
+        ..champion(SECOND, 0.9)
+    });
+    st.previous_champion = Some(champion(FIRST, 0.8));
+    let h = Harness::new(
+        "2026-11-04T03:00:00Z",
+        vec![
+            Step::list_jobs(vec![second_job()]),
+            Step::apply_deployment_with(stuck),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let seen = h.finish().await;
+    assert_eq!(
+        env_value(&seen[1].body, "MODEL_URI").as_deref(),
+        Some(SECOND_URI)
+    );
+    let recorded = status_of(&seen[2]);
+    assert_eq!(
+        recorded.champion.as_ref().unwrap().run_id,
+        FIRST,
+        "recorded before the Deployment changes back"
+    );
+    assert_event(&seen[3], "Warning", "RolloutFailed");
+    assert_eq!(
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
+        Some(FIRST_URI),
+        "the previous champion is back"
+    );
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+    assert_eq!(
+        status.previous_champion, None,
+        "the failed model is no rollback target and no champion to compare with"
+    );
+    assert_eq!(
+        (
+            status.history[0].run_id.as_str(),
+            status.history[0].decision.as_str()
+        ),
+        (SECOND, "RolloutFailed")
+    );
+    assert_eq!(condition(&status, "Degraded"), ("True", "RolloutFailed"));
+    assert_eq!(condition(&status, "Ready"), ("True", "Serving"));
 }

@@ -1,10 +1,12 @@
 //! `face2simpson-trainer`: train a model, or generate a synthetic dataset.
 
+use std::process::ExitCode;
+
 use anyhow::{Context, Result, bail};
-use artifacts::{Hyperparameters, PromotionPolicy, Storage, layout};
+use artifacts::{Hyperparameters, PromotionPolicy, Storage, StorageError, layout};
 use clap::{Args, Parser, Subcommand};
 use face2simpson_trainer::progress::Progress;
-use face2simpson_trainer::train::{self, TrainConfig};
+use face2simpson_trainer::train::{self, RunTarget, TrainConfig, TrainError};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -21,6 +23,8 @@ struct Cli {
     command: Command,
 }
 
+// One value per process, parsed once: boxing the big variant would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train on PREFIX/{train,test}/{homer,marge,bart,lisa}/* and write runs/<run-id>/{model.safetensors,metrics.json}.
@@ -37,12 +41,21 @@ struct TrainArgs {
     /// Dataset prefix inside the store.
     #[arg(long, env = "DATASET", default_value = layout::DEFAULT_DATASET)]
     dataset: String,
-    /// Id of this run; its artifacts go to runs/<run-id>/.
+    /// Id of this run; its artifacts go to <runs-prefix>/<run-id>/.
     #[arg(long, env = "RUN_ID")]
     run_id: String,
+    /// Prefix the run's directory goes under; the operator passes runs/<namespace>/<name>.
+    #[arg(long, env = "RUNS_PREFIX", default_value = layout::RUNS)]
+    runs_prefix: String,
+    /// Owner recorded in metrics.json (<namespace>/<name> of the SimpsonModel).
+    #[arg(long, env = "OWNER")]
+    owner: Option<String>,
     /// Run id of the current champion, re-scored on this run's test split for a fair comparison.
     #[arg(long, env = "CHAMPION_RUN_ID")]
     champion: Option<String>,
+    /// Full URL of the champion's weights (default: <runs-prefix>/<champion>/model.safetensors).
+    #[arg(long, env = "CHAMPION_URI", requires = "champion")]
+    champion_uri: Option<String>,
     /// Side of the square input in pixels.
     #[arg(long, env = "IMAGE_SIZE", default_value_t = 224)]
     image_size: u32,
@@ -115,19 +128,95 @@ fn init_tracing(format: &str) {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let cli = Cli::parse();
-    init_tracing(&cli.log_format);
-    match cli.command {
-        Command::Train(args) => train_cmd(args).await,
-        Command::Datagen(args) => datagen_cmd(args).await,
+/// Exit codes, so the training Job's podFailurePolicy can tell a retry that may succeed from
+/// one that cannot (documented in docs/operator.md):
+/// 0 success; 1 anything else, possibly transient (a store outage): retried; 2 configuration
+/// error (also clap's code for bad flags); 3 dataset error; 4 the requested device is missing.
+mod exit {
+    pub const FAILURE: u8 = 1;
+    pub const CONFIG: u8 = 2;
+    pub const DATA: u8 = 3;
+    pub const DEVICE: u8 = 4;
+}
+
+/// A failure with the exit code it ends the process with.
+#[derive(Debug)]
+struct Fatal {
+    code: u8,
+    error: anyhow::Error,
+}
+
+impl From<anyhow::Error> for Fatal {
+    fn from(error: anyhow::Error) -> Self {
+        Self {
+            code: exit_code(&error),
+            error,
+        }
     }
 }
 
-async fn train_cmd(a: TrainArgs) -> Result<()> {
+impl From<StorageError> for Fatal {
+    fn from(e: StorageError) -> Self {
+        anyhow::Error::from(e).into()
+    }
+}
+
+/// Classifies an error by the first cause the trainer knows.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<TrainError>() {
+            return match e {
+                TrainError::Config(_) => exit::CONFIG,
+                TrainError::Dataset(_) => exit::DATA,
+                TrainError::Storage(s) => storage_code(s),
+                _ => exit::FAILURE,
+            };
+        }
+        if let Some(s) = cause.downcast_ref::<StorageError>() {
+            return storage_code(s);
+        }
+    }
+    exit::FAILURE
+}
+
+/// A store that cannot even be opened is misconfigured; one that fails a request may be down.
+fn storage_code(e: &StorageError) -> u8 {
+    match e {
+        StorageError::InvalidUrl { .. } | StorageError::Open { .. } => exit::CONFIG,
+        _ => exit::FAILURE,
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(&cli.log_format);
+    let result = match cli.command {
+        Command::Train(args) => train_cmd(args).await,
+        Command::Datagen(args) => datagen_cmd(args).await.map_err(Fatal::from),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Fatal { code, error }) => {
+            tracing::error!(exit_code = code, "{error:#}");
+            eprintln!("Error: {error:#}");
+            ExitCode::from(code)
+        }
+    }
+}
+
+async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
     let storage = Storage::open(&a.storage)?;
-    let device = model::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    // A GPU asked for and not there must fail fast, not train on the CPU for hours.
+    let device = model::parse_device(&a.device).map_err(|e| Fatal {
+        code: exit::DEVICE,
+        error: anyhow::Error::msg(e),
+    })?;
+    let target = RunTarget {
+        runs_prefix: a.runs_prefix,
+        owner: a.owner,
+        champion_uri: a.champion_uri,
+    };
     let cfg = TrainConfig {
         run_id: a.run_id,
         dataset: a.dataset,
@@ -155,10 +244,15 @@ async fn train_cmd(a: TrainArgs) -> Result<()> {
     if !(0.0..=1.0).contains(&cfg.policy.min_accuracy)
         || !(0.0..=1.0).contains(&cfg.policy.min_improvement)
     {
-        bail!("--min-accuracy and --min-improvement are fractions between 0 and 1");
+        return Err(Fatal {
+            code: exit::CONFIG,
+            error: anyhow::anyhow!(
+                "--min-accuracy and --min-improvement are fractions between 0 and 1"
+            ),
+        });
     }
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %model::device_name(device), "training");
-    let outcome = train::run(&storage, &cfg, &Progress::auto())
+    let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())
         .await
         .with_context(|| format!("run {} failed; no metrics.json was written", cfg.run_id))?;
     let m = &outcome.metrics;
@@ -170,7 +264,7 @@ async fn train_cmd(a: TrainArgs) -> Result<()> {
         epochs_run = m.epochs_run,
         best_epoch = m.best_epoch,
         skipped_files = m.skipped_files.len(),
-        metrics = %storage.url_of(&layout::run_metrics(&m.run_id)),
+        metrics = %storage.url_of(&layout::metrics_in(&target.runs_prefix, &m.run_id)),
         "run complete"
     );
     if let Some(decision) = outcome.decision {

@@ -60,6 +60,29 @@ pub struct TrainConfig {
     pub concurrency: usize,
 }
 
+/// Where a run's artifacts go and whom it is for. The operator keys runs per model
+/// (`runs/<namespace>/<name>`) and passes the champion's weights as a full URL; the defaults
+/// are the shared `runs/` prefix of the cluster-free mode.
+#[derive(Debug, Clone)]
+pub struct RunTarget {
+    /// Prefix the run's directory is created under.
+    pub runs_prefix: String,
+    /// `<namespace>/<name>` recorded in metrics.json.
+    pub owner: Option<String>,
+    /// Full URL of the champion's weights; by default `<runs_prefix>/<champion>/model.safetensors`.
+    pub champion_uri: Option<String>,
+}
+
+impl Default for RunTarget {
+    fn default() -> Self {
+        Self {
+            runs_prefix: layout::RUNS.to_owned(),
+            owner: None,
+            champion_uri: None,
+        }
+    }
+}
+
 /// What a run produced.
 #[derive(Debug)]
 pub struct Outcome {
@@ -139,18 +162,48 @@ async fn fetch_pretrained(storage: &Storage, location: &str) -> Result<Vec<u8>, 
     })
 }
 
-/// Runs a whole training: the function behind `face2simpson-trainer train`.
+/// Runs a whole training in the shared `runs/` prefix.
 pub async fn run(
     storage: &Storage,
     cfg: &TrainConfig,
     progress: &Progress,
 ) -> Result<Outcome, TrainError> {
+    run_in(storage, cfg, &RunTarget::default(), progress).await
+}
+
+/// Fetches the champion's weights from a full URL: a key of `storage` when it points there,
+/// else the object of another store opened with the same credentials.
+async fn fetch_url(storage: &Storage, url: &str) -> Result<Vec<u8>, StorageError> {
+    if let Some(key) = storage.key_of(url) {
+        return Ok(storage.get(key).await?.to_vec());
+    }
+    match url.rsplit_once('/') {
+        Some((dir, file)) => Ok(Storage::open(dir)?.get(file).await?.to_vec()),
+        None => Ok(storage.get(url).await?.to_vec()),
+    }
+}
+
+/// Runs a whole training: the function behind `face2simpson-trainer train`.
+pub async fn run_in(
+    storage: &Storage,
+    cfg: &TrainConfig,
+    target: &RunTarget,
+    progress: &Progress,
+) -> Result<Outcome, TrainError> {
     validate(cfg)?;
+    layout::validate_runs_prefix(&target.runs_prefix).map_err(TrainError::Config)?;
+    if target.champion_uri.is_some() && cfg.champion.is_none() {
+        return Err(TrainError::Config(
+            "--champion-uri needs --champion (the run id it belongs to)".into(),
+        ));
+    }
     let started_at = Utc::now();
-    let metrics_key = layout::run_metrics(&cfg.run_id);
+    let metrics_key = layout::metrics_in(&target.runs_prefix, &cfg.run_id);
     if storage.head(&metrics_key).await?.is_some() {
         // A Job retried after it already finished: the run is complete, keep its result.
-        let metrics = storage.get_metrics(&cfg.run_id).await?;
+        let metrics = storage
+            .get_metrics_in(&target.runs_prefix, &cfg.run_id)
+            .await?;
         tracing::info!(run_id = %cfg.run_id, "run already complete; not training again");
         return Ok(Outcome {
             metrics,
@@ -165,13 +218,21 @@ pub async fn run(
         (None, true) => storage.get_champion().await?.map(|c| c.run_id),
         (None, false) => None,
     };
-    let champion_weights =
-        match &champion {
-            Some(c) => Some(storage.get(&layout::run_weights(c)).await.map_err(|e| {
+    let champion_weights = match &champion {
+        Some(c) => {
+            let fetched = match &target.champion_uri {
+                Some(url) => fetch_url(storage, url).await,
+                None => storage
+                    .get(&layout::weights_in(&target.runs_prefix, c))
+                    .await
+                    .map(|b| b.to_vec()),
+            };
+            Some(fetched.map_err(|e| {
                 TrainError::Config(format!("champion {c} cannot be re-scored: {e}"))
-            })?),
-            None => None,
-        };
+            })?)
+        }
+        None => None,
+    };
     let pretrained = match &cfg.pretrained {
         Some(loc) => Some(fetch_pretrained(storage, loc).await?),
         None => None,
@@ -220,7 +281,7 @@ pub async fn run(
     .map_err(|e| TrainError::Worker(e.to_string()))?;
     let fit = fit?;
 
-    let weights_key = layout::run_weights(&cfg.run_id);
+    let weights_key = layout::weights_in(&target.runs_prefix, &cfg.run_id);
     storage.put(&weights_key, fit.weights).await?;
     let finished_at = Utc::now();
     let per_class_accuracy = CLASSES
@@ -242,6 +303,7 @@ pub async fn run(
     let metrics = RunMetrics {
         schema_version: METRICS_SCHEMA_VERSION,
         run_id: cfg.run_id.clone(),
+        owner: target.owner.clone(),
         trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
         test_accuracy: fit.test.accuracy,
         champion_run_id: champion.clone(),

@@ -34,6 +34,11 @@ use tokio::task::JoinHandle;
 pub const NS: &str = "simpsons";
 pub const NAME: &str = "homer";
 pub const STORE_URL: &str = "s3://bucket/models";
+pub const UID: &str = "0b9a1d3c-1111-4222-8333-444455556666";
+/// The resourceVersion of the SimpsonModel a test hands to `reconcile`.
+pub const RESOURCE_VERSION: &str = "100";
+/// Where this model's runs live in the store.
+pub const RUNS_PREFIX: &str = "runs/simpsons/homer";
 
 pub fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
@@ -64,9 +69,9 @@ pub fn model() -> SimpsonModel {
     };
     let mut sm = SimpsonModel::new(NAME, spec);
     sm.metadata.namespace = Some(NS.into());
-    sm.metadata.uid = Some("0b9a1d3c-1111-4222-8333-444455556666".into());
+    sm.metadata.uid = Some(UID.into());
     sm.metadata.generation = Some(1);
-    sm.metadata.resource_version = Some("4711".into());
+    sm.metadata.resource_version = Some(RESOURCE_VERSION.into());
     sm.metadata.creation_timestamp = Some(Time(created()));
     sm
 }
@@ -86,6 +91,8 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
         job_name: run_id.into(),
         trigger: "Schedule".into(),
         started_at: Time(ts(started)),
+        champion_run_id: None,
+        model_uri: None,
         finished_at: decision.map(|_| Time(ts(started))),
         accuracy: None,
         champion_accuracy: None,
@@ -112,7 +119,16 @@ pub enum JobPhase {
     Failed,
 }
 
+/// A training Job of this model as the operator creates it: its runs go to the model's prefix.
 pub fn job(run_id: &str, created: &str, phase: JobPhase) -> Value {
+    let mut job = legacy_job(run_id, created, phase);
+    job["metadata"]["annotations"] = json!({"face2simpson.io/runs-prefix": RUNS_PREFIX});
+    job
+}
+
+/// A Job created before runs were keyed per model (no runs-prefix annotation).
+pub fn legacy_job(run_id: &str, created: &str, phase: JobPhase) -> Value {
+    let finished = !matches!(phase, JobPhase::Active);
     let conditions = match phase {
         JobPhase::Active => json!([]),
         JobPhase::Succeeded => json!([{"type": "Complete", "status": "True"}]),
@@ -132,9 +148,22 @@ pub fn job(run_id: &str, created: &str, phase: JobPhase) -> Value {
                 "face2simpson.io/run-id": run_id,
                 "app.kubernetes.io/component": "training",
             },
+            "ownerReferences": [{
+                "apiVersion": "face2simpson.io/v1alpha1",
+                "kind": "SimpsonModel",
+                "name": NAME,
+                "uid": UID,
+                "controller": true,
+            }],
         },
         "spec": {"template": {"spec": {"containers": [{"name": "trainer", "image": "t"}]}}},
-        "status": {"conditions": conditions},
+        "status": if finished {
+            // Finished two hours after it was created.
+            let done = (ts(created) + jiff::SignedDuration::from_hours(2)).to_string();
+            json!({"conditions": conditions, "completionTime": done})
+        } else {
+            json!({"conditions": conditions})
+        },
     })
 }
 
@@ -163,6 +192,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
     RunMetrics {
         schema_version: artifacts::metrics::METRICS_SCHEMA_VERSION,
         run_id: run_id.into(),
+        owner: Some(format!("{NS}/{NAME}")),
         trainer_version: "0.1.0".into(),
         test_accuracy: accuracy,
         champion_run_id: champion.map(|(id, _)| id.to_owned()),
@@ -208,10 +238,11 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         },
         dataset: "datasets/current".into(),
         dataset_fingerprint: "cd".repeat(32),
-        weights_key: format!("runs/{run_id}/model.safetensors"),
+        weights_key: format!("{RUNS_PREFIX}/{run_id}/model.safetensors"),
         pretrained: None,
-        started_at: "2026-11-10T00:00:00Z".parse().unwrap(),
-        finished_at: "2026-11-10T01:00:00Z".parse().unwrap(),
+        // Any time after its Job was created (the tests' Jobs are from November 2026).
+        started_at: "2026-11-30T00:00:00Z".parse().unwrap(),
+        finished_at: "2026-11-30T01:00:00Z".parse().unwrap(),
         device: "cuda:0".into(),
     }
 }
@@ -282,11 +313,44 @@ impl Step {
         )
     }
 
+    /// The Deployment applied, answered as a Deployment whose rollout is complete.
     pub fn apply_deployment() -> Self {
+        Self::apply_deployment_with(|replicas| {
+            json!({
+                "observedGeneration": 1,
+                "replicas": replicas,
+                "updatedReplicas": replicas,
+                "readyReplicas": replicas,
+                "availableReplicas": replicas,
+                "conditions": [
+                    {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+                    {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"},
+                ],
+            })
+        })
+    }
+
+    /// The Deployment applied, answered with the status `status(replicas)` builds.
+    pub fn apply_deployment_with(status: fn(i64) -> Value) -> Self {
         Self::new(
             Method::PATCH,
             format!("/apis/apps/v1/namespaces/{NS}/deployments/{NAME}-inference"),
-            |b| (200, b.clone()),
+            move |b| {
+                let mut d = b.clone();
+                let replicas = d["spec"]["replicas"].as_i64().unwrap_or(1);
+                d["metadata"]["generation"] = json!(1);
+                d["status"] = status(replicas);
+                (200, d)
+            },
+        )
+    }
+
+    pub fn get_job(job: Value) -> Self {
+        let name = job["metadata"]["name"].as_str().unwrap().to_owned();
+        Self::new(
+            Method::GET,
+            format!("/apis/batch/v1/namespaces/{NS}/jobs/{name}"),
+            move |_| (200, job),
         )
     }
 
@@ -303,7 +367,13 @@ impl Step {
             Method::PATCH,
             format!("/apis/face2simpson.io/v1alpha1/namespaces/{NS}/simpsonmodels/{NAME}/status"),
             |b| {
+                // A new resourceVersion for every write, as the API server gives.
+                let rv: u64 = b["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
                 let mut sm = serde_json::to_value(model()).unwrap();
+                sm["metadata"]["resourceVersion"] = json!((rv + 1).to_string());
                 sm["status"] = b["status"].clone();
                 (200, sm)
             },
@@ -397,11 +467,29 @@ impl Harness {
             .unwrap()
     }
 
+    /// Writes a run's metrics.json where the model's runs live.
     pub async fn put_metrics(&self, m: &RunMetrics) {
+        self.store
+            .put(
+                &artifacts::layout::metrics_in(RUNS_PREFIX, &m.run_id),
+                m.to_json(),
+            )
+            .await
+            .unwrap();
+    }
+
+    /// Writes a run's metrics.json in the shared prefix runs used before they were per model.
+    pub async fn put_legacy_metrics(&self, m: &RunMetrics) {
         self.store
             .put(&artifacts::layout::run_metrics(&m.run_id), m.to_json())
             .await
             .unwrap();
+    }
+
+    /// Writes (dummy) weights at a full URL of the store.
+    pub async fn put_weights(&self, uri: &str) {
+        let key = self.store.key_of(uri).unwrap().to_owned();
+        self.store.put(&key, vec![1u8, 2, 3]).await.unwrap();
     }
 
     pub fn metrics_text(&self) -> String {

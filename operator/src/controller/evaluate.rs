@@ -1,0 +1,376 @@
+//! Evaluate: turn a finished run into a decision, in memory. `record` persists it before
+//! anything acts on it, and events and counts wait for that write.
+
+use std::time::Duration;
+
+use artifacts::{Decision, PromotionPolicy, RunMetrics, StorageError, layout};
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use super::observe::run_id_of;
+use super::{Counted, Error, JobState, Pass};
+use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
+use crate::crd::{ChampionStatus, HistoryEntry, RunStatus};
+
+/// Clocks of the trainer's node and of the API server may disagree by this much before a
+/// metrics.json counts as older than its Job.
+const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(300);
+
+/// What a finished run's artifacts say.
+#[derive(Debug)]
+enum Outcome {
+    /// Valid metrics written for this run, compared with the current champion.
+    Valid {
+        metrics: Box<RunMetrics>,
+        model_uri: String,
+    },
+    /// The run has no usable result: recorded as `Failed` with this reason.
+    Unusable(&'static str, String),
+    /// The store could not be read: retried until the deadline, then `Failed`.
+    Unreachable(String),
+}
+
+/// When the Job finished, as the Job controller recorded it.
+fn finished_at(job: &Job) -> Option<Timestamp> {
+    let status = job.status.as_ref()?;
+    if let Some(t) = &status.completion_time {
+        return Some(t.0);
+    }
+    status
+        .conditions
+        .as_ref()?
+        .iter()
+        .filter(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
+        .find_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
+}
+
+/// Wait before asking an unreachable store again: a quarter of the time it has been down,
+/// between 30 s and 10 min, so a blip is retried quickly and a long outage is not hammered.
+fn store_retry_delay(down_for: SignedDuration) -> Duration {
+    let quarter = Duration::try_from(down_for / 4).unwrap_or(Duration::ZERO);
+    quarter.clamp(Duration::from_secs(30), Duration::from_secs(600))
+}
+
+impl Pass<'_> {
+    /// Decides on a finished run, exactly once. Returns false when no decision could be taken
+    /// yet (the store is unreachable and the deadline has not passed): the run stays pending
+    /// and no new run may start before it is decided.
+    pub(super) async fn evaluate(&mut self, job: &Job, state: JobState) -> Result<bool, Error> {
+        let run_id = run_id_of(job);
+        let outcome = match state {
+            JobState::Active => return Ok(false),
+            JobState::Failed(why) => Outcome::Unusable(
+                "JobFailed",
+                format!("training Job {} failed: {why}", job.name_any()),
+            ),
+            JobState::Succeeded => self.read_result(job, &run_id).await?,
+        };
+        let result = match outcome {
+            Outcome::Valid { metrics, model_uri } => Ok((metrics, model_uri)),
+            Outcome::Unusable(why, message) => Err((why, message)),
+            Outcome::Unreachable(message) => {
+                let finished = finished_at(job).unwrap_or(self.now);
+                let limit =
+                    SignedDuration::from_secs(self.sm.spec.promotion.metrics_deadline_seconds);
+                let down_for = self.now.duration_since(finished);
+                if down_for < limit {
+                    self.await_store(&run_id, &message, down_for, limit);
+                    return Ok(false);
+                }
+                Err((
+                    "StorageUnreachable",
+                    format!(
+                        "gave up reading the result of run {run_id} after {}s: {message}",
+                        limit.as_secs()
+                    ),
+                ))
+            }
+        };
+
+        let mut run = match self.status.last_run.clone() {
+            Some(r) if r.run_id == run_id => r,
+            // Status was lost or never written (operator crashed right after creating the Job).
+            _ => RunStatus {
+                run_id: run_id.clone(),
+                job_name: job.name_any(),
+                trigger: "Unknown".into(),
+                started_at: job
+                    .metadata
+                    .creation_timestamp
+                    .clone()
+                    .unwrap_or(Time(self.now)),
+                champion_run_id: None,
+                model_uri: None,
+                finished_at: None,
+                accuracy: None,
+                champion_accuracy: None,
+                decision: None,
+                reason: None,
+                dry_run: false,
+            },
+        };
+        run.finished_at = Some(Time(self.now));
+        let (decision, reason) = match result {
+            Err((why, message)) => {
+                warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
+                self.count(Counted::FailedRun);
+                self.degraded(why, &message);
+                self.emit(EventType::Warning, why, "Evaluate", message.clone());
+                ("Failed".to_owned(), message)
+            }
+            Ok((metrics, model_uri)) => {
+                run.model_uri = Some(model_uri.clone());
+                self.decide(&mut run, &metrics, model_uri)
+            }
+        };
+        run.decision = Some(decision.clone());
+        run.reason = Some(reason.clone());
+        self.record(HistoryEntry {
+            run_id,
+            decision,
+            reason,
+            accuracy: run.accuracy,
+            champion_accuracy: run.champion_accuracy,
+            dry_run: run.dry_run,
+            decided_at: Time(self.now),
+        });
+        self.status.last_run = Some(run);
+        Ok(true)
+    }
+
+    /// The store is down: say so once, keep the run pending and look again soon.
+    fn await_store(
+        &mut self,
+        run_id: &str,
+        message: &str,
+        down_for: SignedDuration,
+        limit: SignedDuration,
+    ) {
+        let message = format!(
+            "cannot read the result of run {run_id} yet (retrying for up to {}s after the run finished): {message}",
+            limit.as_secs()
+        );
+        warn!(model = %self.name, run = %run_id, %message, "store unreachable");
+        if !self.degraded_for("StorageUnreachable") {
+            self.emit(
+                EventType::Warning,
+                "StorageUnreachable",
+                "Evaluate",
+                message.clone(),
+            );
+        }
+        self.degraded("StorageUnreachable", &message);
+        let left = Duration::try_from(limit - down_for).unwrap_or(Duration::ZERO);
+        self.requeue_within(store_retry_delay(down_for).min(left.max(Duration::from_secs(1))));
+    }
+
+    /// Reads and checks the run's metrics.json.
+    async fn read_result(&mut self, job: &Job, run_id: &str) -> Result<Outcome, Error> {
+        let store = match self.store().await? {
+            Ok(store) => store,
+            Err(e) => return Ok(Outcome::Unreachable(e.to_string())),
+        };
+        // Jobs created before runs were keyed per model wrote to the shared prefix.
+        let prefix = job.annotations().get(RUNS_PREFIX_ANNOTATION).cloned();
+        let legacy = prefix.is_none();
+        let prefix = prefix.unwrap_or_else(|| layout::RUNS.to_owned());
+        let metrics = match store.get_metrics_in(&prefix, run_id).await {
+            Ok(m) => m,
+            Err(e) if e.is_not_found() => {
+                return Ok(Outcome::Unusable(
+                    "MetricsMissing",
+                    format!("run {run_id} succeeded but wrote no metrics: {e}"),
+                ));
+            }
+            Err(e @ StorageError::Malformed { .. }) => {
+                return Ok(Outcome::Unusable("MetricsInvalid", e.to_string()));
+            }
+            Err(e) => return Ok(Outcome::Unreachable(e.to_string())),
+        };
+        if let Err(message) = self.check_metrics(&metrics, job, run_id, legacy) {
+            return Ok(Outcome::Unusable("MetricsInvalid", message));
+        }
+        Ok(Outcome::Valid {
+            model_uri: store.url_of(&layout::weights_in(&prefix, run_id)),
+            metrics: Box::new(metrics),
+        })
+    }
+
+    /// Refuses metrics that would make the gate compare the wrong things: another run's or
+    /// another model's file, a stale file from an earlier run with the same id, or a
+    /// comparison with a model that is not the champion.
+    fn check_metrics(
+        &self,
+        m: &RunMetrics,
+        job: &Job,
+        run_id: &str,
+        legacy: bool,
+    ) -> Result<(), String> {
+        if m.run_id != run_id {
+            return Err(format!("metrics of run {run_id} name run {:?}", m.run_id));
+        }
+        let owner = builders::owner_id(self.sm).map_err(|e| e.to_string())?;
+        match (&m.owner, legacy) {
+            (Some(o), _) if *o != owner => {
+                return Err(format!(
+                    "metrics.json of run {run_id} belongs to {o}, not to {owner}"
+                ));
+            }
+            (None, false) => {
+                return Err(format!(
+                    "metrics.json of run {run_id} does not name its owner (expected {owner}); is the trainer image older than the operator?"
+                ));
+            }
+            _ => {}
+        }
+        if let Some(created) = &job.metadata.creation_timestamp
+            && m.started_at.timestamp() < created.0.as_second() - CLOCK_SKEW.as_secs()
+        {
+            return Err(format!(
+                "metrics.json of run {run_id} is from a run started at {}, before its Job was created at {}: a stale file from an earlier run with the same id",
+                m.started_at.to_rfc3339(),
+                created.0
+            ));
+        }
+        if let Some(champion) = &self.status.champion {
+            let compared = m.champion_run_id.as_deref();
+            if compared != Some(champion.run_id.as_str()) || m.champion_test_accuracy.is_none() {
+                return Err(format!(
+                    "run {run_id} was compared with {} but the champion is {}: its result cannot decide a promotion",
+                    compared.map_or("no champion".to_owned(), |c| format!("champion {c}")),
+                    champion.run_id
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Applies the gate to valid metrics; returns the decision's name and reason.
+    fn decide(
+        &mut self,
+        run: &mut RunStatus,
+        metrics: &RunMetrics,
+        model_uri: String,
+    ) -> (String, String) {
+        let run_id = run.run_id.clone();
+        let p = &self.sm.spec.promotion;
+        let dry_run = p.dry_run;
+        let policy = PromotionPolicy {
+            min_improvement: p.min_improvement,
+            min_accuracy: p.min_accuracy,
+        };
+        let decision = artifacts::decide(&policy, metrics);
+        run.accuracy = Some(metrics.test_accuracy);
+        run.champion_accuracy = metrics.champion_test_accuracy;
+        run.champion_run_id = metrics.champion_run_id.clone();
+        run.dry_run = dry_run;
+        self.healthy("RunEvaluated", &format!("run {run_id}: {decision}"));
+        let reason = if dry_run {
+            format!("dry run, nothing rolled: {}", decision.reason())
+        } else {
+            decision.reason().to_owned()
+        };
+        match (&decision, dry_run) {
+            (Decision::Reject(_), _) => {
+                self.count(Counted::Rejection);
+                self.emit(
+                    EventType::Normal,
+                    "Rejected",
+                    "Evaluate",
+                    format!("run {run_id}: {reason}"),
+                );
+            }
+            (_, true) => {
+                self.emit(
+                    EventType::Normal,
+                    "DryRun",
+                    "Evaluate",
+                    format!("run {run_id} would be promoted: {reason}"),
+                );
+            }
+            (_, false) => {
+                self.crown(ChampionStatus {
+                    run_id: run_id.clone(),
+                    accuracy: metrics.test_accuracy,
+                    model_uri,
+                    promoted_at: Time(self.now),
+                });
+                self.count(Counted::Promotion);
+                self.emit(
+                    EventType::Normal,
+                    "Promoted",
+                    "Promote",
+                    format!("run {run_id}: {reason}"),
+                );
+            }
+        }
+        info!(model = %self.name, run = %run_id, decision = decision.kind(), %reason, "run evaluated");
+        (decision.kind().to_owned(), reason)
+    }
+
+    /// Makes `champion` the model in service; the one it replaces becomes the rollback target.
+    pub(super) fn crown(&mut self, champion: ChampionStatus) {
+        // Re-deciding after a crash finds the same champion already in place: keep the older
+        // previous champion instead of pointing it at itself.
+        if self
+            .status
+            .champion
+            .as_ref()
+            .is_none_or(|c| c.run_id != champion.run_id)
+        {
+            self.status.previous_champion = self.status.champion.take();
+        }
+        self.status.champion = Some(champion);
+    }
+
+    /// A run recorded as started whose Job is gone (deleted by hand) will never report back.
+    pub(super) fn job_missing(&mut self, jobs: &[(Job, JobState)]) {
+        let Some(run) = self
+            .status
+            .last_run
+            .as_ref()
+            .filter(|r| r.decision.is_none())
+            .filter(|r| !jobs.iter().any(|(j, _)| run_id_of(j) == r.run_id))
+        else {
+            return;
+        };
+        let message = format!(
+            "training Job {} disappeared before it finished",
+            run.job_name
+        );
+        let mut run = run.clone();
+        run.finished_at = Some(Time(self.now));
+        run.decision = Some("Failed".into());
+        run.reason = Some(message.clone());
+        self.record(HistoryEntry {
+            run_id: run.run_id.clone(),
+            decision: "Failed".into(),
+            reason: message.clone(),
+            accuracy: None,
+            champion_accuracy: None,
+            dry_run: false,
+            decided_at: Time(self.now),
+        });
+        self.status.last_run = Some(run);
+        self.count(Counted::FailedRun);
+        self.degraded("JobMissing", &message);
+        self.emit(EventType::Warning, "JobMissing", "Evaluate", message);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_retries_back_off_with_the_outage() {
+        let secs = |s: i64| store_retry_delay(SignedDuration::from_secs(s)).as_secs();
+        assert_eq!(secs(0), 30);
+        assert_eq!(secs(600), 150);
+        assert_eq!(secs(3600), 600);
+    }
+}

@@ -1,0 +1,604 @@
+//! The reconciler. Level-triggered: every pass starts from what the API server says (the
+//! SimpsonModel, its training Jobs) and from object storage, never from memory, so a
+//! restarted operator converges to the same state and takes each decision exactly once.
+//!
+//! One pass, one module per step: [`observe`] (the Jobs, the store) → [`evaluate`] (decide
+//! on a finished run) → [`record`] (history, status) → [`rollout`] (rollback request, serve
+//! the champion) → [`schedule`] (start a run if one is due) → [`housekeeping`] (old Jobs).
+
+mod evaluate;
+mod housekeeping;
+mod observe;
+mod record;
+mod rollout;
+mod schedule;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use artifacts::{Storage, StorageError};
+use jiff::Timestamp;
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use tracing::{instrument, warn};
+
+use crate::builders::MissingMetadata;
+use crate::crd::{SimpsonModel, SimpsonModelStatus};
+use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
+
+/// Field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "face2simpson-operator";
+/// Upper bound on the time between two passes over a resource, whatever the schedule says.
+const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// How often a model with a running Job is looked at even without a Job event.
+const TRAINING_REQUEUE: Duration = Duration::from_secs(300);
+
+/// Opens the model's store with the credential variables taken from its Secret. Injected so
+/// tests can hand in an in-memory store shared with the test body.
+pub type StorageOpener =
+    Arc<dyn Fn(&str, Vec<(String, String)>) -> Result<Storage, StorageError> + Send + Sync>;
+/// The current time. Injected so schedules are tested without waiting for them.
+pub type Clock = Arc<dyn Fn() -> Timestamp + Send + Sync>;
+
+/// Everything a reconcile needs besides the resource itself.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub clock: Clock,
+    pub open_storage: StorageOpener,
+    /// Consecutive failures per resource, for the error policy's backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("metrics", &self.metrics)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        recorder: Recorder,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        open_storage: StorageOpener,
+    ) -> Self {
+        Self {
+            client,
+            recorder,
+            metrics,
+            clock,
+            open_storage,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// The production context: wall clock and stores opened from their URLs.
+    pub fn production(client: Client, recorder: Recorder, metrics: Arc<Metrics>) -> Self {
+        Self::new(
+            client,
+            recorder,
+            metrics,
+            Arc::new(Timestamp::now),
+            Arc::new(|url: &str, vars: Vec<(String, String)>| Storage::open_with_env(url, vars)),
+        )
+    }
+
+    fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
+        // A poisoned map only loses backoff counts; keep going with what it holds.
+        self.failures
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Why a pass failed. Run failures (a failed Job, bad metrics) are not errors: they are
+/// recorded as decisions. These are the problems worth retrying with backoff; each API call
+/// has its own variant so a log line says which call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot list the training Jobs: {0}")]
+    ListJobs(#[source] kube::Error),
+    #[error("cannot read the storage Secret {name}: {source}")]
+    GetSecret { name: String, source: kube::Error },
+    #[error("cannot create the training Job {name}: {source}")]
+    CreateJob { name: String, source: kube::Error },
+    #[error("cannot read the existing training Job {name}: {source}")]
+    GetJob { name: String, source: kube::Error },
+    #[error("cannot delete the training Job {name}: {source}")]
+    DeleteJob { name: String, source: kube::Error },
+    #[error("cannot apply the Deployment {name}: {source}")]
+    ApplyDeployment { name: String, source: kube::Error },
+    #[error("cannot apply the Service {name}: {source}")]
+    ApplyService { name: String, source: kube::Error },
+    #[error("cannot write the status: {0}")]
+    PatchStatus(#[source] kube::Error),
+    #[error(transparent)]
+    Metadata(#[from] MissingMetadata),
+}
+
+impl Error {
+    /// The API error behind this one, if any.
+    pub fn api(&self) -> Option<&kube::Error> {
+        match self {
+            Error::ListJobs(e) | Error::PatchStatus(e) => Some(e),
+            Error::GetSecret { source, .. }
+            | Error::CreateJob { source, .. }
+            | Error::GetJob { source, .. }
+            | Error::DeleteJob { source, .. }
+            | Error::ApplyDeployment { source, .. }
+            | Error::ApplyService { source, .. } => Some(source),
+            Error::Metadata(_) => None,
+        }
+    }
+
+    /// A fixed vocabulary for the `kind` label of the error metric.
+    pub fn kind(&self) -> &'static str {
+        match self.api() {
+            Some(kube::Error::Api(s)) if s.code == 409 => "conflict",
+            Some(kube::Error::Api(s)) if s.code == 404 => "not_found",
+            Some(kube::Error::Api(s)) if s.code == 403 || s.code == 401 => "forbidden",
+            Some(kube::Error::Api(s)) if s.code >= 500 => "server_error",
+            Some(kube::Error::Api(_)) => "api_error",
+            Some(kube::Error::SerdeError(_)) => "decode",
+            Some(_) => "transport",
+            None => "invalid_object",
+        }
+    }
+}
+
+/// Backoff after `failures` consecutive errors: 5 s doubling up to 5 min.
+pub fn backoff(failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(6);
+    Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300))
+}
+
+fn object_key(sm: &SimpsonModel) -> String {
+    format!("{}/{}", sm.namespace().unwrap_or_default(), sm.name_any())
+}
+
+/// Called by the controller when `reconcile` fails: count it and retry later, longer each time.
+pub fn error_policy(sm: Arc<SimpsonModel>, err: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics
+        .reconcile_errors
+        .get_or_create(&ErrorLabels { kind: err.kind() })
+        .inc();
+    let n = {
+        let mut failures = ctx.failures();
+        let n = failures.entry(object_key(&sm)).or_insert(0);
+        *n += 1;
+        *n
+    };
+    let delay = backoff(n);
+    warn!(model = %object_key(&sm), error = %err, kind = err.kind(), attempt = n, retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+/// Where a training Job stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobState {
+    Active,
+    Succeeded,
+    Failed(String),
+}
+
+/// Reads a Job's outcome from its conditions, which the Job controller sets once and for all.
+pub fn job_state(job: &Job) -> JobState {
+    let status = job.status.as_ref();
+    for c in status
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if c.status != "True" {
+            continue;
+        }
+        match c.type_.as_str() {
+            "Complete" => return JobState::Succeeded,
+            "Failed" => {
+                let why = c
+                    .message
+                    .clone()
+                    .or_else(|| c.reason.clone())
+                    .unwrap_or_else(|| "Job failed".into());
+                return JobState::Failed(why);
+            }
+            _ => {}
+        }
+    }
+    JobState::Active
+}
+
+/// Sets a condition, keeping its transition time when the status did not flip.
+pub fn set_condition(
+    conds: &mut Vec<Condition>,
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: &str,
+    generation: Option<i64>,
+    now: Timestamp,
+) {
+    let status = if status { "True" } else { "False" }.to_owned();
+    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
+        if c.status != status {
+            c.last_transition_time = Time(now);
+        }
+        c.status = status;
+        c.reason = reason.to_owned();
+        c.message = message.to_owned();
+        c.observed_generation = generation;
+        return;
+    }
+    conds.push(Condition {
+        type_: type_.to_owned(),
+        status,
+        reason: reason.to_owned(),
+        message: message.to_owned(),
+        observed_generation: generation,
+        last_transition_time: Time(now),
+    });
+}
+
+fn condition_is(conds: &[Condition], type_: &str, status: &str) -> bool {
+    conds.iter().any(|c| c.type_ == type_ && c.status == status)
+}
+
+/// A counter of the metrics, bumped only once the decision it counts is recorded.
+#[derive(Debug, Clone, Copy)]
+enum Counted {
+    TrainingStarted,
+    Promotion,
+    Rejection,
+    FailedRun,
+}
+
+/// Something the pass tells the world about: held back until the status that records it is
+/// written, so a pass that fails to record (a conflict, an outage) publishes nothing and the
+/// retry cannot publish twice.
+#[derive(Debug)]
+enum Effect {
+    Event {
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    },
+    Count(Counted),
+}
+
+/// One pass over one SimpsonModel.
+struct Pass<'a> {
+    sm: &'a SimpsonModel,
+    ctx: &'a Context,
+    ns: String,
+    name: String,
+    now: Timestamp,
+    /// The status being built.
+    status: SimpsonModelStatus,
+    /// The status as the API server has it (read at the start, or last written).
+    saved: SimpsonModelStatus,
+    /// The resourceVersion every status write is guarded by.
+    resource_version: Option<String>,
+    effects: Vec<Effect>,
+    /// The store, opened at most once per pass.
+    store: Option<Storage>,
+    /// The soonest a step wants the next pass (a store outage, a rollout in progress).
+    requeue: Option<Duration>,
+}
+
+impl Pass<'_> {
+    fn labels(&self) -> ModelLabels {
+        ModelLabels {
+            namespace: self.ns.clone(),
+            model: self.name.clone(),
+        }
+    }
+
+    /// Queues an event; published once the status is recorded.
+    fn emit(&mut self, type_: EventType, reason: &'static str, action: &'static str, note: String) {
+        self.effects.push(Effect::Event {
+            type_,
+            reason,
+            action,
+            note,
+        });
+    }
+
+    /// Queues a counter increment; applied once the status is recorded.
+    fn count(&mut self, counted: Counted) {
+        self.effects.push(Effect::Count(counted));
+    }
+
+    fn requeue_within(&mut self, delay: Duration) {
+        self.requeue = Some(self.requeue.map_or(delay, |d| d.min(delay)));
+    }
+
+    /// Publishes the queued events and counts.
+    async fn flush(&mut self) {
+        for effect in std::mem::take(&mut self.effects) {
+            match effect {
+                Effect::Count(counted) => {
+                    let m = &self.ctx.metrics;
+                    let family = match counted {
+                        Counted::TrainingStarted => &m.trainings_started,
+                        Counted::Promotion => &m.promotions,
+                        Counted::Rejection => &m.rejections,
+                        Counted::FailedRun => &m.failed_runs,
+                    };
+                    family.get_or_create(&self.labels()).inc();
+                }
+                Effect::Event {
+                    type_,
+                    reason,
+                    action,
+                    note,
+                } => {
+                    let ev = Event {
+                        type_,
+                        reason: reason.into(),
+                        note: Some(note),
+                        action: action.into(),
+                        secondary: None,
+                    };
+                    // An event is a courtesy to humans: failing to publish one must not fail
+                    // the pass.
+                    if let Err(e) = self
+                        .ctx
+                        .recorder
+                        .publish(&ev, &self.sm.object_ref(&()))
+                        .await
+                    {
+                        warn!(model = %self.name, reason, error = %e, "cannot publish event");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes the status if it changed, then publishes what it records.
+    async fn commit(&mut self) -> Result<(), Error> {
+        self.write_status().await?;
+        self.flush().await;
+        Ok(())
+    }
+
+    /// Whether this pass took a decision not yet written: a new champion, a run's result, a
+    /// handled request. Those are recorded before anything acts on them.
+    fn decided(&self) -> bool {
+        let (a, b) = (&self.status, &self.saved);
+        a.champion != b.champion
+            || a.previous_champion != b.previous_champion
+            || a.last_run != b.last_run
+            || a.history != b.history
+            || a.last_rollback_request != b.last_rollback_request
+            || a.last_promote_request != b.last_promote_request
+            || a.last_train_request != b.last_train_request
+    }
+
+    fn degraded(&mut self, reason: &str, message: &str) {
+        let generation = self.sm.metadata.generation;
+        set_condition(
+            &mut self.status.conditions,
+            "Degraded",
+            true,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
+    }
+
+    /// Whether Degraded is already True for `reason`, so a warning is not repeated each pass.
+    fn degraded_for(&self, reason: &str) -> bool {
+        self.status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
+    }
+
+    fn healthy(&mut self, reason: &str, message: &str) {
+        let generation = self.sm.metadata.generation;
+        set_condition(
+            &mut self.status.conditions,
+            "Degraded",
+            false,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
+    }
+
+    fn ready(&mut self, ready: bool, reason: &str, message: &str) {
+        let generation = self.sm.metadata.generation;
+        set_condition(
+            &mut self.status.conditions,
+            "Ready",
+            ready,
+            reason,
+            message,
+            generation,
+            self.now,
+        );
+    }
+}
+
+/// Reconciles one SimpsonModel. See the module docs for the order of the steps.
+#[instrument(skip_all, fields(model = %object_key(&sm)))]
+pub async fn reconcile(sm: Arc<SimpsonModel>, ctx: Arc<Context>) -> Result<Action, Error> {
+    ctx.metrics.reconciles.inc();
+    let action = reconcile_inner(&sm, &ctx).await?;
+    ctx.failures().remove(&object_key(&sm));
+    Ok(action)
+}
+
+async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Error> {
+    let now = (ctx.clock)();
+    let ns = sm.namespace().ok_or(MissingMetadata("namespace"))?;
+    let old = sm.status.clone().unwrap_or_default();
+    let mut pass = Pass {
+        sm,
+        ctx,
+        ns,
+        name: sm.name_any(),
+        now,
+        status: old.clone(),
+        saved: old,
+        resource_version: sm.metadata.resource_version.clone(),
+        effects: Vec::new(),
+        store: None,
+        requeue: None,
+    };
+    if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
+        pass.healthy("AsExpected", "");
+    }
+
+    // Observe.
+    let jobs = pass.list_jobs().await?;
+
+    // Evaluate. Only the newest Job can hold an undecided result: no run starts before the
+    // previous one is decided, so older Jobs were decided (or superseded) already. It may be
+    // newer than status.lastRun when the operator died right after creating it.
+    let mut awaiting_result = false;
+    if let Some((job, state)) = jobs.last()
+        && *state != JobState::Active
+        && pass.pending(job)
+    {
+        awaiting_result = !pass.evaluate(job, state.clone()).await?;
+    }
+    pass.job_missing(&jobs);
+    pass.promote_run().await?;
+    pass.rollback();
+
+    // Record: a decision is in status before anything acts on it, so a failure after this
+    // point can never decide (or announce, or count) a second time.
+    if pass.decided() {
+        pass.commit().await?;
+    }
+
+    // Roll out whoever the recorded champion is.
+    let ready = pass.serve().await?;
+
+    // Schedule.
+    let active = jobs.iter().any(|(_, s)| *s == JobState::Active);
+    let training = pass.schedule(active, awaiting_result).await?;
+
+    // Housekeeping.
+    pass.housekeeping(&jobs).await?;
+
+    // Record what the pass observed.
+    let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
+    pass.status.phase = Some(
+        match () {
+            () if training => "Training",
+            () if degraded => "Degraded",
+            () if sm.spec.schedule.suspend => "Suspended",
+            () if pass.status.champion.is_some() && ready => "Serving",
+            () if pass.status.champion.is_some() => "RollingOut",
+            () => "Pending",
+        }
+        .to_owned(),
+    );
+    pass.status.observed_generation = sm.metadata.generation;
+    pass.commit().await?;
+
+    let scheduled = if training {
+        TRAINING_REQUEUE
+    } else {
+        pass.status
+            .next_run_at
+            .as_ref()
+            .map(|t| Duration::try_from(t.0.duration_since(now)).unwrap_or(Duration::ZERO))
+            .map_or(MAX_REQUEUE, |d| {
+                d.clamp(Duration::from_secs(1), MAX_REQUEUE)
+            })
+    };
+    Ok(Action::requeue(
+        pass.requeue.map_or(scheduled, |d| d.min(scheduled)),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn backoff_doubles_up_to_five_minutes() {
+        let secs: Vec<u64> = (1..=9).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(secs, [5, 10, 20, 40, 80, 160, 300, 300, 300]);
+    }
+
+    #[test]
+    fn job_state_reads_conditions() {
+        let job = |conditions: serde_json::Value| -> Job {
+            serde_json::from_value(
+                json!({"metadata": {"name": "j"}, "status": {"conditions": conditions}}),
+            )
+            .unwrap()
+        };
+        assert_eq!(job_state(&job(json!([]))), JobState::Active);
+        assert_eq!(
+            job_state(&job(json!([{"type": "Complete", "status": "True"}]))),
+            JobState::Succeeded
+        );
+        assert_eq!(
+            job_state(&job(json!([{"type": "Complete", "status": "False"}]))),
+            JobState::Active
+        );
+        assert_eq!(
+            job_state(&job(
+                json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}])
+            )),
+            JobState::Failed("DeadlineExceeded".into())
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time_until_they_flip() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
+        let mut conds = Vec::new();
+        set_condition(&mut conds, "Degraded", true, "JobFailed", "a", Some(1), t0);
+        set_condition(
+            &mut conds,
+            "Degraded",
+            true,
+            "MetricsMissing",
+            "b",
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            (conds[0].last_transition_time.0, conds[0].reason.as_str()),
+            (t0, "MetricsMissing")
+        );
+        set_condition(
+            &mut conds,
+            "Degraded",
+            false,
+            "RunEvaluated",
+            "",
+            Some(2),
+            t1,
+        );
+        assert_eq!(
+            (
+                conds.len(),
+                conds[0].last_transition_time.0,
+                conds[0].status.as_str()
+            ),
+            (1, t1, "False")
+        );
+    }
+}

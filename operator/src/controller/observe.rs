@@ -1,0 +1,130 @@
+//! Observe: what the API server and the store say, before anything is decided.
+
+use artifacts::{Storage, StorageError};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::{Api, ListParams};
+
+use super::{Error, JobState, Pass, job_state};
+use crate::builders::{self, RUN_ID_LABEL};
+
+/// The run id a Job carries in its label (its name for Jobs created before the label existed).
+pub(super) fn run_id_of(job: &Job) -> String {
+    job.labels()
+        .get(RUN_ID_LABEL)
+        .cloned()
+        .unwrap_or_else(|| job.name_any())
+}
+
+impl Pass<'_> {
+    /// The model's training Jobs, oldest first: the truth about runs in flight.
+    pub(super) async fn list_jobs(&self) -> Result<Vec<(Job, JobState)>, Error> {
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let list = api
+            .list(&ListParams::default().labels(&builders::job_selector(&self.name)))
+            .await
+            .map_err(Error::ListJobs)?;
+        let mut jobs: Vec<(Job, JobState)> = list
+            .items
+            .into_iter()
+            .map(|j| {
+                let state = job_state(&j);
+                (j, state)
+            })
+            .collect();
+        jobs.sort_by(|(a, _), (b, _)| {
+            (
+                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                a.name_any(),
+            )
+                .cmp(&(
+                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                    b.name_any(),
+                ))
+        });
+        Ok(jobs)
+    }
+
+    pub(super) fn already_decided(&self, run_id: &str) -> bool {
+        let in_last = self
+            .status
+            .last_run
+            .as_ref()
+            .is_some_and(|r| r.run_id == run_id && r.decision.is_some());
+        in_last || self.status.history.iter().any(|h| h.run_id == run_id)
+    }
+
+    /// Whether a finished Job still awaits its decision: not decided yet, and not older than
+    /// the last recorded run (an older one was decided long ago, even if its history entry
+    /// has since been dropped, or was superseded).
+    pub(super) fn pending(&self, job: &Job) -> bool {
+        let id = run_id_of(job);
+        if self.already_decided(&id) {
+            return false;
+        }
+        match &self.status.last_run {
+            None => true,
+            Some(r) if r.run_id == id => true,
+            Some(r) => job
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .is_none_or(|t| t.0 >= r.started_at.0),
+        }
+    }
+
+    /// The model's store, opened with the keys of the Secret named in the spec; at most once
+    /// per pass. A missing Secret is an API error (retried with backoff); a store that cannot
+    /// be opened is the caller's to judge, usually as an outage to retry.
+    pub(super) async fn store(&mut self) -> Result<Result<Storage, StorageError>, Error> {
+        if let Some(store) = &self.store {
+            return Ok(Ok(store.clone()));
+        }
+        let mut vars = Vec::new();
+        if let Some(secret) = &self.sm.spec.storage_secret_ref {
+            let secrets: Api<Secret> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+            let s = secrets
+                .get(&secret.name)
+                .await
+                .map_err(|source| Error::GetSecret {
+                    name: secret.name.clone(),
+                    source,
+                })?;
+            for (k, v) in s.data.unwrap_or_default() {
+                vars.push((k, String::from_utf8_lossy(&v.0).into_owned()));
+            }
+        }
+        let opened = (self.ctx.open_storage)(&self.sm.spec.storage_uri, vars);
+        if let Ok(store) = &opened {
+            self.store = Some(store.clone());
+        }
+        Ok(opened)
+    }
+
+    /// Whether the weights at `uri` exist. Weights outside the model's store cannot be
+    /// checked here and count as present; the trainer reports them if they are not.
+    pub(super) async fn weights_present(&mut self, uri: &str) -> Result<Presence, Error> {
+        let store = match self.store().await? {
+            Ok(store) => store,
+            Err(e) => return Ok(Presence::Unknown(e.to_string())),
+        };
+        let Some(key) = store.key_of(uri) else {
+            return Ok(Presence::Present);
+        };
+        Ok(match store.head(key).await {
+            Ok(Some(_)) => Presence::Present,
+            Ok(None) => Presence::Missing,
+            Err(e) => Presence::Unknown(e.to_string()),
+        })
+    }
+}
+
+/// What the store says about an object.
+#[derive(Debug)]
+pub(super) enum Presence {
+    Present,
+    Missing,
+    /// The store could not be asked (an outage): try again later.
+    Unknown(String),
+}

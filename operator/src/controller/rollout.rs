@@ -1,0 +1,380 @@
+//! Roll out: requests that change the champion (rollback, promote a named run), serving the
+//! recorded champion, and watching its rollout until the new pods are available, rolling
+//! back on their own when they never become so.
+
+use std::time::Duration;
+
+use artifacts::{StorageError, layout};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::EventType;
+use tracing::{info, warn};
+
+use super::{Counted, Error, MANAGER, Pass};
+use crate::builders::{self, RUN_ID_LABEL};
+use crate::crd::{
+    ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
+};
+
+/// How often a rollout in progress is looked at even without a Deployment event.
+const ROLLOUT_REQUEUE: Duration = Duration::from_secs(30);
+
+/// Where the Deployment's rollout of its current template stands, read the way
+/// `kubectl rollout status` reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RolloutState {
+    /// Every replica runs the current template and is available.
+    Complete,
+    /// Still rolling, or not yet observed by the Deployment controller.
+    Progressing(String),
+    /// The Deployment controller gave up: `ProgressDeadlineExceeded`.
+    Failed(String),
+}
+
+/// Reads a Deployment's rollout from its status.
+pub fn rollout_state(d: &Deployment) -> RolloutState {
+    let generation = d.metadata.generation.unwrap_or(0);
+    let Some(status) = d.status.as_ref() else {
+        return RolloutState::Progressing("the Deployment has no status yet".into());
+    };
+    if status.observed_generation.unwrap_or(0) < generation {
+        return RolloutState::Progressing(format!(
+            "waiting for the Deployment controller to observe generation {generation}"
+        ));
+    }
+    if let Some(c) = status
+        .conditions
+        .iter()
+        .flatten()
+        .find(|c| c.type_ == "Progressing")
+        && c.status == "False"
+        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+    {
+        return RolloutState::Failed(
+            c.message
+                .clone()
+                .unwrap_or_else(|| "the rollout exceeded its progress deadline".into()),
+        );
+    }
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    let updated = status.updated_replicas.unwrap_or(0);
+    let total = status.replicas.unwrap_or(0);
+    let available = status.available_replicas.unwrap_or(0);
+    if updated < desired {
+        RolloutState::Progressing(format!("{updated} of {desired} pods run the new model"))
+    } else if total > updated {
+        RolloutState::Progressing(format!(
+            "{} pods of the previous model are still terminating",
+            total - updated
+        ))
+    } else if available < updated {
+        RolloutState::Progressing(format!(
+            "{available} of {updated} pods of the new model are available"
+        ))
+    } else {
+        RolloutState::Complete
+    }
+}
+
+/// The run whose weights a Deployment's pod template serves.
+fn served_run(d: &Deployment) -> Option<&str> {
+    d.spec
+        .as_ref()?
+        .template
+        .metadata
+        .as_ref()?
+        .annotations
+        .as_ref()?
+        .get(RUN_ID_LABEL)
+        .map(String::as_str)
+}
+
+impl Pass<'_> {
+    /// A changed rollback annotation puts the previous champion back in service.
+    pub(super) fn rollback(&mut self) {
+        let Some(request) = self
+            .sm
+            .annotations()
+            .get(ROLLBACK_REQUEST_ANNOTATION)
+            .cloned()
+        else {
+            return;
+        };
+        if self.status.last_rollback_request.as_deref() == Some(request.as_str()) {
+            return;
+        }
+        self.status.last_rollback_request = Some(request);
+        let (Some(current), Some(previous)) = (
+            self.status.champion.clone(),
+            self.status.previous_champion.clone(),
+        ) else {
+            let message =
+                "rollback requested but there is no previous champion to go back to".to_owned();
+            self.emit(
+                EventType::Warning,
+                "RollbackImpossible",
+                "Rollback",
+                message,
+            );
+            return;
+        };
+        let reason = format!(
+            "manual rollback from {} to {}",
+            current.run_id, previous.run_id
+        );
+        self.record(HistoryEntry {
+            run_id: previous.run_id.clone(),
+            decision: "Rollback".into(),
+            reason: reason.clone(),
+            accuracy: Some(previous.accuracy),
+            champion_accuracy: Some(current.accuracy),
+            dry_run: false,
+            decided_at: Time(self.now),
+        });
+        self.status.champion = Some(ChampionStatus {
+            promoted_at: Time(self.now),
+            ..previous
+        });
+        self.status.previous_champion = Some(current);
+        info!(model = %self.name, %reason, "rolled back");
+        self.emit(EventType::Normal, "RolledBack", "Rollback", reason);
+    }
+
+    /// A changed `face2simpson.io/promote-run` annotation puts that run in service, provided
+    /// it was evaluated (its metrics.json is valid and belongs to this model) and its weights
+    /// exist. A store outage leaves the request pending for the next pass.
+    pub(super) async fn promote_run(&mut self) -> Result<(), Error> {
+        let Some(request) = self
+            .sm
+            .annotations()
+            .get(PROMOTE_RUN_ANNOTATION)
+            .filter(|v| !v.is_empty())
+            .cloned()
+        else {
+            return Ok(());
+        };
+        if self.status.last_promote_request.as_deref() == Some(request.as_str()) {
+            return Ok(());
+        }
+        let outcome = match self.find_run(&request).await? {
+            Ok(Some(champion)) => Ok(champion),
+            Ok(None) => return Ok(()),
+            Err(message) => Err(message),
+        };
+        self.status.last_promote_request = Some(request.clone());
+        match outcome {
+            Err(message) => {
+                warn!(model = %self.name, run = %request, %message, "cannot promote");
+                self.emit(EventType::Warning, "PromoteImpossible", "Promote", message);
+            }
+            Ok(champion) => {
+                let reason = format!(
+                    "promoted by hand ({PROMOTE_RUN_ANNOTATION}); test accuracy {:.2}%",
+                    champion.accuracy * 100.0
+                );
+                self.record(HistoryEntry {
+                    run_id: champion.run_id.clone(),
+                    decision: "ManualPromote".into(),
+                    reason: reason.clone(),
+                    accuracy: Some(champion.accuracy),
+                    champion_accuracy: self.status.champion.as_ref().map(|c| c.accuracy),
+                    dry_run: false,
+                    decided_at: Time(self.now),
+                });
+                let note = format!("run {}: {reason}", champion.run_id);
+                self.crown(champion);
+                self.count(Counted::Promotion);
+                self.emit(EventType::Normal, "Promoted", "Promote", note);
+            }
+        }
+        Ok(())
+    }
+
+    /// The champion a promote request names: `Ok(None)` while the store is unreachable,
+    /// `Err` with a sentence when the run cannot be promoted.
+    async fn find_run(
+        &mut self,
+        run_id: &str,
+    ) -> Result<Result<Option<ChampionStatus>, String>, Error> {
+        if let Err(e) = layout::validate_run_id(run_id) {
+            return Ok(Err(e));
+        }
+        let store = match self.store().await? {
+            Ok(store) => store,
+            Err(e) => {
+                warn!(model = %self.name, run = %run_id, error = %e, "store unreachable; promotion request pending");
+                self.requeue_within(Duration::from_secs(60));
+                return Ok(Ok(None));
+            }
+        };
+        let owner = builders::owner_id(self.sm)?;
+        // The model's own prefix first, then the shared one of runs made before it existed.
+        for prefix in [builders::runs_prefix(self.sm)?, layout::RUNS.to_owned()] {
+            let metrics = match store.get_metrics_in(&prefix, run_id).await {
+                Ok(m) => m,
+                Err(e) if e.is_not_found() => continue,
+                Err(e @ StorageError::Malformed { .. }) => return Ok(Err(e.to_string())),
+                Err(e) => {
+                    warn!(model = %self.name, run = %run_id, error = %e, "store unreachable; promotion request pending");
+                    self.requeue_within(Duration::from_secs(60));
+                    return Ok(Ok(None));
+                }
+            };
+            if metrics.run_id != run_id || metrics.owner.as_ref().is_some_and(|o| *o != owner) {
+                return Ok(Err(format!(
+                    "run {run_id}'s metrics.json belongs to run {} of {}, not to this model",
+                    metrics.run_id,
+                    metrics.owner.as_deref().unwrap_or("an unknown model")
+                )));
+            }
+            let key = layout::weights_in(&prefix, run_id);
+            return Ok(match store.head(&key).await {
+                Ok(Some(_)) => Ok(Some(ChampionStatus {
+                    run_id: run_id.to_owned(),
+                    accuracy: metrics.test_accuracy,
+                    model_uri: store.url_of(&key),
+                    promoted_at: Time(self.now),
+                })),
+                Ok(None) => Err(format!(
+                    "run {run_id} cannot be promoted: its weights {} do not exist",
+                    store.url_of(&key)
+                )),
+                Err(e) => {
+                    warn!(model = %self.name, run = %run_id, error = %e, "store unreachable; promotion request pending");
+                    self.requeue_within(Duration::from_secs(60));
+                    Ok(None)
+                }
+            });
+        }
+        Ok(Err(format!(
+            "run {run_id} cannot be promoted: it has no metrics.json under {} or {}; only evaluated runs can be",
+            builders::runs_prefix(self.sm)?,
+            layout::RUNS
+        )))
+    }
+
+    /// Server-side applies the Deployment and Service of the recorded champion, and reads
+    /// the rollout. Returns whether the champion is served: every pod runs it and is available.
+    pub(super) async fn serve(&mut self) -> Result<bool, Error> {
+        let Some(champion) = self.status.champion.clone() else {
+            self.ready(false, "NoChampion", "no model has passed the gate yet");
+            return Ok(false);
+        };
+        let mut deployment = self.apply_deployment(&champion).await?;
+        let mut state = rollout_state(&deployment);
+        if let RolloutState::Failed(message) = &state
+            && served_run(&deployment) == Some(champion.run_id.as_str())
+            && self.roll_back_failed(&champion, message)
+        {
+            // Recorded before the Deployment changes, like any decision.
+            self.commit().await?;
+            if let Some(previous) = self.status.champion.clone() {
+                deployment = self.apply_deployment(&previous).await?;
+                state = rollout_state(&deployment);
+            }
+        }
+        let service = builders::inference_service(self.sm)?;
+        let name = builders::inference_name(&self.name);
+        Api::<Service>::namespaced(self.ctx.client.clone(), &self.ns)
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&service),
+            )
+            .await
+            .map_err(|source| Error::ApplyService {
+                name: name.clone(),
+                source,
+            })?;
+
+        let Some(champion) = self.status.champion.clone() else {
+            return Ok(false);
+        };
+        self.ctx
+            .metrics
+            .champion_accuracy
+            .get_or_create(&self.labels())
+            .set(champion.accuracy);
+        Ok(match state {
+            RolloutState::Complete => {
+                let message = format!(
+                    "serving run {} ({:.2}% test accuracy)",
+                    champion.run_id,
+                    champion.accuracy * 100.0
+                );
+                self.ready(true, "Serving", &message);
+                true
+            }
+            RolloutState::Progressing(message) => {
+                let message = format!("rolling out run {}: {message}", champion.run_id);
+                self.ready(false, "RollingOut", &message);
+                self.requeue_within(ROLLOUT_REQUEUE);
+                false
+            }
+            RolloutState::Failed(message) => {
+                let message = format!("the rollout of run {} failed: {message}", champion.run_id);
+                self.ready(false, "RolloutFailed", &message);
+                false
+            }
+        })
+    }
+
+    async fn apply_deployment(&self, champion: &ChampionStatus) -> Result<Deployment, Error> {
+        let deployment = builders::inference_deployment(self.sm, champion)?;
+        let name = builders::inference_name(&self.name);
+        Api::<Deployment>::namespaced(self.ctx.client.clone(), &self.ns)
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&deployment),
+            )
+            .await
+            .map_err(|source| Error::ApplyDeployment { name, source })
+    }
+
+    /// The champion's pods never became available within the progress deadline: put the
+    /// previous champion back, and do not keep the failed model as the one the next run is
+    /// compared with. Returns whether the champion changed.
+    fn roll_back_failed(&mut self, failed: &ChampionStatus, why: &str) -> bool {
+        let Some(previous) = self.status.previous_champion.take() else {
+            let message = format!(
+                "the rollout of run {} failed and there is no previous champion to go back to: {why}",
+                failed.run_id
+            );
+            if !self.degraded_for("RolloutFailed") {
+                self.emit(
+                    EventType::Warning,
+                    "RolloutFailed",
+                    "Rollout",
+                    message.clone(),
+                );
+            }
+            self.degraded("RolloutFailed", &message);
+            return false;
+        };
+        let reason = format!(
+            "the rollout of run {} failed ({why}); back to run {}",
+            failed.run_id, previous.run_id
+        );
+        warn!(model = %self.name, %reason, "automatic rollback");
+        self.record(HistoryEntry {
+            run_id: failed.run_id.clone(),
+            decision: "RolloutFailed".into(),
+            reason: reason.clone(),
+            accuracy: Some(failed.accuracy),
+            champion_accuracy: Some(previous.accuracy),
+            dry_run: false,
+            decided_at: Time(self.now),
+        });
+        self.status.champion = Some(ChampionStatus {
+            promoted_at: Time(self.now),
+            ..previous
+        });
+        self.degraded("RolloutFailed", &reason);
+        self.emit(EventType::Warning, "RolloutFailed", "Rollback", reason);
+        true
+    }
+}

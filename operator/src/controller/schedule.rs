@@ -1,0 +1,287 @@
+//! Schedule: start a run when one is due (bootstrap, manual request, schedule slot).
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::ResourceExt;
+use kube::api::{Api, PostParams};
+use kube::runtime::events::EventType;
+use tracing::info;
+
+use super::observe::Presence;
+use super::{Counted, Error, JobState, Pass, job_state, set_condition};
+use crate::builders;
+use crate::crd::{RunStatus, TRAIN_REQUEST_ANNOTATION};
+use crate::schedule::Schedule;
+
+/// What became of a run that was due.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Start {
+    /// Its Job was created, or found running.
+    Running,
+    /// Its Job was found finished (created by an earlier pass that could not record it): it
+    /// is recorded as the last run and decided on the next pass.
+    Finished,
+    /// It cannot start now (champion missing, store unreachable, a foreign Job in the way).
+    Blocked,
+}
+
+impl Pass<'_> {
+    /// Starts a run when one is due, no Job is `active` and no finished run is still
+    /// `awaiting` its result; sets `nextRunAt` and the Training condition. Returns whether a
+    /// run is in progress after this step.
+    pub(super) async fn schedule(&mut self, active: bool, awaiting: bool) -> Result<bool, Error> {
+        let sm = self.sm;
+        let now = self.now;
+        let schedule = Schedule::from_spec(&sm.spec.schedule);
+        let anchor = sm.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
+        let last_start = self.status.last_run.as_ref().map(|r| r.started_at.0);
+        let suspended = sm.spec.schedule.suspend;
+        let mut next_run_at: Option<Timestamp> = None;
+        let mut started = false;
+        match &schedule {
+            Err(e) => {
+                let message = e.to_string();
+                // Warn once when the schedule turns invalid, not on every pass while it stays so.
+                let already = self.status.conditions.iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSchedule"
+                });
+                if !already {
+                    self.emit(
+                        EventType::Warning,
+                        "InvalidSchedule",
+                        "Schedule",
+                        message.clone(),
+                    );
+                }
+                self.degraded("InvalidSchedule", &message);
+            }
+            Ok(schedule) => {
+                if self
+                    .status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.reason == "InvalidSchedule")
+                {
+                    self.healthy("ScheduleValid", "the schedule is valid again");
+                }
+                let plan = match schedule.plan(last_start, anchor, now) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        self.degraded("InvalidSchedule", &e.to_string());
+                        None
+                    }
+                };
+                let request = sm
+                    .annotations()
+                    .get(TRAIN_REQUEST_ANNOTATION)
+                    .filter(|v| !v.is_empty())
+                    .cloned();
+                let manual = request.filter(|r| self.status.last_train_request.as_ref() != Some(r));
+                next_run_at = plan.as_ref().map(|p| p.next_run_at);
+                // A failed run is retried after a backoff, unless the schedule comes sooner.
+                let retry_at = self
+                    .retry_at()
+                    .filter(|at| next_run_at.is_none_or(|next| *at < next));
+                if let Some(at) = retry_at {
+                    next_run_at = Some(at);
+                }
+                let trigger = if active || awaiting || suspended {
+                    None
+                } else if let Some(r) = &manual {
+                    Some((builders::manual_run_id(&self.name, r), "Manual"))
+                } else if self.status.champion.is_none() && self.status.last_run.is_none() {
+                    Some((builders::scheduled_run_id(&self.name, anchor), "Bootstrap"))
+                } else if let Some(slot) = plan.as_ref().and_then(|p| p.due_slot) {
+                    Some((builders::scheduled_run_id(&self.name, slot), "Schedule"))
+                } else {
+                    retry_at
+                        .filter(|at| *at <= now)
+                        .map(|at| (builders::scheduled_run_id(&self.name, at), "Retry"))
+                };
+                if let Some((run_id, trigger)) = trigger {
+                    let outcome = self.start(run_id, trigger).await?;
+                    started = outcome == Start::Running;
+                    if outcome != Start::Blocked {
+                        if trigger == "Manual" {
+                            self.status.last_train_request = manual;
+                        }
+                        let start = self.status.last_run.as_ref().map(|r| r.started_at.0);
+                        next_run_at = schedule
+                            .plan(start, anchor, now)
+                            .ok()
+                            .map(|p| p.next_run_at);
+                    }
+                }
+            }
+        }
+        let training = active || started;
+        let (reason, message) = match (&self.status.last_run, training) {
+            (Some(r), true) => (
+                "JobRunning",
+                format!("training run {} is in progress", r.run_id),
+            ),
+            _ => ("Idle", String::new()),
+        };
+        set_condition(
+            &mut self.status.conditions,
+            "Training",
+            training,
+            reason,
+            &message,
+            sm.metadata.generation,
+            now,
+        );
+        self.status.next_run_at = if suspended {
+            None
+        } else {
+            next_run_at.map(Time)
+        };
+        Ok(training)
+    }
+
+    /// When a failed last run is retried: `retryBackoffSeconds` after it was decided,
+    /// doubling with each consecutive failure up to `maxRetryBackoffSeconds`.
+    fn retry_at(&self) -> Option<Timestamp> {
+        let last = self
+            .status
+            .last_run
+            .as_ref()
+            .filter(|r| r.decision.as_deref() == Some("Failed"))?;
+        let failed_at = last.finished_at.as_ref()?.0;
+        let failures = self
+            .status
+            .history
+            .iter()
+            .take_while(|h| h.decision == "Failed")
+            .count()
+            .max(1);
+        let spec = &self.sm.spec.schedule;
+        let base = spec.retry_backoff_seconds.max(1);
+        let exponent = u32::try_from(failures - 1).unwrap_or(u32::MAX).min(20);
+        let delay = base
+            .saturating_mul(1 << exponent)
+            .min(spec.max_retry_backoff_seconds.max(base));
+        failed_at.checked_add(SignedDuration::from_secs(delay)).ok()
+    }
+
+    /// Whether the champion's weights can be re-scored by a new run. A run started without
+    /// them would fail after its GPU was scheduled; better to say so and wait.
+    async fn champion_ready(&mut self) -> Result<bool, Error> {
+        let Some(champion) = self.status.champion.clone() else {
+            return Ok(true);
+        };
+        match self.weights_present(&champion.model_uri).await? {
+            Presence::Present => {
+                if self.degraded_for("ChampionMissing") {
+                    self.healthy("ChampionFound", "the champion's weights are back");
+                }
+                Ok(true)
+            }
+            Presence::Missing => {
+                let message = format!(
+                    "the weights of champion {} are missing at {}: no run can be compared with it; put them back, promote another run ({}) or roll back",
+                    champion.run_id,
+                    champion.model_uri,
+                    crate::crd::PROMOTE_RUN_ANNOTATION
+                );
+                if !self.degraded_for("ChampionMissing") {
+                    self.emit(
+                        EventType::Warning,
+                        "ChampionMissing",
+                        "Train",
+                        message.clone(),
+                    );
+                }
+                self.degraded("ChampionMissing", &message);
+                Ok(false)
+            }
+            Presence::Unknown(e) => {
+                info!(model = %self.name, error = %e, "cannot check the champion's weights; run postponed");
+                self.requeue_within(Duration::from_secs(60));
+                Ok(false)
+            }
+        }
+    }
+
+    /// Starts the training Job for `run_id`, or adopts it when it already exists.
+    async fn start(&mut self, run_id: String, trigger: &str) -> Result<Start, Error> {
+        if !self.champion_ready().await? {
+            return Ok(Start::Blocked);
+        }
+        let champion = self.status.champion.clone();
+        let job = builders::training_job(self.sm, &run_id, champion.as_ref())?;
+        let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        let mut started_at = self.now;
+        match jobs.create(&PostParams::default(), &job).await {
+            Ok(_) => {}
+            // Deterministic names make a second create for the same slot a no-op; the Job that
+            // exists says what really happened.
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = jobs.get(&run_id).await.map_err(|source| Error::GetJob {
+                    name: run_id.clone(),
+                    source,
+                })?;
+                let ours = existing
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == self.sm.metadata.uid.as_ref());
+                if !ours {
+                    let message = format!(
+                        "a Job named {run_id} exists that this SimpsonModel does not own; delete it to let the run start"
+                    );
+                    if !self.degraded_for("JobConflict") {
+                        self.emit(EventType::Warning, "JobConflict", "Train", message.clone());
+                    }
+                    self.degraded("JobConflict", &message);
+                    return Ok(Start::Blocked);
+                }
+                if let Some(t) = &existing.metadata.creation_timestamp {
+                    started_at = t.0;
+                }
+                let state = job_state(&existing);
+                info!(model = %self.name, run = %run_id, ?state, "training Job already exists; adopting it");
+                if state != JobState::Active {
+                    // Finished already: record it as the run and decide it on the next pass.
+                    self.status.last_run = Some(self.run_status(&run_id, trigger, started_at));
+                    self.requeue_within(Duration::from_secs(1));
+                    return Ok(Start::Finished);
+                }
+            }
+            Err(source) => {
+                return Err(Error::CreateJob {
+                    name: run_id,
+                    source,
+                });
+            }
+        }
+        if self.degraded_for("ChampionMissing") || self.degraded_for("JobConflict") {
+            self.healthy("TrainingStarted", "");
+        }
+        self.count(Counted::TrainingStarted);
+        info!(model = %self.name, run = %run_id, trigger, "training started");
+        let note = format!("started training run {run_id} ({trigger})");
+        self.status.last_run = Some(self.run_status(&run_id, trigger, started_at));
+        self.emit(EventType::Normal, "TrainingStarted", "Train", note);
+        Ok(Start::Running)
+    }
+
+    fn run_status(&self, run_id: &str, trigger: &str, started_at: Timestamp) -> RunStatus {
+        RunStatus {
+            run_id: run_id.to_owned(),
+            job_name: run_id.to_owned(),
+            trigger: trigger.to_owned(),
+            started_at: Time(started_at),
+            champion_run_id: self.status.champion.as_ref().map(|c| c.run_id.clone()),
+            model_uri: builders::run_weights_uri(self.sm, run_id).ok(),
+            finished_at: None,
+            accuracy: None,
+            champion_accuracy: None,
+            decision: None,
+            reason: None,
+            dry_run: false,
+        }
+    }
+}
