@@ -75,6 +75,17 @@ impl Images {
     }
 }
 
+/// Failures the test injects, as a real node produces them.
+#[derive(Debug, Default)]
+struct Faults {
+    /// Pods whose annotation (key, value) matches crash at once, every time they start: a
+    /// crash loop, as with weights the server cannot read.
+    crash: Vec<(String, String)>,
+    /// The next Pod with this label (key, value) is evicted as it starts: `Failed` with the
+    /// `DisruptionTarget` condition, as after preemption or a node drain.
+    evict_next: Vec<(String, String)>,
+}
+
 /// A container the stand-in runs.
 #[derive(Debug, Clone)]
 struct Running {
@@ -92,6 +103,7 @@ struct Running {
 #[derive(Debug)]
 pub struct Node {
     pods: Arc<Mutex<HashMap<String, Running>>>,
+    faults: Arc<Mutex<Faults>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -112,6 +124,7 @@ struct Kubelet {
     images: Images,
     log_dir: PathBuf,
     pods: Arc<Mutex<HashMap<String, Running>>>,
+    faults: Arc<Mutex<Faults>>,
 }
 
 impl Node {
@@ -133,18 +146,35 @@ impl Node {
         let log_dir = log_dir.join("pods");
         std::fs::create_dir_all(&log_dir)?;
         let pods = Arc::new(Mutex::new(HashMap::new()));
+        let faults = Arc::new(Mutex::new(Faults::default()));
         let kubelet = Kubelet {
             client,
             images,
             log_dir,
             pods: pods.clone(),
+            faults: faults.clone(),
         };
         let task = tokio::spawn(async move {
             if let Err(e) = kubelet.watch().await {
                 tracing::error!(error = %format!("{e:#}"), "node stand-in stopped");
             }
         });
-        Ok(Self { pods, task })
+        Ok(Self { pods, faults, task })
+    }
+
+    /// From now on, containers of Pods annotated `key: value` exit with code 1 as soon as they
+    /// start, every time: they never become ready.
+    pub fn crash_pods_annotated(&self, key: &str, value: &str) {
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.crash.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// The next Pod labelled `key: value` is evicted as it starts.
+    pub fn evict_next_pod_labelled(&self, key: &str, value: &str) {
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.evict_next.push((key.to_owned(), value.to_owned()));
+        }
     }
 
     /// `http://127.0.0.1:<port>` of a Pod's container port, while the stand-in runs it.
@@ -298,6 +328,11 @@ impl Kubelet {
         {
             self.bind(&namespace, &name).await?;
         }
+        if self.take_eviction(&pod) {
+            let evicted = self.evict(&running, &container).await;
+            self.forget(&pod);
+            return evicted;
+        }
         let kubelet = self.clone();
         tokio::spawn(async move {
             let restart = pod
@@ -320,6 +355,48 @@ impl Kubelet {
             let _ = exited_tx.send(true);
         });
         Ok(())
+    }
+
+    fn take_eviction(&self, pod: &Pod) -> bool {
+        let Ok(mut faults) = self.faults.lock() else {
+            return false;
+        };
+        let labels = pod.labels();
+        let hit = faults
+            .evict_next
+            .iter()
+            .position(|(k, v)| labels.get(k) == Some(v));
+        hit.map(|i| faults.evict_next.remove(i)).is_some()
+    }
+
+    fn crashes(&self, pod: &Pod) -> bool {
+        let annotations = pod.annotations();
+        self.faults
+            .lock()
+            .is_ok_and(|f| f.crash.iter().any(|(k, v)| annotations.get(k) == Some(v)))
+    }
+
+    /// What the kubelet reports for a Pod it killed to honour an eviction or a preemption.
+    async fn evict(&self, running: &Running, container: &Container) -> Result<()> {
+        tracing::info!(pod = %running.name, "evicting (injected fault)");
+        let at = now();
+        let state = json!({"terminated": {"exitCode": 137, "reason": "Error", "startedAt": at, "finishedAt": at}});
+        let mut conditions = conditions(false);
+        if let Some(list) = conditions.as_array_mut() {
+            list.push(json!({"type": "DisruptionTarget", "status": "True",
+                "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting",
+                "lastTransitionTime": at}));
+        }
+        self.patch_status(
+            running,
+            json!({
+                "phase": "Failed",
+                "reason": "Evicted",
+                "conditions": conditions,
+                "containerStatuses": [container_status(container, false, 0, state)],
+            }),
+        )
+        .await
     }
 
     async fn bind(&self, namespace: &str, name: &str) -> Result<()> {
@@ -373,6 +450,11 @@ impl Kubelet {
                 Ok(env) => {
                     let args = crate::node_env::expand_all(args, &env);
                     let log = format!("{}_{}", running.namespace, running.name);
+                    let program = if self.crashes(pod) {
+                        Path::new("/bin/false")
+                    } else {
+                        program
+                    };
                     return Process::spawn(&log, program, &args, Env::Only(env), &self.log_dir);
                 }
                 Err(e) => {

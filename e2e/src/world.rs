@@ -145,6 +145,11 @@ impl World {
     /// The SimpsonModel as a user writes it: examples/minimal.yaml with this store, the
     /// e2e images, and a small CPU-only recipe.
     pub fn manifest(&self, recipe: Recipe) -> Result<String> {
+        self.manifest_with(recipe, &json!({}))
+    }
+
+    /// [`World::manifest`] with `extra` merged in (JSON merge patch semantics).
+    pub fn manifest_with(&self, recipe: Recipe, extra: &Value) -> Result<String> {
         let example = std::fs::read_to_string(workspace().join("examples/minimal.yaml"))?;
         let mut sm: Value = serde_yaml::from_str(&example)?;
         sm["metadata"] = json!({"name": MODEL, "namespace": NAMESPACE});
@@ -161,12 +166,18 @@ impl World {
             "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}},
         });
         sm["spec"]["inference"]["image"] = json!(INFERENCE_IMAGE);
+        merge(&mut sm, extra);
         Ok(serde_yaml::to_string(&sm)?)
     }
 
     /// `kubectl apply` of the model with `recipe`.
     pub async fn apply_model(&self, recipe: Recipe) -> Result<()> {
-        kubectl_apply(&self.plane, &self.manifest(recipe)?).await?;
+        self.apply_model_with(recipe, &json!({})).await
+    }
+
+    /// `kubectl apply` of the model with `recipe` and `extra` merged in.
+    pub async fn apply_model_with(&self, recipe: Recipe, extra: &Value) -> Result<()> {
+        kubectl_apply(&self.plane, &self.manifest_with(recipe, extra)?).await?;
         Ok(())
     }
 
@@ -390,6 +401,22 @@ impl World {
             self.dir.display(),
             self.operator.tail(15)
         )
+    }
+}
+
+/// JSON merge patch (RFC 7386) of `patch` into `base`.
+pub fn merge(base: &mut Value, patch: &Value) {
+    match (base, patch) {
+        (Value::Object(b), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    b.remove(k);
+                } else {
+                    merge(b.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (b, p) => *b = p.clone(),
     }
 }
 

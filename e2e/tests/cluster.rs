@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use face2simpson_e2e::wait::poll;
-use face2simpson_e2e::world::{BAD, GOOD, MODEL, NAMESPACE, STORE_PREFIX, World};
+use face2simpson_e2e::world::{BAD, GOOD, MODEL, NAMESPACE, STORE_PREFIX, World, merge};
 use face2simpson_operator::SimpsonModel;
 use face2simpson_operator::crd::{ChampionStatus, ROLLBACK_REQUEST_ANNOTATION, RunStatus};
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
+use serde::Deserialize as _;
 use serde_json::json;
 
 fn last_run(sm: &SimpsonModel) -> Result<RunStatus> {
@@ -38,7 +39,16 @@ async fn bootstrap(
     world: &World,
     recipe: face2simpson_e2e::world::Recipe,
 ) -> Result<(String, Vec<String>)> {
-    world.apply_model(recipe).await?;
+    bootstrap_with(world, recipe, &json!({})).await
+}
+
+/// [`bootstrap`] with `extra` merged into the manifest.
+async fn bootstrap_with(
+    world: &World,
+    recipe: face2simpson_e2e::world::Recipe,
+    extra: &serde_json::Value,
+) -> Result<(String, Vec<String>)> {
+    world.apply_model_with(recipe, extra).await?;
     let sm = world.wait_decision(None).await?;
     let run = last_run(&sm)?;
     ensure!(
@@ -248,7 +258,9 @@ async fn failed_training_keeps_the_champion() -> Result<()> {
     // A dataset that does not exist: the trainer exits non-zero.
     let patch = json!({
         "metadata": {"annotations": {face2simpson_operator::crd::TRAIN_REQUEST_ANNOTATION: "broken"}},
-        "spec": {"dataset": "datasets/missing"},
+        // A backoffLimit that would allow retries: the podFailurePolicy must still end the
+        // Job at the first pod, since the trainer's exit code 2 says no retry can help.
+        "spec": {"dataset": "datasets/missing", "training": {"backoffLimit": 3}},
     });
     world
         .models()
@@ -265,10 +277,20 @@ async fn failed_training_keeps_the_champion() -> Result<()> {
     let job = world.jobs().get(&run2.job_name).await?;
     let failed = job.status.and_then(|s| s.conditions).unwrap_or_default();
     ensure!(
-        failed
-            .iter()
-            .any(|c| c.type_ == "Failed" && c.status == "True"),
-        "Job not Failed: {failed:?}"
+        failed.iter().any(|c| c.type_ == "Failed"
+            && c.status == "True"
+            && c.reason.as_deref() == Some("PodFailurePolicy")),
+        "Job not failed by its podFailurePolicy: {failed:?}"
+    );
+    let pods = world
+        .pods()
+        .list(&ListParams::default().labels(&format!("job-name={}", run2.job_name)))
+        .await?
+        .items;
+    ensure!(
+        pods.len() == 1,
+        "{} pods: a permanent error was retried",
+        pods.len()
     );
     let status = sm.status.clone().unwrap_or_default();
     ensure!(
@@ -443,19 +465,6 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
     world.finish()
 }
 
-use serde::Deserialize as _;
-
-fn merge(base: &mut serde_json::Value, patch: &serde_json::Value) {
-    match (base, patch) {
-        (serde_json::Value::Object(b), serde_json::Value::Object(p)) => {
-            for (k, v) in p {
-                merge(b.entry(k.clone()).or_insert(serde_json::Value::Null), v);
-            }
-        }
-        (b, p) => *b = p.clone(),
-    }
-}
-
 /// Scenario 7: deleting the SimpsonModel garbage-collects its Jobs, Deployment, ReplicaSets,
 /// pods and Service through the real garbage collector.
 #[tokio::test]
@@ -515,6 +524,110 @@ async fn deleting_the_model_collects_its_children() -> Result<()> {
             .context("no metrics.json")?
             .run_id
             == run
+    );
+    world.finish()
+}
+
+/// Issue 10, items 8 and 9: a promoted model whose pods never become ready (they crash at
+/// start, as with unreadable weights) keeps the model un-Ready while it rolls out; once the
+/// real Deployment controller declares `ProgressDeadlineExceeded`, the operator puts the
+/// previous champion back on its own and records `RolloutFailed`.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn failed_rollout_is_rolled_back_automatically() -> Result<()> {
+    let world = World::up("rollout-failure").await?;
+    let fast_deadline = json!({"spec": {"inference": {"progressDeadlineSeconds": 8}}});
+    let (run1, _) = bootstrap_with(&world, BAD, &fast_deadline).await?;
+    let run2 = face2simpson_operator::builders::manual_run_id(MODEL, "better");
+    world
+        .node
+        .crash_pods_annotated(face2simpson_operator::builders::RUN_ID_LABEL, &run2);
+    world.request_run(GOOD, "better").await?;
+
+    let models = world.models();
+    poll(
+        "Ready=False (RollingOut) while the crashing pods roll out",
+        face2simpson_e2e::world::TRAINING_TIMEOUT,
+        Duration::from_millis(200),
+        || {
+            let (models, run2) = (models.clone(), run2.clone());
+            async move {
+                let sm = models.get(MODEL).await?;
+                let status = sm.status.unwrap_or_default();
+                let rolling = status.champion.is_some_and(|c| c.run_id == run2)
+                    && status.conditions.iter().any(|c| {
+                        c.type_ == "Ready" && c.status == "False" && c.reason == "RollingOut"
+                    });
+                Ok(rolling.then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+
+    let rolled_back = poll(
+        "the automatic rollback",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let (models, run1, run2) = (models.clone(), run1.clone(), run2.clone());
+            async move {
+                let sm = models.get(MODEL).await?;
+                let status = sm.status.clone().unwrap_or_default();
+                let back = status.champion.is_some_and(|c| c.run_id == run1)
+                    && status
+                        .history
+                        .iter()
+                        .any(|h| h.run_id == run2 && h.decision == "RolloutFailed");
+                Ok(back.then_some(sm))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let status = rolled_back.status.unwrap_or_default();
+    ensure!(
+        status
+            .previous_champion
+            .as_ref()
+            .is_none_or(|c| c.run_id != run2),
+        "the failed model stays a candidate: {:?}",
+        status.previous_champion
+    );
+    ensure!(
+        world.events("RolloutFailed").await? >= 1,
+        "no RolloutFailed event"
+    );
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    world.finish()
+}
+
+/// Issue 10, item 11: an evicted training pod (DisruptionTarget) does not use up the Job's
+/// backoffLimit of 0: the real Job controller replaces it and the run completes.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn evicted_training_pod_is_replaced_not_counted() -> Result<()> {
+    let world = World::up("eviction").await?;
+    world
+        .node
+        .evict_next_pod_labelled("app.kubernetes.io/component", "training");
+    let (run, endpoints) = bootstrap(&world, GOOD).await?;
+    world.predict(&endpoints[0]).await?;
+    let pods = world
+        .pods()
+        .list(&ListParams::default().labels(&format!("job-name={run}")))
+        .await?
+        .items;
+    let phases: Vec<_> = pods
+        .iter()
+        .filter_map(|p| p.status.as_ref().and_then(|s| s.phase.clone()))
+        .collect();
+    ensure!(
+        phases.len() == 2
+            && phases.iter().any(|p| p == "Failed")
+            && phases.iter().any(|p| p == "Succeeded"),
+        "pods of the Job: {phases:?}"
     );
     world.finish()
 }

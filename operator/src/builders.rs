@@ -43,9 +43,10 @@ const NAME_PREFIX_MAX: usize = 47;
 
 /// The GPU resource name of the NVIDIA device plugin.
 pub const GPU_RESOURCE: &str = "nvidia.com/gpu";
-/// Exit codes of `face2simpson-trainer` that no retry can fix (configuration, dataset,
-/// missing device): the Job fails at once instead of burning its backoffLimit.
-pub const TRAINER_PERMANENT_EXIT_CODES: [i32; 3] = [2, 3, 4];
+/// Exit codes of `face2simpson-trainer` that no retry can fix (configuration or data error,
+/// missing device): the Job fails at once instead of burning its backoffLimit. 3 (store
+/// unreachable) and 1 are retried.
+pub const TRAINER_PERMANENT_EXIT_CODES: [i32; 2] = [2, 4];
 /// CPU and memory requested by a training pod when the spec does not say.
 const TRAINING_REQUESTS: [(&str, &str); 2] = [("cpu", "2"), ("memory", "8Gi")];
 /// CPU and memory requested by an inference pod when the spec does not say.

@@ -130,7 +130,7 @@ fn training_job_has_a_pod_failure_policy() {
             codes.operator.as_str(),
             codes.values.as_slice()
         ),
-        (Some("trainer"), "In", &[2, 3, 4][..])
+        (Some("trainer"), "In", &[2, 4][..])
     );
 }
 

@@ -129,13 +129,13 @@ fn init_tracing(format: &str) {
 }
 
 /// Exit codes, so the training Job's podFailurePolicy can tell a retry that may succeed from
-/// one that cannot (documented in docs/operator.md):
-/// 0 success; 1 anything else, possibly transient (a store outage): retried; 2 configuration
-/// error (also clap's code for bad flags); 3 dataset error; 4 the requested device is missing.
+/// one that cannot (documented in docs/operator.md): 0 success; 1 anything else; 2 a
+/// configuration or data error that no retry fixes (also clap's code for bad flags); 3 the
+/// store is unreachable (a retry may succeed); 4 the requested device is missing.
 mod exit {
     pub const FAILURE: u8 = 1;
     pub const CONFIG: u8 = 2;
-    pub const DATA: u8 = 3;
+    pub const STORE: u8 = 3;
     pub const DEVICE: u8 = 4;
 }
 
@@ -167,7 +167,7 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<TrainError>() {
             return match e {
                 TrainError::Config(_) => exit::CONFIG,
-                TrainError::Dataset(_) => exit::DATA,
+                TrainError::Dataset(_) => exit::CONFIG,
                 TrainError::Storage(s) => storage_code(s),
                 _ => exit::FAILURE,
             };
@@ -179,11 +179,16 @@ fn exit_code(error: &anyhow::Error) -> u8 {
     exit::FAILURE
 }
 
-/// A store that cannot even be opened is misconfigured; one that fails a request may be down.
+/// A store that cannot be opened is misconfigured and a missing or malformed object is bad
+/// data: no retry helps. Anything else from the store (network, 5xx, credentials refused
+/// mid-run) may pass.
 fn storage_code(e: &StorageError) -> u8 {
     match e {
-        StorageError::InvalidUrl { .. } | StorageError::Open { .. } => exit::CONFIG,
-        _ => exit::FAILURE,
+        StorageError::InvalidUrl { .. }
+        | StorageError::Open { .. }
+        | StorageError::NotFound { .. }
+        | StorageError::Malformed { .. } => exit::CONFIG,
+        _ => exit::STORE,
     }
 }
 
