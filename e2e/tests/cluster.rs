@@ -322,27 +322,35 @@ async fn failed_training_keeps_the_champion() -> Result<()> {
 async fn operator_killed_mid_run_decides_once() -> Result<()> {
     let mut world = World::up("operator-killed").await?;
     world.apply_model(GOOD).await?;
+    // Kill the operator as soon as the training pod exists: the trainer needs seconds, so
+    // the run is certainly undecided.
     let pods = world.pods();
     poll(
-        "the training pod to run",
+        "the training pod",
         Duration::from_secs(60),
-        Duration::from_millis(200),
+        Duration::from_millis(50),
         || {
             let pods = pods.clone();
             async move {
                 let list = pods
                     .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
                     .await?;
-                Ok(list
-                    .items
-                    .iter()
-                    .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
-                    .then_some(()))
+                Ok((!list.items.is_empty()).then_some(()))
             }
         },
     )
     .await?;
     world.operator.kill().await?;
+    let undecided = world
+        .model()
+        .await?
+        .status
+        .and_then(|s| s.last_run)
+        .is_none_or(|r| r.decision.is_none());
+    ensure!(
+        undecided,
+        "the run was decided before the operator was killed"
+    );
     let jobs = world.jobs();
     poll(
         "the Job to complete without the operator",
