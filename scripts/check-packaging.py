@@ -51,6 +51,11 @@ OPERATOR_CALLS = {
 } | {
     ("", "services", v) for v in ("list", "watch", "create", "patch")
 } | {("", "secrets", "get")} | {
+    # spec.inference.autoscaling: server-side apply (may create), deleted when unset.
+    (g, r, v)
+    for g, r in (("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets"))
+    for v in ("create", "patch", "delete")
+} | {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }
 

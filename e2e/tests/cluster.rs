@@ -419,6 +419,26 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
             json!({"spec": {"trainnig": {"epochs": 3}}}),
             "unknown field \"spec.trainnig\"",
         ),
+        (
+            "port out of range",
+            json!({"spec": {"inference": {"port": 70000}}}),
+            "spec.inference.port",
+        ),
+        (
+            "accuracy above 1",
+            json!({"spec": {"promotion": {"minAccuracy": 1.5}}}),
+            "spec.promotion.minAccuracy",
+        ),
+        (
+            "unknown service type",
+            json!({"spec": {"inference": {"serviceType": "Ingress"}}}),
+            "spec.inference.serviceType",
+        ),
+        (
+            "name too long for its children",
+            json!({"metadata": {"name": "a-simpsons-model-whose-name-is-far-too-long-for-children"}}),
+            "at most 53 characters",
+        ),
     ];
     for (what, change, expected) in cases {
         let mut bad = good.clone();

@@ -7,6 +7,10 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
+use k8s_openapi::api::autoscaling::v2::{
+    CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
+    MetricIdentifier, MetricSpec, MetricTarget, PodsMetricSource, ResourceMetricSource,
+};
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
     PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
@@ -17,12 +21,13 @@ use k8s_openapi::api::core::v1::{
     SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
     VolumeMount,
 };
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 
-use crate::crd::{ChampionStatus, SimpsonModel};
+use crate::crd::{ChampionStatus, PodOverrides, SimpsonModel};
 
 /// Label carrying the owning SimpsonModel's name on every object we create.
 pub const MODEL_LABEL: &str = "face2simpson.io/model";
@@ -226,6 +231,70 @@ fn hardened_container() -> Container {
     }
 }
 
+/// Merges a spec's pod overrides into a pod template. Additive: what the operator sets
+/// (labels the selectors use, its env variables, the hardened security context) is kept.
+fn apply_overrides(template: &mut PodTemplateSpec, o: &PodOverrides) {
+    let meta = template.metadata.get_or_insert_with(ObjectMeta::default);
+    if !o.labels.is_empty() {
+        let labels = meta.labels.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &o.labels {
+            labels.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    if !o.annotations.is_empty() {
+        let annotations = meta.annotations.get_or_insert_with(BTreeMap::new);
+        for (k, v) in &o.annotations {
+            annotations.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    let Some(pod) = template.spec.as_mut() else {
+        return;
+    };
+    if o.service_account_name.is_some() {
+        pod.service_account_name.clone_from(&o.service_account_name);
+    }
+    if !o.node_selector.is_empty() {
+        pod.node_selector
+            .get_or_insert_with(BTreeMap::new)
+            .extend(o.node_selector.clone());
+    }
+    if !o.tolerations.is_empty() {
+        pod.tolerations
+            .get_or_insert_with(Vec::new)
+            .extend(o.tolerations.iter().cloned());
+    }
+    if o.affinity.is_some() {
+        pod.affinity.clone_from(&o.affinity);
+    }
+    if !o.image_pull_secrets.is_empty() {
+        pod.image_pull_secrets = Some(o.image_pull_secrets.clone());
+    }
+    if o.priority_class_name.is_some() {
+        pod.priority_class_name.clone_from(&o.priority_class_name);
+    }
+    if o.runtime_class_name.is_some() {
+        pod.runtime_class_name.clone_from(&o.runtime_class_name);
+    }
+    if !o.volumes.is_empty() {
+        pod.volumes
+            .get_or_insert_with(Vec::new)
+            .extend(o.volumes.iter().cloned());
+    }
+    for c in &mut pod.containers {
+        let env = c.env.get_or_insert_with(Vec::new);
+        for var in &o.env {
+            if !env.iter().any(|e| e.name == var.name) {
+                env.push(var.clone());
+            }
+        }
+        if !o.volume_mounts.is_empty() {
+            c.volume_mounts
+                .get_or_insert_with(Vec::new)
+                .extend(o.volume_mounts.iter().cloned());
+        }
+    }
+}
+
 /// `resources` with the default requests filled in where the spec names none, so the
 /// scheduler places pods by what they really use.
 fn with_default_requests(
@@ -379,10 +448,18 @@ pub fn training_job(
     if let Some(champion) = champion {
         annotations.insert(CHAMPION_ANNOTATION.to_owned(), champion.run_id.clone());
     }
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    apply_overrides(&mut template, &t.pod_overrides);
     Ok(Job {
         metadata: ObjectMeta {
             annotations: Some(annotations),
-            ..child_meta(sm, run_id.to_owned(), labels.clone())?
+            ..child_meta(sm, run_id.to_owned(), labels)?
         },
         spec: Some(JobSpec {
             // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
@@ -390,13 +467,7 @@ pub fn training_job(
             backoff_limit: Some(t.backoff_limit),
             active_deadline_seconds: Some(t.active_deadline_seconds),
             pod_failure_policy: Some(pod_failure_policy()),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(pod),
-            },
+            template,
             ..Default::default()
         }),
         status: None,
@@ -458,12 +529,25 @@ pub fn inference_deployment(
         }),
         ..hardened_container()
     };
-    let template_labels = labels.clone();
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            annotations: Some(BTreeMap::from([(
+                RUN_ID_LABEL.to_owned(),
+                champion.run_id.clone(),
+            )])),
+            ..Default::default()
+        }),
+        spec: Some(hardened_pod(vec![container])),
+    };
+    apply_overrides(&mut template, &inf.pod_overrides);
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
     Ok(Deployment {
         metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(DeploymentSpec {
-            replicas: Some(inf.replicas),
+            // With autoscaling the HPA owns the replica count: the field is left out of the
+            // apply, so the operator and the autoscaler never fight over it.
+            replicas: inf.autoscaling.is_none().then_some(inf.replicas),
             // Without a deadline a rollout that never becomes available is never reported
             // as failed, and the operator could not roll back on its own.
             progress_deadline_seconds: Some(inf.progress_deadline_seconds),
@@ -479,21 +563,106 @@ pub fn inference_deployment(
                     max_surge: Some(IntOrString::Int(1)),
                 }),
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(template_labels),
-                    annotations: Some(BTreeMap::from([(
-                        RUN_ID_LABEL.to_owned(),
-                        champion.run_id.clone(),
-                    )])),
-                    ..Default::default()
-                }),
-                spec: Some(hardened_pod(vec![container])),
-            },
+            template,
             ..Default::default()
         }),
         status: None,
     })
+}
+
+fn inference_selector(model: &str) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(BTreeMap::from([
+            ("app.kubernetes.io/instance".to_owned(), model.to_owned()),
+            (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
+        ])),
+        ..Default::default()
+    }
+}
+
+/// The HorizontalPodAutoscaler of the inference Deployment, when the spec asks for one.
+pub fn inference_hpa(
+    sm: &SimpsonModel,
+) -> Result<Option<HorizontalPodAutoscaler>, MissingMetadata> {
+    let Some(a) = &sm.spec.inference.autoscaling else {
+        return Ok(None);
+    };
+    let model = sm.name_any();
+    let mut metrics = Vec::new();
+    let cpu = match (a.target_cpu_utilization, a.target_requests_per_second) {
+        (None, None) => Some(70),
+        (cpu, _) => cpu,
+    };
+    if let Some(cpu) = cpu {
+        metrics.push(MetricSpec {
+            type_: "Resource".into(),
+            resource: Some(ResourceMetricSource {
+                name: "cpu".into(),
+                target: MetricTarget {
+                    type_: "Utilization".into(),
+                    average_utilization: Some(cpu),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(rps) = a.target_requests_per_second {
+        metrics.push(MetricSpec {
+            type_: "Pods".into(),
+            pods: Some(PodsMetricSource {
+                metric: MetricIdentifier {
+                    name: a.requests_per_second_metric.clone(),
+                    selector: None,
+                },
+                target: MetricTarget {
+                    type_: "AverageValue".into(),
+                    average_value: Some(Quantity(rps.to_string())),
+                    ..Default::default()
+                },
+            }),
+            ..Default::default()
+        });
+    }
+    let mut labels = inference_labels(&model);
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    Ok(Some(HorizontalPodAutoscaler {
+        metadata: child_meta(sm, inference_name(&model), labels)?,
+        spec: Some(HorizontalPodAutoscalerSpec {
+            scale_target_ref: CrossVersionObjectReference {
+                api_version: Some("apps/v1".into()),
+                kind: "Deployment".into(),
+                name: inference_name(&model),
+            },
+            min_replicas: Some(a.min_replicas),
+            max_replicas: a.max_replicas.max(a.min_replicas),
+            metrics: Some(metrics),
+            behavior: None,
+        }),
+        status: None,
+    }))
+}
+
+/// The PodDisruptionBudget of the inference pods, with autoscaling: node drains take one pod
+/// at a time, never the whole service.
+pub fn inference_pdb(sm: &SimpsonModel) -> Result<Option<PodDisruptionBudget>, MissingMetadata> {
+    if sm.spec.inference.autoscaling.is_none() {
+        return Ok(None);
+    }
+    let model = sm.name_any();
+    let mut labels = inference_labels(&model);
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    Ok(Some(PodDisruptionBudget {
+        metadata: child_meta(sm, inference_name(&model), labels)?,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(inference_selector(&model)),
+            // A crash-looping pod must not block a drain.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
+            ..Default::default()
+        }),
+        status: None,
+    }))
 }
 
 /// The Service in front of the inference pods.
@@ -505,7 +674,7 @@ pub fn inference_service(sm: &SimpsonModel) -> Result<Service, MissingMetadata> 
     Ok(Service {
         metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(ServiceSpec {
-            type_: Some(inf.service_type.clone()),
+            type_: Some(inf.service_type.as_str().to_owned()),
             selector: Some(BTreeMap::from([
                 ("app.kubernetes.io/instance".to_owned(), model.clone()),
                 (COMPONENT_LABEL.to_owned(), "inference".to_owned()),

@@ -6,10 +6,12 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{
+    Affinity, EnvVar, LocalObjectReference, ResourceRequirements, Toleration, Volume, VolumeMount,
+};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 
 /// API group of the CRD.
@@ -45,6 +47,7 @@ pub const PROMOTE_RUN_ANNOTATION: &str = "face2simpson.io/promote-run";
 #[serde(rename_all = "camelCase")]
 pub struct SimpsonModelSpec {
     /// Object store holding datasets and runs: s3://bucket/prefix, gs://…, az://…, or file:///path for local clusters.
+    #[schemars(length(min = 1))]
     pub storage_uri: String,
     /// Secret (same namespace) whose keys become environment variables (AWS_*, GOOGLE_*, AZURE_*) of the training Job and the inference Deployment; the operator reads it to fetch metrics.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -77,12 +80,11 @@ pub struct SecretRef {
 pub struct ScheduleSpec {
     /// Time between the starts of two runs, e.g. 72h or 3d 12h. Measured from the last run's start, so it is a true every-three-days, unlike a cron day-of-month step that resets each month. Ignored when cron is set.
     #[serde(default = "default_interval")]
-    // A number then a unit, repeated ("72h", "3d 12h", "3 days"), or ISO 8601 ("P3D"): the
-    // API server refuses what the operator's parser (jiff) never could accept.
-    #[schemars(regex(pattern = r"^\s*(P[0-9.WYMDTHS]+|([0-9]+\s*[a-zA-Z]+[\s,]*)+)$"))]
+    #[schemars(regex(pattern = r"^\s*([Pp][0-9A-Za-z.,]+|[0-9][0-9A-Za-z .,]*)\s*$"))]
     pub interval: String,
     /// Standard five-field cron expression (optionally with a leading seconds field); takes precedence over interval.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^\s*(@[a-z]+|\S+(\s+\S+){4,6})\s*$"))]
     pub cron: Option<String>,
     /// IANA time zone the cron expression is evaluated in, e.g. Europe/Paris. Defaults to UTC.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -92,18 +94,23 @@ pub struct ScheduleSpec {
     pub suspend: bool,
     /// Succeeded training Jobs kept for inspection; older ones are deleted.
     #[serde(default = "default_successful_jobs")]
+    #[schemars(with = "i32", range(min = 0))]
     pub successful_jobs_history_limit: u32,
     /// Failed training Jobs kept for inspection; older ones are deleted.
     #[serde(default = "default_failed_jobs")]
+    #[schemars(with = "i32", range(min = 0))]
     pub failed_jobs_history_limit: u32,
     /// Decisions kept in status.history.
     #[serde(default = "default_history_limit")]
+    #[schemars(with = "i32", range(min = 1))]
     pub history_limit: u32,
     /// Seconds after a failed run before the next attempt; doubles with each consecutive failure. A retry never waits longer than the schedule's next slot.
     #[serde(default = "default_retry_backoff")]
+    #[schemars(range(min = 1))]
     pub retry_backoff_seconds: i64,
     /// Upper bound of the doubling retry backoff, in seconds.
     #[serde(default = "default_max_retry_backoff")]
+    #[schemars(range(min = 1))]
     pub max_retry_backoff_seconds: i64,
 }
 
@@ -134,6 +141,7 @@ pub struct TrainingSpec {
     pub resources: ResourceRequirements,
     /// NVIDIA GPUs of the training pod, merged into the limits as nvidia.com/gpu (unless `resources.limits` names nvidia.com/gpu itself). With one or more the trainer runs with --device cuda and fails at once when CUDA is missing; with 0 it trains on the CPU.
     #[serde(default = "default_gpus")]
+    #[schemars(range(min = 0))]
     pub gpus: i32,
     /// Node labels the training pod must match, e.g. a GPU node pool.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -143,30 +151,42 @@ pub struct TrainingSpec {
     pub tolerations: Vec<Toleration>,
     /// Side of the square network input in pixels.
     #[serde(default = "default_image_size")]
+    #[schemars(with = "i32", range(min = 32, max = 1024))]
     pub image_size: u32,
     /// Maximum number of epochs; early stopping may end sooner.
     #[serde(default = "default_epochs")]
+    #[schemars(with = "i32", range(min = 1))]
     pub epochs: u32,
     /// Images per optimisation step.
     #[serde(default = "default_batch_size")]
+    #[schemars(with = "i32", range(min = 2))]
     pub batch_size: u32,
     /// Initial learning rate of the cosine schedule.
     #[serde(default = "default_learning_rate")]
+    #[schemars(extend("minimum" = 0.0, "exclusiveMinimum" = true))]
     pub learning_rate: f64,
     /// Label smoothing of the cross-entropy loss.
     #[serde(default = "default_label_smoothing")]
+    #[schemars(range(min = 0.0, max = 0.99))]
     pub label_smoothing: f64,
     /// Dropout before the classifier.
     #[serde(default = "default_dropout")]
+    #[schemars(range(min = 0.0, max = 0.99))]
     pub dropout: f64,
     /// Epochs without a lower validation loss before training stops.
     #[serde(default = "default_patience")]
+    #[schemars(with = "i32", range(min = 1))]
     pub patience: u32,
     /// Seconds after which a training Job is killed and counted as failed.
     #[serde(default = "default_active_deadline")]
+    #[schemars(range(min = 1))]
     pub active_deadline_seconds: i64,
+    /// Pod-level settings merged into the training pod: service account, placement, pull secrets, extra env and volumes.
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod_overrides: PodOverrides,
     /// Pod retries before a training Job counts as failed.
     #[serde(default = "default_backoff_limit")]
+    #[schemars(range(min = 0))]
     pub backoff_limit: i32,
 }
 
@@ -176,15 +196,18 @@ pub struct TrainingSpec {
 pub struct PromotionSpec {
     /// Absolute accuracy (0-1) a challenger must beat the re-scored champion by; 0 means strictly better.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub min_improvement: f64,
     /// Accuracy floor (0-1) below which no model is ever promoted, first model included.
     #[serde(default)]
+    #[schemars(range(min = 0.0, max = 1.0))]
     pub min_accuracy: f64,
     /// Decide and record, but never change the champion or the Deployment.
     #[serde(default)]
     pub dry_run: bool,
     /// Seconds after a run finished during which storage errors reading its metrics.json are retried; only then is the run recorded as Failed. A short store outage never throws a finished run away.
     #[serde(default = "default_metrics_deadline")]
+    #[schemars(range(min = 0))]
     pub metrics_deadline_seconds: i64,
 }
 
@@ -205,7 +228,7 @@ impl Default for PromotionSpec {
 pub struct InferenceSpec {
     /// Container image with the face2simpson-inference binary.
     pub image: String,
-    /// Number of inference pods.
+    /// Number of inference pods; ignored when autoscaling is set.
     #[serde(default = "default_replicas")]
     #[schemars(range(min = 0))]
     pub replicas: i32,
@@ -217,11 +240,140 @@ pub struct InferenceSpec {
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
     /// Service type: ClusterIP, NodePort or LoadBalancer.
-    #[serde(default = "default_service_type")]
-    pub service_type: String,
+    #[serde(default)]
+    pub service_type: ServiceType,
+    /// Scale the inference pods with a HorizontalPodAutoscaler (and protect them with a PodDisruptionBudget) instead of a fixed replica count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<AutoscalingSpec>,
+    /// Pod-level settings merged into the inference pods: service account, placement, pull secrets, extra env and volumes.
+    #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
+    pub pod_overrides: PodOverrides,
     /// Seconds a rollout may make no progress before it counts as failed and the previous champion is put back (the Deployment's progressDeadlineSeconds).
     #[serde(default = "default_progress_deadline")]
+    #[schemars(range(min = 1))]
     pub progress_deadline_seconds: i32,
+}
+
+/// A HorizontalPodAutoscaler for the inference Deployment. With neither target set, pods
+/// are kept at 70% of their CPU requests.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalingSpec {
+    /// Fewest inference pods.
+    #[serde(default = "default_min_replicas")]
+    #[schemars(range(min = 1))]
+    pub min_replicas: i32,
+    /// Most inference pods.
+    #[schemars(range(min = 1))]
+    pub max_replicas: i32,
+    /// Average CPU utilisation to keep the pods at, in percent of their CPU requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub target_cpu_utilization: Option<i32>,
+    /// Average requests per second per pod to keep the pods at, read from the per-pod custom metric `requestsPerSecondMetric` (needs a custom metrics adapter such as prometheus-adapter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub target_requests_per_second: Option<i32>,
+    /// Name of the per-pod custom metric holding requests per second.
+    #[serde(default = "default_rps_metric")]
+    pub requests_per_second_metric: String,
+}
+
+fn default_min_replicas() -> i32 {
+    1
+}
+fn default_rps_metric() -> String {
+    "http_requests_per_second".to_owned()
+}
+
+/// Pod-level settings merged into a workload's pods, like KServe's and Stackable's pod
+/// overrides. The operator's own settings win where they would clash (its env variables,
+/// its labels, the hardened security context), so an override cannot break the rollout or
+/// the selectors.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOverrides {
+    /// Service account of the pods, e.g. one bound to a cloud identity (IRSA, EKS Pod Identity, GKE or Azure Workload Identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// Labels added to the pods (the operator's own labels win).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Annotations added to the pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Node labels the pods must match.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Tolerations of the pods (core/v1 Toleration).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub tolerations: Vec<Toleration>,
+    /// Affinity of the pods (core/v1 Affinity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "preserved_object")]
+    pub affinity: Option<Affinity>,
+    /// Secrets for pulling the image from a private registry.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Priority class of the pods, e.g. to let training be preempted before serving.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+    /// Runtime class of the pods, e.g. nvidia on clusters with several container runtimes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runtime_class_name: Option<String>,
+    /// Extra environment variables of the container (core/v1 EnvVar); the operator's own variables win.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub env: Vec<EnvVar>,
+    /// Extra volumes of the pods (core/v1 Volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub volumes: Vec<Volume>,
+    /// Extra volume mounts of the container (core/v1 VolumeMount).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "preserved_objects")]
+    pub volume_mounts: Vec<VolumeMount>,
+}
+
+impl PodOverrides {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A list of Kubernetes objects validated by the API server when the pod is created, not
+/// spelled out here: their full schemas would make the CRD too large to apply.
+fn preserved_objects(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+    })
+}
+
+/// One Kubernetes object, validated when the pod is created (see `preserved_objects`).
+fn preserved_object(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// How the inference Service is exposed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum ServiceType {
+    #[default]
+    ClusterIP,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceType::ClusterIP => "ClusterIP",
+            ServiceType::NodePort => "NodePort",
+            ServiceType::LoadBalancer => "LoadBalancer",
+        }
+    }
 }
 
 /// What the operator observed and decided.
@@ -233,6 +385,7 @@ pub struct SimpsonModelStatus {
     pub conditions: Vec<Condition>,
     /// Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["Pending", "Training", "RollingOut", "Serving", "Suspended", "Degraded"]))]
     pub phase: Option<String>,
     /// The model in service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -258,6 +411,9 @@ pub struct SimpsonModelStatus {
     /// The last handled value of the face2simpson.io/rollback-requested-at annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_rollback_request: Option<String>,
+    /// True while the operator owns a HorizontalPodAutoscaler and PodDisruptionBudget for the inference pods; they are deleted when spec.inference.autoscaling is removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub autoscaled: bool,
     /// The last handled value of the face2simpson.io/promote-run annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_promote_request: Option<String>,
@@ -285,7 +441,8 @@ pub struct RunStatus {
     pub run_id: String,
     /// Name of the training Job.
     pub job_name: String,
-    /// Why it started: Bootstrap, Schedule, Retry (after a failed run) or Manual.
+    /// Why it started: Bootstrap, Schedule, Retry (after a failed run), Manual, or Unknown (a Job adopted after the operator lost its status).
+    #[schemars(extend("enum" = ["Bootstrap", "Schedule", "Retry", "Manual", "Unknown"]))]
     pub trigger: String,
     /// When the Job was created.
     pub started_at: Time,
@@ -306,6 +463,7 @@ pub struct RunStatus {
     pub champion_accuracy: Option<f64>,
     /// FirstModel, Promote, Reject or Failed; unset while the run is in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("enum" = ["FirstModel", "Promote", "Reject", "Failed"]))]
     pub decision: Option<String>,
     /// A sentence explaining the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -322,6 +480,7 @@ pub struct HistoryEntry {
     /// The run decided on (for a rollback: the run put back in service).
     pub run_id: String,
     /// FirstModel, Promote, Reject, Failed, Rollback, ManualPromote or RolloutFailed.
+    #[schemars(extend("enum" = ["FirstModel", "Promote", "Reject", "Failed", "Rollback", "ManualPromote", "RolloutFailed"]))]
     pub decision: String,
     /// A sentence explaining the decision.
     pub reason: String,
@@ -401,12 +560,39 @@ fn default_replicas() -> i32 {
 fn default_port() -> i32 {
     8080
 }
-fn default_service_type() -> String {
-    "ClusterIP".to_owned()
+
+/// Longest SimpsonModel name: `<name>-inference` names the Deployment and Service, and a
+/// Service name is a 63-character DNS label.
+pub const MAX_NAME_LEN: usize = 53;
+
+/// The CRD, with the admission rules the derive cannot express: the name must make valid
+/// child names (a DNS label of at most 53 characters), checked by the API server (CEL).
+pub fn crd()
+-> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::ValidationRule;
+    use kube::CustomResourceExt;
+    let mut crd = SimpsonModel::crd();
+    for version in &mut crd.spec.versions {
+        if let Some(schema) = version
+            .schema
+            .as_mut()
+            .and_then(|s| s.open_api_v3_schema.as_mut())
+        {
+            schema.x_kubernetes_validations = Some(vec![ValidationRule {
+                rule: format!(
+                    "self.metadata.name.size() <= {MAX_NAME_LEN} && self.metadata.name.matches('^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')"
+                ),
+                message: Some(format!(
+                    "metadata.name must be a DNS label of at most {MAX_NAME_LEN} characters: <name>-inference names the Deployment and Service"
+                )),
+                ..Default::default()
+            }]);
+        }
+    }
+    crd
 }
 
 /// The CRD as YAML, exactly what `crdgen` prints and `crds/simpsonmodel.yaml` holds.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    use kube::CustomResourceExt;
-    serde_yaml::to_string(&SimpsonModel::crd())
+    serde_yaml::to_string(&crd())
 }

@@ -9,17 +9,17 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
-use face2simpson_operator::metrics::Metrics;
+use face2simpson_operator::metrics::{Metrics, ModelLabels};
 use face2simpson_operator::{Context, SimpsonModel, error_policy, reconcile};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Service;
-use kube::Client;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
@@ -101,6 +101,24 @@ where
     }
 }
 
+/// Drops the metrics of deleted models. Reconciles never see a deletion (there is no
+/// finalizer), so this is the only place that learns of one.
+async fn forget_deleted(models: Api<SimpsonModel>, metrics: Arc<Metrics>) {
+    let events = watcher(models, watcher::Config::default().any_semantic()).default_backoff();
+    let mut events = std::pin::pin!(events);
+    while let Some(event) = events.next().await {
+        if let Ok(watcher::Event::Delete(sm)) = event {
+            metrics.forget(&ModelLabels {
+                namespace: sm.namespace().unwrap_or_default(),
+                model: sm.name_any(),
+            });
+        }
+    }
+}
+
+/// How often readiness looks at the watch caches again.
+const READY_POLL: Duration = Duration::from_millis(250);
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -158,36 +176,74 @@ async fn main() -> Result<()> {
         instance: cli.pod_name.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
-    let ctx = Arc::new(Context::production(client.clone(), recorder, metrics));
-    ready.store(true, Ordering::Relaxed);
-    let controllers = scopes.into_iter().map(|ns| {
-        let (client, ctx) = (client.clone(), ctx.clone());
-        async move {
-            let ns = ns.as_deref();
-            // Only our own children wake us up, not every Job in the cluster.
-            let owned = watcher::Config::default()
-                .labels("app.kubernetes.io/managed-by=face2simpson-operator");
-            info!(namespace = ns.unwrap_or("<all>"), "controller starting");
-            Controller::new(
-                api::<SimpsonModel>(&client, ns),
-                watcher::Config::default().any_semantic(),
-            )
-            .owns(api::<Job>(&client, ns), owned.clone())
-            .owns(api::<Deployment>(&client, ns), owned.clone())
-            .owns(api::<Service>(&client, ns), owned)
-            .with_config(controller::Config::default().concurrency(cli.concurrency))
-            .graceful_shutdown_on(shutdown_signal())
-            .run(reconcile, error_policy, ctx)
-            .for_each(|result| async move {
-                match result {
-                    Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
-                    Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+    let ctx = Arc::new(Context::production(
+        client.clone(),
+        recorder,
+        metrics.clone(),
+    ));
+    let mut stores = Vec::new();
+    let mut controllers = Vec::new();
+    let mut forgetters = Vec::new();
+    for ns in scopes {
+        let ns = ns.as_deref();
+        // Only our own children wake us up, not every Job in the cluster.
+        let owned =
+            watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
+        info!(namespace = ns.unwrap_or("<all>"), "controller starting");
+        let controller = Controller::new(
+            api::<SimpsonModel>(&client, ns),
+            watcher::Config::default().any_semantic(),
+        )
+        .owns(api::<Job>(&client, ns), owned.clone())
+        .owns(api::<Deployment>(&client, ns), owned.clone())
+        .owns(api::<Service>(&client, ns), owned)
+        .with_config(controller::Config::default().concurrency(cli.concurrency))
+        .graceful_shutdown_on(shutdown_signal());
+        stores.push(controller.store());
+        let ctx = ctx.clone();
+        controllers.push(async move {
+            controller
+                .run(reconcile, error_policy, ctx)
+                .for_each(|result| async move {
+                    match result {
+                        Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
+                        Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+                    }
+                })
+                .await;
+        });
+        forgetters.push(tokio::spawn(forget_deleted(
+            api::<SimpsonModel>(&client, ns),
+            metrics.clone(),
+        )));
+    }
+    // Ready once every watch has listed what it watches: before that the operator knows
+    // only part of the cluster.
+    let readiness = {
+        let ready = ready.clone();
+        tokio::spawn(async move {
+            for store in stores {
+                // The controller waits on the same store, and kube-runtime's readiness signal
+                // wakes only the last task that polled it: a single await here can sleep
+                // forever (the e2e suite caught /readyz never turning 200). Polling again
+                // re-registers this task; once the store is ready every poll returns at once.
+                loop {
+                    match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+                        Ok(Ok(())) => break,
+                        Ok(Err(_)) => return,
+                        Err(_) => {}
+                    }
                 }
-            })
-            .await;
-        }
-    });
+            }
+            info!("watches synced; ready");
+            ready.store(true, Ordering::Relaxed);
+        })
+    };
     futures::future::join_all(controllers).await;
+    readiness.abort();
+    for f in forgetters {
+        f.abort();
+    }
     ready.store(false, Ordering::Relaxed);
     info!("controller stopped, shutting down");
     match tokio::time::timeout(Duration::from_secs(10), admin).await {

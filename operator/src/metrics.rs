@@ -33,6 +33,8 @@ pub struct Metrics {
     pub rejections: Family<ModelLabels, Counter>,
     pub failed_runs: Family<ModelLabels, Counter>,
     pub champion_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
+    /// Unix time at which the model's last run with a usable result finished.
+    pub last_successful_run: Family<ModelLabels, Gauge>,
 }
 
 impl Metrics {
@@ -71,7 +73,25 @@ impl Metrics {
             "Test accuracy of the model in service",
             m.champion_accuracy.clone(),
         );
+        // The name the issue and its alerts use, outside the operator's prefix: an alert on
+        // "no successful run for N days" should not depend on which process exports it.
+        registry.register(
+            "face2simpson_last_successful_run_timestamp_seconds",
+            "Unix time at which the last training run with a usable result finished",
+            m.last_successful_run.clone(),
+        );
         m
+    }
+
+    /// Drops every series of a model, once it is deleted: a gauge of a model that no longer
+    /// exists would keep alerts (and dashboards) lying forever.
+    pub fn forget(&self, model: &ModelLabels) {
+        self.trainings_started.remove(model);
+        self.promotions.remove(model);
+        self.rejections.remove(model);
+        self.failed_runs.remove(model);
+        self.champion_accuracy.remove(model);
+        self.last_successful_run.remove(model);
     }
 }
 
@@ -80,4 +100,44 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
     let mut out = String::new();
     prometheus_client::encoding::text::encode(&mut out, registry)?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// Item 16: a deleted model leaves no series behind; other models keep theirs.
+    #[test]
+    fn forget_drops_every_series_of_a_model() {
+        let mut registry = Registry::default();
+        let m = Metrics::register(&mut registry);
+        let homer = ModelLabels {
+            namespace: "simpsons".into(),
+            model: "homer".into(),
+        };
+        let bart = ModelLabels {
+            namespace: "simpsons".into(),
+            model: "bart".into(),
+        };
+        for model in [&homer, &bart] {
+            m.trainings_started.get_or_create(model).inc();
+            m.promotions.get_or_create(model).inc();
+            m.rejections.get_or_create(model).inc();
+            m.failed_runs.get_or_create(model).inc();
+            m.champion_accuracy.get_or_create(model).set(0.9);
+            m.last_successful_run
+                .get_or_create(model)
+                .set(1_793_757_600);
+        }
+        m.forget(&homer);
+        let text = encode(&registry).unwrap();
+        assert!(!text.contains(r#"model="homer""#), "{text}");
+        assert!(
+            text.contains(
+                r#"face2simpson_last_successful_run_timestamp_seconds{namespace="simpsons",model="bart"} 1793757600"#
+            ),
+            "{text}"
+        );
+    }
 }

@@ -322,7 +322,7 @@ fn a_new_champion_changes_the_pod_template() {
 #[test]
 fn service_exposes_the_port() {
     let mut sm = model();
-    sm.spec.inference.service_type = "LoadBalancer".into();
+    sm.spec.inference.service_type = face2simpson_operator::crd::ServiceType::LoadBalancer;
     let s = inference_service(&sm).unwrap();
     assert_eq!(s.metadata.name.as_deref(), Some("homer-inference"));
     let spec = s.spec.unwrap();
@@ -356,5 +356,80 @@ fn run_ids_are_deterministic_valid_names() {
     ] {
         artifacts::layout::validate_run_id(&id).unwrap();
         assert!(id.len() <= 63, "{id}");
+    }
+}
+
+/// Item 13: pod overrides reach both workloads; the operator's own labels and env win.
+#[test]
+fn pod_overrides_reach_both_workloads() {
+    use face2simpson_operator::crd::PodOverrides;
+    let overrides: PodOverrides = serde_json::from_value(serde_json::json!({
+        "serviceAccountName": "trainer-irsa",
+        "labels": {"azure.workload.identity/use": "true", "app.kubernetes.io/component": "evil"},
+        "annotations": {"team": "simpsons"},
+        "nodeSelector": {"pool": "a100"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+            "nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "zone", "operator": "In", "values": ["a"]}]}]}}},
+        "imagePullSecrets": [{"name": "registry"}],
+        "priorityClassName": "batch-low",
+        "runtimeClassName": "nvidia",
+        "env": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}, {"name": "HOME", "value": "/x"}],
+        "volumes": [{"name": "cache", "emptyDir": {}}],
+        "volumeMounts": [{"name": "cache", "mountPath": "/cache"}],
+    }))
+    .unwrap();
+    let mut sm = model();
+    sm.spec.training.pod_overrides = overrides.clone();
+    sm.spec.inference.pod_overrides = overrides;
+    let job = training_job(&sm, "r1", None).unwrap();
+    let d = inference_deployment(&sm, &champion("r1", 0.8)).unwrap();
+    for template in [
+        job.spec.unwrap().template,
+        d.spec.as_ref().unwrap().template.clone(),
+    ] {
+        let meta = template.metadata.unwrap();
+        let labels = meta.labels.unwrap();
+        assert_eq!(labels["azure.workload.identity/use"], "true");
+        assert_ne!(
+            labels["app.kubernetes.io/component"], "evil",
+            "selector labels stay"
+        );
+        assert_eq!(meta.annotations.unwrap()["team"], "simpsons");
+        let pod = template.spec.unwrap();
+        assert_eq!(pod.service_account_name.as_deref(), Some("trainer-irsa"));
+        assert_eq!(pod.node_selector.as_ref().unwrap()["pool"], "a100");
+        assert!(pod.tolerations.as_ref().unwrap()[0].key.as_deref() == Some("dedicated"));
+        assert!(pod.affinity.is_some());
+        assert_eq!(pod.image_pull_secrets.as_ref().unwrap()[0].name, "registry");
+        assert_eq!(pod.priority_class_name.as_deref(), Some("batch-low"));
+        assert_eq!(pod.runtime_class_name.as_deref(), Some("nvidia"));
+        let volumes: Vec<&str> = pod
+            .volumes
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|v| v.name.as_str())
+            .collect();
+        assert_eq!(volumes, ["tmp", "cache"]);
+        let c = &pod.containers[0];
+        let env = c.env.as_ref().unwrap();
+        assert!(env.iter().any(|e| e.name == "HTTPS_PROXY"));
+        let homes: Vec<_> = env.iter().filter(|e| e.name == "HOME").collect();
+        assert_eq!(homes.len(), 1);
+        assert_eq!(
+            homes[0].value.as_deref(),
+            Some("/tmp"),
+            "the operator's HOME wins"
+        );
+        assert!(
+            c.volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.mount_path == "/cache")
+        );
+        assert_hardened(&pod, c);
     }
 }

@@ -17,7 +17,7 @@ fn checked_in_crd_is_in_sync() {
 }
 
 fn schema() -> Value {
-    let crd = serde_json::to_value(SimpsonModel::crd()).unwrap();
+    let crd = serde_json::to_value(face2simpson_operator::crd::crd()).unwrap();
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
@@ -143,6 +143,65 @@ fn schema_has_storage_schedule_gate_and_status() {
             "lastRun.{field} missing"
         );
     }
+}
+
+/// Item 15: the API server refuses bad specs up front, and no `uint32`/`uint64` format is
+/// left (the API server warns about them from Kubernetes 1.34).
+#[test]
+fn schema_refuses_bad_specs() {
+    let s = schema();
+    let text = s.to_string();
+    assert!(
+        !text.contains("\"uint32\"") && !text.contains("\"uint64\""),
+        "unsigned formats in the CRD"
+    );
+    let spec = &s["properties"]["spec"]["properties"];
+    let bounds = |v: &Value| (v["minimum"].as_f64(), v["maximum"].as_f64());
+    let inf = &spec["inference"]["properties"];
+    assert_eq!(bounds(&inf["replicas"]), (Some(0.0), None));
+    assert_eq!(bounds(&inf["port"]), (Some(1.0), Some(65535.0)));
+    assert_eq!(
+        inf["serviceType"]["enum"],
+        serde_json::json!(["ClusterIP", "NodePort", "LoadBalancer"])
+    );
+    let gate = &spec["promotion"]["properties"];
+    assert_eq!(bounds(&gate["minAccuracy"]), (Some(0.0), Some(1.0)));
+    assert_eq!(bounds(&gate["minImprovement"]), (Some(0.0), Some(1.0)));
+    let training = &spec["training"]["properties"];
+    assert_eq!(bounds(&training["imageSize"]), (Some(32.0), Some(1024.0)));
+    assert_eq!(bounds(&training["batchSize"]), (Some(2.0), None));
+    assert_eq!(bounds(&training["gpus"]), (Some(0.0), None));
+    let schedule = &spec["schedule"]["properties"];
+    assert!(schedule["interval"]["pattern"].is_string());
+    assert!(schedule["cron"]["pattern"].is_string());
+    assert_eq!(bounds(&schedule["historyLimit"]), (Some(1.0), None));
+
+    let status = &s["properties"]["status"]["properties"];
+    assert!(
+        status["phase"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"RollingOut".into())
+    );
+    assert!(
+        status["lastRun"]["properties"]["trigger"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"Retry".into())
+    );
+    assert!(
+        status["history"]["items"]["properties"]["decision"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"RolloutFailed".into())
+    );
+
+    // Child names are <name>-inference: the name must be a DNS label of at most 53 characters.
+    let rule = s["x-kubernetes-validations"][0]["rule"].as_str().unwrap();
+    assert!(
+        rule.contains("self.metadata.name.size() <= 53") && rule.contains("matches("),
+        "{rule}"
+    );
 }
 
 /// Every property has a description, so `kubectl explain` is useful everywhere.
@@ -306,6 +365,10 @@ fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
         ("apps", "deployments", "patch"),
         ("", "services", "patch"),
         ("", "secrets", "get"),
+        ("autoscaling", "horizontalpodautoscalers", "patch"),
+        ("autoscaling", "horizontalpodautoscalers", "delete"),
+        ("policy", "poddisruptionbudgets", "patch"),
+        ("policy", "poddisruptionbudgets", "delete"),
         ("events.k8s.io", "events", "create"),
     ] {
         assert!(

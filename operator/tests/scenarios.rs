@@ -433,6 +433,13 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         ),
         "{text}"
     );
+    // Item 16: when the Job finished (created 00:00, complete two hours later).
+    assert!(
+        text.contains(
+            r#"face2simpson_last_successful_run_timestamp_seconds{namespace="simpsons",model="homer"} 1793757600"#
+        ),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -566,6 +573,10 @@ async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() 
         text.contains(
             r#"face2simpson_operator_failed_runs_total{namespace="simpsons",model="homer"} 1"#
         ),
+        "{text}"
+    );
+    assert!(
+        !text.contains("last_successful_run_timestamp_seconds{"),
         "{text}"
     );
 }
@@ -1836,4 +1847,77 @@ async fn a_failed_rollout_rolls_back_on_its_own() {
     );
     assert_eq!(condition(&status, "Degraded"), ("True", "RolloutFailed"));
     assert_eq!(condition(&status, "Ready"), ("True", "Serving"));
+}
+
+/// Item 10: with autoscaling the operator applies an HPA and a PDB and leaves `replicas` to
+/// the autoscaler; once autoscaling is removed it deletes both and owns replicas again.
+#[tokio::test]
+async fn autoscaling_hands_replicas_to_an_hpa_and_takes_them_back() {
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.spec.inference.autoscaling = Some(
+        serde_json::from_value(serde_json::json!({
+            "minReplicas": 2, "maxReplicas": 10, "targetRequestsPerSecond": 20,
+        }))
+        .unwrap(),
+    );
+    let jobs = vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)];
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs.clone()),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::apply_hpa(),
+            Step::apply_pdb(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert!(
+        seen[1].body["spec"].get("replicas").is_none(),
+        "no fight with the autoscaler: {:#}",
+        seen[1].body["spec"]
+    );
+    let hpa = &seen[3].body;
+    assert_apply(&seen[3]);
+    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"], "homer-inference");
+    assert_eq!(
+        (&hpa["spec"]["minReplicas"], &hpa["spec"]["maxReplicas"]),
+        (&serde_json::json!(2), &serde_json::json!(10))
+    );
+    assert_eq!(hpa["spec"]["metrics"][0]["type"], "Pods");
+    assert_eq!(
+        hpa["spec"]["metrics"][0]["pods"]["target"]["averageValue"],
+        "20"
+    );
+    let pdb = &seen[4].body;
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"],
+        NAME
+    );
+    let status = status_of(&seen[5]);
+    assert!(status.autoscaled);
+
+    sm.spec.inference.autoscaling = None;
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::delete_hpa(),
+            Step::delete_pdb(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_eq!(seen[1].body["spec"]["replicas"], 2);
+    assert!(!status_of(&seen[5]).autoscaled);
 }

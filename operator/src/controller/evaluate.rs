@@ -12,7 +12,7 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::observe::run_id_of;
-use super::{Counted, Error, JobState, Pass};
+use super::{Counted, Effect, Error, JobState, Pass};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
 use crate::crd::{ChampionStatus, HistoryEntry, RunStatus};
 
@@ -123,6 +123,8 @@ impl Pass<'_> {
                 ("Failed".to_owned(), message)
             }
             Ok((metrics, model_uri)) => {
+                self.effects
+                    .push(Effect::RunSucceeded(finished_at(job).unwrap_or(self.now)));
                 run.model_uri = Some(model_uri.clone());
                 self.decide(&mut run, &metrics, model_uri)
             }

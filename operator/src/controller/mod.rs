@@ -88,7 +88,9 @@ impl Context {
             recorder,
             metrics,
             Arc::new(Timestamp::now),
-            Arc::new(|url: &str, vars: Vec<(String, String)>| Storage::open_with_env(url, vars)),
+            Arc::new(|url: &str, vars: Vec<(String, String)>| {
+                open_store(url, vars, std::env::vars())
+            }),
         )
     }
 
@@ -97,6 +99,22 @@ impl Context {
         self.failures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Opens a model's store: with the keys of its Secret when it names one, else with the
+/// operator's own environment, so the cloud identity of its pod (IRSA, EKS Pod Identity,
+/// GKE or Azure Workload Identity, which inject AWS_*, GOOGLE_* or AZURE_* variables and
+/// token files) reaches the store, as it does in the training and inference pods.
+pub fn open_store(
+    url: &str,
+    secret_vars: Vec<(String, String)>,
+    ambient: impl IntoIterator<Item = (String, String)>,
+) -> Result<Storage, StorageError> {
+    if secret_vars.is_empty() {
+        Storage::open_with_env(url, ambient)
+    } else {
+        Storage::open_with_env(url, secret_vars)
     }
 }
 
@@ -119,6 +137,18 @@ pub enum Error {
     ApplyDeployment { name: String, source: kube::Error },
     #[error("cannot apply the Service {name}: {source}")]
     ApplyService { name: String, source: kube::Error },
+    #[error("cannot apply the {kind} {name}: {source}")]
+    ApplyAutoscaling {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("cannot delete the {kind} {name}: {source}")]
+    DeleteAutoscaling {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error("cannot write the status: {0}")]
     PatchStatus(#[source] kube::Error),
     #[error(transparent)]
@@ -135,7 +165,9 @@ impl Error {
             | Error::GetJob { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::ApplyDeployment { source, .. }
-            | Error::ApplyService { source, .. } => Some(source),
+            | Error::ApplyService { source, .. }
+            | Error::ApplyAutoscaling { source, .. }
+            | Error::DeleteAutoscaling { source, .. } => Some(source),
             Error::Metadata(_) => None,
         }
     }
@@ -273,6 +305,8 @@ enum Effect {
         note: String,
     },
     Count(Counted),
+    /// A run with a usable result finished at this time.
+    RunSucceeded(Timestamp),
 }
 
 /// One pass over one SimpsonModel.
@@ -326,6 +360,13 @@ impl Pass<'_> {
     async fn flush(&mut self) {
         for effect in std::mem::take(&mut self.effects) {
             match effect {
+                Effect::RunSucceeded(at) => {
+                    self.ctx
+                        .metrics
+                        .last_successful_run
+                        .get_or_create(&self.labels())
+                        .set(at.as_second());
+                }
                 Effect::Count(counted) => {
                     let m = &self.ctx.metrics;
                     let family = match counted {
@@ -532,6 +573,26 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use serde_json::json;
+
+    /// Item 14: without a Secret the operator's own (workload identity) environment is used;
+    /// a Secret's keys replace it entirely.
+    #[test]
+    fn stores_open_with_the_secret_or_the_ambient_identity() {
+        let ambient = || {
+            vec![
+                ("AWS_REGION".to_owned(), "eu-west-1".to_owned()),
+                (
+                    "AWS_VIRTUAL_HOSTED_STYLE_REQUEST".to_owned(),
+                    "maybe".to_owned(),
+                ),
+            ]
+        };
+        // The ambient variables are used (and this one refused) when no Secret is named…
+        assert!(open_store("s3://bucket/x", vec![], ambient()).is_err());
+        // …and ignored when one is.
+        let secret = vec![("AWS_REGION".to_owned(), "us-east-1".to_owned())];
+        assert!(open_store("s3://bucket/x", secret, ambient()).is_ok());
+    }
 
     #[test]
     fn backoff_doubles_up_to_five_minutes() {

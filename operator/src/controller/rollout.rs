@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use artifacts::{StorageError, layout};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
@@ -289,6 +291,7 @@ impl Pass<'_> {
                 name: name.clone(),
                 source,
             })?;
+        self.autoscale().await?;
 
         let Some(champion) = self.status.champion.clone() else {
             return Ok(false);
@@ -320,6 +323,60 @@ impl Pass<'_> {
                 false
             }
         })
+    }
+
+    /// With `spec.inference.autoscaling`, applies the HorizontalPodAutoscaler and the
+    /// PodDisruptionBudget; once it is removed, deletes the ones the operator made.
+    async fn autoscale(&mut self) -> Result<(), Error> {
+        let name = builders::inference_name(&self.name);
+        let client = self.ctx.client.clone();
+        let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), &self.ns);
+        let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client, &self.ns);
+        let pp = PatchParams::apply(MANAGER).force();
+        if let (Some(hpa), Some(pdb)) = (
+            builders::inference_hpa(self.sm)?,
+            builders::inference_pdb(self.sm)?,
+        ) {
+            hpas.patch(&name, &pp, &Patch::Apply(&hpa))
+                .await
+                .map_err(|source| Error::ApplyAutoscaling {
+                    kind: "HorizontalPodAutoscaler",
+                    name: name.clone(),
+                    source,
+                })?;
+            pdbs.patch(&name, &pp, &Patch::Apply(&pdb))
+                .await
+                .map_err(|source| Error::ApplyAutoscaling {
+                    kind: "PodDisruptionBudget",
+                    name: name.clone(),
+                    source,
+                })?;
+            self.status.autoscaled = true;
+        } else if self.status.autoscaled {
+            let gone = |r: Result<_, kube::Error>, kind| match r {
+                Ok(_) => Ok(()),
+                Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
+                Err(source) => Err(Error::DeleteAutoscaling {
+                    kind,
+                    name: name.clone(),
+                    source,
+                }),
+            };
+            gone(
+                hpas.delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+                "HorizontalPodAutoscaler",
+            )?;
+            gone(
+                pdbs.delete(&name, &DeleteParams::default())
+                    .await
+                    .map(|_| ()),
+                "PodDisruptionBudget",
+            )?;
+            self.status.autoscaled = false;
+        }
+        Ok(())
     }
 
     async fn apply_deployment(&self, champion: &ChampionStatus) -> Result<Deployment, Error> {

@@ -345,6 +345,47 @@ impl Step {
         )
     }
 
+    pub fn apply_hpa() -> Self {
+        Self::new(
+            Method::PATCH,
+            format!(
+                "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/{NAME}-inference"
+            ),
+            |b| (200, b.clone()),
+        )
+    }
+
+    pub fn apply_pdb() -> Self {
+        Self::new(
+            Method::PATCH,
+            format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{NAME}-inference"),
+            |b| (200, b.clone()),
+        )
+    }
+
+    pub fn delete_hpa() -> Self {
+        Self::new(
+            Method::DELETE,
+            format!(
+                "/apis/autoscaling/v2/namespaces/{NS}/horizontalpodautoscalers/{NAME}-inference"
+            ),
+            |_| (404, api_error(404, "NotFound")),
+        )
+    }
+
+    pub fn delete_pdb() -> Self {
+        Self::new(
+            Method::DELETE,
+            format!("/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets/{NAME}-inference"),
+            |_| {
+                (
+                    200,
+                    json!({"apiVersion": "v1", "kind": "Status", "status": "Success", "code": 200}),
+                )
+            },
+        )
+    }
+
     pub fn get_job(job: Value) -> Self {
         let name = job["metadata"]["name"].as_str().unwrap().to_owned();
         Self::new(
