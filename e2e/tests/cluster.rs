@@ -65,6 +65,27 @@ async fn bootstrap_with(
     Ok((run.run_id, endpoints))
 }
 
+/// Asks for a manual run with `recipe` against `champion`, waits for its decision and checks
+/// that it is `expected`.
+async fn challenge(
+    world: &World,
+    champion: &str,
+    recipe: face2simpson_e2e::world::Recipe,
+    request: &str,
+    expected: &str,
+) -> Result<(RunStatus, SimpsonModel)> {
+    world.request_run(recipe, request).await?;
+    let sm = world.wait_decision(Some(champion)).await?;
+    let run = last_run(&sm)?;
+    ensure!(
+        decision(&run) == expected,
+        "decided {:?}: {:?}",
+        run.decision,
+        run.reason
+    );
+    Ok((run, sm))
+}
+
 async fn deployment_generation(world: &World) -> Result<i64> {
     let name = face2simpson_operator::builders::inference_name(MODEL);
     world
@@ -137,15 +158,7 @@ async fn worse_challenger_is_rejected() -> Result<()> {
     let generation = deployment_generation(&world).await?;
     let replica_sets = world.replica_sets().await?;
 
-    world.request_run(BAD, "worse").await?;
-    let sm = world.wait_decision(Some(&run1)).await?;
-    let run2 = last_run(&sm)?;
-    ensure!(
-        decision(&run2) == "Reject",
-        "decided {:?}: {:?}",
-        run2.decision,
-        run2.reason
-    );
+    let (run2, sm) = challenge(&world, &run1, BAD, "worse", "Reject").await?;
     ensure!(champion(&sm)?.run_id == run1, "the champion changed");
     ensure!(
         deployment_generation(&world).await? == generation,
@@ -194,15 +207,7 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     let generation = deployment_generation(&world).await?;
     let replica_sets = world.replica_sets().await?;
 
-    world.request_run(GOOD, "better").await?;
-    let sm = world.wait_decision(Some(&run1)).await?;
-    let run2 = last_run(&sm)?;
-    ensure!(
-        decision(&run2) == "Promote",
-        "decided {:?}: {:?}",
-        run2.decision,
-        run2.reason
-    );
+    let (run2, sm) = challenge(&world, &run1, GOOD, "better", "Promote").await?;
     let status = sm.status.clone().unwrap_or_default();
     ensure!(status.previous_champion.map(|c| c.run_id) == Some(run1.clone()));
     let endpoints = world.wait_serving(&run2.run_id).await?;
