@@ -4,6 +4,7 @@
 //! datasets/<name>/{train,test}/<class>/*.{jpg,png,webp}
 //! pretrained/mobilenet_v2-b0353104.pth
 //! runs/<run-id>/model.safetensors
+//! runs/<run-id>/model.onnx        the same weights as ONNX (what the inference service runs)
 //! runs/<run-id>/metrics.json      written last: its presence means the run is complete
 //! champion.json                   the embedded (cluster-free) mode's current champion
 //! ```
@@ -20,6 +21,23 @@ pub const SPLITS: [&str; 2] = ["train", "test"];
 /// The weights of a run.
 pub fn run_weights(run_id: &str) -> String {
     format!("runs/{run_id}/model.safetensors")
+}
+
+/// The ONNX export of a run's weights.
+pub fn run_onnx(run_id: &str) -> String {
+    format!("runs/{run_id}/model.onnx")
+}
+
+/// The ONNX model that sits beside a weights key (`runs/x/model.safetensors` →
+/// `runs/x/model.onnx`). A key that already names an `.onnx` file is returned as it is.
+pub fn onnx_beside(weights_key: &str) -> String {
+    if weights_key.ends_with(".onnx") {
+        return weights_key.to_owned();
+    }
+    match weights_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/model.onnx"),
+        None => "model.onnx".to_owned(),
+    }
 }
 
 /// The metrics of a run; its presence marks the run complete.
@@ -68,6 +86,10 @@ mod tests {
         assert_eq!(run_metrics("r1"), "runs/r1/metrics.json");
         assert_eq!(metrics_beside(&run_weights("r1")), run_metrics("r1"));
         assert_eq!(metrics_beside("model.safetensors"), "metrics.json");
+        assert_eq!(run_onnx("r1"), "runs/r1/model.onnx");
+        assert_eq!(onnx_beside(&run_weights("r1")), run_onnx("r1"));
+        assert_eq!(onnx_beside("runs/r1/model.onnx"), "runs/r1/model.onnx");
+        assert_eq!(onnx_beside("model.safetensors"), "model.onnx");
     }
 
     #[test]

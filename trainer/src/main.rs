@@ -127,7 +127,8 @@ async fn main() -> Result<()> {
 
 async fn train_cmd(a: TrainArgs) -> Result<()> {
     let storage = Storage::open(&a.storage)?;
-    let device = model::parse_device(&a.device).map_err(anyhow::Error::msg)?;
+    let device =
+        face2simpson_trainer::torch::parse_device(&a.device).map_err(anyhow::Error::msg)?;
     let cfg = TrainConfig {
         run_id: a.run_id,
         dataset: a.dataset,
@@ -157,7 +158,7 @@ async fn train_cmd(a: TrainArgs) -> Result<()> {
     {
         bail!("--min-accuracy and --min-improvement are fractions between 0 and 1");
     }
-    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %model::device_name(device), "training");
+    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run(&storage, &cfg, &Progress::auto())
         .await
         .with_context(|| format!("run {} failed; no metrics.json was written", cfg.run_id))?;

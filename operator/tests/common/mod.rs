@@ -208,6 +208,8 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         dataset: "datasets/current".into(),
         dataset_fingerprint: "cd".repeat(32),
         weights_key: format!("runs/{run_id}/model.safetensors"),
+        onnx_key: None,
+        onnx_sha256: None,
         pretrained: None,
         started_at: "2026-11-10T00:00:00Z".parse().unwrap(),
         finished_at: "2026-11-10T01:00:00Z".parse().unwrap(),
