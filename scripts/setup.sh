@@ -11,7 +11,8 @@
 #                             laid out as in site-packages (torch/lib beside nvidia/) so the RPATHs
 #                             the wheels carry resolve unchanged; used by the trainer image.
 #
-# Environment: FACE2SIMPSON_DEPS (default .deps/) and LIBTORCH (default $FACE2SIMPSON_DEPS/libtorch).
+# Environment: FACE2SIMPSON_DEPS (default .deps/), LIBTORCH (default $FACE2SIMPSON_DEPS/libtorch),
+# FACE2SIMPSON_SETUP_ORT=0 to skip ONNX Runtime and BlazeFace.
 set -euo pipefail
 
 variant=cpu
@@ -24,7 +25,8 @@ esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # ONNX Runtime and BlazeFace for the inference service (own stamp, returns at once when done).
-"$root/scripts/setup-ort.sh"
+# The image build fetches them in a stage of their own (FACE2SIMPSON_SETUP_ORT=0 here).
+[[ "${FACE2SIMPSON_SETUP_ORT:-1}" == 0 ]] || "$root/scripts/setup-ort.sh"
 deps="${FACE2SIMPSON_DEPS:-$root/.deps}"
 wheels="$deps/wheels"
 libtorch="${LIBTORCH:-$deps/libtorch}"
