@@ -210,6 +210,7 @@ fn main() -> anyhow::Result<()> {
         )?;
         let limits = Limits {
             max_decodes: cores,
+            max_waiting: 64,
             ..Limits::default()
         };
         let state = AppState::new(limits, Arc::new(detector));

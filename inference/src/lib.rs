@@ -47,9 +47,12 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-sr
 pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
-    /// Uploads read, decoded and preprocessed at once; more are answered 503 before their body
-    /// is read. Decoding is the memory-hungry step (a 12 MP photo is 36 MB of pixels).
+    /// Uploads read, decoded and preprocessed at once. Decoding is the memory-hungry step (a
+    /// 12 MP photo is 36 MB of pixels).
     pub max_decodes: usize,
+    /// Uploads that may wait for a decode slot, their bodies unread; beyond that, requests are
+    /// answered 503 + Retry-After at once.
+    pub max_waiting: usize,
 }
 
 impl Default for Limits {
@@ -58,6 +61,7 @@ impl Default for Limits {
             max_body_bytes: 10 << 20,
             request_timeout: Duration::from_secs(30),
             max_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_waiting: 64,
         }
     }
 }
@@ -73,6 +77,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     detector: Arc<FaceDetector>,
     limits: Limits,
+    /// Requests admitted: decoding or waiting to (`max_decodes + max_waiting`).
+    admitted: Arc<Semaphore>,
     decodes: Arc<Semaphore>,
     draining: AtomicBool,
 }
@@ -99,6 +105,9 @@ impl AppState {
                 metrics: Arc::new(Metrics::default()),
                 detector,
                 limits,
+                admitted: Arc::new(Semaphore::new(
+                    limits.max_decodes.max(1) + limits.max_waiting,
+                )),
                 decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
                 draining: AtomicBool::new(false),
             }),
@@ -300,13 +309,21 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
     let Some(loaded) = state.inner.loaded.get() else {
         return Err(ApiError::busy("the model is still loading"));
     };
-    // Admission comes first: a request that cannot be decoded now is turned away before its
-    // body is read, so a burst costs neither memory nor CPU.
-    let Ok(permit) = state.inner.decodes.clone().try_acquire_owned() else {
+    // Admission comes first: beyond the decode slots and the bounded wait for one, a request
+    // is turned away before its body is read, so a burst costs neither memory nor CPU. Bodies
+    // are read only once a decode slot is held.
+    let Ok(_admitted) = state.inner.admitted.clone().try_acquire_owned() else {
         return Err(ApiError::busy(
             "too many uploads in progress; retry shortly",
         ));
     };
+    let permit = state
+        .inner
+        .decodes
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::busy("shutting down"))?;
     let bytes = upload(&state, req).await?;
     let pre = loaded.pre;
     let detector = state.inner.detector.clone();

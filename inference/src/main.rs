@@ -65,10 +65,13 @@ struct Cli {
     /// Requests queued for the model at most; more get 503 with Retry-After.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 64)]
     queue_capacity: usize,
-    /// Uploads decoded at once (default: the number of cores); more get 503 before their body
-    /// is read.
+    /// Uploads decoded at once (default: the number of cores); more wait (see
+    /// --max-waiting), their bodies unread.
     #[arg(long, env = "MAX_DECODES")]
     max_decodes: Option<usize>,
+    /// Uploads that may wait for a decode slot (bodies unread); more get 503 at once.
+    #[arg(long, env = "MAX_WAITING_UPLOADS", default_value_t = 64)]
+    max_waiting: usize,
     /// Faces classified per image at most, the largest first.
     #[arg(long, env = "MAX_FACES", default_value_t = 8)]
     max_faces: usize,
@@ -138,6 +141,7 @@ async fn run(cli: Cli, max_decodes: usize) -> Result<()> {
         max_body_bytes: cli.max_body_bytes,
         request_timeout: Duration::from_secs(cli.request_timeout_secs),
         max_decodes,
+        max_waiting: cli.max_waiting,
     };
     let batch = BatchConfig {
         max_batch: cli.max_batch.max(1),

@@ -178,6 +178,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
         max_body_bytes: 256 << 10,
         request_timeout: Duration::from_millis(500),
         max_decodes: 4,
+        max_waiting: 4,
     };
     let state = ready_state(dir.path(), limits).await;
     let good = flat_image();
@@ -395,13 +396,14 @@ async fn predictions_are_never_cached_and_never_sniffed() {
     assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
 }
 
-/// Admission comes before the body is read: with every decode slot taken, the next upload is
-/// turned away at once with 503 and Retry-After.
+/// Admission comes before the body is read: with every decode slot and waiting place taken,
+/// the next upload is turned away at once with 503 and Retry-After.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_beyond_the_decode_slots_are_turned_away_before_decoding() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         max_decodes: 1,
+        max_waiting: 0,
         request_timeout: Duration::from_secs(5),
         ..Limits::default()
     };
@@ -487,4 +489,29 @@ async fn faces_per_image_are_capped() {
     let (status, _, body) = call(&capped, raw(png(&four), "image/png")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["faces"].as_array().unwrap().len(), 2);
+}
+
+/// Below the admission limit nobody is turned away: uploads wait for a decode slot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_wait_for_a_decode_slot_within_the_admission_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_decodes: 1,
+        max_waiting: 8,
+        ..Limits::default()
+    };
+    let state = ready_state(dir.path(), limits).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
+                (status, String::from_utf8_lossy(&body).into_owned())
+            })
+        })
+        .collect();
+    for c in calls {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

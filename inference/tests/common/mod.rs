@@ -84,6 +84,7 @@ pub fn batch_config() -> BatchConfig {
 pub fn limits() -> Limits {
     Limits {
         max_decodes: 4,
+        max_waiting: 16,
         ..Limits::default()
     }
 }
