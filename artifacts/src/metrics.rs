@@ -44,6 +44,13 @@ pub struct RunMetrics {
     pub dataset_fingerprint: String,
     /// Key of the weights this run wrote.
     pub weights_key: String,
+    /// Key of the ONNX export of the same weights (`runs/<id>/model.onnx`), what the inference
+    /// service and any ONNX runtime serve. Absent in runs from before the export existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_key: Option<String>,
+    /// `sha256:<hex>` of the ONNX file, so a server can check it loaded the bytes the run wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx_sha256: Option<String>,
     /// Where the ImageNet backbone came from, `None` when trained from scratch.
     #[serde(default)]
     pub pretrained: Option<String>,
@@ -212,6 +219,8 @@ pub(crate) mod tests {
             dataset: "datasets/current".into(),
             dataset_fingerprint: "ab".repeat(32),
             weights_key: "runs/r2/model.safetensors".into(),
+            onnx_key: Some("runs/r2/model.onnx".into()),
+            onnx_sha256: Some(format!("sha256:{}", "cd".repeat(32))),
             pretrained: Some("pretrained/mobilenet_v2-b0353104.pth".into()),
             started_at: "2026-11-29T10:00:00Z".parse().unwrap(),
             finished_at: "2026-11-29T10:05:00Z".parse().unwrap(),
@@ -249,6 +258,8 @@ pub(crate) mod tests {
             "finished_at",
             "device",
             "trainer_version",
+            "onnx_key",
+            "onnx_sha256",
         ] {
             assert!(v.get(key).is_some(), "metrics.json lacks {key}");
         }
@@ -256,6 +267,16 @@ pub(crate) mod tests {
             v["skipped_files"][0].get("path").is_some()
                 && v["skipped_files"][0].get("reason").is_some()
         );
+    }
+
+    #[test]
+    fn runs_without_an_onnx_export_still_parse() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        obj.remove("onnx_key");
+        obj.remove("onnx_sha256");
+        let m = RunMetrics::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!((m.onnx_key, m.onnx_sha256), (None, None));
     }
 
     #[test]

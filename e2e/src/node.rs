@@ -45,17 +45,33 @@ const MAX_GRACE: Duration = Duration::from_secs(5);
 pub struct Images {
     by_image: BTreeMap<String, PathBuf>,
     by_command: BTreeMap<String, PathBuf>,
+    /// The `ENV` of each image: the lowest layer of a container's environment.
+    env: BTreeMap<String, Vec<(String, String)>>,
 }
 
 impl Images {
     /// `image` runs `binary` when the container names no command; a command whose file name
-    /// is `binary`'s runs it too.
-    pub fn with(mut self, image: &str, binary: &Path) -> Self {
+    /// is `binary`'s runs it too. `env` is the image's own `ENV`, which the Pod's env overrides.
+    pub fn with(mut self, image: &str, binary: &Path, env: &[(&str, &Path)]) -> Self {
         self.by_image.insert(image.to_owned(), binary.to_owned());
         if let Some(name) = binary.file_name().and_then(|n| n.to_str()) {
             self.by_command.insert(name.to_owned(), binary.to_owned());
         }
+        let env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), v.to_string_lossy().into_owned()))
+            .collect();
+        self.env.insert(image.to_owned(), env);
         self
+    }
+
+    fn env_of(&self, container: &Container) -> Vec<(String, String)> {
+        container
+            .image
+            .as_ref()
+            .and_then(|i| self.env.get(i))
+            .cloned()
+            .unwrap_or_default()
     }
 
     /// The program and arguments of a container, as an image's entrypoint would resolve them.
@@ -447,7 +463,10 @@ impl Kubelet {
     ) -> Result<Process> {
         loop {
             match crate::node_env::resolve(&self.client, pod, container, &running.ports).await {
-                Ok(env) => {
+                Ok(pod_env) => {
+                    let mut env = self.images.env_of(container);
+                    env.retain(|(k, _)| !pod_env.iter().any(|(p, _)| p == k));
+                    env.extend(pod_env);
                     let args = crate::node_env::expand_all(args, &env);
                     let log = format!("{}_{}", running.namespace, running.name);
                     let program = if self.crashes(pod) {

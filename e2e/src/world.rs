@@ -97,9 +97,24 @@ impl World {
         let client = plane.admin_client().await?;
         let store = S3Store::start(&dir.join("s3"))?;
         seed_store(&store, &dir).await?;
+        // What the Dockerfile's images set with ENV.
+        let deps = crate::paths::deps();
         let images = Images::default()
-            .with(TRAINER_IMAGE, &our_bin("face2simpson-trainer")?)
-            .with(INFERENCE_IMAGE, &our_bin("face2simpson-inference")?);
+            .with(TRAINER_IMAGE, &our_bin("face2simpson-trainer")?, &[])
+            .with(
+                INFERENCE_IMAGE,
+                &our_bin("face2simpson-inference")?,
+                &[
+                    (
+                        "ORT_DYLIB_PATH",
+                        &deps.join("onnxruntime/libonnxruntime.so"),
+                    ),
+                    (
+                        "FACE_DETECTOR",
+                        &deps.join("blazeface/face_detection_front_128x128.onnx"),
+                    ),
+                ],
+            );
         let node = Node::start(client.clone(), images, &dir).await?;
 
         // As a user would: the namespace and its store Secret, then the chart.

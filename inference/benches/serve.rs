@@ -1,22 +1,32 @@
-//! Serving throughput and latency with a real load generator (Debian's `wrk`) at concurrency
-//! 1, 8 and 32, against the raw batched forward throughput of the same model in-process.
+//! `make bench-serve`: the service against its peer, side by side, on the same machine, model
+//! and upload, with a real load generator (Debian's `wrk`) at concurrency 1, 8 and 32.
 //!
-//! The server is the real one (`app`, axum on loopback) with a 224 px model; every request
-//! uploads a 256 px JPEG that goes through decode, face detection, preprocessing and the
-//! dynamic batcher. Tunables (env): BENCH_SECONDS (per level, default 10).
+//! * The service: the real server (`serve` + `app`) on loopback with a 224 px MobileNetV2 ONNX
+//!   model (seeded random weights: cost does not depend on their values), BlazeFace, batching.
+//! * The peer: `bench/peer.py`, FastAPI + OpenCV Haar cascade + ONNX Runtime serving the same
+//!   model.onnx, from the virtual environment `scripts/setup-bench.sh` makes.
+//! * Before that, the batching table: per-image model cost at batch 1, 2, 4, 8 with 1 and 2
+//!   intra-op threads, the measurement behind the serving defaults.
+//!
+//! Every request uploads the same 256 px JPEG portrait (one face). Tunables (env):
+//! BENCH_SECONDS (per level, default 10), BENCH_WORKERS / BENCH_THREADS / BENCH_MAX_BATCH
+//! (the service's configuration, default 1 / all cores / 8), BENCH_PEER_PYTHON (default
+//! .deps/bench-venv/bin/python; set it empty to skip the peer).
 
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use face2simpson_inference::batcher::BatchConfig;
-use face2simpson_inference::{AppState, Limits, app, load_model};
-use model::Classifier;
-use tch::{Device, Kind, Tensor};
+use face2simpson_inference::serve::{ServeConfig, serve};
+use face2simpson_inference::{
+    AppState, BatchConfig, Forward, Limits, RuntimeConfig, app, load_detector, load_model,
+};
 
 const IMAGE_SIZE: u32 = 224;
-const MAX_BATCH: usize = 16;
+const PORTRAIT: &[u8] = include_bytes!("../tests/fixtures/astronaut.png");
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy)]
 struct WrkResult {
     rps: f64,
     p50_ms: f64,
@@ -25,11 +35,8 @@ struct WrkResult {
 }
 
 fn parse_ms(s: &str) -> f64 {
-    let (num, unit) = s.trim().split_at(
-        s.trim()
-            .find(|c: char| c.is_alphabetic())
-            .unwrap_or(s.trim().len()),
-    );
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| c.is_alphabetic()).unwrap_or(s.len()));
     let v: f64 = num.parse().unwrap_or(f64::NAN);
     match unit {
         "us" => v / 1000.0,
@@ -57,29 +64,123 @@ fn parse_wrk(out: &str) -> WrkResult {
     r
 }
 
-fn main() -> anyhow::Result<()> {
-    let seconds: u64 = std::env::var("BENCH_SECONDS")
+fn wrk(script: &Path, url: &str, c: usize, seconds: u64) -> anyhow::Result<WrkResult> {
+    let out = Command::new("wrk")
+        .args(["-t", &c.min(2).to_string(), "-c", &c.to_string()])
+        .args(["-d", &format!("{seconds}s"), "--latency", "-s"])
+        .arg(script)
+        .arg(url)
+        .output()?;
+    Ok(parse_wrk(&String::from_utf8_lossy(&out.stdout)))
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(10);
+        .unwrap_or(default)
+}
+
+/// Per-image model cost at each batch size and thread count.
+fn batching_table(onnx: &[u8], library: &Path) -> anyhow::Result<()> {
+    let env = face2simpson_inference::runtime::environment(library)?;
+    let size = IMAGE_SIZE as usize;
+    println!("batching: ms per image, {IMAGE_SIZE} px MobileNetV2 on ONNX Runtime");
+    println!(
+        "  {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "threads", "batch 1", "batch 2", "batch 4", "batch 8"
+    );
+    for threads in [1, 2] {
+        let session = face2simpson_inference::runtime::session(env, onnx, threads)?;
+        let mut model = face2simpson_inference::batcher::OnnxClassifier::new(session);
+        let mut row = Vec::new();
+        for batch in [1usize, 2, 4, 8] {
+            let x = vec![0.1f32; batch * 3 * size * size];
+            model.forward(&x, batch, size).map_err(anyhow::Error::msg)?;
+            let start = Instant::now();
+            let mut images = 0;
+            while start.elapsed() < Duration::from_millis(1500) || images < 8 {
+                model.forward(&x, batch, size).map_err(anyhow::Error::msg)?;
+                images += batch;
+            }
+            row.push(start.elapsed().as_secs_f64() * 1e3 / images as f64);
+        }
+        println!(
+            "  {threads:>8} {:>9.2} {:>9.2} {:>9.2} {:>9.2}",
+            row[0], row[1], row[2], row[3]
+        );
+    }
+    Ok(())
+}
+
+struct Peer(Child);
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_peer(python: &Path, model: &Path, port: u16) -> anyhow::Result<Peer> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peer.py");
+    let child = Command::new(python)
+        .arg(script)
+        .args(["--model"])
+        .arg(model)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--image-size",
+            &IMAGE_SIZE.to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()?;
+    let peer = Peer(child);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(peer);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    anyhow::bail!("the peer did not start listening on port {port}")
+}
+
+fn main() -> anyhow::Result<()> {
+    let seconds: u64 = env_or("BENCH_SECONDS", 10);
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let workers: usize = env_or("BENCH_WORKERS", 1);
+    let threads: usize = env_or("BENCH_THREADS", cores);
+    let max_batch: usize = env_or("BENCH_MAX_BATCH", 8);
+    let library = PathBuf::from(env!("ORT_DYLIB_PATH"));
+    let python = std::env::var("BENCH_PEER_PYTHON").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../.deps/bench-venv/bin/python"
+        )
+        .to_owned()
+    });
     if Command::new("wrk").arg("--version").output().is_err() {
         anyhow::bail!("wrk is not installed: `make bench-serve` installs Debian's wrk");
     }
-    let rt = tokio::runtime::Runtime::new()?;
-    let dir = tempfile::tempdir()?;
-    let store = format!("file://{}", dir.path().display());
-    let storage = artifacts::Storage::open(&store)?;
-    tch::manual_seed(0);
-    let net = Classifier::new(Device::Cpu, 0.0);
-    rt.block_on(storage.put("runs/bench/model.safetensors", net.to_safetensors()?))?;
 
-    // The upload: a synthetic 256 px head as JPEG.
+    let dir = tempfile::tempdir()?;
+    let onnx = model::onnx::export(&model::onnx::Weights::random(0, 4), IMAGE_SIZE)?;
+    let onnx_path = dir.path().join("runs/bench/model.onnx");
+    std::fs::create_dir_all(onnx_path.parent().unwrap_or(dir.path()))?;
+    std::fs::write(&onnx_path, &onnx)?;
+    batching_table(&onnx, &library)?;
+
+    // The upload: the portrait at 256 px as JPEG.
+    let img = image::load_from_memory(PORTRAIT)?.resize_exact(
+        256,
+        256,
+        image::imageops::FilterType::Triangle,
+    );
     let upload = dir.path().join("upload.jpg");
-    let img = face2simpson_trainer::datagen::draw(1, 256, 3);
-    std::fs::write(
-        &upload,
-        face2simpson_trainer::datagen::encode(&img, image::ImageFormat::Jpeg),
-    )?;
+    img.to_rgb8()
+        .save_with_format(&upload, image::ImageFormat::Jpeg)?;
     let script = dir.path().join("post.lua");
     std::fs::write(
         &script,
@@ -89,90 +190,106 @@ fn main() -> anyhow::Result<()> {
         ),
     )?;
 
+    let rt = tokio::runtime::Runtime::new()?;
     let addr = rt.block_on(async {
-        let (net, mut info) = load_model(
-            &format!("{store}/runs/bench/model.safetensors"),
-            Device::Cpu,
-            IMAGE_SIZE,
-        )
-        .await?;
-        info.image_size = IMAGE_SIZE;
-        let state = AppState::new(Limits::default());
-        state.install(
-            net,
-            info,
-            BatchConfig {
-                max_batch: MAX_BATCH,
-                max_wait: Duration::from_millis(5),
-                queue_capacity: 256,
-            },
+        let runtime = RuntimeConfig {
+            library: library.clone(),
+            workers,
+            threads,
+        };
+        let uri = format!(
+            "file://{}/runs/bench/model.safetensors",
+            dir.path().display()
         );
+        let (models, info) = load_model(&uri, IMAGE_SIZE, &runtime).await?;
+        let detector = load_detector(
+            &library,
+            Path::new(env!("FACE2SIMPSON_BLAZEFACE")),
+            cores,
+            8,
+        )?;
+        let limits = Limits {
+            max_decodes: cores,
+            max_waiting: 64,
+            ..Limits::default()
+        };
+        let state = AppState::new(limits, Arc::new(detector));
+        let batch = BatchConfig {
+            max_batch,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 64,
+        };
+        state.install(models, info, batch)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app(state)).await });
+        tokio::spawn(serve(
+            listener,
+            app(state.clone()),
+            state,
+            ServeConfig::default(),
+            std::future::pending(),
+        ));
         anyhow::Ok(addr)
     })?;
 
-    // In-process reference: batched forward passes of the same network, inputs already tensors.
-    let reference = Classifier::new(Device::Cpu, 0.0);
-    let x = Tensor::randn(
-        [
-            MAX_BATCH as i64,
-            3,
-            i64::from(IMAGE_SIZE),
-            i64::from(IMAGE_SIZE),
-        ],
-        (Kind::Float, Device::Cpu),
-    );
-    let _ = reference.predict(&x);
-    let t = Instant::now();
-    let mut n = 0;
-    while t.elapsed() < Duration::from_secs(seconds) {
-        let _ = reference.predict(&x);
-        n += MAX_BATCH;
+    let levels = [1usize, 8, 32];
+    let mut ours = Vec::new();
+    for c in levels {
+        ours.push(wrk(
+            &script,
+            &format!("http://{addr}/v1/predict"),
+            c,
+            seconds,
+        )?);
     }
-    let raw_ips = n as f64 / t.elapsed().as_secs_f64();
+    let mut peer = Vec::new();
+    if !python.is_empty() && Path::new(&python).exists() {
+        let port = 18_090;
+        let _peer = start_peer(Path::new(&python), &onnx_path, port)?;
+        for c in levels {
+            peer.push(wrk(
+                &script,
+                &format!("http://127.0.0.1:{port}/v1/predict"),
+                c,
+                seconds,
+            )?);
+        }
+    } else {
+        println!("(peer skipped: no Python at {python}; `make bench-serve` creates it)");
+    }
 
     println!(
-        "serving benchmark: {IMAGE_SIZE} px model, max batch {MAX_BATCH}, {seconds} s per level, 256 px JPEG uploads"
+        "\nserving: {IMAGE_SIZE} px model, 256 px JPEG portrait, {seconds} s per level, {cores} cores; service: {workers} worker(s) x {threads} thread(s), max batch {max_batch}"
     );
-    println!("  in-process batched forward (batch {MAX_BATCH}): {raw_ips:8.2} images/s");
     println!(
-        "  {:>11} {:>10} {:>9} {:>9} {:>8} {:>7}",
-        "concurrency", "req/s", "p50 ms", "p99 ms", "non-2xx", "ratio"
+        "  {:>3} | {:>28} | {:>28} | {:>7}",
+        "c", "face2simpson req/s p50 p99", "FastAPI+Haar+ORT req/s p50 p99", "ratio"
     );
-    for c in [1, 8, 32] {
-        let out = Command::new("wrk")
-            .args([
-                "-t",
-                &c.min(2).to_string(),
-                "-c",
-                &c.to_string(),
-                "-d",
-                &format!("{seconds}s"),
-                "--latency",
-                "-s",
-            ])
-            .arg(&script)
-            .arg(format!("http://{addr}/v1/predict"))
-            .output()?;
-        let text = String::from_utf8_lossy(&out.stdout);
-        let r = parse_wrk(&text);
+    for (i, c) in levels.iter().enumerate() {
+        let o = ours[i];
+        let line = format!(
+            "  {c:>3} | {:>8.1} {:>8.1} {:>8.1} ms",
+            o.rps, o.p50_ms, o.p99_ms
+        );
+        match peer.get(i) {
+            Some(p) => println!(
+                "{line} | {:>8.1} {:>8.1} {:>8.1} ms | {:>6.2}x   non-2xx {} / {}",
+                p.rps,
+                p.p50_ms,
+                p.p99_ms,
+                o.rps / p.rps,
+                o.non_2xx,
+                p.non_2xx
+            ),
+            None => println!("{line}   non-2xx {}", o.non_2xx),
+        }
+    }
+    if let (Some(c8), Some(c32)) = (ours.get(1), ours.get(2)) {
         println!(
-            "  {c:>11} {:>10.2} {:>9.1} {:>9.1} {:>8} {:>7.3}",
-            r.rps,
-            r.p50_ms,
-            r.p99_ms,
-            r.non_2xx,
-            r.rps / raw_ips
+            "  p99 at c=32 / p50 at c=8 = {:.2} (target <= 4: backpressure, not collapse)",
+            c32.p99_ms / c8.p50_ms
         );
     }
-    println!(
-        "  ratio = served requests/s ÷ in-process images/s (target >= 0.85 at concurrency 32)"
-    );
-    // Stop the server so the model thread drops its tensors, then leave without unwinding the
-    // rest: libtorch's static destructors racing the model thread crashed the process on exit.
-    rt.shutdown_timeout(Duration::from_secs(5));
-    std::thread::sleep(Duration::from_secs(2));
-    std::process::exit(0)
+    rt.shutdown_timeout(Duration::from_secs(2));
+    Ok(())
 }

@@ -1,13 +1,18 @@
-//! Dynamic batching: concurrent requests are packed into one forward pass on a dedicated model
-//! thread, off the async runtime. The queue in front of it is bounded; when it is full callers
+//! Dynamic batching: concurrent requests are packed into forward passes on dedicated model
+//! threads, off the async runtime. The queue in front of them is bounded; when it is full callers
 //! get [`BatchError::Busy`] at once instead of memory growing without bound.
+//!
+//! A failed forward pass fails only the requests in it. A worker whose model panicked is not
+//! trusted again: it answers its batch, then stops, and [`Batcher::alive`] counts it out, so
+//! health checks go red when no worker is left (Kubernetes then restarts the pod).
 
-use std::sync::Arc;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use model::{CLASSES, Classifier};
-use tch::Tensor;
+use model::CLASSES;
 use tokio::sync::oneshot;
 
 use crate::metrics::Metrics;
@@ -17,7 +22,7 @@ pub type Probabilities = [f32; CLASSES.len()];
 
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
-    /// Most images in one forward pass.
+    /// Most images in one forward pass; larger requests are split.
     pub max_batch: usize,
     /// How long the first request of a batch waits for company.
     pub max_wait: Duration,
@@ -35,46 +40,134 @@ pub enum BatchError {
     Failed(String),
 }
 
+/// One model instance: runs a normalised NCHW batch of `n` images of `size`×`size` and returns
+/// `n` rows of probabilities.
+pub trait Forward: Send {
+    fn forward(
+        &mut self,
+        batch: &[f32],
+        n: usize,
+        size: usize,
+    ) -> Result<Vec<Probabilities>, String>;
+}
+
+/// The classifier exported by the trainer (`model.onnx`), on ONNX Runtime.
+pub struct OnnxClassifier {
+    session: ort::session::Session,
+}
+
+impl std::fmt::Debug for OnnxClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnnxClassifier").finish_non_exhaustive()
+    }
+}
+
+impl OnnxClassifier {
+    pub fn new(session: ort::session::Session) -> Self {
+        Self { session }
+    }
+}
+
+impl Forward for OnnxClassifier {
+    fn forward(
+        &mut self,
+        batch: &[f32],
+        n: usize,
+        size: usize,
+    ) -> Result<Vec<Probabilities>, String> {
+        let input = ort::value::TensorRef::from_array_view(([n, 3, size, size], batch))
+            .map_err(|e| e.to_string())?;
+        let outputs = self
+            .session
+            .run(ort::inputs![model::onnx::INPUT => input])
+            .map_err(|e| e.to_string())?;
+        let (shape, probs) = outputs[model::onnx::OUTPUT]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| e.to_string())?;
+        if shape[..] != [n as i64, CLASSES.len() as i64] {
+            return Err(format!("unexpected output shape {shape:?}"));
+        }
+        Ok(probs
+            .chunks_exact(CLASSES.len())
+            .map(|r| {
+                let mut out = [0.0f32; CLASSES.len()];
+                out.copy_from_slice(r);
+                out
+            })
+            .collect())
+    }
+}
+
 struct Job {
     /// Preprocessed images, `3 * size * size` floats each.
     images: Vec<Vec<f32>>,
     reply: oneshot::Sender<Result<Vec<Probabilities>, BatchError>>,
 }
 
-/// Handle to the model thread; cheap to clone.
+/// Handle to the model threads; cheap to clone.
 #[derive(Clone)]
 pub struct Batcher {
     tx: SyncSender<Job>,
     metrics: Arc<Metrics>,
+    alive: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for Batcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Batcher").finish_non_exhaustive()
+        f.debug_struct("Batcher")
+            .field("alive", &self.alive())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a worker out when its thread ends, however it ends.
+struct AliveGuard(Arc<AtomicUsize>);
+
+impl Drop for AliveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
 impl Batcher {
-    /// Moves `net` onto a new thread that serves batches until every handle is dropped.
+    /// One thread per model instance; they share one queue and serve until every handle is
+    /// dropped.
     pub fn spawn(
-        net: Classifier,
+        models: Vec<Box<dyn Forward>>,
         image_size: u32,
         config: BatchConfig,
         metrics: Arc<Metrics>,
-    ) -> Self {
+    ) -> std::io::Result<Self> {
         let (tx, rx) = sync_channel(config.queue_capacity.max(1));
-        let worker_metrics = metrics.clone();
-        std::thread::Builder::new()
-            .name("model".into())
-            .spawn(move || worker(net, image_size, config, rx, &worker_metrics))
-            .expect("spawning the model thread");
-        Self { tx, metrics }
+        let rx = Arc::new(Mutex::new(rx));
+        let alive = Arc::new(AtomicUsize::new(0));
+        for (i, model) in models.into_iter().enumerate() {
+            let rx = rx.clone();
+            let metrics = metrics.clone();
+            alive.fetch_add(1, Ordering::SeqCst);
+            let guard = AliveGuard(alive.clone());
+            std::thread::Builder::new()
+                .name(format!("model-{i}"))
+                .spawn(move || {
+                    let _guard = guard;
+                    worker(model, image_size as usize, config, &rx, &metrics);
+                })?;
+        }
+        Ok(Self { tx, metrics, alive })
+    }
+
+    /// Model threads still serving.
+    pub fn alive(&self) -> usize {
+        self.alive.load(Ordering::SeqCst)
     }
 
     /// Classifies `images`; they are batched with whatever else is waiting.
     pub async fn classify(&self, images: Vec<Vec<f32>>) -> Result<Vec<Probabilities>, BatchError> {
         if images.is_empty() {
             return Ok(Vec::new());
+        }
+        if self.alive() == 0 {
+            return Err(BatchError::Closed);
         }
         let (reply, rx) = oneshot::channel();
         match self.tx.try_send(Job { images, reply }) {
@@ -86,70 +179,101 @@ impl Batcher {
     }
 }
 
+/// Takes the next batch off the shared queue: the first job, then whatever arrives within
+/// `max_wait` until `max_batch` images are gathered. `None` when every sender is gone.
+fn gather(rx: &Mutex<Receiver<Job>>, config: BatchConfig, metrics: &Metrics) -> Option<Vec<Job>> {
+    // A poisoned lock only means another worker panicked while holding it; the queue itself
+    // is intact.
+    let rx = rx.lock().unwrap_or_else(|p| p.into_inner());
+    let first = rx.recv().ok()?;
+    metrics.queue_depth.dec();
+    let mut count = first.images.len();
+    let mut jobs = vec![first];
+    let deadline = Instant::now() + config.max_wait;
+    while count < config.max_batch {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(job) => {
+                metrics.queue_depth.dec();
+                count += job.images.len();
+                jobs.push(job);
+            }
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    Some(jobs)
+}
+
 fn worker(
-    net: Classifier,
-    image_size: u32,
+    mut model: Box<dyn Forward>,
+    size: usize,
     config: BatchConfig,
-    rx: Receiver<Job>,
+    rx: &Mutex<Receiver<Job>>,
     metrics: &Metrics,
 ) {
-    let per_image = 3 * (image_size as usize).pow(2);
-    while let Ok(first) = rx.recv() {
-        metrics.queue_depth.dec();
-        let mut jobs = vec![first];
-        let mut count = jobs[0].images.len();
-        let deadline = Instant::now() + config.max_wait;
-        while count < config.max_batch {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            match rx.recv_timeout(deadline - now) {
-                Ok(job) => {
-                    metrics.queue_depth.dec();
-                    count += job.images.len();
-                    jobs.push(job);
-                }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-            }
-        }
+    let per_image = 3 * size * size;
+    let max_batch = config.max_batch.max(1);
+    while let Some(mut jobs) = gather(rx, config, metrics) {
         // Callers that gave up (timeout, disconnect) no longer need an answer: skip their images.
         jobs.retain(|job| !job.reply.is_closed());
         if jobs.is_empty() {
             continue;
         }
-        let count: usize = jobs.iter().map(|job| job.images.len()).sum();
-        metrics.batch_size.observe(count as f64);
-        let mut flat = Vec::with_capacity(count * per_image);
-        for job in &jobs {
-            for img in &job.images {
+        let images: Vec<&Vec<f32>> = jobs.iter().flat_map(|job| &job.images).collect();
+        let mut probs = Vec::with_capacity(images.len());
+        let mut failure = None;
+        let mut flat = Vec::with_capacity(images.len().min(max_batch) * per_image);
+        // Never more than max_batch images in one pass, however many one request brought.
+        for chunk in images.chunks(max_batch) {
+            flat.clear();
+            for img in chunk {
                 flat.extend_from_slice(img);
             }
+            metrics.batch_size.observe(chunk.len() as f64);
+            match catch_unwind(AssertUnwindSafe(|| model.forward(&flat, chunk.len(), size))) {
+                Ok(Ok(rows)) if rows.len() == chunk.len() => probs.extend(rows),
+                Ok(Ok(rows)) => {
+                    failure = Some((
+                        format!("{} rows for {} images", rows.len(), chunk.len()),
+                        false,
+                    ));
+                    break;
+                }
+                Ok(Err(e)) => {
+                    failure = Some((e, false));
+                    break;
+                }
+                Err(panic) => {
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| (*s).to_owned())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "panic".into());
+                    failure = Some((format!("model panicked: {msg}"), true));
+                    break;
+                }
+            }
         }
-        let s = i64::from(image_size);
-        let result = Tensor::f_from_slice(&flat)
-            .and_then(|t| t.f_view([count as i64, 3, s, s]))
-            .and_then(|t| t.f_to_device(net.device()))
-            .and_then(|x| {
-                let p = net.predict(&x).f_to_device(tch::Device::Cpu)?;
-                Vec::<f32>::try_from(p.f_view([-1])?)
-            });
-        match result {
-            Ok(probs) => {
-                let mut rows = probs.chunks_exact(CLASSES.len()).map(|r| {
-                    let mut out = [0.0f32; CLASSES.len()];
-                    out.copy_from_slice(r);
-                    out
-                });
+        match failure {
+            None => {
+                let mut rows = probs.into_iter();
                 for job in jobs {
                     let mine: Vec<Probabilities> = rows.by_ref().take(job.images.len()).collect();
                     let _ = job.reply.send(Ok(mine));
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "inference failed");
+            Some((e, fatal)) => {
+                tracing::error!(error = %e, fatal, "inference failed");
                 for job in jobs {
-                    let _ = job.reply.send(Err(BatchError::Failed(e.to_string())));
+                    let _ = job.reply.send(Err(BatchError::Failed(e.clone())));
+                }
+                if fatal {
+                    // After a panic the model's state is unknown: stop this worker for good.
+                    tracing::error!("model worker stopped after a panic");
+                    return;
                 }
             }
         }

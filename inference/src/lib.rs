@@ -1,16 +1,25 @@
 //! face2simpson inference: an axum service and web page that say which Simpsons character each
-//! face in a photo resembles. [`app`] builds the router; `main.rs` only parses flags, loads the
-//! model in the background and serves.
+//! face in a photo resembles. The model is the trainer's ONNX export on ONNX Runtime; this crate
+//! does not link libtorch. [`app`] builds the router; [`serve`] runs it with connection limits
+//! and a drain phase; `main.rs` only parses flags, loads the model in the background and serves.
+//!
+//! Work is bounded at every step: at most `max_decodes` uploads are read and decoded at once
+//! (the rest get 503 before their body is read), decoded pixels are capped, faces per image are
+//! capped, forward passes never exceed `max_batch`, and the model queue is bounded.
 
 pub mod batcher;
+pub mod error;
 pub mod faces;
+pub mod load;
 pub mod metrics;
+pub mod runtime;
+pub mod serve;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use artifacts::{RunMetrics, Storage, layout};
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
@@ -18,22 +27,32 @@ use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use model::{CLASSES, Classifier, ImageError, Preprocessor};
+use model::{CLASSES, Preprocessor};
 use serde::Serialize;
-use tower_http::timeout::TimeoutLayer;
+use tokio::sync::Semaphore;
 use utoipa::{OpenApi, ToSchema};
 
-use crate::batcher::{BatchConfig, BatchError, Batcher, Probabilities};
+pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
+pub use crate::error::{ApiError, ErrorBody};
 use crate::faces::{FaceBox, FaceDetector, crop_with_margin};
+pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
 
 const PAGE: &str = include_str!("page.html");
+/// The page loads nothing from elsewhere; say so, so injected content could not either.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src 'self' blob: data:; connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 /// Limits that protect the service.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
     pub request_timeout: Duration,
+    /// Uploads read, decoded and preprocessed at once. Decoding is the memory-hungry step (a
+    /// 12 MP photo is 36 MB of pixels).
+    pub max_decodes: usize,
+    /// Uploads that may wait for a decode slot, their bodies unread; beyond that, requests are
+    /// answered 503 + Retry-After at once.
+    pub max_waiting: usize,
 }
 
 impl Default for Limits {
@@ -41,21 +60,10 @@ impl Default for Limits {
         Self {
             max_body_bytes: 10 << 20,
             request_timeout: Duration::from_secs(30),
+            max_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_waiting: 64,
         }
     }
-}
-
-/// What `/v1/model` reports about the loaded weights.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ModelInfo {
-    pub uri: String,
-    pub run_id: Option<String>,
-    pub test_accuracy: Option<f64>,
-    pub image_size: u32,
-    pub classes: Vec<String>,
-    /// The run's full metrics.json when it sits beside the weights.
-    #[schema(value_type = Option<Object>)]
-    pub metrics: Option<RunMetrics>,
 }
 
 struct Loaded {
@@ -67,8 +75,12 @@ struct Loaded {
 struct Inner {
     loaded: OnceLock<Loaded>,
     metrics: Arc<Metrics>,
-    detector: FaceDetector,
+    detector: Arc<FaceDetector>,
     limits: Limits,
+    /// Requests admitted: decoding or waiting to (`max_decodes + max_waiting`).
+    admitted: Arc<Semaphore>,
+    decodes: Arc<Semaphore>,
+    draining: AtomicBool,
 }
 
 /// Shared state; starts unready and becomes ready once [`AppState::install`] is called.
@@ -85,36 +97,45 @@ impl std::fmt::Debug for AppState {
     }
 }
 
-/// Why loading a model failed.
-#[derive(Debug, thiserror::Error)]
-pub enum LoadError {
-    #[error("invalid MODEL_URI {0:?}: expected a URL or path ending in a weights file")]
-    Uri(String),
-    #[error(transparent)]
-    Storage(#[from] artifacts::StorageError),
-    #[error("cannot load weights from {uri}: {source}")]
-    Weights {
-        uri: String,
-        source: model::WeightsError,
-    },
-    #[error("warm-up inference failed: {0}")]
-    WarmUp(String),
-}
-
 impl AppState {
-    pub fn new(limits: Limits) -> Self {
+    pub fn new(limits: Limits, detector: Arc<FaceDetector>) -> Self {
         Self {
             inner: Arc::new(Inner {
                 loaded: OnceLock::new(),
                 metrics: Arc::new(Metrics::default()),
-                detector: FaceDetector::bundled(),
+                detector,
                 limits,
+                admitted: Arc::new(Semaphore::new(
+                    limits.max_decodes.max(1) + limits.max_waiting,
+                )),
+                decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
+                draining: AtomicBool::new(false),
             }),
         }
     }
 
+    /// Loaded, a model worker alive, and not draining.
     pub fn is_ready(&self) -> bool {
-        self.inner.loaded.get().is_some()
+        !self.inner.draining.load(Ordering::SeqCst)
+            && self
+                .inner
+                .loaded
+                .get()
+                .is_some_and(|l| l.batcher.alive() > 0)
+    }
+
+    /// False once the model was loaded and every model worker has died: the process cannot
+    /// answer predictions any more and should be restarted.
+    pub fn is_alive(&self) -> bool {
+        self.inner
+            .loaded
+            .get()
+            .is_none_or(|l| l.batcher.alive() > 0)
+    }
+
+    /// The drain phase of a shutdown: /readyz answers 503 so that load balancers stop sending.
+    pub fn start_draining(&self) {
+        self.inner.draining.store(true, Ordering::SeqCst);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -122,143 +143,16 @@ impl AppState {
     }
 
     /// Puts a loaded, warmed-up model into service.
-    pub fn install(&self, net: Classifier, info: ModelInfo, batch: BatchConfig) {
+    pub fn install(
+        &self,
+        models: Vec<Box<dyn Forward>>,
+        info: ModelInfo,
+        batch: BatchConfig,
+    ) -> std::io::Result<()> {
         let pre = Preprocessor::new(info.image_size);
-        let batcher = Batcher::spawn(net, info.image_size, batch, self.inner.metrics.clone());
+        let batcher = Batcher::spawn(models, info.image_size, batch, self.inner.metrics.clone())?;
         let _ = self.inner.loaded.set(Loaded { batcher, pre, info });
-    }
-}
-
-/// Fetches weights (and `metrics.json` beside them, when present) from any store URL, loads
-/// them and runs one warm-up inference. `image_size` is used when no metrics say otherwise.
-pub async fn load_model(
-    uri: &str,
-    device: tch::Device,
-    image_size: u32,
-) -> Result<(Classifier, ModelInfo), LoadError> {
-    let (dir, file) = uri
-        .trim_end_matches('/')
-        .rsplit_once('/')
-        .ok_or_else(|| LoadError::Uri(uri.to_owned()))?;
-    if file.is_empty() || dir.is_empty() {
-        return Err(LoadError::Uri(uri.to_owned()));
-    }
-    let storage = Storage::open(dir)?;
-    let weights = storage.get(file).await?;
-    let metrics_key = layout::metrics_beside(file);
-    let metrics = match storage.get(&metrics_key).await {
-        Ok(bytes) => match RunMetrics::from_json(&bytes) {
-            Ok(m) => Some(m),
-            Err(e) => {
-                tracing::warn!(key = %storage.url_of(&metrics_key), error = %e, "ignoring malformed metrics.json");
-                None
-            }
-        },
-        Err(e) if e.is_not_found() => None,
-        Err(e) => return Err(e.into()),
-    };
-    let image_size = metrics
-        .as_ref()
-        .map_or(image_size, |m| m.hyperparameters.image_size);
-    let info = ModelInfo {
-        uri: uri.to_owned(),
-        run_id: metrics.as_ref().map(|m| m.run_id.clone()),
-        test_accuracy: metrics.as_ref().map(|m| m.test_accuracy),
-        image_size,
-        classes: CLASSES.iter().map(|c| c.to_string()).collect(),
-        metrics,
-    };
-    let uri_owned = uri.to_owned();
-    tokio::task::spawn_blocking(move || {
-        let mut net = Classifier::new(device, 0.0);
-        net.load_weights(&weights)
-            .map_err(|source| LoadError::Weights {
-                uri: uri_owned,
-                source,
-            })?;
-        // Warm-up: the first forward pass allocates; pay for it before /readyz says yes.
-        let s = i64::from(image_size);
-        let x = tch::Tensor::zeros([1, 3, s, s], (tch::Kind::Float, device));
-        let p = net.predict(&x);
-        if p.size() != [1, CLASSES.len() as i64] {
-            return Err(LoadError::WarmUp(format!(
-                "unexpected output shape {:?}",
-                p.size()
-            )));
-        }
-        Ok((net, info))
-    })
-    .await
-    .map_err(|e| LoadError::WarmUp(e.to_string()))?
-}
-
-/// An error answer: a status and `{"error": "..."}`.
-#[derive(Debug)]
-pub struct ApiError {
-    status: StatusCode,
-    message: String,
-    retry_after: Option<u32>,
-}
-
-impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        Self {
-            status,
-            message: message.into(),
-            retry_after: None,
-        }
-    }
-}
-
-#[derive(Debug, Serialize, ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut resp = (
-            self.status,
-            Json(ErrorBody {
-                error: self.message,
-            }),
-        )
-            .into_response();
-        if let Some(secs) = self.retry_after {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        resp
-    }
-}
-
-impl From<ImageError> for ApiError {
-    fn from(e: ImageError) -> Self {
-        let status = match e {
-            ImageError::Empty => StatusCode::BAD_REQUEST,
-            ImageError::NotAnImage => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ImageError::TooManyBytes(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ImageError::TooLarge { .. } | ImageError::Corrupt(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
-        };
-        ApiError::new(status, e.to_string())
-    }
-}
-
-impl From<BatchError> for ApiError {
-    fn from(e: BatchError) -> Self {
-        match e {
-            BatchError::Busy => ApiError {
-                status: StatusCode::SERVICE_UNAVAILABLE,
-                message: e.to_string(),
-                retry_after: Some(1),
-            },
-            BatchError::Closed => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-            BatchError::Failed(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-            }
-        }
+        Ok(())
     }
 }
 
@@ -287,9 +181,18 @@ pub struct Prediction {
     pub probabilities: BTreeMap<String, f32>,
     /// False when no face was found and the whole image was classified instead.
     pub face_detected: bool,
-    /// One verdict per detected face, largest first.
+    /// One verdict per detected face, largest first (at most the server's face cap).
     pub faces: Vec<Face>,
     pub model: ModelRef,
+}
+
+/// The multipart form of `/v1/predict`.
+#[derive(Debug, ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// The photo: JPEG, PNG or WebP.
+    #[schema(value_type = String, format = Binary)]
+    image: Vec<u8>,
 }
 
 fn verdict(p: &Probabilities) -> (String, BTreeMap<String, f32>) {
@@ -359,39 +262,86 @@ async fn upload(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
     ))
 }
 
+/// Set when the request's future is dropped (timeout, client gone), so the blocking decode
+/// stops at its next step instead of burning CPU for an answer nobody reads.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The number of faces in a prediction, for the access log.
+#[derive(Debug, Clone, Copy)]
+struct FaceCount(usize);
+
+enum Prepared {
+    Cancelled,
+    Ready(Vec<FaceBox>, Vec<Vec<f32>>),
+}
+
 /// Classify the faces in a photo.
 #[utoipa::path(
     post,
     path = "/v1/predict",
     request_body(
-        description = "The photo, raw or as a multipart field `image`",
-        content((Vec<u8> = "image/jpeg"), (Vec<u8> = "image/png"), (Vec<u8> = "image/webp"), (Vec<u8> = "multipart/form-data"))
+        description = "The photo, raw (Content-Type image/jpeg, image/png or image/webp) or as the multipart field `image`",
+        content(
+            (Vec<u8> = "image/jpeg"),
+            (Vec<u8> = "image/png"),
+            (Vec<u8> = "image/webp"),
+            (UploadForm = "multipart/form-data")
+        )
     ),
     responses(
         (status = 200, description = "A verdict per face", body = Prediction),
         (status = 400, description = "Empty or malformed upload", body = ErrorBody),
-        (status = 413, description = "Upload too large", body = ErrorBody),
-        (status = 415, description = "Not a supported image", body = ErrorBody),
-        (status = 422, description = "Corrupt, truncated or oversized image", body = ErrorBody),
-        (status = 503, description = "Model not loaded yet, or queue full (see Retry-After)", body = ErrorBody),
+        (status = 408, description = "The request took longer than the server's timeout", body = ErrorBody),
+        (status = 413, description = "Upload over the byte limit, or image over the pixel limit", body = ErrorBody),
+        (status = 415, description = "Not a supported image or content type", body = ErrorBody),
+        (status = 422, description = "Corrupt, truncated or oversized (per side) image", body = ErrorBody),
+        (status = 500, description = "Inference failed", body = ErrorBody),
+        (status = 503, description = "Model loading, server busy or draining; see Retry-After", body = ErrorBody),
     )
 )]
-async fn predict(
-    State(state): State<AppState>,
-    req: Request,
-) -> Result<Json<Prediction>, ApiError> {
+async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let Some(loaded) = state.inner.loaded.get() else {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the model is still loading",
+        return Err(ApiError::busy("the model is still loading"));
+    };
+    // Admission comes first: beyond the decode slots and the bounded wait for one, a request
+    // is turned away before its body is read, so a burst costs neither memory nor CPU. Bodies
+    // are read only once a decode slot is held.
+    let Ok(_admitted) = state.inner.admitted.clone().try_acquire_owned() else {
+        return Err(ApiError::busy(
+            "too many uploads in progress; retry shortly",
         ));
     };
+    let permit = state
+        .inner
+        .decodes
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| ApiError::busy("shutting down"))?;
     let bytes = upload(&state, req).await?;
     let pre = loaded.pre;
     let detector = state.inner.detector.clone();
-    let (boxes, inputs) = tokio::task::spawn_blocking(move || -> Result<_, ImageError> {
+    let cancelled = Arc::new(AtomicBool::new(false));
+    let _cancel = CancelOnDrop(cancelled.clone());
+    let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
+        let _permit = permit;
         let img = model::decode(&bytes)?;
-        let boxes = detector.detect(&img);
+        drop(bytes);
+        if cancelled.load(Ordering::SeqCst) {
+            return Ok(Prepared::Cancelled);
+        }
+        let boxes = detector
+            .detect(&img)
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+        if cancelled.load(Ordering::SeqCst) {
+            return Ok(Prepared::Cancelled);
+        }
         let inputs: Vec<Vec<f32>> = if boxes.is_empty() {
             vec![pre.eval(&pre.fit(&img))]
         } else {
@@ -400,10 +350,13 @@ async fn predict(
                 .map(|b| pre.eval(&pre.fit(&crop_with_margin(&img, *b))))
                 .collect()
         };
-        Ok((boxes, inputs))
+        Ok(Prepared::Ready(boxes, inputs))
     })
     .await
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    let Prepared::Ready(boxes, inputs) = prepared else {
+        return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "cancelled"));
+    };
     let probs = loaded.batcher.classify(inputs).await?;
     let faces: Vec<Face> = boxes
         .iter()
@@ -418,7 +371,8 @@ async fn predict(
         })
         .collect();
     let (character, probabilities) = verdict(&probs[0]);
-    Ok(Json(Prediction {
+    let count = faces.len();
+    let mut resp = Json(Prediction {
         character,
         probabilities,
         face_detected: !faces.is_empty(),
@@ -427,38 +381,45 @@ async fn predict(
             run_id: loaded.info.run_id.clone(),
             test_accuracy: loaded.info.test_accuracy,
         },
-    }))
+    })
+    .into_response();
+    resp.extensions_mut().insert(FaceCount(count));
+    Ok(resp)
 }
 
 /// The model in service.
-#[utoipa::path(get, path = "/v1/model", responses((status = 200, body = ModelInfo), (status = 503, body = ErrorBody)))]
+#[utoipa::path(get, path = "/v1/model", responses((status = 200, body = ModelInfo), (status = 503, description = "Model loading", body = ErrorBody)))]
 async fn model_info(State(state): State<AppState>) -> Result<Json<ModelInfo>, ApiError> {
     state
         .inner
         .loaded
         .get()
         .map(|l| Json(l.info.clone()))
-        .ok_or_else(|| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the model is still loading",
-            )
-        })
+        .ok_or_else(|| ApiError::busy("the model is still loading"))
 }
 
-/// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive")))]
-async fn healthz() -> &'static str {
-    "ok"
-}
-
-/// Readiness: 200 only once the model is loaded and warmed up.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "loading")))]
-async fn readyz(State(state): State<AppState>) -> (StatusCode, &'static str) {
-    if state.is_ready() {
-        (StatusCode::OK, "ready")
+/// Liveness: 200 while the process can serve; 503 once every model worker has died.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive"), (status = 503, description = "the model workers died; restart", body = ErrorBody)))]
+async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.is_alive() {
+        Ok("ok")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "loading")
+        Err(ApiError::busy("every model worker has stopped"))
+    }
+}
+
+/// Readiness: 200 only once the model is loaded and warmed up, a worker is alive, and the
+/// server is not draining.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "loading, dead or draining", body = ErrorBody)))]
+async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
+    if state.is_ready() {
+        Ok("ready")
+    } else if state.inner.draining.load(Ordering::SeqCst) {
+        Err(ApiError::busy("draining"))
+    } else if !state.is_alive() {
+        Err(ApiError::busy("every model worker has stopped"))
+    } else {
+        Err(ApiError::busy("loading"))
     }
 }
 
@@ -478,10 +439,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 #[openapi(
     info(
         title = "face2simpson inference",
-        description = "Which Simpsons character does each face resemble?"
+        description = "Which Simpsons character does each face resemble? Every error is JSON `{\"error\": ...}`; every 503 carries Retry-After."
     ),
     paths(predict, model_info, healthz, readyz, metrics_handler),
-    components(schemas(Prediction, Face, FaceBox, ModelRef, ModelInfo, ErrorBody))
+    components(schemas(Prediction, Face, FaceBox, ModelRef, ModelInfo, ErrorBody, UploadForm))
 )]
 pub struct ApiDoc;
 
@@ -489,29 +450,96 @@ async fn openapi() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
 
-async fn page() -> Html<&'static str> {
-    Html(PAGE)
+async fn page() -> Response {
+    let mut resp = Html(PAGE).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(PAGE_CSP),
+    );
+    resp
 }
 
+async fn not_found(State(state): State<AppState>, req: Request) -> ApiError {
+    record(&state, "unmatched", StatusCode::NOT_FOUND, Duration::ZERO);
+    tracing::info!(route = "unmatched", path = %req.uri().path(), status = 404, "request");
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {}", req.uri().path()),
+    )
+}
+
+fn record(state: &AppState, route: &str, status: StatusCode, elapsed: Duration) {
+    let m = state.metrics();
+    m.requests
+        .get_or_create(&RouteLabels {
+            route: route.to_owned(),
+            status: status.as_u16(),
+        })
+        .inc();
+    m.latency
+        .get_or_create(&RouteOnly {
+            route: route.to_owned(),
+        })
+        .observe(elapsed.as_secs_f64());
+}
+
+/// Metrics and the access log: one structured line per request.
 async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
+    let method = req.method().clone();
     let start = Instant::now();
     let resp = next.run(req).await;
-    let m = state.metrics();
-    m.requests
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            status: resp.status().as_u16(),
-        })
-        .inc();
-    m.latency
-        .get_or_create(&RouteOnly { route })
-        .observe(start.elapsed().as_secs_f64());
+    let elapsed = start.elapsed();
+    let faces = resp.extensions().get::<FaceCount>().map(|f| f.0);
+    record(&state, &route, resp.status(), elapsed);
+    tracing::info!(
+        %method,
+        route,
+        status = resp.status().as_u16(),
+        latency_ms = elapsed.as_secs_f64() * 1e3,
+        faces,
+        "request"
+    );
     resp
+}
+
+/// Headers every answer carries; predictions are personal and never cached.
+async fn security_headers(req: Request, next: Next) -> Response {
+    let is_predict = req.uri().path() == "/v1/predict";
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    if is_predict {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
+
+/// The request deadline: past it the handler's future is dropped (which cancels its blocking
+/// work, see [`CancelOnDrop`]) and the client gets a JSON 408.
+async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(state.inner.limits.request_timeout, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request took longer than {} s",
+                state.inner.limits.request_timeout.as_secs_f64()
+            ),
+        )
+        .into_response(),
+    }
 }
 
 /// The whole HTTP surface.
@@ -526,10 +554,10 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi))
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            limits.request_timeout,
-        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
+        .fallback(not_found)
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{ASTRONAUT, IMAGE_SIZE, png, png_bomb, ready_state};
+use common::{
+    ASTRONAUT, IMAGE_SIZE, detector, jpeg, limits, png, png_bomb, ready_state, ready_state_with,
+    with_exif_orientation,
+};
 use face2simpson_inference::{AppState, Limits, app};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -78,14 +81,15 @@ fn flat_image() -> Vec<u8> {
 
 #[tokio::test]
 async fn readiness_follows_the_model() {
-    let state = AppState::new(Limits::default());
+    let state = AppState::new(limits(), detector(8));
     assert_eq!(call(&state, get("/healthz")).await.0, StatusCode::OK);
-    assert_eq!(
-        call(&state, get("/readyz")).await.0,
-        StatusCode::SERVICE_UNAVAILABLE
-    );
-    let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
+    let (status, headers, body) = call(&state, get("/readyz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_eq!(json(&body)["error"], "loading");
+    let (status, headers, body) = call(&state, raw(flat_image(), "image/png")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(headers[header::RETRY_AFTER], "1");
     assert!(json(&body)["error"].as_str().unwrap().contains("loading"));
     assert_eq!(
         call(&state, get("/v1/model")).await.0,
@@ -93,14 +97,20 @@ async fn readiness_follows_the_model() {
     );
 
     let dir = tempfile::tempdir().unwrap();
-    let ready = ready_state(dir.path(), Limits::default()).await;
+    let ready = ready_state(dir.path(), limits()).await;
     assert_eq!(call(&ready, get("/readyz")).await.0, StatusCode::OK);
+    // The drain phase of a shutdown: still alive, no longer ready.
+    ready.start_draining();
+    assert_eq!(call(&ready, get("/healthz")).await.0, StatusCode::OK);
+    let (status, _, body) = call(&ready, get("/readyz")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(json(&body)["error"], "draining");
 }
 
 #[tokio::test]
 async fn predicts_raw_and_multipart_uploads() {
     let dir = tempfile::tempdir().unwrap();
-    let state = ready_state(dir.path(), Limits::default()).await;
+    let state = ready_state(dir.path(), limits()).await;
     for req in [
         raw(flat_image(), "image/png"),
         multipart("image", &flat_image()),
@@ -118,13 +128,19 @@ async fn predicts_raw_and_multipart_uploads() {
     let (_, _, body) = call(&state, get("/v1/model")).await;
     let info = json(&body);
     assert_eq!(info["image_size"], IMAGE_SIZE);
-    assert_eq!(info["metrics"]["run_id"], "r1");
+    assert_eq!(info["run_id"], "r1");
+    assert!(info["onnx_sha256"].as_str().unwrap().starts_with("sha256:"));
+    // Storage locations are internal: none leaks through /v1/model.
+    let text = String::from_utf8(body).unwrap();
+    for leak in ["file://", "s3://", "runs/r1", "internal-bucket"] {
+        assert!(!text.contains(leak), "/v1/model exposes {leak}: {text}");
+    }
 }
 
 #[tokio::test]
 async fn one_verdict_per_face() {
     let dir = tempfile::tempdir().unwrap();
-    let state = ready_state(dir.path(), Limits::default()).await;
+    let state = ready_state(dir.path(), limits()).await;
     let (status, _, body) = call(&state, raw(ASTRONAUT.to_vec(), "image/png")).await;
     assert_eq!(status, StatusCode::OK);
     let v = json(&body);
@@ -161,6 +177,8 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
     let limits = Limits {
         max_body_bytes: 256 << 10,
         request_timeout: Duration::from_millis(500),
+        max_decodes: 4,
+        max_waiting: 4,
     };
     let state = ready_state(dir.path(), limits).await;
     let good = flat_image();
@@ -189,6 +207,38 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
             "truncated",
             raw(good[..good.len() / 2].to_vec(), "image/png"),
             StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "truncated JPEG (the decoder would fill it in)",
+            {
+                let whole = jpeg(&image::RgbImage::from_fn(200, 150, |x, y| {
+                    image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+                }));
+                raw(whole[..whole.len() * 2 / 3].to_vec(), "image/jpeg")
+            },
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "over the pixel limit",
+            {
+                let mut bomb = png(&image::RgbImage::new(1, 1));
+                bomb[16..20].copy_from_slice(&8000u32.to_be_bytes());
+                bomb[20..24].copy_from_slice(&6000u32.to_be_bytes());
+                let mut crc = 0xffff_ffffu32;
+                for &b in &bomb[12..29] {
+                    crc ^= u32::from(b);
+                    for _ in 0..8 {
+                        crc = if crc & 1 != 0 {
+                            (crc >> 1) ^ 0xedb8_8320
+                        } else {
+                            crc >> 1
+                        };
+                    }
+                }
+                bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
+                raw(bomb, "image/png")
+            },
+            StatusCode::PAYLOAD_TOO_LARGE,
         ),
         (
             "zero bytes",
@@ -223,8 +273,14 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
         .header(header::CONTENT_TYPE, "image/png")
         .body(stalled)
         .unwrap();
-    let (status, _, _) = call(&state, req).await;
+    let (status, _, body) = call(&state, req).await;
     assert_eq!(status, StatusCode::REQUEST_TIMEOUT);
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than")
+    );
     assert_eq!(call(&state, get("/readyz")).await.0, StatusCode::OK);
     // And the service still answers properly.
     assert_eq!(call(&state, raw(good, "image/png")).await.0, StatusCode::OK);
@@ -248,9 +304,10 @@ fn futures_stall() -> Body {
 #[tokio::test]
 async fn metrics_and_openapi() {
     let dir = tempfile::tempdir().unwrap();
-    let state = ready_state(dir.path(), Limits::default()).await;
+    let state = ready_state(dir.path(), limits()).await;
     call(&state, raw(flat_image(), "image/png")).await;
     call(&state, raw(Vec::new(), "image/png")).await;
+    call(&state, get("/no/such/page")).await;
     let (status, headers, body) = call(&state, get("/metrics")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -266,6 +323,7 @@ async fn metrics_and_openapi() {
         "face2simpson_inference_http_request_duration_seconds_bucket",
         "face2simpson_inference_batch_size_bucket",
         "face2simpson_inference_queue_depth",
+        r#"face2simpson_inference_http_requests_total{route="unmatched",status="404"} 1"#,
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
     }
@@ -274,6 +332,16 @@ async fn metrics_and_openapi() {
     let doc = json(&body);
     assert!(doc["paths"]["/v1/predict"]["post"].is_object());
     assert!(doc["components"]["schemas"]["Prediction"].is_object());
+    let post = &doc["paths"]["/v1/predict"]["post"];
+    for code in ["200", "400", "408", "413", "415", "422", "500", "503"] {
+        assert!(post["responses"][code].is_object(), "OpenAPI lacks {code}");
+    }
+    let form = &post["requestBody"]["content"]["multipart/form-data"]["schema"];
+    assert!(form.to_string().contains("UploadForm"), "{form}");
+    assert_eq!(
+        doc["components"]["schemas"]["UploadForm"]["properties"]["image"]["format"],
+        "binary"
+    );
     let (status, headers, body) = call(&state, get("/")).await;
     assert_eq!(status, StatusCode::OK);
     assert!(
@@ -282,9 +350,168 @@ async fn metrics_and_openapi() {
             .unwrap()
             .starts_with("text/html")
     );
+    assert!(
+        headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("default-src 'none'")
+    );
     let page = String::from_utf8(body).unwrap();
     assert!(
         page.contains("/v1/predict") && !page.contains("https://"),
         "the page must be self-contained"
     );
+}
+
+#[tokio::test]
+async fn every_error_is_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), limits()).await;
+    let wrong_method = Request::delete("/v1/predict").body(Body::empty()).unwrap();
+    for (req, want) in [
+        (get("/nope"), StatusCode::NOT_FOUND),
+        (get("/v1/predict"), StatusCode::METHOD_NOT_ALLOWED),
+        (wrong_method, StatusCode::METHOD_NOT_ALLOWED),
+    ] {
+        let (status, headers, body) = call(&state, req).await;
+        assert_eq!(status, want);
+        assert!(
+            headers[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/json")
+        );
+        assert!(!json(&body)["error"].as_str().unwrap().is_empty());
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+    }
+}
+
+#[tokio::test]
+async fn predictions_are_never_cached_and_never_sniffed() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), limits()).await;
+    let (status, headers, _) = call(&state, raw(flat_image(), "image/png")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers[header::CACHE_CONTROL], "no-store");
+    assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+}
+
+/// Admission comes before the body is read: with every decode slot and waiting place taken,
+/// the next upload is turned away at once with 503 and Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_beyond_the_decode_slots_are_turned_away_before_decoding() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_decodes: 1,
+        max_waiting: 0,
+        request_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let state = ready_state(dir.path(), limits).await;
+    // Holds the only slot: its body never finishes.
+    let holder = {
+        let state = state.clone();
+        tokio::spawn(async move {
+            let req = Request::post("/v1/predict")
+                .header(header::CONTENT_TYPE, "image/png")
+                .body(futures_stall())
+                .unwrap();
+            call(&state, req).await.0
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let start = std::time::Instant::now();
+    let (status, headers, body) = call(&state, raw(flat_image(), "image/png")).await;
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert!(
+        start.elapsed() < Duration::from_secs(1),
+        "not turned away at once"
+    );
+    holder.abort();
+    // The slot comes back once the holder is gone.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        call(&state, raw(flat_image(), "image/png")).await.0,
+        StatusCode::OK
+    );
+}
+
+/// The astronaut's face box, rotated by EXIF orientation 6 the way a phone stores a portrait:
+/// the box is reported in upright coordinates, the same as for the upright photo.
+#[tokio::test]
+async fn exif_rotated_uploads_give_upright_boxes() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), limits()).await;
+    let upright = model::decode(ASTRONAUT).unwrap();
+    let box_of = |body: &[u8]| {
+        let v = json(body);
+        let faces = v["faces"].as_array().unwrap().clone();
+        assert_eq!(faces.len(), 1, "{v}");
+        let b = &faces[0]["box"];
+        ["x", "y", "w", "h"].map(|k| b[k].as_i64().unwrap())
+    };
+    let (_, _, body) = call(&state, raw(jpeg(&upright), "image/jpeg")).await;
+    let want = box_of(&body);
+    let stored = image::imageops::rotate270(&upright);
+    let rotated = with_exif_orientation(&jpeg(&stored), 6);
+    let (status, _, body) = call(&state, raw(rotated, "image/jpeg")).await;
+    assert_eq!(status, StatusCode::OK);
+    let got = box_of(&body);
+    for i in 0..4 {
+        assert!((got[i] - want[i]).abs() <= 6, "{got:?} vs upright {want:?}");
+    }
+}
+
+/// A crowd costs bounded work: at most `max_faces` faces are classified, the largest first.
+#[tokio::test]
+async fn faces_per_image_are_capped() {
+    let dir = tempfile::tempdir().unwrap();
+    let one = model::decode(ASTRONAUT).unwrap();
+    let mut four = image::RgbImage::new(one.width() * 4, one.height());
+    for i in 0..4 {
+        image::imageops::replace(&mut four, &one, i64::from(one.width() * i), 0);
+    }
+    let uncapped = ready_state(dir.path(), limits()).await;
+    let (_, _, body) = call(&uncapped, raw(png(&four), "image/png")).await;
+    assert!(
+        json(&body)["faces"].as_array().unwrap().len() >= 3,
+        "{}",
+        json(&body)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let capped = ready_state_with(dir.path(), limits(), detector(2)).await;
+    let (status, _, body) = call(&capped, raw(png(&four), "image/png")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(json(&body)["faces"].as_array().unwrap().len(), 2);
+}
+
+/// Below the admission limit nobody is turned away: uploads wait for a decode slot instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_wait_for_a_decode_slot_within_the_admission_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_decodes: 1,
+        max_waiting: 8,
+        ..Limits::default()
+    };
+    let state = ready_state(dir.path(), limits).await;
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
+                (status, String::from_utf8_lossy(&body).into_owned())
+            })
+        })
+        .collect();
+    for c in calls {
+        let (status, body) = c.await.unwrap();
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
 }

@@ -5,8 +5,9 @@
 use artifacts::{Hyperparameters, PromotionPolicy, Storage};
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use face2simpson_inference::batcher::BatchConfig;
-use face2simpson_inference::{AppState, Limits, app, load_model};
+mod common;
+
+use face2simpson_inference::{AppState, BatchConfig, app, load_model};
 use face2simpson_trainer::datagen;
 use face2simpson_trainer::progress::Progress;
 use face2simpson_trainer::train::{self, TrainConfig};
@@ -45,10 +46,12 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
     };
     train::run(&storage, &cfg, &Progress::logs()).await.unwrap();
 
-    let (net, info) = load_model(
+    // The service is handed the weights' URI, as the operator does, and runs the ONNX export
+    // the trainer wrote beside them.
+    let (models, info) = load_model(
         &format!("{url}/runs/serve-1/model.safetensors"),
-        tch::Device::Cpu,
         224,
+        &common::runtime(),
     )
     .await
     .unwrap();
@@ -56,16 +59,25 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
         info.image_size, 96,
         "the image size comes from the run's metrics.json"
     );
-    let state = AppState::new(Limits::default());
-    state.install(
-        net,
-        info,
-        BatchConfig {
-            max_batch: 16,
-            max_wait: std::time::Duration::from_millis(5),
-            queue_capacity: 64,
-        },
+    // metrics.json names the ONNX artifact and its checksum; the service loaded exactly it.
+    let metrics = storage.get_metrics("serve-1").await.unwrap();
+    assert_eq!(metrics.onnx_key.as_deref(), Some("runs/serve-1/model.onnx"));
+    assert_eq!(
+        metrics.onnx_sha256.as_deref(),
+        Some(info.onnx_sha256.as_str())
     );
+    let state = AppState::new(common::limits(), common::detector(8));
+    state
+        .install(
+            models,
+            info,
+            BatchConfig {
+                max_batch: 8,
+                max_wait: std::time::Duration::from_millis(5),
+                queue_capacity: 64,
+            },
+        )
+        .unwrap();
 
     // Held-out: seeds the dataset generator never used, JPEG like a phone upload.
     let per_class = 15;

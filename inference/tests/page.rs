@@ -5,8 +5,8 @@
 mod common;
 
 use axum::routing::get;
-use common::{ASTRONAUT, ready_state};
-use face2simpson_inference::{Limits, app};
+use common::{ASTRONAUT, limits, ready_state};
+use face2simpson_inference::app;
 
 fn chromium() -> String {
     for candidate in ["chromium", "chromium-browser", "google-chrome"] {
@@ -26,7 +26,7 @@ fn chromium() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_uploads_a_photo_and_shows_the_verdict() {
     let dir = tempfile::tempdir().unwrap();
-    let state = ready_state(dir.path(), Limits::default()).await;
+    let state = ready_state(dir.path(), limits()).await;
     // The photo is offered by the same origin; the page fetches it and uploads it through the
     // same code path as a chosen file.
     let router = app(state).route(

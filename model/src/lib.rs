@@ -1,21 +1,16 @@
-//! The face2simpson network and everything that turns pixels into its input.
+//! The face2simpson model contract, free of any tensor library: the class list, the one
+//! preprocessing pipeline shared by training, evaluation and serving, the network's architecture
+//! as data, and its export to ONNX.
 //!
-//! Trainer and inference both use [`Classifier`] and [`Preprocessor`], so serving cannot drift
-//! from training.
+//! The trainer runs the network on libtorch (`face2simpson_trainer::torch`); the inference service
+//! runs the ONNX export on ONNX Runtime. Both preprocess with [`Preprocessor`], so serving cannot
+//! drift from training.
 
-pub mod net;
-pub mod pickle;
+pub mod arch;
+pub mod onnx;
 pub mod preprocess;
-pub mod pretrained;
-mod weights;
 
-use tch::nn::{ModuleT, VarStore};
-use tch::{Device, Kind, Tensor};
-
-pub use net::MobileNetV2;
 pub use preprocess::{AUGMENTATIONS, Augmentation, ImageError, Preprocessor, decode};
-pub use pretrained::{WeightsError, read_state_dict};
-pub use weights::{from_safetensors, to_safetensors};
 
 /// The characters we tell apart, in the order of the model's outputs. The one definition.
 pub const CLASSES: [&str; 4] = ["homer", "marge", "bart", "lisa"];
@@ -23,142 +18,4 @@ pub const CLASSES: [&str; 4] = ["homer", "marge", "bart", "lisa"];
 /// Index of a class name in [`CLASSES`].
 pub fn class_index(name: &str) -> Option<usize> {
     CLASSES.iter().position(|c| *c == name)
-}
-
-/// Parses `auto`, `cpu`, `cuda` or `cuda:N`. `auto` picks CUDA when libtorch can see a GPU.
-pub fn parse_device(s: &str) -> Result<Device, String> {
-    match s {
-        "auto" => Ok(Device::cuda_if_available()),
-        "cpu" => Ok(Device::Cpu),
-        "cuda" | "gpu" => {
-            if tch::Cuda::is_available() {
-                Ok(Device::Cuda(0))
-            } else {
-                Err("--device cuda was requested but libtorch sees no CUDA device (is this a CPU build of libtorch?)".into())
-            }
-        }
-        other => match other
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-        {
-            Some(n) if tch::Cuda::is_available() && (n as i64) < tch::Cuda::device_count() => {
-                Ok(Device::Cuda(n))
-            }
-            Some(n) => Err(format!("CUDA device {n} is not available")),
-            None => Err(format!(
-                "unknown device {other:?}; use auto, cpu, cuda or cuda:N"
-            )),
-        },
-    }
-}
-
-/// Human-readable device name for logs and metrics.
-pub fn device_name(device: Device) -> String {
-    match device {
-        Device::Cpu => "cpu".into(),
-        Device::Cuda(n) => format!("cuda:{n}"),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
-/// A MobileNetV2 classifier together with its parameters.
-#[derive(Debug)]
-pub struct Classifier {
-    vs: VarStore,
-    net: MobileNetV2,
-}
-
-impl Classifier {
-    /// A freshly initialised network for [`CLASSES`].
-    pub fn new(device: Device, dropout: f64) -> Self {
-        Self::with_classes(device, CLASSES.len() as i64, dropout)
-    }
-
-    /// Any number of outputs; 1000 reproduces torchvision's ImageNet model.
-    pub fn with_classes(device: Device, num_classes: i64, dropout: f64) -> Self {
-        let vs = VarStore::new(device);
-        let net = MobileNetV2::new(&vs.root(), num_classes, dropout);
-        Self { vs, net }
-    }
-
-    pub fn device(&self) -> Device {
-        self.vs.device()
-    }
-
-    pub fn var_store(&self) -> &VarStore {
-        &self.vs
-    }
-
-    pub fn net(&self) -> &MobileNetV2 {
-        &self.net
-    }
-
-    /// Copies every backbone tensor (`features.*`) from a `.pth` or `.safetensors` file and
-    /// leaves the head as initialised. Fails unless the file covers the whole backbone with
-    /// matching shapes. Returns the number of tensors loaded.
-    pub fn load_backbone(&mut self, bytes: &[u8]) -> Result<usize, WeightsError> {
-        let tensors = read_state_dict(bytes)?;
-        self.copy_in(tensors, |name| name.starts_with("features."))
-    }
-
-    /// Loads a complete set of weights (as written by [`Classifier::to_safetensors`]).
-    pub fn load_weights(&mut self, bytes: &[u8]) -> Result<(), WeightsError> {
-        let tensors = read_state_dict(bytes)?;
-        self.copy_in(tensors, |_| true).map(|_| ())
-    }
-
-    fn copy_in(
-        &mut self,
-        tensors: Vec<(String, Tensor)>,
-        wanted: impl Fn(&str) -> bool,
-    ) -> Result<usize, WeightsError> {
-        let mut vars = self.vs.variables();
-        vars.retain(|name, _| wanted(name));
-        let mut loaded = 0;
-        tch::no_grad(|| -> Result<(), WeightsError> {
-            for (name, src) in tensors {
-                let Some(dst) = vars.remove(&name) else {
-                    continue;
-                };
-                if dst.size() != src.size() {
-                    return Err(WeightsError::Mismatch(format!(
-                        "{name} has shape {:?} in the file but {:?} in the model",
-                        src.size(),
-                        dst.size()
-                    )));
-                }
-                let mut dst = dst;
-                dst.f_copy_(&src.f_to_kind(dst.kind())?)?;
-                loaded += 1;
-            }
-            Ok(())
-        })?;
-        if !vars.is_empty() {
-            let mut missing: Vec<_> = vars.into_keys().collect();
-            missing.sort();
-            return Err(WeightsError::Mismatch(format!(
-                "{} model tensors are missing from the file, e.g. {}",
-                missing.len(),
-                missing[..missing.len().min(3)].join(", ")
-            )));
-        }
-        Ok(loaded)
-    }
-
-    /// All parameters and batch-norm statistics as safetensors bytes.
-    pub fn to_safetensors(&self) -> Result<Vec<u8>, WeightsError> {
-        let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        to_safetensors(&named)
-    }
-
-    /// Logits for a normalised NCHW batch.
-    pub fn logits(&self, batch: &Tensor, train: bool) -> Tensor {
-        self.net.forward_t(batch, train)
-    }
-
-    /// Class probabilities (rows sum to 1) for a normalised NCHW batch, in eval mode.
-    pub fn predict(&self, batch: &Tensor) -> Tensor {
-        tch::no_grad(|| self.logits(batch, false).softmax(-1, Kind::Float))
-    }
 }

@@ -24,6 +24,10 @@ pub const MAX_FILE_BYTES: usize = 32 << 20;
 /// Images claiming more than this many pixels per side are refused from their header, before
 /// any pixel buffer is allocated (decompression bombs).
 pub const MAX_SIDE: u32 = 8192;
+/// Images claiming more pixels than this (40 MP, more than any phone camera) are refused from
+/// their header: a 12 MP photo decodes to 36 MB, and what the server holds in flight is bounded
+/// by this times the number of concurrent decodes.
+pub const MAX_PIXELS: u64 = 40_000_000;
 /// Upper bound on what a single decode may allocate.
 pub const MAX_DECODE_ALLOC: u64 = 512 << 20;
 
@@ -38,12 +42,27 @@ pub enum ImageError {
     NotAnImage,
     #[error("image is {width}x{height}, over the {MAX_SIDE}-pixel limit per side")]
     TooLarge { width: u32, height: u32 },
+    #[error("image is {width}x{height}, over the {MAX_PIXELS}-pixel limit")]
+    TooManyPixels { width: u32, height: u32 },
     #[error("corrupt or truncated image: {0}")]
     Corrupt(String),
 }
 
-/// Decodes jpeg, png or webp into RGB, refusing oversized and malformed input up front.
+/// A JPEG ends with the EOI marker (FF D9). The decoder fills a truncated file with grey and
+/// reports success, so a missing marker is how a cut-off upload is told from a whole one.
+/// Encoders may pad after EOI, hence the search in the tail rather than at the very end.
+fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let tail = &bytes[bytes.len().saturating_sub(64)..];
+    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+}
+
+/// Decodes jpeg, png or webp into upright RGB, refusing oversized and malformed input up front.
+///
+/// The EXIF orientation is applied (phones store photos sideways and say so in EXIF), so the
+/// image, and any coordinates computed on it, are as a person sees it.
 pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    use image::ImageDecoder;
+
     if bytes.is_empty() {
         return Err(ImageError::Empty);
     }
@@ -53,7 +72,8 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     let mut reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    match reader.format() {
+    let format = reader.format();
+    match format {
         Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
         _ => return Err(ImageError::NotAnImage),
     }
@@ -67,43 +87,50 @@ pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
         .with_guessed_format()
         .ok()
         .and_then(|r| r.into_dimensions().ok());
-    if let Some((width, height)) = probe
-        && (width > MAX_SIDE || height > MAX_SIDE)
-    {
-        return Err(ImageError::TooLarge { width, height });
-    }
-    match reader.decode() {
-        Ok(img) => Ok(img.into_rgb8()),
-        Err(image::ImageError::Limits(_)) => {
-            let (width, height) = probe.unwrap_or((0, 0));
-            Err(ImageError::TooLarge { width, height })
+    if let Some((width, height)) = probe {
+        if width > MAX_SIDE || height > MAX_SIDE {
+            return Err(ImageError::TooLarge { width, height });
         }
-        Err(e) => Err(ImageError::Corrupt(e.to_string())),
+        if u64::from(width) * u64::from(height) > MAX_PIXELS {
+            return Err(ImageError::TooManyPixels { width, height });
+        }
     }
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        return Err(ImageError::Corrupt(
+            "the JPEG ends before its end marker".into(),
+        ));
+    }
+    let limits_err = |e: image::ImageError| match e {
+        image::ImageError::Limits(_) => {
+            let (width, height) = probe.unwrap_or((0, 0));
+            ImageError::TooLarge { width, height }
+        }
+        e => ImageError::Corrupt(e.to_string()),
+    };
+    let mut decoder = reader.into_decoder().map_err(limits_err)?;
+    // A malformed EXIF block is not worth refusing the photo for: it is then shown as stored.
+    let orientation = decoder
+        .orientation()
+        .unwrap_or(image::metadata::Orientation::NoTransforms);
+    let mut img = image::DynamicImage::from_decoder(decoder).map_err(limits_err)?;
+    img.apply_orientation(orientation);
+    Ok(img.into_rgb8())
 }
 
-/// `Resize(size)` (shorter side to `size`, aspect kept) then `CenterCrop(size)`.
+/// `Resize(size)` (shorter side to `size`, aspect kept) then `CenterCrop(size)`, computed the
+/// cheap way round: the centred square is cut in source coordinates first and only it is
+/// resized. The result is the same picture, but an 8192×1 strip no longer becomes a
+/// 1.9-gigapixel intermediate.
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
-    let (nw, nh) = if w <= h {
-        (
-            size,
-            ((u64::from(h) * u64::from(size)).div_ceil(u64::from(w.max(1)))) as u32,
-        )
-    } else {
-        (
-            ((u64::from(w) * u64::from(size)).div_ceil(u64::from(h.max(1)))) as u32,
-            size,
-        )
-    };
-    let resized = if (nw, nh) == (w, h) {
-        img.clone()
-    } else {
-        image::imageops::resize(img, nw, nh, FilterType::Triangle)
-    };
-    let x = (nw - size) / 2;
-    let y = (nh - size) / 2;
-    image::imageops::crop_imm(&resized, x, y, size, size).to_image()
+    let side = w.min(h).max(1);
+    let x = (w - side.min(w)) / 2;
+    let y = (h - side.min(h)) / 2;
+    let square = image::imageops::crop_imm(img, x, y, side.min(w), side.min(h)).to_image();
+    if square.dimensions() == (size, size) {
+        return square;
+    }
+    image::imageops::resize(&square, size, size, FilterType::Triangle)
 }
 
 /// The seed's `RandomChoice`, one variant per entry, in the seed's order.

@@ -1,12 +1,9 @@
-//! Network shapes, weight round trips and the preprocessing contract.
+//! The class list and the preprocessing contract.
 #![allow(clippy::unwrap_used)]
 
 use face2simpson_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
-use face2simpson_model::{
-    AUGMENTATIONS, Augmentation, CLASSES, Classifier, ImageError, Preprocessor, decode,
-};
+use face2simpson_model::{AUGMENTATIONS, Augmentation, CLASSES, ImageError, Preprocessor, decode};
 use image::{Rgb, RgbImage};
-use tch::{Device, Kind, Tensor};
 
 fn png(img: &RgbImage) -> Vec<u8> {
     let mut out = std::io::Cursor::new(Vec::new());
@@ -27,49 +24,6 @@ fn gradient(w: u32, h: u32) -> RgbImage {
 #[test]
 fn classes_are_defined_once_in_order() {
     assert_eq!(CLASSES, ["homer", "marge", "bart", "lisa"]);
-}
-
-#[test]
-fn shapes() {
-    let net = Classifier::new(Device::Cpu, 0.2);
-    let vars = net.var_store().variables();
-    assert_eq!(vars["features.0.0.weight"].size(), [32, 3, 3, 3]);
-    assert_eq!(vars["features.18.0.weight"].size(), [1280, 320, 1, 1]);
-    assert_eq!(vars["classifier.1.weight"].size(), [4, 1280]);
-    assert_eq!(vars["classifier.1.bias"].size(), [4]);
-    let x = Tensor::randn([3, 3, 64, 64], (Kind::Float, Device::Cpu));
-    assert_eq!(net.logits(&x, false).size(), [3, 4]);
-    assert_eq!(net.net().embed(&x, false).size(), [3, 1280]);
-    let p = net.predict(&x);
-    let sums = Vec::<f32>::try_from(p.sum_dim_intlist(Some([1i64].as_slice()), false, Kind::Float))
-        .unwrap();
-    assert!(sums.iter().all(|s| (s - 1.0).abs() < 1e-5), "{sums:?}");
-}
-
-#[test]
-fn dropout_is_active_only_in_training() {
-    let net = Classifier::with_classes(Device::Cpu, 4, 0.9);
-    let x = Tensor::randn([4, 3, 32, 32], (Kind::Float, Device::Cpu));
-    let eval_a = net.logits(&x, false);
-    assert!(eval_a.equal(&net.logits(&x, false)));
-    tch::manual_seed(1);
-    let train_a = tch::no_grad(|| net.logits(&x, true));
-    let train_b = tch::no_grad(|| net.logits(&x, true));
-    assert!(!train_a.equal(&train_b));
-}
-
-#[test]
-fn safetensors_round_trip_preserves_outputs() {
-    let a = Classifier::new(Device::Cpu, 0.2);
-    let bytes = a.to_safetensors().unwrap();
-    let mut b = Classifier::new(Device::Cpu, 0.2);
-    b.load_weights(&bytes).unwrap();
-    let x = Tensor::randn([2, 3, 48, 48], (Kind::Float, Device::Cpu));
-    assert!(
-        a.logits(&x, false)
-            .allclose(&b.logits(&x, false), 1e-6, 1e-6, false)
-    );
-    assert!(b.load_weights(&bytes[..bytes.len() / 2]).is_err());
 }
 
 #[test]
@@ -181,5 +135,102 @@ fn decompression_bomb_is_refused_from_its_header() {
             width: 40_000,
             height: 40_000
         })
+    );
+}
+
+fn jpeg(img: &RgbImage) -> Vec<u8> {
+    let mut out = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut out, image::ImageFormat::Jpeg).unwrap();
+    out.into_inner()
+}
+
+/// `jpeg` with an EXIF APP1 segment carrying `orientation` inserted after the SOI marker.
+pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec();
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one IFD entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes());
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// Red top-left quadrant on blue, 80×40: any rotation or flip moves the red block.
+fn marked() -> RgbImage {
+    RgbImage::from_fn(80, 40, |x, y| {
+        if x < 40 && y < 20 {
+            Rgb([255, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    })
+}
+
+#[test]
+fn exif_orientation_is_applied_on_decode() {
+    let upright = marked();
+    // Orientation 6: the camera stored the picture turned a quarter to the left; viewers turn
+    // it 90° clockwise.
+    let stored = image::imageops::rotate270(&upright);
+    let bytes = with_exif_orientation(&jpeg(&stored), 6);
+    let img = decode(&bytes).unwrap();
+    assert_eq!(img.dimensions(), (80, 40), "not rotated upright");
+    assert!(img.get_pixel(10, 5)[0] > 200, "red block not top-left");
+    assert!(img.get_pixel(70, 35)[2] > 200);
+    // Without the tag, the same pixels stay as stored.
+    assert_eq!(decode(&jpeg(&stored)).unwrap().dimensions(), (40, 80));
+}
+
+#[test]
+fn extreme_aspect_ratios_are_cropped_before_resizing() {
+    // 8192×1: resizing first would make a 1.9-gigapixel intermediate.
+    let strip = RgbImage::from_pixel(8192, 1, Rgb([10, 200, 30]));
+    let start = std::time::Instant::now();
+    let out = Preprocessor::new(224).fit(&decode(&png(&strip)).unwrap());
+    assert_eq!(out.dimensions(), (224, 224));
+    assert_eq!(*out.get_pixel(100, 100), Rgb([10, 200, 30]));
+    // Generous even for an unoptimised build on a busy machine; the old path took seconds.
+    assert!(
+        start.elapsed() < std::time::Duration::from_millis(500),
+        "{:?}",
+        start.elapsed()
+    );
+}
+
+#[test]
+fn pixel_count_is_capped_from_the_header() {
+    // 8000×6000 = 48 MP: within the per-side limit, over the pixel limit.
+    let mut bomb = png(&RgbImage::new(1, 1));
+    bomb[16..20].copy_from_slice(&8000u32.to_be_bytes());
+    bomb[20..24].copy_from_slice(&6000u32.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    assert_eq!(
+        decode(&bomb),
+        Err(ImageError::TooManyPixels {
+            width: 8000,
+            height: 6000
+        })
+    );
+}
+
+#[test]
+fn a_truncated_jpeg_is_corrupt_even_when_the_decoder_fills_it_in() {
+    let whole = jpeg(&gradient(256, 256));
+    assert!(decode(&whole).is_ok());
+    let cut = &whole[..whole.len() * 3 / 4];
+    assert!(
+        matches!(decode(cut), Err(ImageError::Corrupt(_))),
+        "{:?}",
+        decode(cut).map(|i| i.dimensions())
     );
 }

@@ -12,8 +12,9 @@ use std::time::Instant;
 
 use artifacts::Storage;
 use face2simpson_trainer::dataset;
+use face2simpson_trainer::torch::Classifier;
 use face2simpson_trainer::train::{epoch_batches, for_each_batch, to_batch, train_step};
-use model::{Classifier, Preprocessor};
+use model::Preprocessor;
 use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 

@@ -4,6 +4,7 @@
 pub mod datagen;
 pub mod dataset;
 pub mod progress;
+pub mod torch;
 pub mod train;
 
 use artifacts::{Storage, StorageError};

@@ -213,7 +213,7 @@ async fn main() -> ExitCode {
 async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
     let storage = Storage::open(&a.storage)?;
     // A GPU asked for and not there must fail fast, not train on the CPU for hours.
-    let device = model::parse_device(&a.device).map_err(|e| Fatal {
+    let device = face2simpson_trainer::torch::parse_device(&a.device).map_err(|e| Fatal {
         code: exit::DEVICE,
         error: anyhow::Error::msg(e),
     })?;
@@ -256,7 +256,7 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             ),
         });
     }
-    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %model::device_name(device), "training");
+    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())
         .await
         .with_context(|| format!("run {} failed; no metrics.json was written", cfg.run_id))?;

@@ -10,16 +10,18 @@ use artifacts::{
     SplitCounts, Storage, StorageError, layout,
 };
 use chrono::Utc;
-use model::{CLASSES, Classifier, Preprocessor, WeightsError};
+use model::{CLASSES, Preprocessor};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
+use sha2::{Digest, Sha256};
 use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use crate::dataset::{self, Dataset, DatasetError, LoadOptions, Sample};
 use crate::progress::Progress;
+use crate::torch::{Classifier, WeightsError};
 
 /// Batches prepared ahead of the model step. Two keep the device fed while bounding memory.
 const PREFETCH_BATCHES: usize = 2;
@@ -43,6 +45,8 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("training worker failed: {0}")]
     Worker(String),
+    #[error("exporting the model to ONNX: {0}")]
+    Export(#[from] model::onnx::ExportError),
 }
 
 /// Everything `face2simpson-trainer train` is told.
@@ -283,6 +287,11 @@ pub async fn run_in(
 
     let weights_key = layout::weights_in(&target.runs_prefix, &cfg.run_id);
     storage.put(&weights_key, fit.weights).await?;
+    // The ONNX export is what gets served; it is written before metrics.json, whose presence
+    // says every artifact of the run is there.
+    let onnx_key = layout::onnx_in(&target.runs_prefix, &cfg.run_id);
+    let onnx_sha256 = format!("sha256:{:x}", Sha256::digest(&fit.onnx));
+    storage.put(&onnx_key, fit.onnx).await?;
     let finished_at = Utc::now();
     let per_class_accuracy = CLASSES
         .iter()
@@ -324,10 +333,12 @@ pub async fn run_in(
         dataset: cfg.dataset.clone(),
         dataset_fingerprint: data.fingerprint.clone(),
         weights_key: weights_key.clone(),
+        onnx_key: Some(onnx_key),
+        onnx_sha256: Some(onnx_sha256),
         pretrained: cfg.pretrained.clone(),
         started_at,
         finished_at,
-        device: model::device_name(device),
+        device: crate::torch::device_name(device),
     };
     // Written last: its presence tells the operator the run is complete.
     storage.put(&metrics_key, metrics.to_json()).await?;
@@ -365,6 +376,7 @@ pub struct Evaluation {
 
 struct Fit {
     weights: Vec<u8>,
+    onnx: Vec<u8>,
     history: Vec<EpochRecord>,
     best_epoch: u32,
     test: Evaluation,
@@ -419,8 +431,10 @@ fn fit(
     let weights = net
         .to_safetensors()
         .map_err(weights_err("serialising the weights"))?;
+    let onnx = model::onnx::export_safetensors(&weights, hyper.image_size)?;
     Ok(Fit {
         weights,
+        onnx,
         history: history.records,
         best_epoch,
         test,
@@ -551,8 +565,8 @@ fn train_epochs(
     for epoch in 1..=hyper.epochs {
         let t0 = Instant::now();
         let lr = scheduled_lr(hyper.learning_rate, epoch - 1, hyper.epochs);
-        opt.set_lr_group(model::net::HEAD_GROUP, lr);
-        opt.set_lr_group(model::net::BACKBONE_GROUP, lr * BACKBONE_LR_FACTOR);
+        opt.set_lr_group(crate::torch::net::HEAD_GROUP, lr);
+        opt.set_lr_group(crate::torch::net::BACKBONE_GROUP, lr * BACKBONE_LR_FACTOR);
         let batches = epoch_batches(data.train.len(), batch_size, hyper.seed, epoch);
         let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0i64);
         for_each_batch(

@@ -33,7 +33,7 @@ async fn learns_an_unseen_synthetic_dataset_to_90_percent() {
     let on_disk = storage.get_metrics("accept-1").await.unwrap();
     assert_eq!(&on_disk, m);
     // The weights reproduce the reported accuracy when loaded afresh.
-    let mut net = model::Classifier::new(tch::Device::Cpu, 0.2);
+    let mut net = face2simpson_trainer::torch::Classifier::new(tch::Device::Cpu, 0.2);
     net.load_weights(&storage.get(&layout::run_weights("accept-1")).await.unwrap())
         .unwrap();
 }

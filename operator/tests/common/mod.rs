@@ -239,6 +239,8 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         dataset: "datasets/current".into(),
         dataset_fingerprint: "cd".repeat(32),
         weights_key: format!("{RUNS_PREFIX}/{run_id}/model.safetensors"),
+        onnx_key: None,
+        onnx_sha256: None,
         pretrained: None,
         // Any time after its Job was created (the tests' Jobs are from November 2026).
         started_at: "2026-11-30T00:00:00Z".parse().unwrap(),

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use tch::{Kind, Tensor};
 
-use crate::WeightsError;
+use super::WeightsError;
 
 fn dtype(kind: Kind) -> Result<Dtype, WeightsError> {
     Ok(match kind {

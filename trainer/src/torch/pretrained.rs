@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use tch::{Kind, Tensor};
 
-use crate::pickle::{self, Value};
+use super::pickle::{self, Value};
 
 /// `torch.save`'s legacy files start with the pickled integer 0x1950a86a20f9469cfc6c.
 const LEGACY_MAGIC: [u8; 10] = [0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19];
@@ -36,7 +36,7 @@ pub fn read_state_dict(bytes: &[u8]) -> Result<Vec<(String, Tensor)>, WeightsErr
     }
     // safetensors: an 8-byte header length followed by a JSON header.
     if bytes.len() > 9 && bytes[8] == b'{' {
-        return crate::weights::from_safetensors(bytes);
+        return super::weights::from_safetensors(bytes);
     }
     Err(WeightsError::UnknownFormat(
         "neither a legacy torch pickle nor safetensors".into(),

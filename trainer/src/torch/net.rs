@@ -11,18 +11,7 @@ pub const BACKBONE_GROUP: usize = 0;
 pub const HEAD_GROUP: usize = 1;
 
 /// Width of the backbone's last feature map.
-pub const FEATURES: i64 = 1280;
-
-// (expansion, out channels, repeats, first stride) — Sandler et al. 2018, table 2.
-const INVERTED_RESIDUAL_SETTINGS: [(i64, i64, i64, i64); 7] = [
-    (1, 16, 1, 1),
-    (6, 24, 2, 2),
-    (6, 32, 3, 2),
-    (6, 64, 4, 2),
-    (6, 96, 3, 1),
-    (6, 160, 3, 2),
-    (6, 320, 1, 1),
-];
+pub const FEATURES: i64 = model::arch::FEATURES as i64;
 
 /// Conv2d + BatchNorm + ReLU6.
 fn conv_bn_relu6(
@@ -95,7 +84,9 @@ impl MobileNetV2 {
         let mut c_in = 32;
         let mut features = nn::seq_t().add(conv_bn_relu6(&f / 0, 3, c_in, 3, 2, 1));
         let mut layer = 1;
-        for (expansion, c_out, repeats, stride) in INVERTED_RESIDUAL_SETTINGS {
+        // The same table the ONNX exporter walks (model::arch), so the two graphs agree.
+        for (expansion, c_out, repeats, stride) in model::arch::INVERTED_RESIDUAL_SETTINGS {
+            let (expansion, c_out, stride) = (expansion as i64, c_out as i64, stride as i64);
             for i in 0..repeats {
                 let stride = if i == 0 { stride } else { 1 };
                 features = features.add(inverted_residual(

@@ -1,7 +1,8 @@
 //! The backbone we fine-tune really is torchvision's ImageNet MobileNetV2.
 #![allow(clippy::unwrap_used)]
 
-use face2simpson_model::{Classifier, Preprocessor, decode, read_state_dict};
+use face2simpson_trainer::torch::{Classifier, read_state_dict};
+use model::{Preprocessor, decode};
 use sha2::{Digest, Sha256};
 use tch::{Device, Kind, Tensor};
 

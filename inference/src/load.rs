@@ -1,0 +1,171 @@
+//! Loading what the service runs: the run's `model.onnx` (found beside the weights URI the
+//! operator hands us), its `metrics.json`, and the BlazeFace detector.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use artifacts::{RunMetrics, Storage, layout};
+use model::CLASSES;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use utoipa::ToSchema;
+
+use crate::batcher::{Forward, OnnxClassifier};
+use crate::faces::FaceDetector;
+use crate::runtime::{self, RuntimeError};
+
+/// Where ONNX Runtime is and how the model runs on it.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// `libonnxruntime.so` to load.
+    pub library: PathBuf,
+    /// Model sessions, each on its own thread, sharing the batch queue.
+    pub workers: usize,
+    /// Intra-op threads per model session.
+    pub threads: usize,
+}
+
+/// What `/v1/model` reports about the model in service. Deliberately no storage URLs or keys:
+/// they are internal, and the run id is enough to find the run.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ModelInfo {
+    pub run_id: Option<String>,
+    pub test_accuracy: Option<f64>,
+    pub per_class_accuracy: Option<BTreeMap<String, f64>>,
+    /// When the run finished (RFC 3339).
+    pub trained_at: Option<String>,
+    pub image_size: u32,
+    pub classes: Vec<String>,
+    /// `sha256:<hex>` of the ONNX file being served.
+    pub onnx_sha256: String,
+}
+
+/// Why loading a model failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("invalid MODEL_URI {0:?}: expected a URL or path ending in a weights file")]
+    Uri(String),
+    #[error(
+        "no ONNX model at {onnx} (derived from MODEL_URI {uri}): the run predates the ONNX export; train it again, or point MODEL_URI at a run that has model.onnx"
+    )]
+    NoOnnx { uri: String, onnx: String },
+    #[error(transparent)]
+    Storage(#[from] artifacts::StorageError),
+    #[error(
+        "{key} has {got}, but metrics.json says {want}: refusing a model that is not the run's"
+    )]
+    Checksum {
+        key: String,
+        got: String,
+        want: String,
+    },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("warm-up inference failed: {0}")]
+    WarmUp(String),
+    #[error("cannot read the face detector {path}: {source}")]
+    Detector {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// Fetches `model.onnx` beside `uri` (a `model.safetensors` URI as the operator and
+/// champion.json name it, or the `.onnx` itself) and `metrics.json` when present, and builds
+/// one warmed-up session per worker. `image_size` is used when no metrics say otherwise.
+pub async fn load_model(
+    uri: &str,
+    image_size: u32,
+    rt: &RuntimeConfig,
+) -> Result<(Vec<Box<dyn Forward>>, ModelInfo), LoadError> {
+    let (dir, file) = uri
+        .trim_end_matches('/')
+        .rsplit_once('/')
+        .ok_or_else(|| LoadError::Uri(uri.to_owned()))?;
+    if file.is_empty() || dir.is_empty() {
+        return Err(LoadError::Uri(uri.to_owned()));
+    }
+    let storage = Storage::open(dir)?;
+    let onnx_key = layout::onnx_beside(file);
+    let onnx = match storage.get(&onnx_key).await {
+        Ok(bytes) => bytes,
+        Err(e) if e.is_not_found() => {
+            return Err(LoadError::NoOnnx {
+                uri: uri.to_owned(),
+                onnx: storage.url_of(&onnx_key),
+            });
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let metrics_key = layout::metrics_beside(file);
+    let metrics = match storage.get(&metrics_key).await {
+        Ok(bytes) => match RunMetrics::from_json(&bytes) {
+            Ok(m) => Some(m),
+            Err(e) => {
+                tracing::warn!(key = %storage.url_of(&metrics_key), error = %e, "ignoring malformed metrics.json");
+                None
+            }
+        },
+        Err(e) if e.is_not_found() => None,
+        Err(e) => return Err(e.into()),
+    };
+    let sha = format!("sha256:{:x}", Sha256::digest(&onnx));
+    if let Some(want) = metrics.as_ref().and_then(|m| m.onnx_sha256.clone())
+        && want != sha
+    {
+        return Err(LoadError::Checksum {
+            key: storage.url_of(&onnx_key),
+            got: sha,
+            want,
+        });
+    }
+    let image_size = metrics
+        .as_ref()
+        .map_or(image_size, |m| m.hyperparameters.image_size);
+    let info = ModelInfo {
+        run_id: metrics.as_ref().map(|m| m.run_id.clone()),
+        test_accuracy: metrics.as_ref().map(|m| m.test_accuracy),
+        per_class_accuracy: metrics.as_ref().map(|m| m.per_class_accuracy.clone()),
+        trained_at: metrics.as_ref().map(|m| m.finished_at.to_rfc3339()),
+        image_size,
+        classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        onnx_sha256: sha,
+    };
+    let rt = rt.clone();
+    tokio::task::spawn_blocking(move || {
+        let env = runtime::environment(&rt.library)?;
+        let size = image_size as usize;
+        let zeros = vec![0.0f32; 3 * size * size];
+        let mut models: Vec<Box<dyn Forward>> = Vec::new();
+        for _ in 0..rt.workers.max(1) {
+            let mut m = OnnxClassifier::new(runtime::session(env, &onnx, rt.threads)?);
+            // Warm-up: the first run plans and allocates; pay for it before /readyz says yes.
+            let p = m.forward(&zeros, 1, size).map_err(LoadError::WarmUp)?;
+            if p.len() != 1 {
+                return Err(LoadError::WarmUp(format!("{} rows for one image", p.len())));
+            }
+            models.push(Box::new(m));
+        }
+        Ok((models, info))
+    })
+    .await
+    .map_err(|e| LoadError::WarmUp(e.to_string()))?
+}
+
+/// BlazeFace from `path`, with `sessions` single-threaded sessions (one per concurrent decode).
+pub fn load_detector(
+    library: &std::path::Path,
+    path: &std::path::Path,
+    sessions: usize,
+    max_faces: usize,
+) -> Result<FaceDetector, LoadError> {
+    let bytes = std::fs::read(path).map_err(|source| LoadError::Detector {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let env = runtime::environment(library)?;
+    let sessions = (0..sessions.max(1))
+        .map(|_| runtime::session(env, &bytes, 1))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FaceDetector::new(sessions, max_faces))
+}
