@@ -664,3 +664,111 @@ async fn evicted_training_pod_is_replaced_not_counted() -> Result<()> {
     );
     world.finish()
 }
+
+/// Issue 10, item 10: with `spec.inference.autoscaling` the operator creates a
+/// HorizontalPodAutoscaler and a PodDisruptionBudget that the real API server accepts (and the
+/// disruption controller tracks), and leaves `replicas` to the autoscaler: a scale to 2 made
+/// by someone else survives the operator's next applies. Removing autoscaling removes both.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn autoscaled_inference_gets_an_hpa_and_a_pdb() -> Result<()> {
+    use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+
+    let world = World::up("autoscaling").await?;
+    let autoscaling =
+        json!({"spec": {"inference": {"autoscaling": {"minReplicas": 1, "maxReplicas": 3}}}});
+    let (run, _) = bootstrap_with(&world, GOOD, &autoscaling).await?;
+    let name = face2simpson_operator::builders::inference_name(MODEL);
+    let hpas: kube::Api<HorizontalPodAutoscaler> =
+        kube::Api::namespaced(world.client.clone(), NAMESPACE);
+    let pdbs: kube::Api<PodDisruptionBudget> =
+        kube::Api::namespaced(world.client.clone(), NAMESPACE);
+    let hpa = hpas
+        .get(&name)
+        .await
+        .context("no HorizontalPodAutoscaler")?;
+    let spec = hpa.spec.context("HPA without spec")?;
+    ensure!(spec.scale_target_ref.kind == "Deployment" && spec.scale_target_ref.name == name);
+    ensure!(
+        spec.min_replicas == Some(1) && spec.max_replicas == 3,
+        "{spec:?}"
+    );
+    let tracked = poll(
+        "the disruption controller to track the PodDisruptionBudget",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (pdbs, name) = (pdbs.clone(), name.clone());
+            async move {
+                let pdb = pdbs.get(&name).await?;
+                Ok(pdb.status.filter(|s| s.expected_pods >= 1))
+            }
+        },
+    )
+    .await?;
+    ensure!(tracked.current_healthy >= 1, "{tracked:?}");
+
+    // The operator does not own replicas…
+    let deployment = world.deployments().get(&name).await?;
+    let owned = deployment
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.manager.as_deref() == Some("face2simpson-operator"))
+        .map(|m| serde_json::to_string(&m.fields_v1).unwrap_or_default())
+        .collect::<String>();
+    ensure!(
+        !owned.contains("f:replicas"),
+        "the operator applies replicas: {owned}"
+    );
+    // …so a scale made by the autoscaler (here by kubectl, through the same scale
+    // subresource) survives the operator's applies, which the Deployment's change triggers.
+    world
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "scale",
+            "deployment",
+            &name,
+            "--replicas=2",
+        ])
+        .await?;
+    let endpoints = world.wait_serving(&run).await?;
+    ensure!(endpoints.len() == 2, "serving pods: {endpoints:?}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let replicas = world
+        .deployments()
+        .get(&name)
+        .await?
+        .spec
+        .and_then(|s| s.replicas);
+    ensure!(
+        replicas == Some(2),
+        "the operator reset replicas to {replicas:?}"
+    );
+
+    let off = json!({"spec": {"inference": {"autoscaling": null}}});
+    world
+        .models()
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(off))
+        .await?;
+    poll(
+        "the HPA and PDB to go with autoscaling",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (hpas, pdbs, name) = (hpas.clone(), pdbs.clone(), name.clone());
+            async move {
+                Ok(
+                    (hpas.get_opt(&name).await?.is_none() && pdbs.get_opt(&name).await?.is_none())
+                        .then_some(()),
+                )
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    world.finish()
+}
