@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use artifacts::{Hyperparameters, PromotionPolicy, Storage, StorageError, layout};
 use clap::{Args, Parser, Subcommand};
+use face2simpson_trainer::dataset::DatasetError;
 use face2simpson_trainer::progress::Progress;
 use face2simpson_trainer::train::{self, RunTarget, TrainConfig, TrainError};
 use tracing_subscriber::EnvFilter;
@@ -165,6 +166,8 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<TrainError>() {
             return match e {
                 TrainError::Config(_) => exit::CONFIG,
+                // The store failing while the dataset is listed is an outage, not bad data.
+                TrainError::Dataset(DatasetError::Storage(s)) => storage_code(s),
                 TrainError::Dataset(_) => exit::DATA,
                 TrainError::Storage(s) => storage_code(s),
                 _ => exit::FAILURE,
@@ -289,4 +292,49 @@ async fn datagen_cmd(a: DatagenArgs) -> Result<()> {
             .await?;
     tracing::info!(images = n, dataset = %storage.url_of(&a.dataset), "synthetic dataset written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: impl Into<anyhow::Error>) -> u8 {
+        Fatal::from(e.into().context("run r1 failed")).code
+    }
+
+    /// The codes the operator's podFailurePolicy relies on (docs/operator.md): 2, 3 and 4
+    /// fail the Job at once, 1 is retried.
+    #[test]
+    fn exit_codes_tell_permanent_from_transient_failures() {
+        let outage = || StorageError::NotFound {
+            url: "s3://b".into(),
+            key: "k".into(),
+        };
+        assert_eq!(code(TrainError::Config("bad --lr".into())), exit::CONFIG);
+        assert_eq!(
+            code(TrainError::Dataset(DatasetError::Missing {
+                prefix: "datasets/x".into()
+            })),
+            exit::DATA
+        );
+        assert_eq!(
+            code(TrainError::Dataset(DatasetError::Storage(outage()))),
+            exit::FAILURE
+        );
+        assert_eq!(code(TrainError::Storage(outage())), exit::FAILURE);
+        assert_eq!(
+            code(StorageError::InvalidUrl {
+                url: "ftp://x".into(),
+                reason: "scheme".into()
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(code(TrainError::Worker("panicked".into())), exit::FAILURE);
+        assert_eq!(code(anyhow::anyhow!("anything else")), exit::FAILURE);
+        assert_eq!(
+            (exit::CONFIG, exit::DATA, exit::DEVICE),
+            (2, 3, 4),
+            "the operator's podFailurePolicy names these"
+        );
+    }
 }
