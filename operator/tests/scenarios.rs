@@ -1921,3 +1921,45 @@ async fn autoscaling_hands_replicas_to_an_hpa_and_takes_them_back() {
     assert_eq!(seen[1].body["spec"]["replicas"], 2);
     assert!(!status_of(&seen[5]).autoscaled);
 }
+
+/// Item 9: with nothing to go back to, a failed rollout is reported once and the champion
+/// stays (there is no better model to serve).
+#[tokio::test]
+async fn a_failed_first_rollout_is_reported_once() {
+    let sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    let jobs = vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)];
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs.clone()),
+            Step::apply_deployment_with(stuck),
+            Step::apply_service(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[4], "Warning", "RolloutFailed");
+    let status = status_of(&seen[3]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+    assert_eq!(condition(&status, "Ready"), ("False", "RolloutFailed"));
+    assert_eq!(condition(&status, "Degraded"), ("True", "RolloutFailed"));
+    assert!(status.history.is_empty(), "nothing was rolled back");
+
+    // Still stuck on the next pass: no second warning, no write.
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs),
+            Step::apply_deployment_with(stuck),
+            Step::apply_service(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    h.finish().await;
+}
