@@ -31,7 +31,7 @@ fn champion(sm: &SimpsonModel) -> Result<ChampionStatus> {
 }
 
 fn decision(run: &RunStatus) -> &str {
-    run.decision.as_deref().unwrap_or("")
+    run.decision.map_or("", |d| d.as_str())
 }
 
 /// Bootstraps the model with `recipe`: one Job, `FirstModel`, the Deployment serving it.

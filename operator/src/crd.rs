@@ -357,6 +357,89 @@ fn preserved_object(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
 
+/// Defines a string-valued state enum: the variants are their wire names, `as_str` and
+/// `Display` give them back, and they compare with a plain `&str` (a status read by a human
+/// or a test speaks in those names).
+macro_rules! state_enum {
+    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant),+
+        }
+
+        impl $name {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => stringify!($variant)),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+state_enum! {
+    /// Where a model is in its lifecycle: Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
+    Phase {
+        /// No model has been served yet.
+        Pending,
+        /// A training Job runs.
+        Training,
+        /// A champion exists but its pods are not all updated and available yet.
+        RollingOut,
+        /// The champion's rollout is complete.
+        Serving,
+        /// No new runs start.
+        Suspended,
+        /// Something needs attention (see the Degraded condition).
+        Degraded,
+    }
+}
+
+state_enum! {
+    /// Why a run started.
+    Trigger {
+        /// The first run of a model without a champion.
+        Bootstrap,
+        /// An interval or cron slot.
+        Schedule,
+        /// The backoff after a failed run.
+        Retry,
+        /// The face2simpson.io/train-requested-at annotation.
+        Manual,
+        /// A Job adopted after the operator lost its status.
+        Unknown,
+    }
+}
+
+state_enum! {
+    /// A recorded decision: the gate's (FirstModel, Promote, Reject), a run without a usable result (Failed), or a change of champion not made by the gate (Rollback, ManualPromote, RolloutFailed; history only). Unset in lastRun while the run is in progress.
+    Verdict {
+        FirstModel,
+        Promote,
+        Reject,
+        Failed,
+        /// The rollback annotation put the previous champion back.
+        Rollback,
+        /// The promote-run annotation put a named run in service.
+        ManualPromote,
+        /// The run's rollout never became available; the previous champion was put back.
+        RolloutFailed,
+    }
+}
+
 /// How the inference Service is exposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 pub enum ServiceType {
@@ -385,8 +468,7 @@ pub struct SimpsonModelStatus {
     pub conditions: Vec<Condition>,
     /// Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = ["Pending", "Training", "RollingOut", "Serving", "Suspended", "Degraded"]))]
-    pub phase: Option<String>,
+    pub phase: Option<Phase>,
     /// The model in service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub champion: Option<ChampionStatus>,
@@ -442,8 +524,7 @@ pub struct RunStatus {
     /// Name of the training Job.
     pub job_name: String,
     /// Why it started: Bootstrap, Schedule, Retry (after a failed run), Manual, or Unknown (a Job adopted after the operator lost its status).
-    #[schemars(extend("enum" = ["Bootstrap", "Schedule", "Retry", "Manual", "Unknown"]))]
-    pub trigger: String,
+    pub trigger: Trigger,
     /// When the Job was created.
     pub started_at: Time,
     /// The champion this run is compared with (re-scored on the run's test split).
@@ -463,8 +544,7 @@ pub struct RunStatus {
     pub champion_accuracy: Option<f64>,
     /// FirstModel, Promote, Reject or Failed; unset while the run is in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("enum" = ["FirstModel", "Promote", "Reject", "Failed"]))]
-    pub decision: Option<String>,
+    pub decision: Option<Verdict>,
     /// A sentence explaining the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -480,8 +560,7 @@ pub struct HistoryEntry {
     /// The run decided on (for a rollback: the run put back in service).
     pub run_id: String,
     /// FirstModel, Promote, Reject, Failed, Rollback, ManualPromote or RolloutFailed.
-    #[schemars(extend("enum" = ["FirstModel", "Promote", "Reject", "Failed", "Rollback", "ManualPromote", "RolloutFailed"]))]
-    pub decision: String,
+    pub decision: Verdict,
     /// A sentence explaining the decision.
     pub reason: String,
     /// The run's test accuracy, when known.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use face2simpson_operator::crd::{ChampionStatus, HistoryEntry, SimpsonModelStatus};
+use face2simpson_operator::crd::{ChampionStatus, HistoryEntry, SimpsonModelStatus, Verdict};
 use face2simpson_operator::{error_policy, reconcile};
 use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -136,7 +136,7 @@ async fn bootstrap_starts_the_first_run_at_once() {
         (
             last.run_id.as_str(),
             last.trigger.as_str(),
-            last.decision.as_deref()
+            last.decision.map(|d| d.as_str())
         ),
         (FIRST, "Bootstrap", None)
     );
@@ -145,7 +145,7 @@ async fn bootstrap_starts_the_first_run_at_once() {
         Some("s3://bucket/models/runs/simpsons/homer/homer-20261101-000000/model.safetensors"),
         "the store URI of the run is recorded"
     );
-    assert_eq!(status.phase.as_deref(), Some("Training"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Training"), ("True", "JobRunning"));
     assert_eq!(condition(&status, "Ready"), ("False", "NoChampion"));
     assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T00:05:00Z"))));
@@ -193,7 +193,7 @@ async fn not_due_serves_and_waits_then_a_second_pass_writes_nothing() {
         Some(Time(ts("2026-11-04T00:00:00Z"))),
         "72h after the last start"
     );
-    assert_eq!(status.phase.as_deref(), Some("Serving"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
     assert_eq!(condition(&status, "Ready"), ("True", "Serving"));
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
 
@@ -323,7 +323,7 @@ async fn a_running_job_blocks_a_second_one() {
         .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let status = status_of(&h.finish().await[3]);
-    assert_eq!(status.phase.as_deref(), Some("Training"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Training"), ("True", "JobRunning"));
     assert_eq!(status.last_run.unwrap().decision, None);
 }
@@ -405,7 +405,7 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
         (
-            last.decision.as_deref(),
+            last.decision.map(|d| d.as_str()),
             last.accuracy,
             last.champion_accuracy
         ),
@@ -420,7 +420,7 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         ),
         (SECOND, "Promote")
     );
-    assert_eq!(status.phase.as_deref(), Some("Serving"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
     assert!(
         text.contains(
             r#"face2simpson_operator_promotions_total{namespace="simpsons",model="homer"} 1"#
@@ -477,7 +477,7 @@ async fn succeeded_but_not_better_is_rejected() {
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     assert_eq!(status.previous_champion, None);
     let last = status.last_run.unwrap();
-    assert_eq!(last.decision.as_deref(), Some("Reject"));
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Reject"));
     assert!(last.reason.unwrap().contains("does not beat champion"));
     assert!(
         text.contains(
@@ -520,7 +520,7 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     let last = status.last_run.unwrap();
     assert_eq!(
-        (last.decision.as_deref(), last.dry_run),
+        (last.decision.map(|d| d.as_str()), last.dry_run),
         (Some("Promote"), true)
     );
     assert!(last.reason.unwrap().starts_with("dry run"));
@@ -558,9 +558,14 @@ async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() 
     );
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobFailed"));
-    assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Degraded"));
     assert_eq!(
-        status.last_run.as_ref().unwrap().decision.as_deref(),
+        status
+            .last_run
+            .as_ref()
+            .unwrap()
+            .decision
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
@@ -612,7 +617,10 @@ async fn missing_metrics_degrade() {
     );
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsMissing"));
-    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(
+        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        Some("Failed")
+    );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
 }
 
@@ -677,7 +685,7 @@ async fn suspend_starts_nothing_but_still_evaluates_the_running_job() {
     let seen = h.finish().await;
     assert_event(&seen[3], "Normal", "Promoted");
     let status = status_of(&seen[6]);
-    assert_eq!(status.phase.as_deref(), Some("Suspended"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Suspended"));
     assert_eq!(status.next_run_at, None);
     assert_eq!(status.champion.unwrap().run_id, SECOND);
 }
@@ -827,7 +835,7 @@ async fn restart_before_the_run_was_recorded_adopts_and_decides_it() {
     let status = status_of(&h.finish().await[6]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.as_deref()),
+        (last.run_id.as_str(), last.decision.map(|d| d.as_str())),
         (SECOND, Some("Promote"))
     );
     assert_eq!(
@@ -978,7 +986,7 @@ async fn housekeeping_deletes_decided_jobs_beyond_the_limit() {
         .rev()
         .map(|r| HistoryEntry {
             run_id: (*r).into(),
-            decision: "Reject".into(),
+            decision: Verdict::Reject,
             reason: "test".into(),
             accuracy: None,
             champion_accuracy: None,
@@ -1024,7 +1032,7 @@ async fn history_stays_bounded() {
     st.history = (0..2)
         .map(|i| HistoryEntry {
             run_id: format!("old-{i}"),
-            decision: "Reject".into(),
+            decision: Verdict::Reject,
             reason: "test".into(),
             accuracy: None,
             champion_accuracy: None,
@@ -1074,7 +1082,7 @@ async fn invalid_schedule_degrades_with_a_warning() {
     assert_event(&seen[4], "Warning", "InvalidSchedule");
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSchedule"));
-    assert_eq!(status.phase.as_deref(), Some("Degraded"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Degraded"));
 
     // The warning is given once: the next pass neither warns again nor writes.
     let h = Harness::new(
@@ -1189,7 +1197,10 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
     assert_event(&seen[2], "Warning", "JobMissing");
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobMissing"));
-    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(
+        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        Some("Failed")
+    );
     assert_eq!(status.history[0].run_id, SECOND);
     assert_eq!(
         status.next_run_at,
@@ -1316,7 +1327,10 @@ async fn unreachable_store_past_the_deadline_fails_the_run() {
         condition(&status, "Degraded"),
         ("True", "StorageUnreachable")
     );
-    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(
+        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        Some("Failed")
+    );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
 }
 
@@ -1348,7 +1362,10 @@ async fn assert_refused(m: artifacts::RunMetrics, job: serde_json::Value, needle
     assert!(note.contains(needle), "{note}");
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsInvalid"));
-    assert_eq!(status.last_run.unwrap().decision.as_deref(), Some("Failed"));
+    assert_eq!(
+        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        Some("Failed")
+    );
     assert_eq!(status.champion.unwrap().run_id, FIRST, "nothing promoted");
     assert!(!text.contains("promotions_total{"), "{text}");
 }
@@ -1530,7 +1547,7 @@ async fn conflict_on_job_create_reads_the_real_job() {
     let status = status_of(&seen[3]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.as_deref()),
+        (last.run_id.as_str(), last.decision.map(|d| d.as_str())),
         (FIRST, None)
     );
     assert_eq!(last.started_at, Time(ts("2026-11-01T00:00:00Z")));
@@ -1549,7 +1566,7 @@ async fn conflict_on_job_create_reads_the_real_job() {
 async fn failed_runs_are_retried_with_a_doubling_backoff() {
     let failed = |id: &str| HistoryEntry {
         run_id: id.into(),
-        decision: "Failed".into(),
+        decision: Verdict::Failed,
         reason: "test".into(),
         accuracy: None,
         champion_accuracy: None,
@@ -1788,7 +1805,7 @@ async fn ready_waits_for_the_rollout() {
     );
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Ready"), ("False", "RollingOut"));
-    assert_eq!(status.phase.as_deref(), Some("RollingOut"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("RollingOut"));
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
@@ -1920,4 +1937,46 @@ async fn autoscaling_hands_replicas_to_an_hpa_and_takes_them_back() {
     let seen = h.finish().await;
     assert_eq!(seen[1].body["spec"]["replicas"], 2);
     assert!(!status_of(&seen[5]).autoscaled);
+}
+
+/// Item 9: with nothing to go back to, a failed rollout is reported once and the champion
+/// stays (there is no better model to serve).
+#[tokio::test]
+async fn a_failed_first_rollout_is_reported_once() {
+    let sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    let jobs = vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)];
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs.clone()),
+            Step::apply_deployment_with(stuck),
+            Step::apply_service(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[4], "Warning", "RolloutFailed");
+    let status = status_of(&seen[3]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+    assert_eq!(condition(&status, "Ready"), ("False", "RolloutFailed"));
+    assert_eq!(condition(&status, "Degraded"), ("True", "RolloutFailed"));
+    assert!(status.history.is_empty(), "nothing was rolled back");
+
+    // Still stuck on the next pass: no second warning, no write.
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(jobs),
+            Step::apply_deployment_with(stuck),
+            Step::apply_service(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    h.finish().await;
 }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use artifacts::{Hyperparameters, PromotionPolicy, Storage, StorageError, layout};
 use clap::{Args, Parser, Subcommand};
+use face2simpson_trainer::dataset::DatasetError;
 use face2simpson_trainer::progress::Progress;
 use face2simpson_trainer::train::{self, RunTarget, TrainConfig, TrainError};
 use tracing_subscriber::EnvFilter;
@@ -23,12 +24,11 @@ struct Cli {
     command: Command,
 }
 
-// One value per process, parsed once: boxing the big variant would buy nothing.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train on PREFIX/{train,test}/{homer,marge,bart,lisa}/* and write runs/<run-id>/{model.safetensors,metrics.json}.
-    Train(TrainArgs),
+    // Boxed: the training flags make this variant far larger than the others.
+    Train(Box<TrainArgs>),
     /// Draw a synthetic dataset of cartoon heads into the store.
     Datagen(DatagenArgs),
 }
@@ -167,6 +167,8 @@ fn exit_code(error: &anyhow::Error) -> u8 {
         if let Some(e) = cause.downcast_ref::<TrainError>() {
             return match e {
                 TrainError::Config(_) => exit::CONFIG,
+                // The store failing while the dataset is listed is an outage, not bad data.
+                TrainError::Dataset(DatasetError::Storage(s)) => storage_code(s),
                 TrainError::Dataset(_) => exit::CONFIG,
                 TrainError::Storage(s) => storage_code(s),
                 _ => exit::FAILURE,
@@ -197,7 +199,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.command {
-        Command::Train(args) => train_cmd(args).await,
+        Command::Train(args) => train_cmd(*args).await,
         Command::Datagen(args) => datagen_cmd(args).await.map_err(Fatal::from),
     };
     match result {
@@ -296,4 +298,58 @@ async fn datagen_cmd(a: DatagenArgs) -> Result<()> {
             .await?;
     tracing::info!(images = n, dataset = %storage.url_of(&a.dataset), "synthetic dataset written");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(e: impl Into<anyhow::Error>) -> u8 {
+        Fatal::from(e.into().context("run r1 failed")).code
+    }
+
+    /// The codes the operator's podFailurePolicy relies on (docs/operator.md): 2 and 4 fail
+    /// the Job at once, 1 and 3 are retried.
+    #[test]
+    fn exit_codes_tell_permanent_from_transient_failures() {
+        let outage = || StorageError::Backend {
+            url: "s3://b".into(),
+            key: "k".into(),
+            source: Box::new(object_store::Error::Generic {
+                store: "S3",
+                source: "connection refused".into(),
+            }),
+        };
+        let missing = || StorageError::NotFound {
+            url: "s3://b".into(),
+            key: "k".into(),
+        };
+        assert_eq!(code(TrainError::Config("bad --lr".into())), exit::CONFIG);
+        assert_eq!(
+            code(TrainError::Dataset(DatasetError::Missing {
+                prefix: "datasets/x".into()
+            })),
+            exit::CONFIG
+        );
+        assert_eq!(
+            code(TrainError::Dataset(DatasetError::Storage(outage()))),
+            exit::STORE
+        );
+        assert_eq!(code(TrainError::Storage(outage())), exit::STORE);
+        assert_eq!(code(TrainError::Storage(missing())), exit::CONFIG);
+        assert_eq!(
+            code(StorageError::InvalidUrl {
+                url: "ftp://x".into(),
+                reason: "scheme".into()
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(code(TrainError::Worker("panicked".into())), exit::FAILURE);
+        assert_eq!(code(anyhow::anyhow!("anything else")), exit::FAILURE);
+        assert_eq!(
+            (exit::CONFIG, exit::STORE, exit::DEVICE),
+            (2, 3, 4),
+            "the operator's podFailurePolicy and docs/operator.md name these"
+        );
+    }
 }

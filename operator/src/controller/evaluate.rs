@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::observe::run_id_of;
 use super::{Counted, Effect, Error, JobState, Pass};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
-use crate::crd::{ChampionStatus, HistoryEntry, RunStatus};
+use crate::crd::{ChampionStatus, HistoryEntry, RunStatus, Trigger, Verdict};
 
 /// Clocks of the trainer's node and of the API server may disagree by this much before a
 /// metrics.json counts as older than its Job.
@@ -97,7 +97,7 @@ impl Pass<'_> {
             _ => RunStatus {
                 run_id: run_id.clone(),
                 job_name: job.name_any(),
-                trigger: "Unknown".into(),
+                trigger: Trigger::Unknown,
                 started_at: job
                     .metadata
                     .creation_timestamp
@@ -120,7 +120,7 @@ impl Pass<'_> {
                 self.count(Counted::FailedRun);
                 self.degraded(why, &message);
                 self.emit(EventType::Warning, why, "Evaluate", message.clone());
-                ("Failed".to_owned(), message)
+                (Verdict::Failed, message)
             }
             Ok((metrics, model_uri)) => {
                 self.effects
@@ -129,7 +129,7 @@ impl Pass<'_> {
                 self.decide(&mut run, &metrics, model_uri)
             }
         };
-        run.decision = Some(decision.clone());
+        run.decision = Some(decision);
         run.reason = Some(reason.clone());
         self.record(HistoryEntry {
             run_id,
@@ -257,7 +257,7 @@ impl Pass<'_> {
         run: &mut RunStatus,
         metrics: &RunMetrics,
         model_uri: String,
-    ) -> (String, String) {
+    ) -> (Verdict, String) {
         let run_id = run.run_id.clone();
         let p = &self.sm.spec.promotion;
         let dry_run = p.dry_run;
@@ -311,7 +311,12 @@ impl Pass<'_> {
             }
         }
         info!(model = %self.name, run = %run_id, decision = decision.kind(), %reason, "run evaluated");
-        (decision.kind().to_owned(), reason)
+        let verdict = match decision {
+            Decision::FirstModel(_) => Verdict::FirstModel,
+            Decision::Promote(_) => Verdict::Promote,
+            Decision::Reject(_) => Verdict::Reject,
+        };
+        (verdict, reason)
     }
 
     /// Makes `champion` the model in service; the one it replaces becomes the rollback target.
@@ -346,11 +351,11 @@ impl Pass<'_> {
         );
         let mut run = run.clone();
         run.finished_at = Some(Time(self.now));
-        run.decision = Some("Failed".into());
+        run.decision = Some(Verdict::Failed);
         run.reason = Some(message.clone());
         self.record(HistoryEntry {
             run_id: run.run_id.clone(),
-            decision: "Failed".into(),
+            decision: Verdict::Failed,
             reason: message.clone(),
             accuracy: None,
             champion_accuracy: None,

@@ -27,7 +27,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use crate::builders::MissingMetadata;
-use crate::crd::{SimpsonModel, SimpsonModelStatus};
+use crate::crd::{Phase, SimpsonModel, SimpsonModelStatus};
 use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
 
 /// Field manager of every server-side apply the operator makes.
@@ -538,17 +538,14 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
 
     // Record what the pass observed.
     let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
-    pass.status.phase = Some(
-        match () {
-            () if training => "Training",
-            () if degraded => "Degraded",
-            () if sm.spec.schedule.suspend => "Suspended",
-            () if pass.status.champion.is_some() && ready => "Serving",
-            () if pass.status.champion.is_some() => "RollingOut",
-            () => "Pending",
-        }
-        .to_owned(),
-    );
+    pass.status.phase = Some(match () {
+        () if training => Phase::Training,
+        () if degraded => Phase::Degraded,
+        () if sm.spec.schedule.suspend => Phase::Suspended,
+        () if pass.status.champion.is_some() && ready => Phase::Serving,
+        () if pass.status.champion.is_some() => Phase::RollingOut,
+        () => Phase::Pending,
+    });
     pass.status.observed_generation = sm.metadata.generation;
     pass.commit().await?;
 

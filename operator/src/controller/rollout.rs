@@ -18,7 +18,7 @@ use tracing::{info, warn};
 use super::{Counted, Error, MANAGER, Pass};
 use crate::builders::{self, RUN_ID_LABEL};
 use crate::crd::{
-    ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
+    ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION, Verdict,
 };
 
 /// How often a rollout in progress is looked at even without a Deployment event.
@@ -129,7 +129,7 @@ impl Pass<'_> {
         );
         self.record(HistoryEntry {
             run_id: previous.run_id.clone(),
-            decision: "Rollback".into(),
+            decision: Verdict::Rollback,
             reason: reason.clone(),
             accuracy: Some(previous.accuracy),
             champion_accuracy: Some(current.accuracy),
@@ -179,7 +179,7 @@ impl Pass<'_> {
                 );
                 self.record(HistoryEntry {
                     run_id: champion.run_id.clone(),
-                    decision: "ManualPromote".into(),
+                    decision: Verdict::ManualPromote,
                     reason: reason.clone(),
                     accuracy: Some(champion.accuracy),
                     champion_accuracy: self.status.champion.as_ref().map(|c| c.accuracy),
@@ -419,7 +419,7 @@ impl Pass<'_> {
         warn!(model = %self.name, %reason, "automatic rollback");
         self.record(HistoryEntry {
             run_id: failed.run_id.clone(),
-            decision: "RolloutFailed".into(),
+            decision: Verdict::RolloutFailed,
             reason: reason.clone(),
             accuracy: Some(failed.accuracy),
             champion_accuracy: Some(previous.accuracy),

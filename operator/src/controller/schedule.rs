@@ -13,7 +13,7 @@ use tracing::info;
 use super::observe::Presence;
 use super::{Counted, Error, JobState, Pass, job_state, set_condition};
 use crate::builders;
-use crate::crd::{RunStatus, TRAIN_REQUEST_ANNOTATION};
+use crate::crd::{RunStatus, TRAIN_REQUEST_ANNOTATION, Trigger, Verdict};
 use crate::schedule::Schedule;
 
 /// What became of a run that was due.
@@ -91,21 +91,27 @@ impl Pass<'_> {
                 let trigger = if active || awaiting || suspended {
                     None
                 } else if let Some(r) = &manual {
-                    Some((builders::manual_run_id(&self.name, r), "Manual"))
+                    Some((builders::manual_run_id(&self.name, r), Trigger::Manual))
                 } else if self.status.champion.is_none() && self.status.last_run.is_none() {
-                    Some((builders::scheduled_run_id(&self.name, anchor), "Bootstrap"))
+                    Some((
+                        builders::scheduled_run_id(&self.name, anchor),
+                        Trigger::Bootstrap,
+                    ))
                 } else if let Some(slot) = plan.as_ref().and_then(|p| p.due_slot) {
-                    Some((builders::scheduled_run_id(&self.name, slot), "Schedule"))
+                    Some((
+                        builders::scheduled_run_id(&self.name, slot),
+                        Trigger::Schedule,
+                    ))
                 } else {
                     retry_at
                         .filter(|at| *at <= now)
-                        .map(|at| (builders::scheduled_run_id(&self.name, at), "Retry"))
+                        .map(|at| (builders::scheduled_run_id(&self.name, at), Trigger::Retry))
                 };
                 if let Some((run_id, trigger)) = trigger {
                     let outcome = self.start(run_id, trigger).await?;
                     started = outcome == Start::Running;
                     if outcome != Start::Blocked {
-                        if trigger == "Manual" {
+                        if trigger == Trigger::Manual {
                             self.status.last_train_request = manual;
                         }
                         let start = self.status.last_run.as_ref().map(|r| r.started_at.0);
@@ -149,13 +155,13 @@ impl Pass<'_> {
             .status
             .last_run
             .as_ref()
-            .filter(|r| r.decision.as_deref() == Some("Failed"))?;
+            .filter(|r| r.decision == Some(Verdict::Failed))?;
         let failed_at = last.finished_at.as_ref()?.0;
         let failures = self
             .status
             .history
             .iter()
-            .take_while(|h| h.decision == "Failed")
+            .take_while(|h| h.decision == Verdict::Failed)
             .count()
             .max(1);
         let spec = &self.sm.spec.schedule;
@@ -207,7 +213,7 @@ impl Pass<'_> {
     }
 
     /// Starts the training Job for `run_id`, or adopts it when it already exists.
-    async fn start(&mut self, run_id: String, trigger: &str) -> Result<Start, Error> {
+    async fn start(&mut self, run_id: String, trigger: Trigger) -> Result<Start, Error> {
         if !self.champion_ready().await? {
             return Ok(Start::Blocked);
         }
@@ -261,18 +267,18 @@ impl Pass<'_> {
             self.healthy("TrainingStarted", "");
         }
         self.count(Counted::TrainingStarted);
-        info!(model = %self.name, run = %run_id, trigger, "training started");
+        info!(model = %self.name, run = %run_id, %trigger, "training started");
         let note = format!("started training run {run_id} ({trigger})");
         self.status.last_run = Some(self.run_status(&run_id, trigger, started_at));
         self.emit(EventType::Normal, "TrainingStarted", "Train", note);
         Ok(Start::Running)
     }
 
-    fn run_status(&self, run_id: &str, trigger: &str, started_at: Timestamp) -> RunStatus {
+    fn run_status(&self, run_id: &str, trigger: Trigger, started_at: Timestamp) -> RunStatus {
         RunStatus {
             run_id: run_id.to_owned(),
             job_name: run_id.to_owned(),
-            trigger: trigger.to_owned(),
+            trigger,
             started_at: Time(started_at),
             champion_run_id: self.status.champion.as_ref().map(|c| c.run_id.clone()),
             model_uri: builders::run_weights_uri(self.sm, run_id).ok(),

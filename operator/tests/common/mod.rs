@@ -89,14 +89,14 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
     RunStatus {
         run_id: run_id.into(),
         job_name: run_id.into(),
-        trigger: "Schedule".into(),
+        trigger: face2simpson_operator::crd::Trigger::Schedule,
         started_at: Time(ts(started)),
         champion_run_id: None,
         model_uri: None,
         finished_at: decision.map(|_| Time(ts(started))),
         accuracy: None,
         champion_accuracy: None,
-        decision: decision.map(Into::into),
+        decision: decision.map(|d| serde_json::from_value(json!(d)).unwrap()),
         reason: decision.map(|d| format!("{d} for the test")),
         dry_run: false,
     }
