@@ -79,7 +79,7 @@ async fn start_etcd(dir: &Path, data: &Path) -> Result<(Process, String)> {
         Env::Inherit(vec![]),
         dir,
     )?;
-    let http = reqwest::Client::new();
+    let http = crate::paths::http();
     let health = format!("{client_url}/health");
     poll(
         "etcd /health",

@@ -204,7 +204,7 @@ impl Operator {
     }
 
     async fn wait_ready(&self) -> Result<()> {
-        let http = reqwest::Client::new();
+        let http = crate::paths::http();
         let url = format!("{}/readyz", self.admin);
         poll(
             "the operator's /readyz",

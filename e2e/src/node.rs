@@ -550,6 +550,7 @@ impl Kubelet {
     ) -> Result<()> {
         let probe = readiness_url(container, &running.ports);
         let http = reqwest::Client::builder()
+            .no_proxy()
             .timeout(Duration::from_secs(2))
             .build()?;
         let mut stop = running.stop.subscribe();

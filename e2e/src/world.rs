@@ -314,7 +314,9 @@ impl World {
 
     /// The run id a pod's `/v1/model` names.
     pub async fn served_run(&self, endpoint: &str) -> Result<Option<String>> {
-        let info: Value = reqwest::get(format!("{endpoint}/v1/model"))
+        let info: Value = crate::paths::http()
+            .get(format!("{endpoint}/v1/model"))
+            .send()
             .await?
             .json()
             .await?;
@@ -330,7 +332,7 @@ impl World {
                 .join("datasets/current/test/homer/00000.png"),
         )
         .context("the dataset's first test image")?;
-        let response = reqwest::Client::new()
+        let response = crate::paths::http()
             .post(format!("{endpoint}/v1/predict"))
             .header("content-type", "image/png")
             .body(image)
