@@ -134,22 +134,17 @@ pub fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     out
 }
 
+/// A tiny PNG whose header claims `width`×`height` pixels (a decompression bomb's header).
+pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
+    let mut bomb = png(&image::RgbImage::new(1, 1));
+    bomb[16..20].copy_from_slice(&width.to_be_bytes());
+    bomb[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32fast::hash(&bomb[12..29]);
+    bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+    bomb
+}
+
 /// A tiny PNG whose header claims 40000×40000 pixels.
 pub fn png_bomb() -> Vec<u8> {
-    let mut bomb = png(&image::RgbImage::new(1, 1));
-    bomb[16..20].copy_from_slice(&40_000u32.to_be_bytes());
-    bomb[20..24].copy_from_slice(&40_000u32.to_be_bytes());
-    let mut crc = 0xffff_ffffu32;
-    for &b in &bomb[12..29] {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    bomb[29..33].copy_from_slice(&(!crc).to_be_bytes());
-    bomb
+    png_claiming(40_000, 40_000)
 }

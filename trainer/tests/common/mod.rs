@@ -62,22 +62,7 @@ pub fn png_bomb() -> Vec<u8> {
     let mut bomb = out.into_inner();
     bomb[16..20].copy_from_slice(&40_000u32.to_be_bytes());
     bomb[20..24].copy_from_slice(&40_000u32.to_be_bytes());
-    let crc = crc32(&bomb[12..29]);
+    let crc = crc32fast::hash(&bomb[12..29]);
     bomb[29..33].copy_from_slice(&crc.to_be_bytes());
     bomb
-}
-
-fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xffff_ffffu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xedb8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
 }
