@@ -177,18 +177,13 @@ impl Operator {
             "KUBECONFIG".into(),
             kubeconfig.to_string_lossy().into_owned(),
         ));
-        let args = crate::node_env::expand_all(
-            &container
-                .command
-                .iter()
-                .flatten()
-                .skip(1)
-                .chain(container.args.iter().flatten())
-                .cloned()
-                .collect::<Vec<_>>(),
-            &env,
-        );
-        let program = our_bin("face2simpson-operator")?;
+        // The operator image's entrypoint is the operator binary, as for any stand-in image.
+        let image = container.image.clone().unwrap_or_default();
+        let (program, args) = crate::node::Images::default()
+            .with(&image, &our_bin("face2simpson-operator")?, &[])
+            .resolve(&container)
+            .context("the operator container runs a command the harness has no binary for")?;
+        let args = crate::node_env::expand_all(&args, &env);
         let process = Process::spawn("operator", &program, &args, Env::Only(env.clone()), &dir)?;
         let operator = Self {
             process,

@@ -75,7 +75,7 @@ impl Images {
     }
 
     /// The program and arguments of a container, as an image's entrypoint would resolve them.
-    fn resolve(&self, container: &Container) -> Option<(PathBuf, Vec<String>)> {
+    pub(crate) fn resolve(&self, container: &Container) -> Option<(PathBuf, Vec<String>)> {
         let args = container.args.clone().unwrap_or_default();
         match container.command.as_deref() {
             Some([command, rest @ ..]) => {
