@@ -248,16 +248,6 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
         },
         concurrency: a.fetch_concurrency,
     };
-    if !(0.0..=1.0).contains(&cfg.policy.min_accuracy)
-        || !(0.0..=1.0).contains(&cfg.policy.min_improvement)
-    {
-        return Err(Fatal {
-            code: exit::CONFIG,
-            error: anyhow::anyhow!(
-                "--min-accuracy and --min-improvement are fractions between 0 and 1"
-            ),
-        });
-    }
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())
         .await

@@ -1,0 +1,87 @@
+//! One training run, end to end: dataset → fine-tuning → evaluation → artifacts → gate.
+//!
+//! [`run`] orchestrates; [`config`] checks what the run was told; [`fit`] is the training loop;
+//! [`evaluate`] scores a network on a split; [`batches`] turns samples into device batches.
+
+pub mod batches;
+pub mod config;
+pub mod evaluate;
+pub mod fit;
+pub mod run;
+
+use artifacts::{Decision, Hyperparameters, PromotionPolicy, RunMetrics, StorageError, layout};
+use tch::Device;
+
+use crate::dataset::DatasetError;
+use crate::torch::WeightsError;
+
+pub use batches::{epoch_batches, for_each_batch, sample_seed, to_batch};
+pub use evaluate::{Evaluation, evaluate};
+pub use fit::{scheduled_lr, train_step};
+pub use run::{run, run_in};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TrainError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error("{what}: {source}")]
+    Weights { what: String, source: WeightsError },
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    #[error("training worker failed: {0}")]
+    Worker(String),
+    #[error("exporting the model to ONNX: {0}")]
+    Export(#[from] model::onnx::ExportError),
+}
+
+/// Everything `face2simpson-trainer train` is told.
+#[derive(Debug, Clone)]
+pub struct TrainConfig {
+    pub run_id: String,
+    pub dataset: String,
+    pub champion: Option<String>,
+    pub hyper: Hyperparameters,
+    pub device: Device,
+    /// Key in the store, a URL, a local path, or `None` to train from scratch.
+    pub pretrained: Option<String>,
+    pub promote: bool,
+    pub policy: PromotionPolicy,
+    pub concurrency: usize,
+}
+
+/// Where a run's artifacts go and whom it is for. The operator keys runs per model
+/// (`runs/<namespace>/<name>`) and passes the champion's weights as a full URL; the defaults
+/// are the shared `runs/` prefix of the cluster-free mode.
+#[derive(Debug, Clone)]
+pub struct RunTarget {
+    /// Prefix the run's directory is created under.
+    pub runs_prefix: String,
+    /// `<namespace>/<name>` recorded in metrics.json.
+    pub owner: Option<String>,
+    /// Full URL of the champion's weights; by default `<runs_prefix>/<champion>/model.safetensors`.
+    pub champion_uri: Option<String>,
+}
+
+impl Default for RunTarget {
+    fn default() -> Self {
+        Self {
+            runs_prefix: layout::RUNS.to_owned(),
+            owner: None,
+            champion_uri: None,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug)]
+pub struct Outcome {
+    pub metrics: RunMetrics,
+    /// Set with `--promote`.
+    pub decision: Option<Decision>,
+    /// The run had already completed earlier; nothing was retrained.
+    pub already_complete: bool,
+}
