@@ -7,7 +7,7 @@
 //    --as-needed, which would drop it. On CPU it is an empty wrapper; in the trainer image the
 //    GPU libtorch's libtorch.so sits at the same path and pulls in libtorch_cuda.so, whose
 //    static initialisers register CUDA. Without it the same binary would never see a GPU.
-fn main() {
+pub fn main() {
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     if let Ok(dir) = std::env::var("LIBTORCH") {
         println!("cargo:rustc-link-arg=-Wl,--disable-new-dtags,-rpath,{dir}/lib");

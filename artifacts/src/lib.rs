@@ -13,6 +13,7 @@ pub mod storage;
 
 pub use gate::{Decision, PromotionPolicy, decide};
 pub use metrics::{
-    ChampionRecord, EpochRecord, Hyperparameters, RunMetrics, SkippedFile, SplitCounts,
+    ChampionRecord, ClassScores, EpochRecord, Hyperparameters, RunMetrics, SkippedFile,
+    SplitCounts, TestPredictions, TrainerBuild, class_scores,
 };
-pub use storage::{Storage, StorageError};
+pub use storage::{Conditional, Expect, ObjectVersion, Storage, StorageError};

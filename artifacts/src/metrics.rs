@@ -17,18 +17,36 @@ pub struct RunMetrics {
     /// cluster-free mode and in runs made before runs were keyed per model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// `<crate version>+<12 hex digits of the git revision>` (`0.1.0+unknown` when the build
+    /// knew no revision); plain `0.1.0` in runs made before builds were stamped.
     pub trainer_version: String,
+    /// How the trainer binary was built. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer_build: Option<TrainerBuild>,
     /// Fraction of the test split classified correctly, 0–1.
     pub test_accuracy: f64,
+    /// Mean cross-entropy (with the run's label smoothing) over the test split. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_loss: Option<f64>,
     /// The champion this run was compared with, if any.
     #[serde(default)]
     pub champion_run_id: Option<String>,
     /// The champion's accuracy re-measured by this run on this run's test split.
     #[serde(default)]
     pub champion_test_accuracy: Option<f64>,
+    /// The image size the champion was re-scored at: its own `hyperparameters.image_size`
+    /// (from its metrics.json), or this run's when the champion has no readable metrics.json.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_image_size: Option<u32>,
     /// Class names in the order of the model's outputs.
     pub classes: Vec<String>,
     pub per_class_accuracy: BTreeMap<String, f64>,
+    /// Precision, recall, F1 and support per class on the test split. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_class: Option<BTreeMap<String, ClassScores>>,
+    /// Unweighted mean of the per-class F1 scores. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macro_f1: Option<f64>,
     /// `confusion_matrix[true][predicted]`, indices into `classes`.
     pub confusion_matrix: Vec<Vec<u64>>,
     pub counts: SplitCounts,
@@ -42,8 +60,24 @@ pub struct RunMetrics {
     pub dataset: String,
     /// sha256 over every used image's key and content: equal fingerprints, equal data.
     pub dataset_fingerprint: String,
+    /// `sha256:` over the test split's keys and content hashes alone: two runs with equal
+    /// test fingerprints were scored on identical test images. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fingerprint: Option<String>,
+    /// `sha256:` over the key, size and ETag of every object listed under the dataset prefix:
+    /// a cheap check, without fetching a byte, that a re-run sees the data this run saw.
+    /// Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listing_fingerprint: Option<String>,
+    /// Per test image, in test order: what the challenger and the re-scored champion
+    /// predicted. The gate's significance test pairs them. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_predictions: Option<TestPredictions>,
     /// Key of the weights this run wrote.
     pub weights_key: String,
+    /// `sha256:<hex>` of `model.safetensors`. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights_sha256: Option<String>,
     /// Key of the ONNX export of the same weights (`runs/<id>/model.onnx`), what the inference
     /// service and any ONNX runtime serve. Absent in runs from before the export existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -54,6 +88,10 @@ pub struct RunMetrics {
     /// Where the ImageNet backbone came from, `None` when trained from scratch.
     #[serde(default)]
     pub pretrained: Option<String>,
+    /// `sha256:<hex>` of the pretrained file's bytes; absent when trained from scratch and in
+    /// older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrained_sha256: Option<String>,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
     /// `cpu` or `cuda:N`.
@@ -66,6 +104,125 @@ pub struct SplitCounts {
     pub train: u64,
     pub val: u64,
     pub test: u64,
+    /// Train images (before validation was carved out) dropped because the same bytes are
+    /// in the test split; each is also in `skipped_files`. 0 in older runs.
+    #[serde(default)]
+    pub duplicates_dropped: u64,
+}
+
+/// How the trainer binary that wrote a run was built.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainerBuild {
+    /// Full git revision the binary was built from, or `unknown`.
+    pub revision: String,
+    /// Cargo profile: `release` or `debug`.
+    pub profile: String,
+    /// Target triple.
+    pub target: String,
+    /// `rustc --version` of the compiler.
+    pub rustc: String,
+}
+
+/// Scores of one class on the test split.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ClassScores {
+    /// Of the images predicted as this class, the share that are (0 when none was predicted).
+    pub precision: f64,
+    /// Of the images of this class, the share predicted as it.
+    pub recall: f64,
+    /// Harmonic mean of precision and recall (0 when both are 0).
+    pub f1: f64,
+    /// Test images of this class.
+    pub support: u64,
+}
+
+/// Paired predictions on the test split, the input of the gate's McNemar test.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TestPredictions {
+    /// The test split these are for (equals the run's `test_fingerprint`).
+    pub test_fingerprint: String,
+    /// Test image keys, sorted: the order of every vector below.
+    pub keys: Vec<String>,
+    /// True class index of each image.
+    pub labels: Vec<u8>,
+    /// The challenger's predicted class index per image.
+    pub challenger: Vec<u8>,
+    /// The re-scored champion's predicted class index per image; `None` without a champion.
+    #[serde(default)]
+    pub champion: Option<Vec<u8>>,
+}
+
+impl TestPredictions {
+    /// McNemar's discordant pairs `(b, c)`: `b` images only the champion got right, `c` images
+    /// only the challenger got right. `None` without champion predictions.
+    pub fn discordant(&self) -> Option<(u64, u64)> {
+        let champion = self.champion.as_ref()?;
+        let (mut b, mut c) = (0, 0);
+        for ((t, x), y) in self.labels.iter().zip(&self.challenger).zip(champion) {
+            match (x == t, y == t) {
+                (false, true) => b += 1,
+                (true, false) => c += 1,
+                _ => {}
+            }
+        }
+        Some((b, c))
+    }
+
+    fn validate(&self, classes: usize, test: u64) -> Result<(), String> {
+        let n = self.labels.len();
+        let lengths_agree = self.keys.len() == n
+            && self.challenger.len() == n
+            && self.champion.as_ref().is_none_or(|c| c.len() == n);
+        if !lengths_agree || n as u64 != test {
+            return Err(format!(
+                "test_predictions do not have one entry per test image ({test})"
+            ));
+        }
+        let in_range = |v: &[u8]| v.iter().all(|&x| usize::from(x) < classes);
+        if !in_range(&self.labels)
+            || !in_range(&self.challenger)
+            || !self.champion.as_deref().is_none_or(in_range)
+        {
+            return Err("test_predictions hold a class index outside classes".into());
+        }
+        Ok(())
+    }
+}
+
+/// Precision, recall and F1 per class, and their macro-F1, from `confusion[true][predicted]`.
+pub fn class_scores(
+    classes: &[String],
+    confusion: &[Vec<u64>],
+) -> (BTreeMap<String, ClassScores>, f64) {
+    let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    let scores: BTreeMap<String, ClassScores> = classes
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let tp = confusion[i][i];
+            let support: u64 = confusion[i].iter().sum();
+            let predicted: u64 = confusion.iter().map(|row| row[i]).sum();
+            let (precision, recall) = (ratio(tp, predicted), ratio(tp, support));
+            let f1 = if precision + recall == 0.0 {
+                0.0
+            } else {
+                2.0 * precision * recall / (precision + recall)
+            };
+            let s = ClassScores {
+                precision,
+                recall,
+                f1,
+                support,
+            };
+            (name.clone(), s)
+        })
+        .collect();
+    let macro_f1 = if scores.is_empty() {
+        0.0
+    } else {
+        scores.values().map(|s| s.f1).sum::<f64>() / scores.len() as f64
+    };
+    (scores, macro_f1)
 }
 
 /// A file the trainer could not use, and why.
@@ -151,6 +308,14 @@ impl RunMetrics {
         {
             return Err(format!("confusion_matrix is not {n}x{n}"));
         }
+        if let Some(p) = &self.test_predictions {
+            p.validate(n, self.counts.test)?;
+            if p.champion.is_some() != self.champion_run_id.is_some() {
+                return Err(
+                    "test_predictions.champion must be set exactly when champion_run_id is".into(),
+                );
+            }
+        }
         Ok(())
     }
 
@@ -169,26 +334,48 @@ pub(crate) mod tests {
         let classes: Vec<String> = ["homer", "marge", "bart", "lisa"]
             .map(String::from)
             .to_vec();
+        let confusion = vec![
+            vec![15, 1, 0, 0],
+            vec![0, 16, 0, 0],
+            vec![1, 0, 14, 1],
+            vec![0, 0, 1, 15],
+        ];
+        // 64 test images: the challenger right on 60, the champion on 56 of them.
+        let labels: Vec<u8> = (0..64).map(|i| (i / 16) as u8).collect();
+        let mut challenger = labels.clone();
+        let mut champion = labels.clone();
+        for i in 0..4 {
+            challenger[i] = (labels[i] + 1) % 4;
+        }
+        for i in 4..12 {
+            champion[i] = (labels[i] + 1) % 4;
+        }
         RunMetrics {
             schema_version: METRICS_SCHEMA_VERSION,
             run_id: "r2".into(),
             owner: Some("simpsons/homer".into()),
-            trainer_version: "0.1.0".into(),
+            trainer_version: "0.1.0+0123456789ab".into(),
+            trainer_build: Some(TrainerBuild {
+                revision: "0123456789ab".repeat(4)[..40].to_owned(),
+                profile: "release".into(),
+                target: "x86_64-unknown-linux-gnu".into(),
+                rustc: "rustc 1.95.0".into(),
+            }),
             test_accuracy: 0.9375,
+            test_loss: Some(0.31),
             champion_run_id: Some("r1".into()),
             champion_test_accuracy: Some(0.875),
+            champion_image_size: Some(96),
             per_class_accuracy: classes.iter().map(|c| (c.clone(), 0.9375)).collect(),
+            per_class: Some(class_scores(&classes, &confusion).0),
+            macro_f1: Some(class_scores(&classes, &confusion).1),
             classes,
-            confusion_matrix: vec![
-                vec![15, 1, 0, 0],
-                vec![0, 16, 0, 0],
-                vec![1, 0, 14, 1],
-                vec![0, 0, 1, 15],
-            ],
+            confusion_matrix: confusion,
             counts: SplitCounts {
                 train: 200,
                 val: 40,
                 test: 64,
+                duplicates_dropped: 1,
             },
             skipped_files: vec![SkippedFile {
                 path: "datasets/x/train/homer/bad.jpg".into(),
@@ -218,10 +405,23 @@ pub(crate) mod tests {
             },
             dataset: "datasets/current".into(),
             dataset_fingerprint: "ab".repeat(32),
+            test_fingerprint: Some(format!("sha256:{}", "ef".repeat(32))),
+            listing_fingerprint: Some(format!("sha256:{}", "12".repeat(32))),
+            test_predictions: Some(TestPredictions {
+                test_fingerprint: format!("sha256:{}", "ef".repeat(32)),
+                keys: (0..64)
+                    .map(|i| format!("datasets/current/test/x/{i:05}.png"))
+                    .collect(),
+                labels,
+                challenger,
+                champion: Some(champion),
+            }),
             weights_key: "runs/r2/model.safetensors".into(),
+            weights_sha256: Some(format!("sha256:{}", "34".repeat(32))),
             onnx_key: Some("runs/r2/model.onnx".into()),
             onnx_sha256: Some(format!("sha256:{}", "cd".repeat(32))),
             pretrained: Some("pretrained/mobilenet_v2-b0353104.pth".into()),
+            pretrained_sha256: Some(format!("sha256:{}", "56".repeat(32))),
             started_at: "2026-11-29T10:00:00Z".parse().unwrap(),
             finished_at: "2026-11-29T10:05:00Z".parse().unwrap(),
             device: "cpu".into(),
@@ -260,6 +460,16 @@ pub(crate) mod tests {
             "trainer_version",
             "onnx_key",
             "onnx_sha256",
+            "trainer_build",
+            "test_loss",
+            "champion_image_size",
+            "per_class",
+            "macro_f1",
+            "test_fingerprint",
+            "listing_fingerprint",
+            "test_predictions",
+            "weights_sha256",
+            "pretrained_sha256",
         ] {
             assert!(v.get(key).is_some(), "metrics.json lacks {key}");
         }
@@ -277,6 +487,76 @@ pub(crate) mod tests {
         obj.remove("onnx_sha256");
         let m = RunMetrics::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!((m.onnx_key, m.onnx_sha256), (None, None));
+    }
+
+    /// The operator and `--promote` must keep reading metrics.json files written before the
+    /// audit fields existed: every one of them is optional.
+    #[test]
+    fn runs_without_the_audit_fields_still_parse() {
+        let mut v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        for key in [
+            "trainer_build",
+            "test_loss",
+            "champion_image_size",
+            "per_class",
+            "macro_f1",
+            "test_fingerprint",
+            "listing_fingerprint",
+            "test_predictions",
+            "weights_sha256",
+            "pretrained_sha256",
+        ] {
+            obj.remove(key).unwrap();
+        }
+        obj["counts"].as_object_mut().unwrap().remove("duplicates_dropped");
+        let m = RunMetrics::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(m.test_predictions, None);
+        assert_eq!(m.counts.duplicates_dropped, 0);
+        assert_eq!(m.test_loss, None);
+    }
+
+    #[test]
+    fn class_scores_from_a_confusion_matrix() {
+        let classes = ["a", "b"].map(String::from).to_vec();
+        // 8 a: 6 right, 2 called b; 4 b: 3 right, 1 called a.
+        let (s, macro_f1) = class_scores(&classes, &[vec![6, 2], vec![1, 3]]);
+        let a = s["a"];
+        assert_eq!((a.precision, a.recall, a.support), (6.0 / 7.0, 0.75, 8));
+        assert!((a.f1 - 0.8).abs() < 1e-12, "{a:?}");
+        let b = s["b"];
+        assert_eq!((b.precision, b.recall, b.support), (0.6, 0.75, 4));
+        assert!((b.f1 - 2.0 / 3.0).abs() < 1e-12, "{b:?}");
+        assert!((macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
+        // A class never predicted and never present scores 0, not NaN.
+        let (s, _) = class_scores(&classes, &[vec![4, 0], vec![0, 0]]);
+        assert_eq!((s["b"].precision, s["b"].recall, s["b"].f1), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn discordant_pairs_count_who_alone_was_right() {
+        let p = sample().test_predictions.unwrap();
+        assert_eq!(p.discordant(), Some((4, 8)));
+        let mut solo = p.clone();
+        solo.champion = None;
+        assert_eq!(solo.discordant(), None);
+    }
+
+    #[test]
+    fn rejects_inconsistent_predictions() {
+        let mut m = sample();
+        m.test_predictions.as_mut().unwrap().challenger.pop();
+        assert!(
+            RunMetrics::from_json(&m.to_json())
+                .unwrap_err()
+                .contains("test_predictions")
+        );
+        let mut m = sample();
+        m.test_predictions.as_mut().unwrap().labels[0] = 7;
+        assert!(RunMetrics::from_json(&m.to_json()).is_err());
+        let mut m = sample();
+        m.test_predictions.as_mut().unwrap().champion = None;
+        assert!(RunMetrics::from_json(&m.to_json()).is_err());
     }
 
     #[test]

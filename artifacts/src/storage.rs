@@ -12,7 +12,8 @@ use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
 use object_store::{
-    ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutPayload, RetryConfig,
+    ObjectMeta, ObjectStore, ObjectStoreExt, ObjectStoreScheme, PutMode, PutOptions, PutPayload,
+    RetryConfig, UpdateVersion,
 };
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +54,36 @@ impl StorageError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, StorageError::NotFound { .. })
     }
+}
+
+/// The version of an object as read, for a conditional write that succeeds only if nobody
+/// wrote the object in between.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectVersion {
+    pub e_tag: Option<String>,
+    pub version: Option<String>,
+}
+
+/// What a conditional write expects to find.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// No object at the key (`PutMode::Create`).
+    Absent,
+    /// The object as it was read (`PutMode::Update`).
+    Version(ObjectVersion),
+}
+
+/// The result of [`Storage::put_if`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// Written atomically against the expectation.
+    Written,
+    /// The store does not support this kind of conditional write (a local directory cannot
+    /// do `Update`; S3 with conditional puts disabled can do neither): the expectation was
+    /// re-checked just before an ordinary write, which leaves a short window for a race.
+    WrittenUnguarded,
+    /// Somebody else wrote the object since it was read: nothing was written.
+    Conflict,
 }
 
 /// A store plus the prefix the URL pointed at; all keys are relative to that prefix.
@@ -260,6 +291,84 @@ impl Storage {
         Ok(())
     }
 
+    /// An object and the version it was read at; `None` when it does not exist.
+    pub async fn get_versioned(
+        &self,
+        key: &str,
+    ) -> Result<Option<(Bytes, ObjectVersion)>, StorageError> {
+        let result = match self.store.get(&self.path(key)).await {
+            Ok(r) => r,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.backend(key, e)),
+        };
+        let version = ObjectVersion {
+            e_tag: result.meta.e_tag.clone(),
+            version: result.meta.version.clone(),
+        };
+        let bytes = result.bytes().await.map_err(|e| self.backend(key, e))?;
+        Ok(Some((bytes, version)))
+    }
+
+    /// Writes `bytes` only if the object is still as `expect` says (compare-and-swap), so two
+    /// writers that read the same version cannot both win. Stores that cannot do it (see
+    /// [`Conditional::WrittenUnguarded`]) get a re-check and an ordinary write instead.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        bytes: impl Into<Bytes>,
+        expect: &Expect,
+    ) -> Result<Conditional, StorageError> {
+        let bytes = bytes.into();
+        let mode = match expect {
+            Expect::Absent => PutMode::Create,
+            Expect::Version(v) => PutMode::Update(UpdateVersion {
+                e_tag: v.e_tag.clone(),
+                version: v.version.clone(),
+            }),
+        };
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        let payload = PutPayload::from_bytes(bytes.clone());
+        match self.store.put_opts(&self.path(key), payload, opts).await {
+            Ok(_) => Ok(Conditional::Written),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(Conditional::Conflict)
+            }
+            Err(object_store::Error::NotImplemented { .. }) => {
+                let now = self.head_version(key).await?;
+                let unchanged = match (expect, now) {
+                    (Expect::Absent, None) => true,
+                    (Expect::Version(v), Some(now)) => *v == now,
+                    _ => false,
+                };
+                if !unchanged {
+                    return Ok(Conditional::Conflict);
+                }
+                tracing::warn!(
+                    store = %self.url,
+                    key,
+                    "the store cannot write conditionally; re-checked the object and wrote it unguarded"
+                );
+                self.put(key, bytes).await?;
+                Ok(Conditional::WrittenUnguarded)
+            }
+            Err(e) => Err(self.backend(key, e)),
+        }
+    }
+
+    async fn head_version(&self, key: &str) -> Result<Option<ObjectVersion>, StorageError> {
+        match self.store.head(&self.path(key)).await {
+            Ok(meta) => Ok(Some(ObjectVersion {
+                e_tag: meta.e_tag,
+                version: meta.version,
+            })),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(self.backend(key, e)),
+        }
+    }
+
     pub async fn delete(&self, key: &str) -> Result<(), StorageError> {
         self.store
             .delete(&self.path(key))
@@ -319,6 +428,22 @@ impl Storage {
             key,
             reason,
         })
+    }
+
+    /// The embedded mode's champion and the version it was read at, for a conditional update.
+    pub async fn get_champion_versioned(
+        &self,
+    ) -> Result<Option<(crate::ChampionRecord, ObjectVersion)>, StorageError> {
+        let key = crate::layout::CHAMPION;
+        let Some((bytes, version)) = self.get_versioned(key).await? else {
+            return Ok(None);
+        };
+        let record = serde_json::from_slice(&bytes).map_err(|e| StorageError::Malformed {
+            url: self.url.clone(),
+            key: key.to_owned(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((record, version)))
     }
 
     /// The embedded mode's champion, `None` before the first promotion.
@@ -406,6 +531,47 @@ mod tests {
         assert!(s.get_champion().await.unwrap().is_none());
         for bad in ["ftp://host/x", "s3://", "gs://"] {
             assert!(Storage::open(bad).is_err(), "{bad} accepted");
+        }
+    }
+
+    /// Two writers that read the same version: the second one loses, on every kind of store
+    /// (atomically in memory, with a re-check on a local directory, which cannot `Update`).
+    #[tokio::test]
+    async fn conditional_writes_detect_a_concurrent_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let stores = [
+            Storage::open("memory:///").unwrap(),
+            Storage::open(&format!("file://{}", dir.path().display())).unwrap(),
+        ];
+        for s in stores {
+            let k = "champion.json";
+            assert!(s.get_versioned(k).await.unwrap().is_none());
+            assert_eq!(
+                s.put_if(k, b"a".to_vec(), &Expect::Absent).await.unwrap(),
+                Conditional::Written,
+                "{}",
+                s.url()
+            );
+            // Create again: somebody was first.
+            assert_eq!(
+                s.put_if(k, b"x".to_vec(), &Expect::Absent).await.unwrap(),
+                Conditional::Conflict
+            );
+            let (bytes, v1) = s.get_versioned(k).await.unwrap().unwrap();
+            assert_eq!(bytes.as_ref(), b"a");
+            let first = s
+                .put_if(k, b"b".to_vec(), &Expect::Version(v1.clone()))
+                .await
+                .unwrap();
+            assert_ne!(first, Conditional::Conflict, "{}", s.url());
+            // A writer still holding v1 lost the race and writes nothing.
+            assert_eq!(
+                s.put_if(k, b"c".to_vec(), &Expect::Version(v1)).await.unwrap(),
+                Conditional::Conflict,
+                "{}",
+                s.url()
+            );
+            assert_eq!(s.get(k).await.unwrap().as_ref(), b"b");
         }
     }
 

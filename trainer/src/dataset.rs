@@ -39,6 +39,12 @@ pub enum DatasetError {
     },
     #[error("decoding worker failed: {0}")]
     Worker(String),
+    #[error("the test split of {prefix} changed while the run was reading it (fingerprint {before}, now {now})")]
+    Changed {
+        prefix: String,
+        before: String,
+        now: String,
+    },
 }
 
 /// One listed file.
@@ -56,6 +62,8 @@ pub struct Listing {
     pub test: Vec<Entry>,
     /// Files skipped from their name or size alone.
     pub skipped: Vec<SkippedFile>,
+    /// `sha256:` over every listed object's key, size and ETag (see [`listing_fingerprint`]).
+    pub fingerprint: String,
 }
 
 /// An image ready for the model: decoded, resized and centre-cropped.
@@ -73,6 +81,10 @@ pub struct Dataset {
     pub test: Vec<Sample>,
     pub skipped: Vec<SkippedFile>,
     pub fingerprint: String,
+    /// Like `fingerprint`, over the test split alone.
+    pub test_fingerprint: String,
+    /// Train images dropped because their bytes are also in the test split.
+    pub duplicates_dropped: usize,
 }
 
 /// Lists and validates `prefix`. Layout errors are fatal; odd files are skipped with a reason.
@@ -84,7 +96,10 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
             prefix: prefix.to_owned(),
         });
     }
-    let mut listing = Listing::default();
+    let mut listing = Listing {
+        fingerprint: listing_fingerprint(&objects),
+        ..Listing::default()
+    };
     for meta in objects {
         let key = meta.location.to_string();
         let rel = key
@@ -271,19 +286,20 @@ pub async fn load(
         out.sort_by(|a: &Sample, b: &Sample| a.key.cmp(&b.key));
         out
     };
-    let train = split_samples(fetch(train).await?, &mut skipped);
+    let mut train = split_samples(fetch(train).await?, &mut skipped);
     let test = split_samples(fetch(test).await?, &mut skipped);
+    let duplicates_dropped =
+        drop_test_duplicates(prefix, &mut train, &test, &mut digests, &mut skipped);
     check_classes(prefix, "train", train.iter().map(|s| s.label))?;
     check_classes(prefix, "test", test.iter().map(|s| s.label))?;
     skipped.sort_by(|a, b| a.path.cmp(&b.path));
 
-    let mut hasher = Sha256::new();
-    for (key, digest) in &digests {
-        hasher.update(key.as_bytes());
-        hasher.update([0]);
-        hasher.update(digest);
-    }
-    let fingerprint = format!("sha256:{}", hex(&hasher.finalize()));
+    let fingerprint = content_fingerprint(&digests);
+    let test_fingerprint = content_fingerprint(
+        digests
+            .iter()
+            .filter(|(key, _)| test.binary_search_by(|s| s.key.cmp(key)).is_ok()),
+    );
     let (train, val) = split_validation(train, val_fraction, seed);
     Ok(Dataset {
         train,
@@ -291,7 +307,119 @@ pub async fn load(
         test,
         skipped,
         fingerprint,
+        test_fingerprint,
+        duplicates_dropped,
     })
+}
+
+/// `sha256:` over `(key, sha256 of the bytes)` pairs in key order: equal fingerprints, equal data.
+fn content_fingerprint<'a>(digests: impl IntoIterator<Item = (&'a String, &'a [u8; 32])>) -> String {
+    let mut hasher = Sha256::new();
+    for (key, digest) in digests {
+        hasher.update(key.as_bytes());
+        hasher.update([0]);
+        hasher.update(digest);
+    }
+    format!("sha256:{}", hex(&hasher.finalize()))
+}
+
+/// `sha256:` over the key, size and ETag of every object in a listing, in key order. It changes
+/// whenever an object is added, removed or rewritten (a new ETag), without fetching a byte;
+/// rewriting identical bytes may change it too, so unequal listing fingerprints call for the
+/// content fingerprint before concluding the data differs.
+pub fn listing_fingerprint(objects: &[object_store::ObjectMeta]) -> String {
+    let mut hasher = Sha256::new();
+    for meta in objects {
+        hasher.update(meta.location.as_ref().as_bytes());
+        hasher.update([0]);
+        hasher.update(meta.size.to_le_bytes());
+        hasher.update(meta.e_tag.as_deref().unwrap_or("").as_bytes());
+        hasher.update([0]);
+    }
+    format!("sha256:{}", hex(&hasher.finalize()))
+}
+
+/// Removes from `train` every image whose bytes are also in `test` — a model must not be
+/// scored on pictures it trained on — and lists each in `skipped` as
+/// `duplicate of test/<class>/<file>`. Returns how many were dropped.
+fn drop_test_duplicates(
+    prefix: &str,
+    train: &mut Vec<Sample>,
+    test: &[Sample],
+    digests: &mut BTreeMap<String, [u8; 32]>,
+    skipped: &mut Vec<SkippedFile>,
+) -> usize {
+    let in_test: BTreeMap<[u8; 32], &str> = test
+        .iter()
+        .rev() // the first test key wins when the test split repeats itself
+        .filter_map(|s| Some((*digests.get(&s.key)?, s.key.as_str())))
+        .collect();
+    let before = train.len();
+    train.retain(|s| {
+        let Some(test_key) = digests.get(&s.key).and_then(|d| in_test.get(d)) else {
+            return true;
+        };
+        let rel = test_key
+            .strip_prefix(prefix)
+            .unwrap_or(test_key)
+            .trim_start_matches('/');
+        tracing::warn!(path = %s.key, test = %rel, "dropping a training image that is also in the test split");
+        skipped.push(SkippedFile {
+            path: s.key.clone(),
+            reason: format!("duplicate of {rel}"),
+        });
+        false
+    });
+    // Dropped images are not used, so they are not part of the dataset's fingerprint.
+    let kept: std::collections::BTreeSet<&str> = train
+        .iter()
+        .chain(test)
+        .map(|s| s.key.as_str())
+        .collect();
+    digests.retain(|k, _| kept.contains(k.as_str()));
+    before - train.len()
+}
+
+/// The test split fetched again and fitted at another image size (the champion's), checked
+/// against the content it had when the run loaded it: the champion and the challenger must be
+/// scored on the same bytes. Returns the samples in the same (key) order as `test`.
+pub async fn refit_test(
+    storage: &Storage,
+    prefix: &str,
+    test: &[Sample],
+    test_fingerprint: &str,
+    pre: Preprocessor,
+    concurrency: usize,
+) -> Result<Vec<Sample>, DatasetError> {
+    let fetched: Vec<(Sample, [u8; 32])> = futures::stream::iter(test.iter().map(|s| (s.key.clone(), s.label)))
+        .map(|(key, label)| {
+            let storage = storage.clone();
+            async move {
+                let bytes = storage.get(&key).await?;
+                tokio::task::spawn_blocking(move || {
+                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                    // Bytes that no longer decode have changed: the fingerprint reports it.
+                    let image = model::decode(&bytes).map(|img| pre.fit(&img)).unwrap_or_default();
+                    (Sample { key, label, image }, digest)
+                })
+                .await
+                .map_err(|e| DatasetError::Worker(e.to_string()))
+            }
+        })
+        .buffered(concurrency.max(1))
+        .try_collect()
+        .await?;
+    let digests: BTreeMap<String, [u8; 32]> =
+        fetched.iter().map(|(s, d)| (s.key.clone(), *d)).collect();
+    let now = content_fingerprint(&digests);
+    if now != test_fingerprint {
+        return Err(DatasetError::Changed {
+            prefix: prefix.trim_matches('/').to_owned(),
+            before: test_fingerprint.to_owned(),
+            now,
+        });
+    }
+    Ok(fetched.into_iter().map(|(s, _)| s).collect())
 }
 
 fn hex(bytes: &[u8]) -> String {
