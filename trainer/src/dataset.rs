@@ -229,6 +229,7 @@ pub async fn load(
         train,
         test,
         mut skipped,
+        ..
     } = listing;
     let fetch = |entries: Vec<Entry>| {
         let storage = storage.clone();

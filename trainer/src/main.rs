@@ -95,6 +95,13 @@ struct TrainArgs {
     /// With --promote: accuracy floor (0–1).
     #[arg(long, env = "MIN_ACCURACY", default_value_t = 0.0)]
     min_accuracy: f64,
+    /// With --promote: test images a run must be scored on to be promoted (0: no minimum).
+    #[arg(long, env = "MIN_TEST_IMAGES", default_value_t = 0)]
+    min_test_images: u64,
+    /// With --promote: significance level (e.g. 0.05) an exact McNemar test on the paired
+    /// test predictions must pass for a challenger to replace a champion (default: no test).
+    #[arg(long, env = "MIN_SIGNIFICANCE")]
+    min_significance: Option<f64>,
     /// Images fetched from the store at once.
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 16)]
     fetch_concurrency: usize,
@@ -169,6 +176,8 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 TrainError::Config(_) => exit::CONFIG,
                 // The store failing while the dataset is listed is an outage, not bad data.
                 TrainError::Dataset(DatasetError::Storage(s)) => storage_code(s),
+                // Data rewritten under a running job: a retry reads it settled.
+                TrainError::Dataset(DatasetError::Changed { .. }) => exit::FAILURE,
                 TrainError::Dataset(_) => exit::CONFIG,
                 TrainError::Storage(s) => storage_code(s),
                 _ => exit::FAILURE,
@@ -245,6 +254,8 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
         policy: PromotionPolicy {
             min_improvement: a.min_improvement,
             min_accuracy: a.min_accuracy,
+            min_test_images: a.min_test_images,
+            min_significance: a.min_significance,
         },
         concurrency: a.fetch_concurrency,
     };
@@ -335,6 +346,14 @@ mod tests {
             exit::CONFIG
         );
         assert_eq!(code(TrainError::Worker("panicked".into())), exit::FAILURE);
+        assert_eq!(
+            code(TrainError::Dataset(DatasetError::Changed {
+                prefix: "datasets/x".into(),
+                before: "sha256:a".into(),
+                now: "sha256:b".into(),
+            })),
+            exit::FAILURE
+        );
         assert_eq!(code(anyhow::anyhow!("anything else")), exit::FAILURE);
         assert_eq!(
             (exit::CONFIG, exit::STORE, exit::DEVICE),

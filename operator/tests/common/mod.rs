@@ -194,9 +194,16 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         run_id: run_id.into(),
         owner: Some(format!("{NS}/{NAME}")),
         trainer_version: "0.1.0".into(),
+        // The audit fields are left out, as in metrics.json files from before they existed:
+        // the operator must decide on those as before.
+        trainer_build: None,
         test_accuracy: accuracy,
+        test_loss: None,
         champion_run_id: champion.map(|(id, _)| id.to_owned()),
         champion_test_accuracy: champion.map(|(_, acc)| acc),
+        champion_image_size: None,
+        per_class: None,
+        macro_f1: None,
         per_class_accuracy: classes
             .iter()
             .map(|c| (c.clone(), accuracy))
@@ -212,6 +219,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
             train: 64,
             val: 16,
             test: 16,
+            duplicates_dropped: 0,
         },
         skipped_files: vec![],
         epochs_run: 2,
@@ -238,10 +246,15 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         },
         dataset: "datasets/current".into(),
         dataset_fingerprint: "cd".repeat(32),
+        test_fingerprint: None,
+        listing_fingerprint: None,
+        test_predictions: None,
         weights_key: format!("{RUNS_PREFIX}/{run_id}/model.safetensors"),
+        weights_sha256: None,
         onnx_key: None,
         onnx_sha256: None,
         pretrained: None,
+        pretrained_sha256: None,
         // Any time after its Job was created (the tests' Jobs are from November 2026).
         started_at: "2026-11-30T00:00:00Z".parse().unwrap(),
         finished_at: "2026-11-30T01:00:00Z".parse().unwrap(),

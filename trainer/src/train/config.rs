@@ -50,5 +50,12 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     if !(0.0..=1.0).contains(&p.min_accuracy) || !(0.0..=1.0).contains(&p.min_improvement) {
         return bad("--min-accuracy and --min-improvement are fractions between 0 and 1".into());
     }
+    if let Some(alpha) = p.min_significance
+        && !(alpha > 0.0 && alpha <= 1.0)
+    {
+        return bad(format!(
+            "--min-significance {alpha} must be a significance level in (0, 1], e.g. 0.05"
+        ));
+    }
     Ok(())
 }

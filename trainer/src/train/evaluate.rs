@@ -1,9 +1,10 @@
-//! Scoring a network on a split: loss, accuracy, confusion matrix.
+//! Scoring a network on a split: loss, accuracy, confusion matrix, predictions; and the
+//! champion re-scored on the run's test images.
 
 use model::{CLASSES, Preprocessor};
 use tch::{Device, Reduction, Tensor};
 
-use super::TrainError;
+use super::{TrainError, weights_err};
 use super::batches::{EVAL_BATCH, for_each_batch, to_batch};
 use crate::dataset::Sample;
 use crate::torch::Classifier;
@@ -15,6 +16,8 @@ pub struct Evaluation {
     pub accuracy: f64,
     /// `confusion[true][predicted]`
     pub confusion: Vec<Vec<u64>>,
+    /// Predicted class per sample, in the order of the samples.
+    pub predictions: Vec<u8>,
 }
 
 /// Scores `net` on `samples` in eval mode. Empty splits score 0 with no loss.
@@ -27,6 +30,7 @@ pub fn evaluate(
     let k = CLASSES.len();
     let mut confusion = vec![vec![0u64; k]; k];
     let mut loss_sum = 0.0;
+    let mut predictions = Vec::with_capacity(samples.len());
     let batches: Vec<Vec<usize>> = (0..samples.len())
         .collect::<Vec<_>>()
         .chunks(EVAL_BATCH)
@@ -52,6 +56,7 @@ pub fn evaluate(
                     Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
                 for (t, p) in labels.iter().zip(predicted) {
                     confusion[*t as usize][p as usize] += 1;
+                    predictions.push(p as u8);
                 }
                 Ok(())
             },
@@ -67,5 +72,27 @@ pub fn evaluate(
             correct as f64 / n as f64
         },
         confusion,
+        predictions,
     })
+}
+
+/// The champion's network, loaded before training so that unusable weights fail the run
+/// before the expensive part.
+pub fn load_champion(weights: &[u8], device: Device) -> Result<Classifier, TrainError> {
+    // Dropout plays no part in evaluation.
+    let mut net = Classifier::new(device, 0.0);
+    net.load_weights(weights)
+        .map_err(weights_err("loading the champion's weights"))?;
+    Ok(net)
+}
+
+/// The champion re-scored on the run's test images, preprocessed at the champion's own image
+/// size (`samples` were fitted to it), so it is judged as it would be served.
+pub fn score_champion(
+    net: &Classifier,
+    samples: &[Sample],
+    image_size: u32,
+    label_smoothing: f64,
+) -> Result<Evaluation, TrainError> {
+    evaluate(net, samples, &Preprocessor::new(image_size), label_smoothing)
 }

@@ -13,7 +13,8 @@ use super::batches::{epoch_batches, for_each_batch, sample_seed, to_batch};
 use super::evaluate::{Evaluation, evaluate};
 use crate::dataset::Dataset;
 use crate::progress::Progress;
-use crate::torch::{Classifier, WeightsError};
+use super::weights_err;
+use crate::torch::Classifier;
 
 /// The pretrained backbone learns at a tenth of the head's rate (discriminative fine-tuning):
 /// full-rate Adam on ImageNet features made validation accuracy swing by 20 points from epoch
@@ -26,14 +27,6 @@ pub(super) struct Fit {
     pub history: Vec<EpochRecord>,
     pub best_epoch: u32,
     pub test: Evaluation,
-    pub champion_test: Option<Evaluation>,
-}
-
-fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
-    move |source| TrainError::Weights {
-        what: what.to_owned(),
-        source,
-    }
 }
 
 pub(super) fn fit(
@@ -41,7 +34,6 @@ pub(super) fn fit(
     hyper: &Hyperparameters,
     device: Device,
     pretrained: Option<&[u8]>,
-    champion: Option<&[u8]>,
     progress: &Progress,
 ) -> Result<Fit, TrainError> {
     tch::manual_seed(hyper.seed as i64);
@@ -53,27 +45,10 @@ pub(super) fn fit(
             .map_err(weights_err("loading the pretrained backbone"))?;
         tracing::info!(tensors = n, "loaded ImageNet backbone");
     }
-    let champion_net = match champion {
-        Some(bytes) => {
-            let mut c = Classifier::new(device, hyper.dropout);
-            c.load_weights(bytes)
-                .map_err(weights_err("loading the champion's weights"))?;
-            Some(c)
-        }
-        None => None,
-    };
-
     let history = train_epochs(&mut net, data, hyper, &pre, progress)?;
     let best_epoch = history.best_epoch;
     let test = evaluate(&net, &data.test, &pre, hyper.label_smoothing)?;
-    let champion_test = champion_net
-        .map(|c| evaluate(&c, &data.test, &pre, hyper.label_smoothing))
-        .transpose()?;
-    tracing::info!(
-        test_accuracy = test.accuracy,
-        champion_test_accuracy = champion_test.as_ref().map(|e| e.accuracy),
-        "evaluated on the test split"
-    );
+    tracing::info!(test_accuracy = test.accuracy, "evaluated on the test split");
     let weights = net
         .to_safetensors()
         .map_err(weights_err("serialising the weights"))?;
@@ -84,7 +59,6 @@ pub(super) fn fit(
         history: history.records,
         best_epoch,
         test,
-        champion_test,
     })
 }
 

@@ -4,9 +4,11 @@
 //! [`evaluate`] scores a network on a split; [`batches`] turns samples into device batches.
 
 pub mod batches;
+mod completed;
 pub mod config;
 pub mod evaluate;
 pub mod fit;
+mod promote;
 pub mod run;
 
 use artifacts::{Decision, Hyperparameters, PromotionPolicy, RunMetrics, StorageError, layout};
@@ -36,6 +38,13 @@ pub enum TrainError {
     Worker(String),
     #[error("exporting the model to ONNX: {0}")]
     Export(#[from] model::onnx::ExportError),
+}
+
+pub(crate) fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
+    move |source| TrainError::Weights {
+        what: what.to_owned(),
+        source,
+    }
 }
 
 /// Everything `face2simpson-trainer train` is told.

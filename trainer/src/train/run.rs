@@ -1,17 +1,24 @@
-//! Orchestration: fetch what the run needs, load the data, fit, write the artifacts (metrics.json
-//! last), apply the gate.
+//! Orchestration: fetch what the run needs, load the data, fit, score the champion, write the
+//! artifacts (metrics.json last), apply the gate.
 
 use std::collections::BTreeMap;
 
 use artifacts::metrics::METRICS_SCHEMA_VERSION;
-use artifacts::{ChampionRecord, RunMetrics, SplitCounts, Storage, StorageError, layout};
+use artifacts::{RunMetrics, SplitCounts, Storage, StorageError, TestPredictions, layout};
 use chrono::Utc;
 use model::{CLASSES, Preprocessor};
 use sha2::{Digest, Sha256};
+use tch::Device;
 
-use super::{Outcome, RunTarget, TrainConfig, TrainError, config, fit};
-use crate::dataset::{self, LoadOptions};
+use super::evaluate::{self, Evaluation};
+use super::{Outcome, RunTarget, TrainConfig, TrainError, completed, config, fit, promote};
+use crate::dataset::{self, Dataset, Listing, LoadOptions, Sample};
 use crate::progress::Progress;
+
+/// `sha256:<hex>` of some bytes, the form every digest in metrics.json takes.
+pub(super) fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{:x}", Sha256::digest(bytes))
+}
 
 /// Fetches the pretrained backbone: a key in `storage`, a URL of any supported store, or a
 /// local file path.
@@ -48,7 +55,7 @@ pub async fn run(
 
 /// Fetches the champion's weights from a full URL: a key of `storage` when it points there,
 /// else the object of another store opened with the same credentials.
-async fn fetch_url(storage: &Storage, url: &str) -> Result<Vec<u8>, StorageError> {
+pub(super) async fn fetch_url(storage: &Storage, url: &str) -> Result<Vec<u8>, StorageError> {
     if let Some(key) = storage.key_of(url) {
         return Ok(storage.get(key).await?.to_vec());
     }
@@ -56,6 +63,141 @@ async fn fetch_url(storage: &Storage, url: &str) -> Result<Vec<u8>, StorageError
         Some((dir, file)) => Ok(Storage::open(dir)?.get(file).await?.to_vec()),
         None => Ok(storage.get(url).await?.to_vec()),
     }
+}
+
+/// Lists and loads the dataset as the run is configured (also used to re-check a completed run).
+pub(super) async fn load_dataset(
+    storage: &Storage,
+    cfg: &TrainConfig,
+    listing: Listing,
+    progress: &Progress,
+) -> Result<Dataset, TrainError> {
+    let total = (listing.train.len() + listing.test.len()) as u64;
+    progress.start_loading(total);
+    let options = LoadOptions {
+        pre: Preprocessor::new(cfg.hyper.image_size),
+        val_fraction: cfg.hyper.val_fraction,
+        seed: cfg.hyper.seed,
+        concurrency: cfg.concurrency,
+    };
+    let data = dataset::load(storage, &cfg.dataset, listing, options, || {
+        progress.loaded_one()
+    })
+    .await?;
+    progress.finish_loading();
+    Ok(data)
+}
+
+/// The champion to re-score: its weights and the image size it was trained at.
+struct Champion {
+    run_id: String,
+    weights: Vec<u8>,
+    image_size: u32,
+}
+
+/// The image size the champion was trained at, from its metrics.json beside its weights. A
+/// champion without a readable one (runs from before metrics.json, a hand-placed file) is
+/// scored at this run's size, with a warning: a comparison at the wrong size is still better
+/// than none, and refusing would block every later run of the model.
+async fn champion_image_size(
+    storage: &Storage,
+    metrics_url_or_key: &str,
+    fallback: u32,
+) -> Result<u32, TrainError> {
+    let read = match storage.key_of(metrics_url_or_key) {
+        Some(key) => storage.get(key).await.map(|b| b.to_vec()),
+        None if metrics_url_or_key.contains("://") => fetch_url(storage, metrics_url_or_key).await,
+        None => storage.get(metrics_url_or_key).await.map(|b| b.to_vec()),
+    };
+    let why = match read {
+        Ok(bytes) => match RunMetrics::from_json(&bytes) {
+            Ok(m) if (32..=1024).contains(&m.hyperparameters.image_size) => {
+                return Ok(m.hyperparameters.image_size);
+            }
+            Ok(m) => format!("its image size {} is out of range", m.hyperparameters.image_size),
+            Err(e) => e,
+        },
+        Err(e) if matches!(e, StorageError::NotFound { .. } | StorageError::Malformed { .. }) => {
+            e.to_string()
+        }
+        Err(e) => return Err(e.into()),
+    };
+    tracing::warn!(
+        metrics = metrics_url_or_key,
+        image_size = fallback,
+        "the champion's metrics.json cannot tell its image size ({why}); re-scoring it at this run's size"
+    );
+    Ok(fallback)
+}
+
+/// Fetches what re-scoring the champion needs; errors name the champion.
+async fn fetch_champion(
+    storage: &Storage,
+    cfg: &TrainConfig,
+    target: &RunTarget,
+    run_id: &str,
+) -> Result<Champion, TrainError> {
+    let cannot = |e: StorageError| {
+        TrainError::Config(format!("champion {run_id} cannot be re-scored: {e}"))
+    };
+    let (weights, metrics) = match &target.champion_uri {
+        Some(url) => (
+            fetch_url(storage, url).await.map_err(cannot)?,
+            layout::metrics_beside(url),
+        ),
+        None => (
+            storage
+                .get(&layout::weights_in(&target.runs_prefix, run_id))
+                .await
+                .map_err(cannot)?
+                .to_vec(),
+            layout::metrics_in(&target.runs_prefix, run_id),
+        ),
+    };
+    let image_size = champion_image_size(storage, &metrics, cfg.hyper.image_size).await?;
+    Ok(Champion {
+        run_id: run_id.to_owned(),
+        weights,
+        image_size,
+    })
+}
+
+/// What training and scoring produced, off the async runtime.
+struct Scored {
+    fit: fit::Fit,
+    champion: Option<Evaluation>,
+}
+
+/// Trains, then re-scores the champion on `champion_test` (the test split fitted at the
+/// champion's size) or, when the sizes agree, on the run's own test samples. The champion's
+/// weights are loaded first so that unusable ones fail before the expensive part.
+fn train_and_score(
+    data: &Dataset,
+    cfg: &TrainConfig,
+    pretrained: Option<&[u8]>,
+    champion: Option<(&Champion, Option<&[Sample]>)>,
+    progress: &Progress,
+) -> Result<Scored, TrainError> {
+    let device: Device = cfg.device;
+    let champion_net = champion
+        .map(|(c, _)| evaluate::load_champion(&c.weights, device))
+        .transpose()?;
+    let fit = fit::fit(data, &cfg.hyper, device, pretrained, progress)?;
+    let champion = match (champion_net, champion) {
+        (Some(net), Some((c, refitted))) => {
+            let samples = refitted.unwrap_or(&data.test);
+            let e = evaluate::score_champion(&net, samples, c.image_size, cfg.hyper.label_smoothing)?;
+            tracing::info!(
+                champion = %c.run_id,
+                image_size = c.image_size,
+                champion_test_accuracy = e.accuracy,
+                "re-scored the champion on the test split"
+            );
+            Some(e)
+        }
+        _ => None,
+    };
+    Ok(Scored { fit, champion })
 }
 
 /// Runs a whole training: the function behind `face2simpson-trainer train`.
@@ -73,39 +215,31 @@ pub async fn run_in(
         ));
     }
     let started_at = Utc::now();
-    let metrics_key = layout::metrics_in(&target.runs_prefix, &cfg.run_id);
-    if storage.head(&metrics_key).await?.is_some() {
-        // A Job retried after it already finished: the run is complete, keep its result.
-        let metrics = storage
-            .get_metrics_in(&target.runs_prefix, &cfg.run_id)
-            .await?;
+    if let Some(metrics) = completed::verify(storage, cfg, target, progress).await? {
+        // A Job retried after it already finished: the run is complete, keep its result. With
+        // --promote the gate is applied again, so a crash between metrics.json and
+        // champion.json cannot lose a promotion.
         tracing::info!(run_id = %cfg.run_id, "run already complete; not training again");
+        let decision = if cfg.promote {
+            Some(promote::promote(storage, &cfg.policy, &metrics).await?)
+        } else {
+            None
+        };
         return Ok(Outcome {
             metrics,
-            decision: None,
+            decision,
             already_complete: true,
         });
     }
 
     // Everything that can fail cheaply is checked before the expensive part.
-    let champion = match (&cfg.champion, cfg.promote) {
+    let champion_id = match (&cfg.champion, cfg.promote) {
         (Some(c), _) => Some(c.clone()),
         (None, true) => storage.get_champion().await?.map(|c| c.run_id),
         (None, false) => None,
     };
-    let champion_weights = match &champion {
-        Some(c) => {
-            let fetched = match &target.champion_uri {
-                Some(url) => fetch_url(storage, url).await,
-                None => storage
-                    .get(&layout::weights_in(&target.runs_prefix, c))
-                    .await
-                    .map(|b| b.to_vec()),
-            };
-            Some(fetched.map_err(|e| {
-                TrainError::Config(format!("champion {c} cannot be re-scored: {e}"))
-            })?)
-        }
+    let champion = match &champion_id {
+        Some(c) => Some(fetch_champion(storage, cfg, target, c).await?),
         None => None,
     };
     let pretrained = match &cfg.pretrained {
@@ -113,55 +247,68 @@ pub async fn run_in(
         None => None,
     };
 
-    let pre = Preprocessor::new(cfg.hyper.image_size);
     progress.stage("listing dataset");
     let listing = dataset::list(storage, &cfg.dataset).await?;
-    let total = (listing.train.len() + listing.test.len()) as u64;
-    progress.start_loading(total);
-    let options = LoadOptions {
-        pre,
-        val_fraction: cfg.hyper.val_fraction,
-        seed: cfg.hyper.seed,
-        concurrency: cfg.concurrency,
-    };
-    let data = dataset::load(storage, &cfg.dataset, listing, options, || {
-        progress.loaded_one()
-    })
-    .await?;
-    progress.finish_loading();
+    let listing_fingerprint = listing.fingerprint.clone();
+    let data = load_dataset(storage, cfg, listing, progress).await?;
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),
         test = data.test.len(),
         skipped = data.skipped.len(),
+        duplicates_dropped = data.duplicates_dropped,
         fingerprint = %data.fingerprint,
         "dataset loaded"
     );
+    // The run's samples are fitted to its own size; a champion trained at another size gets
+    // the same test images (checked by content) fitted to its size.
+    let champion_test = match &champion {
+        Some(c) if c.image_size != cfg.hyper.image_size => {
+            progress.stage("fitting the test split at the champion's size");
+            Some(
+                dataset::refit_test(
+                    storage,
+                    &cfg.dataset,
+                    &data.test,
+                    &data.test_fingerprint,
+                    Preprocessor::new(c.image_size),
+                    cfg.concurrency,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
 
-    let hyper = cfg.hyper.clone();
-    let device = cfg.device;
-    let progress_clone = progress.clone();
-    let (fit, data) = tokio::task::spawn_blocking(move || {
-        let result = fit::fit(
-            &data,
-            &hyper,
-            device,
-            pretrained.as_deref(),
-            champion_weights.as_deref(),
-            &progress_clone,
-        );
-        (result, data)
-    })
-    .await
-    .map_err(|e| TrainError::Worker(e.to_string()))?;
-    let fit = fit?;
+    let pretrained_sha256 = pretrained.as_deref().map(sha256);
+    let (scored, data, champion) = {
+        let cfg = cfg.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = train_and_score(
+                &data,
+                &cfg,
+                pretrained.as_deref(),
+                champion.as_ref().map(|c| (c, champion_test.as_deref())),
+                &progress,
+            );
+            (result, data, champion)
+        })
+        .await
+        .map_err(|e| TrainError::Worker(e.to_string()))?
+    };
+    let Scored {
+        fit,
+        champion: champion_test,
+    } = scored?;
 
     let weights_key = layout::weights_in(&target.runs_prefix, &cfg.run_id);
+    let weights_sha256 = sha256(&fit.weights);
     storage.put(&weights_key, fit.weights).await?;
     // The ONNX export is what gets served; it is written before metrics.json, whose presence
     // says every artifact of the run is there.
     let onnx_key = layout::onnx_in(&target.runs_prefix, &cfg.run_id);
-    let onnx_sha256 = format!("sha256:{:x}", Sha256::digest(&fit.onnx));
+    let onnx_sha256 = sha256(&fit.onnx);
     storage.put(&onnx_key, fit.onnx).await?;
     let finished_at = Utc::now();
     let per_class_accuracy = CLASSES
@@ -180,21 +327,36 @@ pub async fn run_in(
             )
         })
         .collect::<BTreeMap<_, _>>();
+    let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+    let (per_class, macro_f1) = artifacts::class_scores(&classes, &fit.test.confusion);
+    let test_predictions = TestPredictions {
+        test_fingerprint: data.test_fingerprint.clone(),
+        keys: data.test.iter().map(|s| s.key.clone()).collect(),
+        labels: data.test.iter().map(|s| s.label as u8).collect(),
+        challenger: fit.test.predictions.clone(),
+        champion: champion_test.as_ref().map(|e| e.predictions.clone()),
+    };
     let metrics = RunMetrics {
         schema_version: METRICS_SCHEMA_VERSION,
         run_id: cfg.run_id.clone(),
         owner: target.owner.clone(),
-        trainer_version: env!("CARGO_PKG_VERSION").to_owned(),
+        trainer_version: crate::build_info::version(),
+        trainer_build: Some(crate::build_info::build()),
         test_accuracy: fit.test.accuracy,
-        champion_run_id: champion.clone(),
-        champion_test_accuracy: fit.champion_test.map(|e| e.accuracy),
-        classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        test_loss: Some(fit.test.loss),
+        champion_run_id: champion_id.clone(),
+        champion_test_accuracy: champion_test.as_ref().map(|e| e.accuracy),
+        champion_image_size: champion.as_ref().map(|c| c.image_size),
+        classes,
         per_class_accuracy,
+        per_class: Some(per_class),
+        macro_f1: Some(macro_f1),
         confusion_matrix: fit.test.confusion.clone(),
         counts: SplitCounts {
             train: data.train.len() as u64,
             val: data.val.len() as u64,
             test: data.test.len() as u64,
+            duplicates_dropped: data.duplicates_dropped as u64,
         },
         skipped_files: data.skipped.clone(),
         epochs_run: fit.history.len() as u32,
@@ -203,29 +365,24 @@ pub async fn run_in(
         hyperparameters: cfg.hyper.clone(),
         dataset: cfg.dataset.clone(),
         dataset_fingerprint: data.fingerprint.clone(),
-        weights_key: weights_key.clone(),
+        test_fingerprint: Some(data.test_fingerprint.clone()),
+        listing_fingerprint: Some(listing_fingerprint),
+        test_predictions: Some(test_predictions),
+        weights_key,
+        weights_sha256: Some(weights_sha256),
         onnx_key: Some(onnx_key),
         onnx_sha256: Some(onnx_sha256),
         pretrained: cfg.pretrained.clone(),
+        pretrained_sha256,
         started_at,
         finished_at,
-        device: crate::torch::device_name(device),
+        device: crate::torch::device_name(cfg.device),
     };
     // Written last: its presence tells the operator the run is complete.
-    storage.put(&metrics_key, metrics.to_json()).await?;
+    storage.put(&metrics_key_of(cfg, target), metrics.to_json()).await?;
 
     let decision = if cfg.promote {
-        let decision = artifacts::decide(&cfg.policy, &metrics);
-        if decision.promotes() {
-            let record = ChampionRecord {
-                run_id: cfg.run_id.clone(),
-                test_accuracy: metrics.test_accuracy,
-                weights_key,
-                promoted_at: Utc::now(),
-            };
-            storage.put_json(layout::CHAMPION, &record).await?;
-        }
-        Some(decision)
+        Some(promote::promote(storage, &cfg.policy, &metrics).await?)
     } else {
         None
     };
@@ -234,4 +391,8 @@ pub async fn run_in(
         decision,
         already_complete: false,
     })
+}
+
+fn metrics_key_of(cfg: &TrainConfig, target: &RunTarget) -> String {
+    layout::metrics_in(&target.runs_prefix, &cfg.run_id)
 }
