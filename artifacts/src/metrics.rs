@@ -34,6 +34,9 @@ pub struct RunMetrics {
     /// The champion's accuracy re-measured by this run on this run's test split.
     #[serde(default)]
     pub champion_test_accuracy: Option<f64>,
+    /// The champion's test loss in that re-scoring. Absent in older runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_test_loss: Option<f64>,
     /// The image size the champion was re-scored at: its own `hyperparameters.image_size`
     /// (from its metrics.json), or this run's when the champion has no readable metrics.json.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -365,6 +368,7 @@ pub(crate) mod tests {
             test_loss: Some(0.31),
             champion_run_id: Some("r1".into()),
             champion_test_accuracy: Some(0.875),
+            champion_test_loss: Some(0.42),
             champion_image_size: Some(96),
             per_class_accuracy: classes.iter().map(|c| (c.clone(), 0.9375)).collect(),
             per_class: Some(class_scores(&classes, &confusion).0),
@@ -463,6 +467,7 @@ pub(crate) mod tests {
             "trainer_build",
             "test_loss",
             "champion_image_size",
+            "champion_test_loss",
             "per_class",
             "macro_f1",
             "test_fingerprint",
@@ -499,6 +504,7 @@ pub(crate) mod tests {
             "trainer_build",
             "test_loss",
             "champion_image_size",
+            "champion_test_loss",
             "per_class",
             "macro_f1",
             "test_fingerprint",

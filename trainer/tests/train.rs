@@ -161,6 +161,179 @@ async fn a_completed_run_is_not_trained_again() {
     let again = train(&storage, &cfg).await.unwrap();
     assert!(again.already_complete);
     assert_eq!(again.metrics, first.metrics);
+
+    // Identical bytes uploaded again (new ETags, so a new listing fingerprint): the content
+    // fingerprint says it is the same data, and the run is still the same run.
+    let key = "datasets/test/train/homer/00000.png";
+    let bytes = storage.get(key).await.unwrap();
+    storage.put(key, bytes.clone()).await.unwrap();
+    let reuploaded = train(&storage, &cfg).await.unwrap();
+    assert!(reuploaded.already_complete);
+
+    // Other hyperparameters under the same run id: refused, not answered with the old metrics.
+    let mut other = cfg.clone();
+    other.hyper.learning_rate = 3e-4;
+    let err = train(&storage, &other).await.unwrap_err();
+    assert!(matches!(err, TrainError::Config(_)), "{err}");
+    assert!(err.to_string().contains("learning_rate 0.001 (now 0.0003)"), "{err}");
+
+    // Other data under the same run id: refused too.
+    storage
+        .put("datasets/test/train/homer/new.png", bytes)
+        .await
+        .unwrap();
+    let err = train(&storage, &cfg).await.unwrap_err();
+    assert!(matches!(err, TrainError::Config(_)), "{err}");
+    assert!(err.to_string().contains("another dataset content"), "{err}");
+    // Neither attempt touched the stored result.
+    assert_eq!(storage.get_metrics("once").await.unwrap(), first.metrics);
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// A training image whose bytes are in the test split is dropped (the model would be scored
+/// on a picture it learned), listed with the test file it copies; and metrics.json carries
+/// what an audit needs: build stamp, digests of every input and output, per-class scores,
+/// predictions per test image.
+#[tokio::test(flavor = "multi_thread")]
+async fn test_duplicates_are_dropped_and_the_run_is_auditable() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 6, 48, 21).await;
+    let copy = storage
+        .get("datasets/test/test/homer/00001.jpg")
+        .await
+        .unwrap();
+    for key in [
+        "datasets/test/train/homer/copy.jpg",
+        "datasets/test/train/bart/mislabelled-copy.jpg",
+    ] {
+        storage.put(key, copy.clone()).await.unwrap();
+    }
+    let out = train(&storage, &config("dedup", 32, 1)).await.unwrap();
+    let m = &out.metrics;
+    let dropped: Vec<(&str, &str)> = m
+        .skipped_files
+        .iter()
+        .map(|s| (s.path.as_str(), s.reason.as_str()))
+        .collect();
+    assert_eq!(
+        dropped,
+        [
+            (
+                "datasets/test/train/bart/mislabelled-copy.jpg",
+                "duplicate of test/homer/00001.jpg"
+            ),
+            (
+                "datasets/test/train/homer/copy.jpg",
+                "duplicate of test/homer/00001.jpg"
+            ),
+        ]
+    );
+    assert_eq!(m.counts.duplicates_dropped, 2);
+    assert_eq!(m.counts.train + m.counts.val, 24, "{:?}", m.counts);
+    assert_eq!(m.counts.test, 8);
+
+    // The audit fields.
+    assert!(
+        m.trainer_version
+            .starts_with(concat!(env!("CARGO_PKG_VERSION"), "+")),
+        "{}",
+        m.trainer_version
+    );
+    assert_eq!(
+        m.trainer_build.as_ref().unwrap().revision,
+        face2simpson_trainer::build_info::REVISION
+    );
+    let weights = storage.get("runs/dedup/model.safetensors").await.unwrap();
+    assert_eq!(m.weights_sha256.as_deref(), Some(sha256(&weights).as_str()));
+    let onnx = storage.get("runs/dedup/model.onnx").await.unwrap();
+    assert_eq!(m.onnx_sha256.as_deref(), Some(sha256(&onnx).as_str()));
+    let pretrained = std::fs::read(common::PRETRAINED).unwrap();
+    assert_eq!(
+        m.pretrained_sha256.as_deref(),
+        Some(sha256(&pretrained).as_str())
+    );
+    assert!(m.test_loss.unwrap() > 0.0);
+    let per_class = m.per_class.as_ref().unwrap();
+    assert_eq!(per_class.len(), 4);
+    assert!(per_class.values().all(|c| c.support == 2));
+    let macro_f1 = m.macro_f1.unwrap();
+    assert!((0.0..=1.0).contains(&macro_f1));
+    let p = m.test_predictions.as_ref().unwrap();
+    assert_eq!(Some(&p.test_fingerprint), m.test_fingerprint.as_ref());
+    assert_ne!(m.test_fingerprint.as_ref(), Some(&m.dataset_fingerprint));
+    assert!(m.listing_fingerprint.is_some());
+    assert_eq!(p.keys.len(), 8);
+    assert!(p.keys.windows(2).all(|w| w[0] < w[1]), "keys in test order");
+    assert!(p.champion.is_none());
+    let correct = p
+        .labels
+        .iter()
+        .zip(&p.challenger)
+        .filter(|(a, b)| a == b)
+        .count();
+    assert_eq!(correct as f64 / 8.0, m.test_accuracy);
+}
+
+/// A champion trained at 32 px is re-scored on 32 px inputs by a 48 px challenger: the same
+/// loss and predictions its own run measured. Without its metrics.json (older runs) the run's
+/// own size is used.
+#[tokio::test(flavor = "multi_thread")]
+async fn champion_is_rescored_at_its_own_image_size() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 6, 64, 31).await;
+    let champion = train(&storage, &config("small", 32, 1)).await.unwrap().metrics;
+
+    let mut cfg = config("larger", 48, 1);
+    cfg.champion = Some("small".into());
+    let m = train(&storage, &cfg).await.unwrap().metrics;
+    assert_eq!(m.champion_image_size, Some(32));
+    assert_eq!(m.champion_test_accuracy, Some(champion.test_accuracy));
+    let (own, rescored) = (champion.test_loss.unwrap(), m.champion_test_loss.unwrap());
+    assert!(
+        (own - rescored).abs() < 1e-5,
+        "champion's own test loss {own}, re-scored {rescored}"
+    );
+    assert_eq!(
+        m.test_predictions.as_ref().unwrap().champion.as_ref(),
+        Some(&champion.test_predictions.as_ref().unwrap().challenger)
+    );
+
+    storage.delete("runs/small/metrics.json").await.unwrap();
+    let mut cfg = config("fallback", 48, 1);
+    cfg.champion = Some("small".into());
+    let m = train(&storage, &cfg).await.unwrap().metrics;
+    assert_eq!(m.champion_image_size, Some(48));
+}
+
+/// `--promote` on a run that already completed applies the gate again: a crash between
+/// metrics.json and champion.json (here: a policy that rejected, then one that accepts) does
+/// not lose the promotion; and a minimum test-set size holds back a first model.
+#[tokio::test(flavor = "multi_thread")]
+async fn promote_on_a_completed_run_reapplies_the_gate() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 6, 48, 41).await;
+    let mut cfg = config("regate", 32, 1);
+    cfg.promote = true;
+    cfg.policy.min_test_images = 9;
+    let out = train(&storage, &cfg).await.unwrap();
+    let d = out.decision.unwrap();
+    assert_eq!(d.kind(), "Reject", "{d}");
+    assert!(d.reason().contains("8 test images"), "{d}");
+    assert!(storage.get_champion().await.unwrap().is_none());
+
+    cfg.policy.min_test_images = 8;
+    let again = train(&storage, &cfg).await.unwrap();
+    assert!(again.already_complete);
+    assert_eq!(again.decision.unwrap().kind(), "FirstModel");
+    let champion = storage.get_champion().await.unwrap().unwrap();
+    assert_eq!(champion.run_id, "regate");
+    // Once more: already the champion, nothing rewritten.
+    train(&storage, &cfg).await.unwrap();
+    assert_eq!(storage.get_champion().await.unwrap().unwrap(), champion);
 }
 
 async fn assert_fails_before_training(storage: &Storage, cfg: &TrainConfig, needle: &str) {

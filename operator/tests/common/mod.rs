@@ -202,6 +202,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         champion_run_id: champion.map(|(id, _)| id.to_owned()),
         champion_test_accuracy: champion.map(|(_, acc)| acc),
         champion_image_size: None,
+        champion_test_loss: None,
         per_class: None,
         macro_f1: None,
         per_class_accuracy: classes

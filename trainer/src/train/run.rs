@@ -346,6 +346,7 @@ pub async fn run_in(
         test_loss: Some(fit.test.loss),
         champion_run_id: champion_id.clone(),
         champion_test_accuracy: champion_test.as_ref().map(|e| e.accuracy),
+        champion_test_loss: champion_test.as_ref().map(|e| e.loss),
         champion_image_size: champion.as_ref().map(|c| c.image_size),
         classes,
         per_class_accuracy,
