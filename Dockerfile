@@ -49,6 +49,10 @@ RUN scripts/setup-ort.sh && rm -rf /opt/face2simpson/wheels
 # trainer linked against the CPU libtorch, and inference (which links no libtorch); the same trainer binary loads CUDA at run
 # time when the GPU libtorch sits at the same path. The RPATH baked in is $LIBTORCH/lib.
 FROM libtorch-cpu AS build-torch
+# .git stays out of the build context (.dockerignore), so the trainer's build script reads the
+# revision it stamps into metrics.json from here: --build-arg FACE2SIMPSON_GIT_REVISION=$(git rev-parse HEAD)
+# (scripts/images.sh passes it). Without it runs record the revision "unknown".
+ARG FACE2SIMPSON_GIT_REVISION=""
 COPY . .
 RUN --mount=type=cache,id=face2simpson-cargo,target=/usr/local/cargo/registry \
     --mount=type=cache,id=face2simpson-target-torch,target=/src/target \

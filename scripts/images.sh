@@ -72,10 +72,13 @@ if ! podman image exists "$rust_image"; then
   rm -rf "$ctx"
 fi
 
+# The trainer stamps its revision into every metrics.json; .git is not in the build context.
+revision="$(git rev-parse HEAD 2>/dev/null || true)"
 for target in operator inference trainer; do
   log "building $repo/$target:$tag"
   podman build --network=host --target "$target" \
     --build-arg RUST_IMAGE="$rust_image" --build-arg DEBIAN_IMAGE="$debian_image" \
+    --build-arg FACE2SIMPSON_GIT_REVISION="$revision" \
     -t "$repo/$target:$tag" .
 done
 

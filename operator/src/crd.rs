@@ -202,6 +202,14 @@ pub struct PromotionSpec {
     #[serde(default)]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub min_accuracy: f64,
+    /// Test images a run must have been scored on to be promoted, first model included; 0 means no minimum.
+    #[serde(default)]
+    #[schemars(with = "i64", range(min = 0))]
+    pub min_test_images: u64,
+    /// Significance level (e.g. 0.05): a challenger replaces a champion only if an exact two-sided McNemar test on their paired test predictions gives p below it. Unset: no test.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 1.0), extend("minimum" = 0.0, "exclusiveMinimum" = true))]
+    pub min_significance: Option<f64>,
     /// Decide and record, but never change the champion or the Deployment.
     #[serde(default)]
     pub dry_run: bool,
@@ -216,6 +224,8 @@ impl Default for PromotionSpec {
         Self {
             min_improvement: 0.0,
             min_accuracy: 0.0,
+            min_test_images: 0,
+            min_significance: None,
             dry_run: false,
             metrics_deadline_seconds: default_metrics_deadline(),
         }

@@ -79,7 +79,13 @@ fn schema_has_storage_schedule_gate_and_status() {
         );
     }
     assert_eq!(spec["schedule"]["properties"]["interval"]["default"], "72h");
-    for field in ["minImprovement", "minAccuracy", "dryRun"] {
+    for field in [
+        "minImprovement",
+        "minAccuracy",
+        "minTestImages",
+        "minSignificance",
+        "dryRun",
+    ] {
         assert!(
             spec["promotion"]["properties"][field].is_object(),
             "promotion.{field} missing"
@@ -167,6 +173,9 @@ fn schema_refuses_bad_specs() {
     let gate = &spec["promotion"]["properties"];
     assert_eq!(bounds(&gate["minAccuracy"]), (Some(0.0), Some(1.0)));
     assert_eq!(bounds(&gate["minImprovement"]), (Some(0.0), Some(1.0)));
+    assert_eq!(bounds(&gate["minTestImages"]), (Some(0.0), None));
+    assert_eq!(bounds(&gate["minSignificance"]), (Some(0.0), Some(1.0)));
+    assert_eq!(gate["minSignificance"]["exclusiveMinimum"], true);
     let training = &spec["training"]["properties"];
     assert_eq!(bounds(&training["imageSize"]), (Some(32.0), Some(1024.0)));
     assert_eq!(bounds(&training["batchSize"]), (Some(2.0), None));

@@ -487,6 +487,51 @@ async fn succeeded_but_not_better_is_rejected() {
     );
 }
 
+/// `promotion.minTestImages` and `promotion.minSignificance` reach the gate: a better run
+/// scored on too few images, or without the paired predictions the McNemar test needs, is
+/// rejected and the champion stays.
+#[tokio::test]
+async fn the_cluster_gate_applies_the_test_size_and_significance_policy() {
+    let few = |sm: &mut face2simpson_operator::SimpsonModel| sm.spec.promotion.min_test_images = 17;
+    let alpha = |sm: &mut face2simpson_operator::SimpsonModel| {
+        sm.spec.promotion.min_significance = Some(0.05)
+    };
+    let cases: [(&dyn Fn(&mut face2simpson_operator::SimpsonModel), &str); 2] = [
+        (&few, "scored on 16 test images, fewer than the 17"),
+        (&alpha, "significance cannot be tested"),
+    ];
+    for (policy, needle) in cases {
+        let mut sm = training_second();
+        policy(&mut sm);
+        let h = Harness::new(
+            "2026-11-04T02:00:00Z",
+            vec![
+                Step::list_jobs(vec![job(
+                    SECOND,
+                    "2026-11-04T00:00:00Z",
+                    JobPhase::Succeeded,
+                )]),
+                Step::get_secret(),
+                Step::patch_status(),
+                Step::event(),
+                Step::apply_deployment(),
+                Step::apply_service(),
+                Step::patch_status(),
+            ],
+        );
+        // Better than the champion, so only the new knobs can reject it.
+        h.put_metrics(&run_metrics(SECOND, 0.95, Some((FIRST, 0.8))))
+            .await;
+        reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+        let seen = h.finish().await;
+        assert_event(&seen[3], "Normal", "Rejected");
+        let status = status_of(&seen[6]);
+        assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+        let reason = status.last_run.unwrap().reason.unwrap();
+        assert!(reason.contains(needle), "{reason}");
+    }
+}
+
 #[tokio::test]
 async fn dry_run_records_the_decision_and_rolls_nothing() {
     let mut sm = training_second();

@@ -264,6 +264,8 @@ impl Pass<'_> {
         let policy = PromotionPolicy {
             min_improvement: p.min_improvement,
             min_accuracy: p.min_accuracy,
+            min_test_images: p.min_test_images,
+            min_significance: p.min_significance,
         };
         let decision = artifacts::decide(&policy, metrics);
         run.accuracy = Some(metrics.test_accuracy);
