@@ -81,6 +81,10 @@ struct TrainArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, env = "DEVICE", default_value = "auto")]
     device: String,
+    /// What convolutions compute in while training: auto (bf16 on CUDA and on CPUs with
+    /// AVX512-BF16/AMX, else fp32), fp32, bf16 or fp16 (CUDA only). Weights stay fp32.
+    #[arg(long, env = "PRECISION", default_value = "auto")]
+    precision: face2simpson_trainer::torch::Precision,
     #[arg(long, env = "SEED", default_value_t = 42)]
     seed: u64,
     /// ImageNet backbone: a key in the store, a URL, a local path, or `none` to train from scratch.
@@ -240,6 +244,7 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             seed: a.seed,
         },
         device,
+        precision: a.precision,
         pretrained: (a.pretrained != "none").then_some(a.pretrained),
         promote: a.promote,
         policy: PromotionPolicy {

@@ -43,6 +43,77 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
     }
 }
 
+/// What the network computes in while training (`--precision`). Master weights, batch-norm
+/// statistics, the loss and evaluation stay fp32 whatever is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// bf16 where the device computes it natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32.
+    Auto,
+    Fp32,
+    Bf16,
+    /// fp16 with dynamic loss scaling; CUDA only.
+    Fp16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "fp32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            "fp16" => Ok(Self::Fp16),
+            other => Err(format!(
+                "unknown precision {other:?}; use auto, fp32, bf16 or fp16"
+            )),
+        }
+    }
+}
+
+impl Precision {
+    /// The tensor kind convolutions compute in on `device`.
+    pub fn resolve(self, device: Device) -> Result<Kind, String> {
+        match (self, device) {
+            (Self::Fp32, _) => Ok(Kind::Float),
+            (Self::Bf16, _) => Ok(Kind::BFloat16),
+            (Self::Fp16, Device::Cuda(_)) => Ok(Kind::Half),
+            (Self::Fp16, _) => Err(
+                "--precision fp16 needs a CUDA device (CPUs compute fp16 slowly; use bf16 or fp32)"
+                    .into(),
+            ),
+            (Self::Auto, Device::Cuda(_)) => Ok(Kind::BFloat16),
+            (Self::Auto, _) if cpu_has_native_bf16() => Ok(Kind::BFloat16),
+            (Self::Auto, _) => Ok(Kind::Float),
+        }
+    }
+}
+
+/// Whether oneDNN runs bf16 convolutions in hardware here (AVX512-BF16 or AMX); without
+/// either, bf16 is emulated and slower than fp32.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // AMX detection is not stable in `is_x86_feature_detected!` yet; the kernel's flags say.
+        std::arch::is_x86_feature_detected!("avx512bf16")
+            || std::fs::read_to_string("/proc/cpuinfo")
+                .is_ok_and(|info| info.split_whitespace().any(|flag| flag == "amx_bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `fp32`, `bf16` or `fp16`, as metrics.json records it.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "fp16",
+        _ => "fp32",
+    }
+}
+
 /// Human-readable device name for logs and metrics.
 pub fn device_name(device: Device) -> String {
     match device {
@@ -141,6 +212,15 @@ impl Classifier {
         let mut named: Vec<(String, Tensor)> = self.vs.variables().into_iter().collect();
         named.sort_by(|a, b| a.0.cmp(&b.0));
         to_safetensors(&named)
+    }
+
+    /// Convolutions compute in `kind` while training (see [`Precision`]).
+    pub fn set_train_kind(&mut self, kind: Kind) {
+        self.net.set_train_kind(kind);
+    }
+
+    pub fn train_kind(&self) -> Kind {
+        self.net.train_kind()
     }
 
     /// Logits for a normalised NCHW batch.

@@ -9,7 +9,7 @@ use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::TrainError;
-use super::batches::{epoch_batches, for_each_batch, sample_seed, to_batch};
+use super::batches::{epoch_batches, for_each_batch, sample_seed};
 use super::evaluate::{Evaluation, evaluate};
 use crate::dataset::Dataset;
 use crate::progress::Progress;
@@ -40,13 +40,19 @@ pub(super) fn fit(
     data: &Dataset,
     hyper: &Hyperparameters,
     device: Device,
+    compute: Kind,
     pretrained: Option<&[u8]>,
     champion: Option<&[u8]>,
     progress: &Progress,
 ) -> Result<Fit, TrainError> {
     tch::manual_seed(hyper.seed as i64);
     let pre = Preprocessor::new(hyper.image_size);
+    if device.is_cuda() {
+        // Fixed input shapes: let cuDNN time its algorithms once and keep the fastest.
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
     let mut net = Classifier::new(device, hyper.dropout);
+    net.set_train_kind(compute);
     if let Some(bytes) = pretrained {
         let n = net
             .load_backbone(bytes)
@@ -107,25 +113,101 @@ pub fn scheduled_lr(lr: f64, epoch_index: u32, epochs: u32) -> f64 {
     min + 0.5 * (lr - min) * (1.0 + (std::f64::consts::PI * t).cos())
 }
 
-/// One optimisation step: forward in training mode, label-smoothed cross-entropy, Adam.
-/// Returns the batch's mean loss and the number of correct predictions.
+/// One optimisation step: forward in training mode, label-smoothed cross-entropy, Adam (with
+/// loss scaling when the network computes in fp16). Returns the batch's mean loss and its
+/// number of correct predictions as tensors on the device: reading them would wait for the
+/// device, so the caller sums them there and reads once per epoch.
 pub fn train_step(
     net: &Classifier,
     opt: &mut nn::Optimizer,
+    scaler: Option<&mut LossScaler>,
     x: &Tensor,
     y: &Tensor,
     label_smoothing: f64,
-) -> Result<(f64, i64), TrainError> {
+) -> Result<(Tensor, Tensor), TrainError> {
     let logits = net.logits(x, true);
     let loss =
         logits.f_cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing)?;
-    opt.backward_step(&loss);
-    let hits = logits
-        .argmax(-1, false)
-        .eq_tensor(y)
-        .sum(Kind::Int64)
-        .int64_value(&[]);
-    Ok((loss.double_value(&[]), hits))
+    match scaler {
+        None => opt.backward_step(&loss),
+        Some(scaler) => scaler.backward_step(opt, &loss)?,
+    }
+    let hits = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
+    Ok((loss.detach(), hits))
+}
+
+/// Dynamic loss scaling for fp16 (bf16 has fp32's range and needs none): the loss is scaled up
+/// so small gradients survive fp16, gradients are unscaled before Adam sees them, and a step
+/// whose gradients overflowed is skipped and the scale halved; after `GROWTH_INTERVAL` clean
+/// steps the scale doubles. The same policy as `torch.amp.GradScaler`.
+#[derive(Debug)]
+pub struct LossScaler {
+    scale: f64,
+    clean_steps: u32,
+}
+
+impl LossScaler {
+    const INITIAL: f64 = 65536.0;
+    const GROWTH_INTERVAL: u32 = 2000;
+
+    pub fn new() -> Self {
+        Self {
+            scale: Self::INITIAL,
+            clean_steps: 0,
+        }
+    }
+
+    pub fn scale(&self) -> f64 {
+        self.scale
+    }
+
+    fn backward_step(&mut self, opt: &mut nn::Optimizer, loss: &Tensor) -> Result<(), TrainError> {
+        opt.zero_grad();
+        (loss * self.scale).f_backward()?;
+        let grads: Vec<Tensor> = opt
+            .trainable_variables()
+            .iter()
+            .map(Tensor::grad)
+            .filter(Tensor::defined)
+            .collect();
+        let overflowed = grads
+            .iter()
+            .map(|g| g.isfinite().all().logical_not())
+            .reduce(|a, b| a.logical_or(&b))
+            .is_some_and(|any| bool::try_from(any).unwrap_or(true));
+        if self.record(overflowed) {
+            for mut g in grads {
+                let _ = g.g_div_scalar_(self.scale);
+            }
+            opt.step();
+        }
+        Ok(())
+    }
+
+    /// Updates the scale after a step; returns whether the step's gradients may be applied.
+    pub fn record(&mut self, overflowed: bool) -> bool {
+        if overflowed {
+            self.scale = (self.scale / 2.0).max(1.0);
+            self.clean_steps = 0;
+            tracing::debug!(
+                scale = self.scale,
+                "fp16 gradients overflowed; step skipped"
+            );
+            return false;
+        }
+        self.clean_steps += 1;
+        if self.clean_steps >= Self::GROWTH_INTERVAL {
+            self.scale *= 2.0;
+            self.clean_steps = 0;
+        }
+        true
+    }
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 fn train_epochs(
@@ -136,6 +218,7 @@ fn train_epochs(
     progress: &Progress,
 ) -> Result<History, TrainError> {
     let mut opt = nn::Adam::default().build(net.var_store(), hyper.learning_rate)?;
+    let mut scaler = (net.train_kind() == Kind::Half).then(LossScaler::new);
     let batch_size = hyper.batch_size as usize;
     let per_epoch = epoch_batches(data.train.len(), batch_size, hyper.seed, 0).len() as u64;
     progress.start_training(u64::from(hyper.epochs) * per_epoch);
@@ -148,22 +231,35 @@ fn train_epochs(
         opt.set_lr_group(crate::torch::net::HEAD_GROUP, lr);
         opt.set_lr_group(crate::torch::net::BACKBONE_GROUP, lr * BACKBONE_LR_FACTOR);
         let batches = epoch_batches(data.train.len(), batch_size, hyper.seed, epoch);
-        let (mut loss_sum, mut correct, mut seen) = (0.0f64, 0i64, 0i64);
+        let device = net.device();
+        let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+        let mut correct = Tensor::zeros([], (Kind::Int64, device));
+        let mut seen = 0i64;
         for_each_batch(
             &data.train,
             &batches,
-            |i, s| pre.train(&s.image, sample_seed(hyper.seed, epoch, i)),
-            |(xs, labels)| -> Result<(), TrainError> {
-                let (x, y) = to_batch(net, &xs, &labels, hyper.image_size);
-                let (loss, hits) = train_step(net, &mut opt, &x, &y, hyper.label_smoothing)?;
-                let n = labels.len() as i64;
+            hyper.image_size,
+            device,
+            |i, s, out| pre.train_into(&s.image, sample_seed(hyper.seed, epoch, i), out),
+            |batch| -> Result<(), TrainError> {
+                let (x, y) = batch.to_device(device);
+                let (loss, hits) = train_step(
+                    net,
+                    &mut opt,
+                    scaler.as_mut(),
+                    &x,
+                    &y,
+                    hyper.label_smoothing,
+                )?;
+                let n = batch.len() as i64;
                 loss_sum += loss * n as f64;
                 correct += hits;
                 seen += n;
-                progress.batch_done(epoch, loss_sum / seen as f64);
+                progress.batch_done(epoch);
                 Ok(())
             },
         )?;
+        let (loss_sum, correct) = (loss_sum.double_value(&[]), correct.int64_value(&[]));
         let val = evaluate(net, &data.val, pre, hyper.label_smoothing)?;
         let record = EpochRecord {
             epoch,
@@ -235,6 +331,23 @@ fn train_epochs(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn loss_scale_halves_on_overflow_and_grows_after_clean_steps() {
+        let mut s = LossScaler::new();
+        assert!(!s.record(true), "an overflowing step is skipped");
+        assert_eq!(s.scale(), LossScaler::INITIAL / 2.0);
+        for _ in 0..LossScaler::GROWTH_INTERVAL - 1 {
+            assert!(s.record(false));
+        }
+        assert_eq!(s.scale(), LossScaler::INITIAL / 2.0);
+        assert!(s.record(false));
+        assert_eq!(s.scale(), LossScaler::INITIAL);
+        for _ in 0..40 {
+            s.record(true);
+        }
+        assert_eq!(s.scale(), 1.0, "never below 1");
+    }
 
     #[test]
     fn cosine_schedule() {

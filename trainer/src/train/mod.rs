@@ -13,9 +13,9 @@ use artifacts::{Decision, Hyperparameters, PromotionPolicy, RunMetrics, StorageE
 use tch::Device;
 
 use crate::dataset::DatasetError;
-use crate::torch::WeightsError;
+use crate::torch::{Precision, WeightsError};
 
-pub use batches::{epoch_batches, for_each_batch, sample_seed, to_batch};
+pub use batches::{HostBatch, epoch_batches, for_each_batch, sample_seed};
 pub use evaluate::{Evaluation, evaluate};
 pub use fit::{scheduled_lr, train_step};
 pub use run::{run, run_in};
@@ -46,6 +46,8 @@ pub struct TrainConfig {
     pub champion: Option<String>,
     pub hyper: Hyperparameters,
     pub device: Device,
+    /// What convolutions compute in while training.
+    pub precision: Precision,
     /// Key in the store, a URL, a local path, or `None` to train from scratch.
     pub pretrained: Option<String>,
     pub promote: bool,

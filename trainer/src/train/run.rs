@@ -140,12 +140,14 @@ pub async fn run_in(
 
     let hyper = cfg.hyper.clone();
     let device = cfg.device;
+    let compute = cfg.precision.resolve(device).map_err(TrainError::Config)?;
     let progress_clone = progress.clone();
     let (fit, data) = tokio::task::spawn_blocking(move || {
         let result = fit::fit(
             &data,
             &hyper,
             device,
+            compute,
             pretrained.as_deref(),
             champion_weights.as_deref(),
             &progress_clone,
@@ -210,6 +212,7 @@ pub async fn run_in(
         started_at,
         finished_at,
         device: crate::torch::device_name(device),
+        precision: Some(crate::torch::kind_name(compute).to_owned()),
     };
     // Written last: its presence tells the operator the run is complete.
     storage.put(&metrics_key, metrics.to_json()).await?;

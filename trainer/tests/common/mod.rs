@@ -25,6 +25,7 @@ pub fn config(run_id: &str, image_size: u32, epochs: u32) -> TrainConfig {
             seed: 7,
         },
         device: Device::Cpu,
+        precision: face2simpson_trainer::torch::Precision::Auto,
         pretrained: Some(PRETRAINED.to_owned()),
         promote: false,
         policy: PromotionPolicy::default(),
