@@ -20,10 +20,10 @@ use anyhow::{Context, bail};
 use artifacts::{Hyperparameters, PromotionPolicy, Storage};
 use face2simpson_trainer::dataset::{self, LoadOptions};
 use face2simpson_trainer::progress::Progress;
+use face2simpson_trainer::torch::adam::Adam;
 use face2simpson_trainer::torch::{Classifier, Precision, kind_name};
 use face2simpson_trainer::train::{self, HostBatch, TrainConfig, epoch_batches, train_step};
 use model::Preprocessor;
-use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
 const IMAGE_SIZE: u32 = 224;
@@ -164,7 +164,7 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
         tch::manual_seed(0);
         let mut net = Classifier::new(Device::Cpu, 0.2);
         net.set_train_kind(kind);
-        let mut opt = tch::nn::Adam::default().build(net.var_store(), 1e-3)?;
+        let mut opt = Adam::new(net.var_store(), 1e-3);
         let on_device: Vec<(Tensor, Tensor)> =
             built.iter().map(|b| b.to_device(Device::Cpu)).collect();
         // One warm-up step: oneDNN picks and caches its kernels on the first call.

@@ -243,3 +243,35 @@ async fn failures_leave_no_metrics() {
     let err = train(&storage, &bad_run_id).await.unwrap_err();
     assert!(matches!(err, TrainError::Config(_)), "{err}");
 }
+
+/// A run that dies after training (here: metrics.json cannot be written, a directory sits where
+/// it goes) leaves its last checkpoint; the same run id restarted resumes from it instead of
+/// training again (the epoch records, timings included, are the saved ones), and the
+/// checkpoint is deleted once the run completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_run_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&format!("file://{}", dir.path().display())).unwrap();
+    dataset(&storage, 8, 48, 3).await;
+    let mut cfg = config("resume-1", 48, 2);
+    cfg.pretrained = None;
+    let blocker = dir.path().join("runs/resume-1/metrics.json");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    train(&storage, &cfg).await.unwrap_err();
+    let state: serde_json::Value = storage
+        .get_json("runs/resume-1/checkpoint/state.json")
+        .await
+        .unwrap();
+    assert_eq!(state["state"]["epoch"], 2);
+    let saved: Vec<artifacts::EpochRecord> =
+        serde_json::from_value(state["state"]["records"].clone()).unwrap();
+    assert_eq!(saved.len(), 2);
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let out = train(&storage, &cfg).await.unwrap();
+    assert_eq!(out.metrics.history, saved, "the run trained again");
+    assert!(
+        keys(&storage, "runs/resume-1/checkpoint").await.is_empty(),
+        "the checkpoint outlived the run"
+    );
+}

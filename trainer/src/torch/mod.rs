@@ -2,6 +2,7 @@
 //! and safetensors) and device selection. Only the trainer links libtorch; serving runs the ONNX
 //! export of the same weights (see [`model::onnx`]).
 
+pub mod adam;
 pub mod net;
 pub mod pickle;
 pub mod pretrained;

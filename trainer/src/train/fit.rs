@@ -5,14 +5,15 @@ use std::time::Instant;
 
 use artifacts::{EpochRecord, Hyperparameters};
 use model::Preprocessor;
-use tch::nn::{self, OptimizerConfig};
 use tch::{Device, Kind, Reduction, Tensor};
 
 use super::TrainError;
 use super::batches::{epoch_batches, for_each_batch, sample_seed};
+use super::checkpoint::{Checkpoints, LoopState};
 use super::evaluate::{Evaluation, evaluate};
 use crate::dataset::Dataset;
 use crate::progress::Progress;
+use crate::torch::adam::Adam;
 use crate::torch::{Classifier, WeightsError};
 
 /// The pretrained backbone learns at a tenth of the head's rate (discriminative fine-tuning):
@@ -44,6 +45,7 @@ pub(super) fn fit(
     pretrained: Option<&[u8]>,
     champion: Option<&[u8]>,
     progress: &Progress,
+    checkpoints: Option<&Checkpoints>,
 ) -> Result<Fit, TrainError> {
     tch::manual_seed(hyper.seed as i64);
     let pre = Preprocessor::new(hyper.image_size);
@@ -69,7 +71,7 @@ pub(super) fn fit(
         None => None,
     };
 
-    let history = train_epochs(&mut net, data, hyper, &pre, progress)?;
+    let history = train_epochs(&mut net, data, hyper, &pre, progress, checkpoints)?;
     let best_epoch = history.best_epoch;
     let test = evaluate(&net, &data.test, &pre, hyper.label_smoothing)?;
     let champion_test = champion_net
@@ -94,13 +96,6 @@ pub(super) fn fit(
     })
 }
 
-/// The weights of the epoch with the lowest validation loss so far.
-struct Best {
-    score: f64,
-    epoch: u32,
-    snapshot: Vec<(String, Tensor)>,
-}
-
 struct History {
     records: Vec<EpochRecord>,
     best_epoch: u32,
@@ -119,7 +114,7 @@ pub fn scheduled_lr(lr: f64, epoch_index: u32, epochs: u32) -> f64 {
 /// device, so the caller sums them there and reads once per epoch.
 pub fn train_step(
     net: &Classifier,
-    opt: &mut nn::Optimizer,
+    opt: &mut Adam,
     scaler: Option<&mut LossScaler>,
     x: &Tensor,
     y: &Tensor,
@@ -129,7 +124,7 @@ pub fn train_step(
     let loss =
         logits.f_cross_entropy_loss(y, None::<Tensor>, Reduction::Mean, -100, label_smoothing)?;
     match scaler {
-        None => opt.backward_step(&loss),
+        None => opt.backward_step(&loss)?,
         Some(scaler) => scaler.backward_step(opt, &loss)?,
     }
     let hits = logits.argmax(-1, false).eq_tensor(y).sum(Kind::Int64);
@@ -161,15 +156,10 @@ impl LossScaler {
         self.scale
     }
 
-    fn backward_step(&mut self, opt: &mut nn::Optimizer, loss: &Tensor) -> Result<(), TrainError> {
+    fn backward_step(&mut self, opt: &mut Adam, loss: &Tensor) -> Result<(), TrainError> {
         opt.zero_grad();
         (loss * self.scale).f_backward()?;
-        let grads: Vec<Tensor> = opt
-            .trainable_variables()
-            .iter()
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
+        let grads = opt.grads();
         let overflowed = grads
             .iter()
             .map(|g| g.isfinite().all().logical_not())
@@ -210,28 +200,65 @@ impl Default for LossScaler {
     }
 }
 
+/// A copy of every variable: the weights of the best epoch so far.
+fn snapshot(net: &Classifier) -> Vec<(String, Tensor)> {
+    net.var_store()
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.detach().copy()))
+        .collect()
+}
+
+impl LoopState {
+    /// Records the epoch's validation score: keeps the weights when it is the best so far,
+    /// and decides on early stopping.
+    fn observe(&mut self, epoch: u32, score: f64, patience: u32) -> bool {
+        self.epoch = epoch;
+        let improved = self.best_epoch == 0 || score < self.best_score - 1e-6;
+        if improved {
+            self.best_score = score;
+            self.best_epoch = epoch;
+            self.since_best = 0;
+        } else {
+            self.since_best += 1;
+            self.stopped = self.since_best >= patience;
+        }
+        improved
+    }
+}
+
 fn train_epochs(
     net: &mut Classifier,
     data: &Dataset,
     hyper: &Hyperparameters,
     pre: &Preprocessor,
     progress: &Progress,
+    checkpoints: Option<&Checkpoints>,
 ) -> Result<History, TrainError> {
-    let mut opt = nn::Adam::default().build(net.var_store(), hyper.learning_rate)?;
+    let mut opt = Adam::new(net.var_store(), hyper.learning_rate);
     let mut scaler = (net.train_kind() == Kind::Half).then(LossScaler::new);
+    let (mut state, mut best) = match checkpoints {
+        Some(c) => match c.resume(net, &mut opt)? {
+            Some(r) => (r.state, r.best),
+            None => (LoopState::default(), Vec::new()),
+        },
+        None => (LoopState::default(), Vec::new()),
+    };
     let batch_size = hyper.batch_size as usize;
     let per_epoch = epoch_batches(data.train.len(), batch_size, hyper.seed, 0).len() as u64;
-    progress.start_training(u64::from(hyper.epochs) * per_epoch);
-    let mut records = Vec::new();
-    let mut best: Option<Best> = None;
-    let mut since_best = 0;
-    for epoch in 1..=hyper.epochs {
+    progress.start_training(u64::from(hyper.epochs.saturating_sub(state.epoch)) * per_epoch);
+    let device = net.device();
+    for epoch in state.epoch + 1..=hyper.epochs {
+        if state.stopped {
+            break;
+        }
         let t0 = Instant::now();
+        // Dropout masks depend on the epoch alone, so a resumed run draws what it would have.
+        tch::manual_seed(sample_seed(hyper.seed, epoch, usize::MAX - 1) as i64);
         let lr = scheduled_lr(hyper.learning_rate, epoch - 1, hyper.epochs);
         opt.set_lr_group(crate::torch::net::HEAD_GROUP, lr);
         opt.set_lr_group(crate::torch::net::BACKBONE_GROUP, lr * BACKBONE_LR_FACTOR);
         let batches = epoch_batches(data.train.len(), batch_size, hyper.seed, epoch);
-        let device = net.device();
         let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
         let mut correct = Tensor::zeros([], (Kind::Int64, device));
         let mut seen = 0i64;
@@ -271,7 +298,7 @@ fn train_epochs(
             seconds: t0.elapsed().as_secs_f64(),
         };
         progress.epoch_done(&record, hyper.epochs);
-        records.push(record);
+        state.records.push(record);
 
         // With no validation split, the last epoch counts as the best.
         let score = if data.val.is_empty() {
@@ -279,42 +306,26 @@ fn train_epochs(
         } else {
             val.loss
         };
-        if best.as_ref().is_none_or(|b| score < b.score - 1e-6) {
-            let snapshot = net
-                .var_store()
-                .variables()
-                .into_iter()
-                .map(|(k, v)| (k, v.detach().copy()))
-                .collect();
-            best = Some(Best {
-                score,
+        if state.observe(epoch, score, hyper.patience) {
+            best = snapshot(net);
+        }
+        if state.stopped {
+            tracing::info!(
                 epoch,
-                snapshot,
-            });
-            since_best = 0;
-        } else {
-            since_best += 1;
-            if since_best >= hyper.patience {
-                tracing::info!(
-                    epoch,
-                    patience = hyper.patience,
-                    "early stopping: validation loss stopped improving"
-                );
-                break;
-            }
+                patience = hyper.patience,
+                "early stopping: validation loss stopped improving"
+            );
+        }
+        if let Some(c) = checkpoints {
+            c.save(&state, net, &best, &opt);
         }
     }
-    let Some(Best {
-        epoch: best_epoch,
-        snapshot,
-        ..
-    }) = best
-    else {
+    if state.best_epoch == 0 {
         return Err(TrainError::Config("no epoch ran".into()));
-    };
+    }
     let vars = net.var_store().variables();
     tch::no_grad(|| {
-        for (name, saved) in &snapshot {
+        for (name, saved) in &best {
             if let Some(v) = vars.get(name) {
                 let mut v = v.shallow_clone();
                 v.copy_(saved);
@@ -323,8 +334,8 @@ fn train_epochs(
     });
     progress.finish_training();
     Ok(History {
-        records,
-        best_epoch,
+        records: state.records,
+        best_epoch: state.best_epoch,
     })
 }
 

@@ -4,6 +4,7 @@
 //! [`evaluate`] scores a network on a split; [`batches`] turns samples into device batches.
 
 pub mod batches;
+pub mod checkpoint;
 pub mod config;
 pub mod evaluate;
 pub mod fit;

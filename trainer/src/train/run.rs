@@ -9,6 +9,7 @@ use chrono::Utc;
 use model::{CLASSES, Preprocessor};
 use sha2::{Digest, Sha256};
 
+use super::checkpoint::{Checkpoints, Guard};
 use super::{Outcome, RunTarget, TrainConfig, TrainError, config, fit};
 use crate::dataset::{self, LoadOptions};
 use crate::progress::Progress;
@@ -141,7 +142,22 @@ pub async fn run_in(
     let hyper = cfg.hyper.clone();
     let device = cfg.device;
     let compute = cfg.precision.resolve(device).map_err(TrainError::Config)?;
+    let checkpoints = Checkpoints::new(
+        storage.clone(),
+        &format!(
+            "{}/{}",
+            target.runs_prefix.trim_end_matches('/'),
+            cfg.run_id
+        ),
+        Guard {
+            dataset_fingerprint: data.fingerprint.clone(),
+            hyperparameters: hyper.clone(),
+            precision: crate::torch::kind_name(compute).to_owned(),
+        },
+        tokio::runtime::Handle::current(),
+    );
     let progress_clone = progress.clone();
+    let checkpoints_clone = checkpoints.clone();
     let (fit, data) = tokio::task::spawn_blocking(move || {
         let result = fit::fit(
             &data,
@@ -151,6 +167,7 @@ pub async fn run_in(
             pretrained.as_deref(),
             champion_weights.as_deref(),
             &progress_clone,
+            Some(&checkpoints_clone),
         );
         (result, data)
     })
@@ -216,6 +233,7 @@ pub async fn run_in(
     };
     // Written last: its presence tells the operator the run is complete.
     storage.put(&metrics_key, metrics.to_json()).await?;
+    checkpoints.clear().await;
 
     let decision = if cfg.promote {
         let decision = artifacts::decide(&cfg.policy, &metrics);
