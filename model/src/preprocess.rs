@@ -303,25 +303,24 @@ impl Preprocessor {
         Chw::from_rgb(fitted).normalize()
     }
 
-    /// Training: one augmentation chosen uniformly from [`AUGMENTATIONS`] applied to a copy of
-    /// the fitted image written into `out` (packed HWC bytes, `3 * size * size` long; the model
-    /// side converts and normalises, on the device). Seeded, so the same `(image, seed)` always
-    /// yields the same bytes, whatever thread computes it.
-    pub fn train_into(&self, fitted: &RgbImage, seed: u64, out: &mut [u8]) {
-        out.copy_from_slice(fitted.as_raw());
+    /// Training: one augmentation chosen uniformly from [`AUGMENTATIONS`], applied in place to
+    /// a fitted image as packed HWC bytes (`3 * size * size`; the model side converts and
+    /// normalises, on the device). Seeded, so the same `(image, seed)` always yields the same
+    /// bytes, whatever thread computes it.
+    pub fn augment(&self, hwc: &mut [u8], seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let choice = AUGMENTATIONS[rng.random_range(0..AUGMENTATIONS.len())];
-        let mut hwc = Hwc {
+        let mut img = Hwc {
             size: self.image_size as usize,
-            data: out,
+            data: hwc,
         };
-        choice.apply(&mut hwc, &mut rng);
+        choice.apply(&mut img, &mut rng);
     }
 
-    /// [`Preprocessor::train_into`] into a new buffer.
+    /// [`Preprocessor::augment`] on a copy of `fitted`.
     pub fn train(&self, fitted: &RgbImage, seed: u64) -> Vec<u8> {
-        let mut out = vec![0; fitted.as_raw().len()];
-        self.train_into(fitted, seed, &mut out);
+        let mut out = fitted.as_raw().clone();
+        self.augment(&mut out, seed);
         out
     }
 }

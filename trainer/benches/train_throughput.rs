@@ -14,10 +14,12 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use artifacts::{Hyperparameters, PromotionPolicy, Storage};
+use face2simpson_trainer::cache::CropCache;
 use face2simpson_trainer::dataset::{self, LoadOptions};
 use face2simpson_trainer::progress::Progress;
 use face2simpson_trainer::torch::adam::Adam;
@@ -65,6 +67,8 @@ fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
         promote: false,
         policy: PromotionPolicy::default(),
         concurrency: 16,
+        cache_mb: None,
+        cache_dir: None,
     }
 }
 
@@ -131,6 +135,7 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
     let data = rt.block_on(async {
         let listing = dataset::list(storage, DATASET).await?;
         let options = LoadOptions {
+            cache: Arc::new(CropCache::new(u64::MAX, &std::env::temp_dir())),
             pre,
             val_fraction: 0.0,
             seed: 1,
@@ -151,10 +156,12 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
         .iter()
         .map(|b| {
             HostBatch::build(b, &data.train, IMAGE_SIZE, Device::Cpu, &|i, s, out| {
-                pre.train_into(&s.image, i as u64, out)
+                s.image.read_into(out)?;
+                pre.augment(out, i as u64);
+                Ok(())
             })
         })
-        .collect();
+        .collect::<Result<_, _>>()?;
     let images: usize = built.iter().map(HostBatch::len).sum();
     println!(
         "  augment + pack bytes, per epoch:     {:8.1} images/s (on the data threads, overlapped)",

@@ -3,15 +3,17 @@
 //! files, a deterministic validation split and a content fingerprint.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use artifacts::{SkippedFile, Storage, StorageError};
 use futures::{StreamExt, TryStreamExt};
-use image::RgbImage;
 use model::{CLASSES, Preprocessor, class_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
+
+use crate::cache::{Crop, CropCache};
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
@@ -39,6 +41,8 @@ pub enum DatasetError {
     },
     #[error("decoding worker failed: {0}")]
     Worker(String),
+    #[error("decoded-image cache: {0}")]
+    Cache(#[from] std::io::Error),
 }
 
 /// One listed file.
@@ -58,12 +62,13 @@ pub struct Listing {
     pub skipped: Vec<SkippedFile>,
 }
 
-/// An image ready for the model: decoded, resized and centre-cropped.
+/// An image ready for the model: decoded, resized and centre-cropped, kept in the
+/// [`CropCache`].
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub key: String,
     pub label: usize,
-    pub image: RgbImage,
+    pub image: Crop,
 }
 
 #[derive(Debug)]
@@ -179,8 +184,10 @@ fn check_classes(
 }
 
 /// How to turn a listing into samples.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where the fitted images are kept (memory up to a budget, then local disk).
+    pub cache: Arc<CropCache>,
     pub pre: Preprocessor,
     /// Share of each class moved from train to validation.
     pub val_fraction: f64,
@@ -204,6 +211,7 @@ pub async fn load(
     on_loaded: impl Fn(),
 ) -> Result<Dataset, DatasetError> {
     let LoadOptions {
+        cache,
         pre,
         val_fraction,
         seed,
@@ -217,21 +225,23 @@ pub async fn load(
     } = listing;
     let fetch = |entries: Vec<Entry>| {
         let storage = storage.clone();
+        let cache = cache.clone();
         let on_loaded = &on_loaded;
         async move {
             futures::stream::iter(entries)
                 .map(move |entry| {
                     let storage = storage.clone();
+                    let cache = cache.clone();
                     async move {
                         let bytes = storage.get(&entry.key).await?;
                         let loaded = tokio::task::spawn_blocking(move || {
                             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                            match model::decode(&bytes) {
+                            Ok::<_, DatasetError>(match model::decode(&bytes) {
                                 Ok(img) => Loaded::Ok(
                                     Sample {
                                         key: entry.key,
                                         label: entry.label,
-                                        image: pre.fit(&img),
+                                        image: cache.store(pre.fit(&img))?,
                                     },
                                     digest,
                                 ),
@@ -239,10 +249,10 @@ pub async fn load(
                                     path: entry.key,
                                     reason: e.to_string(),
                                 }),
-                            }
+                            })
                         })
                         .await
-                        .map_err(|e| DatasetError::Worker(e.to_string()))?;
+                        .map_err(|e| DatasetError::Worker(e.to_string()))??;
                         Ok::<_, DatasetError>(loaded)
                     }
                 })

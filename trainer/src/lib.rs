@@ -1,6 +1,7 @@
 //! The face2simpson trainer as a library: the binary is a thin CLI over [`train::run`] and
 //! [`datagen`], and tests and benchmarks call the same functions.
 
+pub mod cache;
 pub mod datagen;
 pub mod dataset;
 pub mod progress;

@@ -102,6 +102,13 @@ struct TrainArgs {
     /// Images fetched from the store at once.
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 16)]
     fetch_concurrency: usize,
+    /// Megabytes of decoded images kept in memory; the rest go to --cache-dir. Default: half
+    /// the container's memory limit (or of the machine's memory).
+    #[arg(long, env = "CACHE_MB")]
+    cache_mb: Option<u64>,
+    /// Local directory for decoded images beyond --cache-mb (default: the temporary directory).
+    #[arg(long, env = "CACHE_DIR")]
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -252,6 +259,8 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             min_accuracy: a.min_accuracy,
         },
         concurrency: a.fetch_concurrency,
+        cache_mb: a.cache_mb,
+        cache_dir: a.cache_dir,
     };
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())

@@ -275,3 +275,61 @@ async fn a_restarted_run_resumes_from_its_checkpoint() {
         "the checkpoint outlived the run"
     );
 }
+
+/// With a memory budget of zero every decoded image goes to the local-disk cache: the samples
+/// read back byte for byte as the in-memory ones, and a whole run trains from them and leaves
+/// nothing behind in the cache directory (the spill file is unlinked).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
+    use face2simpson_trainer::cache::CropCache;
+    use face2simpson_trainer::dataset::{self as ds, LoadOptions};
+    use std::sync::Arc;
+
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 8, 48, 4).await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let load = |budget: u64| {
+        let storage = storage.clone();
+        let cache = Arc::new(CropCache::new(budget, spill_dir.path()));
+        async move {
+            let listing = ds::list(&storage, "datasets/test").await.unwrap();
+            let options = LoadOptions {
+                cache: cache.clone(),
+                pre: model::Preprocessor::new(48),
+                val_fraction: 0.15,
+                seed: 7,
+                concurrency: 4,
+            };
+            let data = ds::load(&storage, "datasets/test", listing, options, || {})
+                .await
+                .unwrap();
+            (data, cache.usage())
+        }
+    };
+    let (in_memory, _) = load(u64::MAX).await;
+    let (on_disk, usage) = load(0).await;
+    assert_eq!(usage.memory_bytes, 0);
+    assert_eq!(
+        usage.disk_bytes,
+        40 * 3 * 48 * 48,
+        "32 train + 8 test images"
+    );
+    let bytes = |s: &ds::Sample| s.image.to_image().unwrap().into_raw();
+    for (a, b) in in_memory
+        .train
+        .iter()
+        .chain(&in_memory.test)
+        .zip(on_disk.train.iter().chain(&on_disk.test))
+    {
+        assert_eq!(a.key, b.key);
+        assert!(!b.image.in_memory());
+        assert_eq!(bytes(a), bytes(b), "{}", a.key);
+    }
+
+    let mut cfg = config("cache-disk", 48, 1);
+    cfg.pretrained = None;
+    cfg.cache_mb = Some(0);
+    cfg.cache_dir = Some(spill_dir.path().to_path_buf());
+    train(&storage, &cfg).await.unwrap();
+    assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
+}

@@ -2,6 +2,7 @@
 //! the model steps, travel as bytes (a quarter of floats; pinned host memory and an
 //! asynchronous copy when the device is a GPU) and are converted and normalised on the device.
 
+use std::io;
 use std::sync::mpsc::sync_channel;
 
 use model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
@@ -67,14 +68,14 @@ impl HostBatch {
         samples: &[Sample],
         size: u32,
         bound_for: Device,
-        fill: &(impl Fn(usize, &Sample, &mut [u8]) + Sync),
-    ) -> Self {
+        fill: &(impl Fn(usize, &Sample, &mut [u8]) -> io::Result<()> + Sync),
+    ) -> io::Result<Self> {
         let per_image = 3 * (size as usize).pow(2);
         let mut bytes = vec![0u8; indices.len() * per_image];
         bytes
             .par_chunks_mut(per_image)
             .zip(indices.par_iter())
-            .for_each(|(out, &i)| fill(i, &samples[i], out));
+            .try_for_each(|(out, &i)| fill(i, &samples[i], out))?;
         let s = i64::from(size);
         let images = Tensor::from_slice(&bytes).view([indices.len() as i64, s, s, 3]);
         let images = if bound_for.is_cuda() {
@@ -83,7 +84,7 @@ impl HostBatch {
             images
         };
         let labels = indices.iter().map(|&i| samples[i].label as i64).collect();
-        Self { images, labels }
+        Ok(Self { images, labels })
     }
 
     pub fn len(&self) -> usize {
@@ -118,16 +119,16 @@ pub fn normalize(hwc: &Tensor) -> Tensor {
 
 /// Runs `step` on every batch of an epoch while the next batches are built on other threads,
 /// so the model never waits for data it could have had.
-pub fn for_each_batch<E>(
+pub fn for_each_batch<E: From<io::Error>>(
     samples: &[Sample],
     batches: &[Vec<usize>],
     size: u32,
     bound_for: Device,
-    fill: impl Fn(usize, &Sample, &mut [u8]) + Sync,
+    fill: impl Fn(usize, &Sample, &mut [u8]) -> io::Result<()> + Sync,
     mut step: impl FnMut(HostBatch) -> Result<(), E>,
 ) -> Result<(), E> {
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<HostBatch>(PREFETCH_BATCHES);
+        let (tx, rx) = sync_channel::<io::Result<HostBatch>>(PREFETCH_BATCHES);
         let fill = &fill;
         scope.spawn(move || {
             for batch in batches {
@@ -138,7 +139,7 @@ pub fn for_each_batch<E>(
             }
         });
         for batch in rx {
-            step(batch)?;
+            step(batch?)?;
         }
         Ok(())
     })
@@ -147,6 +148,7 @@ pub fn for_each_batch<E>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Crop;
     use image::RgbImage;
     use model::Preprocessor;
 
@@ -165,18 +167,26 @@ mod tests {
     #[test]
     fn device_normalisation_matches_the_serving_preprocessor() {
         let size = 24u32;
-        let samples: Vec<Sample> = (0..3u8)
-            .map(|k| Sample {
-                key: format!("k{k}"),
-                label: usize::from(k),
-                image: RgbImage::from_fn(size, size, |x, y| {
+        let images: Vec<RgbImage> = (0..3u8)
+            .map(|k| {
+                RgbImage::from_fn(size, size, |x, y| {
                     image::Rgb([(x * 10) as u8 ^ k, (y * 7) as u8, (x + y) as u8 * 3])
-                }),
+                })
+            })
+            .collect();
+        let samples: Vec<Sample> = images
+            .iter()
+            .enumerate()
+            .map(|(k, img)| Sample {
+                key: format!("k{k}"),
+                label: k,
+                image: Crop::Memory(img.clone()),
             })
             .collect();
         let batch = HostBatch::build(&[2, 0], &samples, size, Device::Cpu, &|_, s, out| {
-            out.copy_from_slice(s.image.as_raw())
-        });
+            s.image.read_into(out)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(batch.labels, [2, 0]);
         let (x, y) = batch.to_device(Device::Cpu);
         assert_eq!(x.size(), [2, 3, 24, 24]);
@@ -185,10 +195,7 @@ mod tests {
         assert_eq!(x.stride()[1], 1);
         let ours = Vec::<f32>::try_from(x.contiguous().view(-1)).unwrap();
         let pre = Preprocessor::new(size);
-        let expected: Vec<f32> = [2, 0]
-            .iter()
-            .flat_map(|&i| pre.eval(&samples[i].image))
-            .collect();
+        let expected: Vec<f32> = [2, 0].iter().flat_map(|&i| pre.eval(&images[i])).collect();
         let worst = ours
             .iter()
             .zip(&expected)

@@ -37,7 +37,7 @@ pub fn evaluate(
             &batches,
             pre.image_size,
             device,
-            |_, s, out| out.copy_from_slice(s.image.as_raw()),
+            |_, s, out| s.image.read_into(out),
             |batch| -> Result<(), TrainError> {
                 let (x, y) = batch.to_device(device);
                 let logits = net.logits(&x, false);

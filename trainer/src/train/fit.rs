@@ -37,11 +37,17 @@ fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
     }
 }
 
+/// Where the network trains and what its convolutions compute in.
+#[derive(Debug, Clone, Copy)]
+pub struct Compute {
+    pub device: Device,
+    pub kind: Kind,
+}
+
 pub(super) fn fit(
     data: &Dataset,
     hyper: &Hyperparameters,
-    device: Device,
-    compute: Kind,
+    Compute { device, kind }: Compute,
     pretrained: Option<&[u8]>,
     champion: Option<&[u8]>,
     progress: &Progress,
@@ -54,7 +60,7 @@ pub(super) fn fit(
         tch::Cuda::cudnn_set_benchmark(true);
     }
     let mut net = Classifier::new(device, hyper.dropout);
-    net.set_train_kind(compute);
+    net.set_train_kind(kind);
     if let Some(bytes) = pretrained {
         let n = net
             .load_backbone(bytes)
@@ -267,7 +273,11 @@ fn train_epochs(
             &batches,
             hyper.image_size,
             device,
-            |i, s, out| pre.train_into(&s.image, sample_seed(hyper.seed, epoch, i), out),
+            |i, s, out| {
+                s.image.read_into(out)?;
+                pre.augment(out, sample_seed(hyper.seed, epoch, i));
+                Ok(())
+            },
             |batch| -> Result<(), TrainError> {
                 let (x, y) = batch.to_device(device);
                 let (loss, hits) = train_step(

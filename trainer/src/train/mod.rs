@@ -35,6 +35,8 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("training worker failed: {0}")]
     Worker(String),
+    #[error("decoded-image cache: {0}")]
+    Cache(#[from] std::io::Error),
     #[error("exporting the model to ONNX: {0}")]
     Export(#[from] model::onnx::ExportError),
 }
@@ -54,6 +56,10 @@ pub struct TrainConfig {
     pub promote: bool,
     pub policy: PromotionPolicy,
     pub concurrency: usize,
+    /// Megabytes of decoded images kept in memory; `None` sizes it from the memory limit.
+    pub cache_mb: Option<u64>,
+    /// Where images beyond the budget go; `None` is the temporary directory.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Where a run's artifacts go and whom it is for. The operator keys runs per model

@@ -2,6 +2,7 @@
 //! last), apply the gate.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use artifacts::metrics::METRICS_SCHEMA_VERSION;
 use artifacts::{ChampionRecord, RunMetrics, SplitCounts, Storage, StorageError, layout};
@@ -11,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::checkpoint::{Checkpoints, Guard};
 use super::{Outcome, RunTarget, TrainConfig, TrainError, config, fit};
+use crate::cache::CropCache;
 use crate::dataset::{self, LoadOptions};
 use crate::progress::Progress;
 
@@ -119,7 +121,11 @@ pub async fn run_in(
     let listing = dataset::list(storage, &cfg.dataset).await?;
     let total = (listing.train.len() + listing.test.len()) as u64;
     progress.start_loading(total);
+    let budget_mb = cfg.cache_mb.unwrap_or_else(crate::cache::default_budget_mb);
+    let cache_dir = cfg.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let cache = Arc::new(CropCache::new(budget_mb << 20, &cache_dir));
     let options = LoadOptions {
+        cache: cache.clone(),
         pre,
         val_fraction: cfg.hyper.val_fraction,
         seed: cfg.hyper.seed,
@@ -137,6 +143,13 @@ pub async fn run_in(
         skipped = data.skipped.len(),
         fingerprint = %data.fingerprint,
         "dataset loaded"
+    );
+    let usage = cache.usage();
+    tracing::info!(
+        budget_mb,
+        in_memory_mb = usage.memory_bytes >> 20,
+        on_disk_mb = usage.disk_bytes >> 20,
+        "decoded-image cache"
     );
 
     let hyper = cfg.hyper.clone();
@@ -162,8 +175,10 @@ pub async fn run_in(
         let result = fit::fit(
             &data,
             &hyper,
-            device,
-            compute,
+            fit::Compute {
+                device,
+                kind: compute,
+            },
             pretrained.as_deref(),
             champion_weights.as_deref(),
             &progress_clone,

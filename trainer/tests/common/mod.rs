@@ -30,6 +30,8 @@ pub fn config(run_id: &str, image_size: u32, epochs: u32) -> TrainConfig {
         promote: false,
         policy: PromotionPolicy::default(),
         concurrency: 8,
+        cache_mb: None,
+        cache_dir: None,
     }
 }
 
