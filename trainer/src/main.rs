@@ -82,7 +82,8 @@ struct TrainArgs {
     #[arg(long, env = "DEVICE", default_value = "auto")]
     device: String,
     /// What convolutions compute in while training: auto (bf16 on CUDA and on CPUs with
-    /// AVX512-BF16/AMX, else fp32), fp32, bf16 or fp16 (CUDA only). Weights stay fp32.
+    /// AVX512-BF16/AMX, fp16 on pre-Ampere GPUs, else fp32), fp32, bf16 or fp16 (CUDA only).
+    /// Master weights, batch-norm statistics, loss and evaluation stay fp32.
     #[arg(long, env = "PRECISION", default_value = "auto")]
     precision: face2simpson_trainer::torch::Precision,
     #[arg(long, env = "SEED", default_value_t = 42)]

@@ -333,3 +333,21 @@ async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
     train(&storage, &cfg).await.unwrap();
     assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
 }
+
+/// Mixed precision (bf16 convolutions, fp32 master weights) learns as well as fp32: on the same
+/// synthetic data both reach 90 % and end within 2 points of each other.
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_precision_reaches_the_accuracy_of_fp32() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 40, 128, 11).await;
+    let mut accuracy = Vec::new();
+    for (run, precision) in [("fp32", "fp32"), ("bf16", "bf16")] {
+        let mut cfg = config(run, 96, 5);
+        cfg.precision = precision.parse().unwrap();
+        let m = train(&storage, &cfg).await.unwrap().metrics;
+        assert_eq!(m.precision.as_deref(), Some(precision));
+        accuracy.push(m.test_accuracy);
+    }
+    assert!(accuracy.iter().all(|&a| a >= 0.9), "{accuracy:?}");
+    assert!((accuracy[0] - accuracy[1]).abs() <= 0.02, "{accuracy:?}");
+}

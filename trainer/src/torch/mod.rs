@@ -48,7 +48,8 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
 /// statistics, the loss and evaluation stay fp32 whatever is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
-    /// bf16 where the device computes it natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32.
+    /// bf16 where the device computes it natively (GPUs from Ampere on; CPUs with AVX512-BF16
+    /// or AMX), fp16 on older GPUs, else fp32.
     Auto,
     Fp32,
     Bf16,
@@ -83,11 +84,31 @@ impl Precision {
                 "--precision fp16 needs a CUDA device (CPUs compute fp16 slowly; use bf16 or fp32)"
                     .into(),
             ),
-            (Self::Auto, Device::Cuda(_)) => Ok(Kind::BFloat16),
+            (Self::Auto, Device::Cuda(n)) => Ok(match cuda_compute_capability(n) {
+                // Tensor cores compute bf16 from Ampere (8.0) on; older GPUs emulate it.
+                Some((major, _)) if major < 8 => Kind::Half,
+                _ => Kind::BFloat16,
+            }),
             (Self::Auto, _) if cpu_has_native_bf16() => Ok(Kind::BFloat16),
             (Self::Auto, _) => Ok(Kind::Float),
         }
     }
+}
+
+/// The GPU's compute capability as `nvidia-smi` reports it (the NVIDIA container toolkit
+/// mounts it into GPU pods); `None` when it cannot be asked.
+fn cuda_compute_capability(index: usize) -> Option<(u32, u32)> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader", "-i"])
+        .arg(index.to_string())
+        .output()
+        .ok()?;
+    parse_compute_capability(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_compute_capability(s: &str) -> Option<(u32, u32)> {
+    let (major, minor) = s.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
 }
 
 /// Whether oneDNN runs bf16 convolutions in hardware here (AVX512-BF16 or AMX); without
@@ -232,5 +253,30 @@ impl Classifier {
     /// Class probabilities (rows sum to 1) for a normalised NCHW batch, in eval mode.
     pub fn predict(&self, batch: &Tensor) -> Tensor {
         tch::no_grad(|| self.logits(batch, false).softmax(-1, Kind::Float))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_resolves_per_device() {
+        assert_eq!(Precision::Fp32.resolve(Device::Cpu), Ok(Kind::Float));
+        assert_eq!(Precision::Bf16.resolve(Device::Cpu), Ok(Kind::BFloat16));
+        assert!(Precision::Fp16.resolve(Device::Cpu).is_err());
+        assert_eq!(Precision::Fp16.resolve(Device::Cuda(0)), Ok(Kind::Half));
+        let auto_cpu = Precision::Auto.resolve(Device::Cpu);
+        let expected = if cpu_has_native_bf16() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        assert_eq!(auto_cpu, Ok(expected));
+        assert_eq!("bf16".parse(), Ok(Precision::Bf16));
+        assert!("fp8".parse::<Precision>().is_err());
+        assert_eq!(parse_compute_capability("9.0\n"), Some((9, 0)));
+        assert_eq!(parse_compute_capability("7.5"), Some((7, 5)));
+        assert_eq!(parse_compute_capability("N/A"), None);
     }
 }
