@@ -86,7 +86,8 @@ test: setup setup-test setup-e2e fmt-check lint check-packaging unit e2e ## ever
 images: setup ## build the operator, inference and trainer images with podman and smoke-run them
 	@scripts/images.sh
 
-bench-train: setup ## training throughput: real pipeline vs in-memory tensors (224 px, batch 32)
+bench-train: setup ## training throughput vs the seed's PyTorch + DataLoader stack on the same images (224 px, batch 32)
+	@scripts/setup-bench-train.sh
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
 
 bench-serve: setup ## the service vs FastAPI+OpenCV Haar+ONNX Runtime with wrk at c=1, 8, 32, plus the batching table

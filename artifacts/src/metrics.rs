@@ -99,6 +99,10 @@ pub struct RunMetrics {
     pub finished_at: DateTime<Utc>,
     /// `cpu` or `cuda:N`.
     pub device: String,
+    /// What convolutions computed in while training: `fp32`, `bf16` or `fp16` (fp32 master
+    /// weights in every case). Absent in runs from before mixed precision.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub precision: Option<String>,
 }
 
 /// Images per split after bad files were skipped.
@@ -429,6 +433,7 @@ pub(crate) mod tests {
             started_at: "2026-11-29T10:00:00Z".parse().unwrap(),
             finished_at: "2026-11-29T10:05:00Z".parse().unwrap(),
             device: "cpu".into(),
+            precision: None,
         }
     }
 

@@ -39,6 +39,7 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
             seed: 5,
         },
         device: tch::Device::Cpu,
+        precision: face2simpson_trainer::torch::Precision::Auto,
         pretrained: Some(env!("FACE2SIMPSON_PRETRAINED").into()),
         promote: false,
         policy: PromotionPolicy::default(),

@@ -186,37 +186,6 @@ impl Chw {
         Self { size, data }
     }
 
-    pub fn flip_horizontal(&mut self) {
-        let s = self.size;
-        for row in self.data.chunks_exact_mut(s) {
-            row.reverse();
-        }
-    }
-
-    /// torchvision `adjust_brightness`: blend with black.
-    pub fn brightness(&mut self, factor: f32) {
-        for v in &mut self.data {
-            *v = (*v * factor).clamp(0.0, 1.0);
-        }
-    }
-
-    /// torchvision `adjust_contrast`: blend with the mean of the greyscale image.
-    pub fn contrast(&mut self, factor: f32) {
-        let plane = self.size * self.size;
-        let (r, rest) = self.data.split_at(plane);
-        let (g, b) = rest.split_at(plane);
-        let sum: f32 = r
-            .iter()
-            .zip(g)
-            .zip(b)
-            .map(|((r, g), b)| 0.299 * r + 0.587 * g + 0.114 * b)
-            .sum();
-        let mean = sum / plane as f32;
-        for v in &mut self.data {
-            *v = (factor * *v + (1.0 - factor) * mean).clamp(0.0, 1.0);
-        }
-    }
-
     /// `Normalize(mean, std)` with ImageNet statistics.
     pub fn normalize(mut self) -> Vec<f32> {
         let plane = self.size * self.size;
@@ -230,13 +199,65 @@ impl Chw {
     }
 }
 
+/// A square RGB image as packed HWC bytes, augmented in place the way the seed's PIL images
+/// were: the jitters blend and round to bytes, as `PIL.ImageEnhance` does. Working on bytes
+/// keeps training batches at a quarter of the size of floats all the way to the device.
+#[derive(Debug)]
+pub struct Hwc<'a> {
+    pub size: usize,
+    pub data: &'a mut [u8],
+}
+
+impl Hwc<'_> {
+    pub fn flip_horizontal(&mut self) {
+        for row in self.data.chunks_exact_mut(3 * self.size) {
+            let n = self.size;
+            for x in 0..n / 2 {
+                let (a, b) = (3 * x, 3 * (n - 1 - x));
+                for c in 0..3 {
+                    row.swap(a + c, b + c);
+                }
+            }
+        }
+    }
+
+    /// `ImageEnhance.Brightness`: blend with black.
+    pub fn brightness(&mut self, factor: f32) {
+        self.blend_with(0.0, factor);
+    }
+
+    /// `ImageEnhance.Contrast`: blend with the mean of the greyscale (ITU-R 601-2 luma) image.
+    pub fn contrast(&mut self, factor: f32) {
+        let sum: u64 = self
+            .data
+            .chunks_exact(3)
+            .map(|p| (299 * u64::from(p[0]) + 587 * u64::from(p[1]) + 114 * u64::from(p[2])) / 1000)
+            .sum();
+        let pixels = (self.data.len() / 3).max(1) as f32;
+        let mean = (sum as f32 / pixels).round();
+        self.blend_with(mean, factor);
+    }
+
+    /// `out = degenerate + factor * (in - degenerate)`, rounded and clamped to a byte.
+    fn blend_with(&mut self, degenerate: f32, factor: f32) {
+        let lut: [u8; 256] = std::array::from_fn(|v| {
+            (degenerate + factor * (v as f32 - degenerate))
+                .round()
+                .clamp(0.0, 255.0) as u8
+        });
+        for v in self.data.iter_mut() {
+            *v = lut[usize::from(*v)];
+        }
+    }
+}
+
 fn jitter_factor(rng: &mut impl Rng, strength: f32) -> f32 {
     rng.random_range((1.0 - strength).max(0.0)..=1.0 + strength)
 }
 
 impl Augmentation {
     /// Applies the augmentation, drawing its randomness from `rng`.
-    pub fn apply(&self, img: &mut Chw, rng: &mut impl Rng) {
+    pub fn apply(&self, img: &mut Hwc<'_>, rng: &mut impl Rng) {
         match *self {
             Augmentation::HorizontalFlip { p } => {
                 if rng.random::<f32>() < p {
@@ -282,13 +303,24 @@ impl Preprocessor {
         Chw::from_rgb(fitted).normalize()
     }
 
-    /// Training: one augmentation chosen uniformly from [`AUGMENTATIONS`], seeded so that the
-    /// same `(image, seed)` always yields the same tensor, whatever thread computes it.
-    pub fn train(&self, fitted: &RgbImage, seed: u64) -> Vec<f32> {
+    /// Training: one augmentation chosen uniformly from [`AUGMENTATIONS`], applied in place to
+    /// a fitted image as packed HWC bytes (`3 * size * size`; the model side converts and
+    /// normalises, on the device). Seeded, so the same `(image, seed)` always yields the same
+    /// bytes, whatever thread computes it.
+    pub fn augment(&self, hwc: &mut [u8], seed: u64) {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let mut chw = Chw::from_rgb(fitted);
         let choice = AUGMENTATIONS[rng.random_range(0..AUGMENTATIONS.len())];
-        choice.apply(&mut chw, &mut rng);
-        chw.normalize()
+        let mut img = Hwc {
+            size: self.image_size as usize,
+            data: hwc,
+        };
+        choice.apply(&mut img, &mut rng);
+    }
+
+    /// [`Preprocessor::augment`] on a copy of `fitted`.
+    pub fn train(&self, fitted: &RgbImage, seed: u64) -> Vec<u8> {
+        let mut out = fitted.as_raw().clone();
+        self.augment(&mut out, seed);
+        out
     }
 }

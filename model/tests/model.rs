@@ -1,7 +1,7 @@
 //! The class list and the preprocessing contract.
 #![allow(clippy::unwrap_used)]
 
-use face2simpson_model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
+use face2simpson_model::preprocess::{Hwc, IMAGENET_MEAN};
 use face2simpson_model::{AUGMENTATIONS, Augmentation, CLASSES, ImageError, Preprocessor, decode};
 use image::{Rgb, RgbImage};
 
@@ -52,7 +52,7 @@ fn training_preprocessing_is_deterministic_per_seed() {
     let img = pre.fit(&gradient(50, 40));
     assert_eq!(pre.train(&img, 7), pre.train(&img, 7));
     let distinct: std::collections::HashSet<Vec<u32>> = (0..40)
-        .map(|s| pre.train(&img, s).iter().map(|v| v.to_bits()).collect())
+        .map(|s| pre.train(&img, s).iter().map(|&v| u32::from(v)).collect())
         .collect();
     // Flips, two jitters and the no-op branches of RandomApply give many distinct outputs.
     assert!(
@@ -60,7 +60,7 @@ fn training_preprocessing_is_deterministic_per_seed() {
         "only {} distinct augmentations",
         distinct.len()
     );
-    // Every output is a normalised image of the right length.
+    // Every output is an HWC image of the right length.
     assert!(distinct.iter().all(|v| v.len() == 3 * 32 * 32));
 }
 
@@ -68,17 +68,49 @@ fn training_preprocessing_is_deterministic_per_seed() {
 fn brightness_and_contrast_stay_in_their_ranges() {
     let pre = Preprocessor::new(16);
     let grey = RgbImage::from_pixel(16, 16, Rgb([128, 128, 128]));
-    let base = 128.0 / 255.0;
     for seed in 0..200 {
         let x = pre.train(&grey, seed);
-        // Undo normalisation on the red channel: a flat grey stays flat; brightness scales it by 0.9–1.1,
-        // contrast leaves a flat image unchanged.
-        let r = x[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0];
-        assert!(
-            (base * 0.9 - 1e-4..=base * 1.1 + 1e-4).contains(&r),
-            "seed {seed}: {r}"
-        );
+        // A flat grey stays flat; brightness scales it by 0.9–1.1, contrast leaves it unchanged.
+        assert!(x.iter().all(|&v| v == x[0]), "seed {seed}: not flat");
+        assert!((115..=141).contains(&x[0]), "seed {seed}: {}", x[0]);
     }
+}
+
+/// The byte jitters are PIL's `ImageEnhance` (what the seed's transforms ran on): blend with
+/// black or with the rounded mean grey, then round; a flip mirrors pixels, not bytes.
+#[test]
+fn byte_augmentations_match_pil() {
+    let mut px = vec![10, 20, 30, 200, 100, 50];
+    Hwc {
+        size: 2,
+        data: &mut px[..],
+    }
+    .brightness(0.5);
+    assert_eq!(px, [5, 10, 15, 100, 50, 25]);
+    Hwc {
+        size: 2,
+        data: &mut px[..],
+    }
+    .brightness(3.0);
+    assert_eq!(px, [15, 30, 45, 255, 150, 75]);
+    // 2x1 image, but the mean and the blend do not depend on the shape.
+    let mut px = vec![0, 0, 0, 255, 255, 255];
+    Hwc {
+        size: 2,
+        data: &mut px[..],
+    }
+    .contrast(0.0);
+    assert_eq!(
+        px, [128; 6],
+        "factor 0 gives the mean grey (127.5 rounds up)"
+    );
+    let mut px = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+    Hwc {
+        size: 2,
+        data: &mut px[..],
+    }
+    .flip_horizontal();
+    assert_eq!(px, [4, 5, 6, 1, 2, 3, 10, 11, 12, 7, 8, 9]);
 }
 
 #[test]

@@ -1,25 +1,36 @@
-//! Training throughput at 224 px, batch 32, on this machine.
+//! `make bench-train`: the trainer's steady training throughput against the seed's stack, on
+//! the same images, one after the other on the same machine.
 //!
-//! * **pipeline**: the real data path — list a `file://` store, fetch, decode, resize and crop
-//!   every image, then per epoch augment and normalise batches on other threads while the model
-//!   steps — timed from the first list request to the last optimiser step.
-//! * **compute limit**: the same optimiser step on batches already in memory as tensors.
+//! * **face2simpson**: the real `train::run` (fetch, decode and fit once, then per epoch augment
+//!   bytes on other threads while MobileNetV2 steps), at fp32 and at the precision `auto` picks
+//!   here. Steady throughput = training images / mean epoch time after the first epoch.
+//! * **peer**: `bench/train_peer.py`, the seed's PyTorch + torchvision stack (ImageFolder, the
+//!   seed's `train_transformer`, DataLoader, Adam, label-smoothed cross-entropy) on the same
+//!   files, with 0 and 2 DataLoader workers; the better of the two is the reference.
+//! * **where an epoch goes**: decode + fit (once), batch building alone, model step alone.
 //!
-//! The ratio pipeline / compute is what the data path costs; 1.0 means it is free.
-//! Tunables (env): BENCH_IMAGES (train images, default 128), BENCH_EPOCHS (default 2).
+//! Env: BENCH_IMAGES (training images, default 160), BENCH_EPOCHS (default 3, at least 2),
+//! BENCH_THREADS (torch threads on both sides, default 2), BENCH_PEER=0 skips the peer.
 
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
 use std::time::Instant;
 
-use artifacts::Storage;
-use face2simpson_trainer::dataset;
-use face2simpson_trainer::torch::Classifier;
-use face2simpson_trainer::train::{epoch_batches, for_each_batch, to_batch, train_step};
+use anyhow::{Context, bail};
+use artifacts::{Hyperparameters, PromotionPolicy, Storage};
+use face2simpson_trainer::cache::CropCache;
+use face2simpson_trainer::dataset::{self, LoadOptions};
+use face2simpson_trainer::progress::Progress;
+use face2simpson_trainer::torch::adam::Adam;
+use face2simpson_trainer::torch::{Classifier, Precision, kind_name};
+use face2simpson_trainer::train::{self, HostBatch, TrainConfig, epoch_batches, train_step};
 use model::Preprocessor;
-use tch::nn::OptimizerConfig;
 use tch::{Device, Kind, Tensor};
 
 const IMAGE_SIZE: u32 = 224;
-const BATCH: usize = 32;
+const BATCH: u32 = 32;
+const DATASET: &str = "datasets/bench";
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -28,110 +39,228 @@ fn env_or(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-fn new_model() -> (Classifier, tch::nn::Optimizer) {
-    tch::manual_seed(0);
-    let net = Classifier::new(Device::cuda_if_available(), 0.2);
-    let opt = tch::nn::Adam::default()
-        .build(net.var_store(), 1e-3)
-        .expect("optimizer");
-    (net, opt)
+fn steady(epoch_seconds: &[f64]) -> f64 {
+    let rest = &epoch_seconds[1..];
+    rest.iter().sum::<f64>() / rest.len() as f64
 }
 
-fn main() -> anyhow::Result<()> {
-    let images = env_or("BENCH_IMAGES", 128);
-    let epochs = env_or("BENCH_EPOCHS", 2) as u32;
-    let rt = tokio::runtime::Runtime::new()?;
-    let dir = tempfile::tempdir()?;
-    let storage = Storage::open(&format!("file://{}", dir.path().display()))?;
-    // 256 px sources so every image is really resized and cropped, like photos would be.
-    let per_class = images / 4;
-    rt.block_on(face2simpson_trainer::generate_dataset(
-        &storage,
-        "datasets/bench",
-        per_class,
-        256,
-        1,
-    ))?;
-    let pre = Preprocessor::new(IMAGE_SIZE);
-    println!(
-        "training throughput, {IMAGE_SIZE} px, batch {BATCH}, {epochs} epochs over {} images, device {:?}, {} torch threads",
-        per_class * 4,
-        Device::cuda_if_available(),
-        tch::get_num_threads()
-    );
-
-    // Warm-up so neither measurement pays for first-call allocations.
-    {
-        let (net, mut opt) = new_model();
-        let x = Tensor::randn([BATCH as i64, 3, 224, 224], (Kind::Float, net.device()));
-        let y = Tensor::zeros([BATCH as i64], (Kind::Int64, net.device()));
-        train_step(&net, &mut opt, &x, &y, 0.1)?;
+fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
+    TrainConfig {
+        run_id: run_id.into(),
+        dataset: DATASET.into(),
+        champion: None,
+        hyper: Hyperparameters {
+            image_size: IMAGE_SIZE,
+            epochs,
+            batch_size: BATCH,
+            learning_rate: 1e-3,
+            label_smoothing: 0.1,
+            dropout: 0.2,
+            // No early stop and no validation split: every epoch trains on every image.
+            patience: epochs,
+            val_fraction: 0.0,
+            seed: 1,
+        },
+        device: Device::Cpu,
+        precision,
+        pretrained: None,
+        promote: false,
+        policy: PromotionPolicy::default(),
+        concurrency: 16,
+        cache_mb: None,
+        cache_dir: None,
     }
+}
 
-    // Real pipeline.
-    let (net, mut opt) = new_model();
+/// Our steady images/s and epoch times for one precision.
+fn ours(
+    rt: &tokio::runtime::Runtime,
+    storage: &Storage,
+    epochs: u32,
+    precision: Precision,
+    label: &str,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let cfg = config(&format!("bench-{label}"), epochs, precision);
+    let outcome = rt.block_on(train::run(storage, &cfg, &Progress::logs()))?;
+    let m = &outcome.metrics;
+    let seconds: Vec<f64> = m.history.iter().map(|r| r.seconds).collect();
+    let ips = m.counts.train as f64 / steady(&seconds);
+    Ok((ips, seconds))
+}
+
+#[derive(serde::Deserialize)]
+struct PeerResult {
+    workers: u32,
+    epoch_seconds: Vec<f64>,
+    images: u64,
+}
+
+fn peer(root: &Path, epochs: u32, threads: usize, workers: u32) -> anyhow::Result<PeerResult> {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let deps = std::env::var_os("FACE2SIMPSON_DEPS")
+        .map(Into::into)
+        .unwrap_or_else(|| workspace.join(".deps"));
+    let python = Path::new(&deps).join("train-bench-venv/bin/python");
+    if !python.exists() {
+        bail!(
+            "{} is missing: run scripts/setup-bench-train.sh (make bench-train does)",
+            python.display()
+        );
+    }
+    let out = Command::new(&python)
+        .arg(workspace.join("bench/train_peer.py"))
+        .args([
+            "--data",
+            &root.join(DATASET).join("train").display().to_string(),
+        ])
+        .args(["--epochs", &epochs.to_string()])
+        .args(["--threads", &threads.to_string()])
+        .args(["--workers", &workers.to_string()])
+        .args(["--image-size", &IMAGE_SIZE.to_string()])
+        .args(["--batch-size", &BATCH.to_string()])
+        .output()
+        .context("running the PyTorch peer")?;
+    if !out.status.success() {
+        bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let line = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(line.trim().lines().last().unwrap_or_default())
+        .with_context(|| format!("peer printed {line:?}"))
+}
+
+/// Where an epoch goes on our side: decode + fit once, building batches alone, stepping alone.
+fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> anyhow::Result<()> {
+    let pre = Preprocessor::new(IMAGE_SIZE);
     let t0 = Instant::now();
     let data = rt.block_on(async {
-        let listing = dataset::list(&storage, "datasets/bench").await?;
-        let options = dataset::LoadOptions {
+        let listing = dataset::list(storage, DATASET).await?;
+        let options = LoadOptions {
+            cache: Arc::new(CropCache::new(u64::MAX, &std::env::temp_dir())),
             pre,
             val_fraction: 0.0,
             seed: 1,
             concurrency: 16,
         };
-        dataset::load(&storage, "datasets/bench", listing, options, || {}).await
+        dataset::load(storage, DATASET, listing, options, || {}).await
     })?;
-    let load_secs = t0.elapsed().as_secs_f64();
-    let mut steps = 0usize;
-    let mut seen = 0usize;
-    for epoch in 1..=epochs {
-        let batches = epoch_batches(data.train.len(), BATCH, 1, epoch);
-        for_each_batch(
-            &data.train,
-            &batches,
-            |i, s| pre.train(&s.image, i as u64 ^ u64::from(epoch)),
-            |(xs, labels)| {
-                let (x, y) = to_batch(&net, &xs, &labels, IMAGE_SIZE);
-                train_step(&net, &mut opt, &x, &y, 0.1)?;
-                steps += 1;
-                seen += labels.len();
-                Ok::<_, face2simpson_trainer::train::TrainError>(())
-            },
-        )?;
-    }
-    let pipeline_secs = t0.elapsed().as_secs_f64();
-    let pipeline_ips = seen as f64 / pipeline_secs;
+    let n = data.train.len() + data.test.len();
+    let load = t0.elapsed().as_secs_f64();
+    println!(
+        "  fetch + decode + resize/crop, once:  {:8.1} images/s",
+        n as f64 / load
+    );
 
-    // Compute limit: identical steps on tensors already in memory.
-    let (net, mut opt) = new_model();
-    let batches: Vec<(Tensor, Tensor)> = (0..steps)
-        .map(|_| {
-            let x = Tensor::randn([BATCH as i64, 3, 224, 224], (Kind::Float, net.device()));
-            let y = Tensor::arange(BATCH as i64, (Kind::Int64, net.device())).remainder(4);
-            (x, y)
-        })
-        .collect();
+    let batches = epoch_batches(data.train.len(), BATCH as usize, 1, 1);
     let t1 = Instant::now();
-    for (x, y) in &batches {
-        train_step(&net, &mut opt, x, y, 0.1)?;
+    let built: Vec<HostBatch> = batches
+        .iter()
+        .map(|b| {
+            HostBatch::build(b, &data.train, IMAGE_SIZE, Device::Cpu, &|i, s, out| {
+                s.image.read_into(out)?;
+                pre.augment(out, i as u64);
+                Ok(())
+            })
+        })
+        .collect::<Result<_, _>>()?;
+    let images: usize = built.iter().map(HostBatch::len).sum();
+    println!(
+        "  augment + pack bytes, per epoch:     {:8.1} images/s (on the data threads, overlapped)",
+        images as f64 / t1.elapsed().as_secs_f64()
+    );
+    for kind in [Kind::Float, compute] {
+        tch::manual_seed(0);
+        let mut net = Classifier::new(Device::Cpu, 0.2);
+        net.set_train_kind(kind);
+        let mut opt = Adam::new(net.var_store(), 1e-3);
+        let on_device: Vec<(Tensor, Tensor)> =
+            built.iter().map(|b| b.to_device(Device::Cpu)).collect();
+        // One warm-up step: oneDNN picks and caches its kernels on the first call.
+        let (x, y) = &on_device[0];
+        let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
+        let t2 = Instant::now();
+        for (x, y) in &on_device {
+            train_step(&net, &mut opt, None, x, y, 0.1)?
+                .0
+                .double_value(&[]);
+        }
+        println!(
+            "  model step alone, {:4}:             {:8.1} images/s",
+            kind_name(kind),
+            images as f64 / t2.elapsed().as_secs_f64()
+        );
+        if kind == compute {
+            break;
+        }
     }
-    let compute_secs = t1.elapsed().as_secs_f64();
-    let compute_ips = (steps * BATCH) as f64 / compute_secs;
+    Ok(())
+}
 
+fn main() -> anyhow::Result<()> {
+    let images = env_or("BENCH_IMAGES", 160);
+    let epochs = env_or("BENCH_EPOCHS", 3).max(2) as u32;
+    let threads = env_or("BENCH_THREADS", 2);
+    tch::set_num_threads(threads as i32);
+    let rt = tokio::runtime::Runtime::new()?;
+    let dir = tempfile::tempdir()?;
+    let storage = Storage::open(&format!("file://{}", dir.path().display()))?;
+    // 256 px sources, so every image is really resized and cropped, as photos would be.
+    let per_class = images / 4;
+    rt.block_on(face2simpson_trainer::generate_dataset(
+        &storage, DATASET, per_class, 256, 1,
+    ))?;
+    let auto = Precision::Auto
+        .resolve(Device::Cpu)
+        .map_err(anyhow::Error::msg)?;
     println!(
-        "  data loading (fetch+decode+fit, once): {load_secs:8.2} s  ({:.1} images/s)",
-        data.train.len() as f64 / load_secs
+        "training throughput: MobileNetV2 {IMAGE_SIZE} px, batch {BATCH}, Adam, {} training images \
+         (256 px PNG/JPEG), {epochs} epochs, {threads} torch threads, CPU; auto precision here = {}",
+        per_class * 4,
+        kind_name(auto)
     );
+    println!("where an epoch goes (ours):");
+    breakdown(&rt, &storage, auto)?;
+
+    let (fp32_ips, fp32_s) = ours(&rt, &storage, epochs, Precision::Fp32, "fp32")?;
+    let (auto_ips, auto_s) = ours(&rt, &storage, epochs, Precision::Auto, "auto")?;
+    let mut peers = Vec::new();
+    if env_or("BENCH_PEER", 1) != 0 {
+        for workers in [0, 2] {
+            peers.push(peer(dir.path(), epochs, threads, workers)?);
+        }
+    }
+    let fmt = |s: &[f64]| {
+        s.iter()
+            .map(|x| format!("{x:.1}"))
+            .collect::<Vec<_>>()
+            .join(" / ")
+    };
+    println!();
+    println!("| stack | epoch seconds | steady images/s |");
+    println!("|---|---|---|");
+    println!("| face2simpson, fp32 | {} | {fp32_ips:.1} |", fmt(&fp32_s));
     println!(
-        "  pipeline:      {seen:5} images in {pipeline_secs:8.2} s = {pipeline_ips:8.2} images/s  (loading included)"
+        "| face2simpson, auto ({}) | {} | {auto_ips:.1} |",
+        kind_name(auto),
+        fmt(&auto_s)
     );
-    println!(
-        "  compute limit: {:5} images in {compute_secs:8.2} s = {compute_ips:8.2} images/s",
-        steps * BATCH
-    );
-    println!(
-        "  ratio pipeline / compute limit = {:.3}  (target >= 0.9)",
-        pipeline_ips / compute_ips
-    );
+    let mut best_peer: Option<f64> = None;
+    for p in &peers {
+        let ips = p.images as f64 / steady(&p.epoch_seconds);
+        println!(
+            "| PyTorch + DataLoader ({} workers) | {} | {ips:.1} |",
+            p.workers,
+            fmt(&p.epoch_seconds)
+        );
+        best_peer = Some(best_peer.map_or(ips, |b: f64| b.max(ips)));
+    }
+    if let Some(peer_ips) = best_peer {
+        println!();
+        println!(
+            "ratio vs the peer's best: fp32 {:.2}x, auto ({}) {:.2}x  (goal >= 1.3x)",
+            fp32_ips / peer_ips,
+            kind_name(auto),
+            auto_ips / peer_ips
+        );
+    }
     Ok(())
 }

@@ -3,15 +3,17 @@
 //! files, a deterministic validation split and a content fingerprint.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use artifacts::{SkippedFile, Storage, StorageError};
 use futures::{StreamExt, TryStreamExt};
-use image::RgbImage;
 use model::{CLASSES, Preprocessor, class_index};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
+
+use crate::cache::{Crop, CropCache};
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
@@ -45,6 +47,8 @@ pub enum DatasetError {
         before: String,
         now: String,
     },
+    #[error("decoded-image cache: {0}")]
+    Cache(#[from] std::io::Error),
 }
 
 /// One listed file.
@@ -66,12 +70,13 @@ pub struct Listing {
     pub fingerprint: String,
 }
 
-/// An image ready for the model: decoded, resized and centre-cropped.
+/// An image ready for the model: decoded, resized and centre-cropped, kept in the
+/// [`CropCache`].
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub key: String,
     pub label: usize,
-    pub image: RgbImage,
+    pub image: Crop,
 }
 
 #[derive(Debug)]
@@ -194,8 +199,10 @@ fn check_classes(
 }
 
 /// How to turn a listing into samples.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoadOptions {
+    /// Where the fitted images are kept (memory up to a budget, then local disk).
+    pub cache: Arc<CropCache>,
     pub pre: Preprocessor,
     /// Share of each class moved from train to validation.
     pub val_fraction: f64,
@@ -219,6 +226,7 @@ pub async fn load(
     on_loaded: impl Fn(),
 ) -> Result<Dataset, DatasetError> {
     let LoadOptions {
+        cache,
         pre,
         val_fraction,
         seed,
@@ -233,21 +241,23 @@ pub async fn load(
     } = listing;
     let fetch = |entries: Vec<Entry>| {
         let storage = storage.clone();
+        let cache = cache.clone();
         let on_loaded = &on_loaded;
         async move {
             futures::stream::iter(entries)
                 .map(move |entry| {
                     let storage = storage.clone();
+                    let cache = cache.clone();
                     async move {
                         let bytes = storage.get(&entry.key).await?;
                         let loaded = tokio::task::spawn_blocking(move || {
                             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                            match model::decode(&bytes) {
+                            Ok::<_, DatasetError>(match model::decode(&bytes) {
                                 Ok(img) => Loaded::Ok(
                                     Sample {
                                         key: entry.key,
                                         label: entry.label,
-                                        image: pre.fit(&img),
+                                        image: cache.store(pre.fit(&img))?,
                                     },
                                     digest,
                                 ),
@@ -255,10 +265,10 @@ pub async fn load(
                                     path: entry.key,
                                     reason: e.to_string(),
                                 }),
-                            }
+                            })
                         })
                         .await
-                        .map_err(|e| DatasetError::Worker(e.to_string()))?;
+                        .map_err(|e| DatasetError::Worker(e.to_string()))??;
                         Ok::<_, DatasetError>(loaded)
                     }
                 })
@@ -390,37 +400,51 @@ pub async fn refit_test(
     test: &[Sample],
     test_fingerprint: &str,
     pre: Preprocessor,
+    cache: &Arc<CropCache>,
     concurrency: usize,
 ) -> Result<Vec<Sample>, DatasetError> {
-    let fetched: Vec<(Sample, [u8; 32])> = futures::stream::iter(test.iter().map(|s| (s.key.clone(), s.label)))
-        .map(|(key, label)| {
-            let storage = storage.clone();
-            async move {
-                let bytes = storage.get(&key).await?;
-                tokio::task::spawn_blocking(move || {
-                    let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                    // Bytes that no longer decode have changed: the fingerprint reports it.
-                    let image = model::decode(&bytes).map(|img| pre.fit(&img)).unwrap_or_default();
-                    (Sample { key, label, image }, digest)
-                })
-                .await
-                .map_err(|e| DatasetError::Worker(e.to_string()))
-            }
-        })
-        .buffered(concurrency.max(1))
-        .try_collect()
-        .await?;
-    let digests: BTreeMap<String, [u8; 32]> =
-        fetched.iter().map(|(s, d)| (s.key.clone(), *d)).collect();
+    let fetched: Vec<(Option<Sample>, [u8; 32])> =
+        futures::stream::iter(test.iter().map(|s| (s.key.clone(), s.label)))
+            .map(|(key, label)| {
+                let storage = storage.clone();
+                let cache = cache.clone();
+                async move {
+                    let bytes = storage.get(&key).await?;
+                    tokio::task::spawn_blocking(move || {
+                        let digest: [u8; 32] = Sha256::digest(&bytes).into();
+                        // Bytes that no longer decode have changed: the fingerprint says so.
+                        let sample = match model::decode(&bytes) {
+                            Ok(img) => Some(Sample {
+                                key,
+                                label,
+                                image: cache.store(pre.fit(&img))?,
+                            }),
+                            Err(_) => None,
+                        };
+                        Ok::<_, DatasetError>((sample, digest))
+                    })
+                    .await
+                    .map_err(|e| DatasetError::Worker(e.to_string()))?
+                }
+            })
+            .buffered(concurrency.max(1))
+            .try_collect()
+            .await?;
+    let digests: BTreeMap<String, [u8; 32]> = test
+        .iter()
+        .zip(&fetched)
+        .map(|(s, (_, d))| (s.key.clone(), *d))
+        .collect();
     let now = content_fingerprint(&digests);
-    if now != test_fingerprint {
-        return Err(DatasetError::Changed {
+    let samples: Option<Vec<Sample>> = fetched.into_iter().map(|(s, _)| s).collect();
+    match samples {
+        Some(samples) if now == test_fingerprint => Ok(samples),
+        _ => Err(DatasetError::Changed {
             prefix: prefix.trim_matches('/').to_owned(),
             before: test_fingerprint.to_owned(),
             now,
-        });
+        }),
     }
-    Ok(fetched.into_iter().map(|(s, _)| s).collect())
 }
 
 fn hex(bytes: &[u8]) -> String {

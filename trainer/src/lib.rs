@@ -2,6 +2,7 @@
 //! [`datagen`], and tests and benchmarks call the same functions.
 
 pub mod build_info;
+pub mod cache;
 pub mod datagen;
 pub mod dataset;
 pub mod progress;

@@ -81,6 +81,11 @@ struct TrainArgs {
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, env = "DEVICE", default_value = "auto")]
     device: String,
+    /// What convolutions compute in while training: auto (bf16 on CUDA and on CPUs with
+    /// AVX512-BF16/AMX, fp16 on pre-Ampere GPUs, else fp32), fp32, bf16 or fp16 (CUDA only).
+    /// Master weights, batch-norm statistics, loss and evaluation stay fp32.
+    #[arg(long, env = "PRECISION", default_value = "auto")]
+    precision: face2simpson_trainer::torch::Precision,
     #[arg(long, env = "SEED", default_value_t = 42)]
     seed: u64,
     /// ImageNet backbone: a key in the store, a URL, a local path, or `none` to train from scratch.
@@ -105,6 +110,13 @@ struct TrainArgs {
     /// Images fetched from the store at once.
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 16)]
     fetch_concurrency: usize,
+    /// Megabytes of decoded images kept in memory; the rest go to --cache-dir. Default: half
+    /// the container's memory limit (or of the machine's memory).
+    #[arg(long, env = "CACHE_MB")]
+    cache_mb: Option<u64>,
+    /// Local directory for decoded images beyond --cache-mb (default: the temporary directory).
+    #[arg(long, env = "CACHE_DIR")]
+    cache_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -249,6 +261,7 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             seed: a.seed,
         },
         device,
+        precision: a.precision,
         pretrained: (a.pretrained != "none").then_some(a.pretrained),
         promote: a.promote,
         policy: PromotionPolicy {
@@ -258,6 +271,8 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             min_significance: a.min_significance,
         },
         concurrency: a.fetch_concurrency,
+        cache_mb: a.cache_mb,
+        cache_dir: a.cache_dir,
     };
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())

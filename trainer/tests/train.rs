@@ -416,3 +416,111 @@ async fn failures_leave_no_metrics() {
     let err = train(&storage, &bad_run_id).await.unwrap_err();
     assert!(matches!(err, TrainError::Config(_)), "{err}");
 }
+
+/// A run that dies after training (here: metrics.json cannot be written, a directory sits where
+/// it goes) leaves its last checkpoint; the same run id restarted resumes from it instead of
+/// training again (the epoch records, timings included, are the saved ones), and the
+/// checkpoint is deleted once the run completes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_restarted_run_resumes_from_its_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let storage = Storage::open(&format!("file://{}", dir.path().display())).unwrap();
+    dataset(&storage, 8, 48, 3).await;
+    let mut cfg = config("resume-1", 48, 2);
+    cfg.pretrained = None;
+    let blocker = dir.path().join("runs/resume-1/metrics.json");
+    std::fs::create_dir_all(blocker.join("in-the-way")).unwrap();
+    train(&storage, &cfg).await.unwrap_err();
+    let state: serde_json::Value = storage
+        .get_json("runs/resume-1/checkpoint/state.json")
+        .await
+        .unwrap();
+    assert_eq!(state["state"]["epoch"], 2);
+    let saved: Vec<artifacts::EpochRecord> =
+        serde_json::from_value(state["state"]["records"].clone()).unwrap();
+    assert_eq!(saved.len(), 2);
+
+    std::fs::remove_dir_all(&blocker).unwrap();
+    let out = train(&storage, &cfg).await.unwrap();
+    assert_eq!(out.metrics.history, saved, "the run trained again");
+    assert!(
+        keys(&storage, "runs/resume-1/checkpoint").await.is_empty(),
+        "the checkpoint outlived the run"
+    );
+}
+
+/// With a memory budget of zero every decoded image goes to the local-disk cache: the samples
+/// read back byte for byte as the in-memory ones, and a whole run trains from them and leaves
+/// nothing behind in the cache directory (the spill file is unlinked).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
+    use face2simpson_trainer::cache::CropCache;
+    use face2simpson_trainer::dataset::{self as ds, LoadOptions};
+    use std::sync::Arc;
+
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 8, 48, 4).await;
+    let spill_dir = tempfile::tempdir().unwrap();
+    let load = |budget: u64| {
+        let storage = storage.clone();
+        let cache = Arc::new(CropCache::new(budget, spill_dir.path()));
+        async move {
+            let listing = ds::list(&storage, "datasets/test").await.unwrap();
+            let options = LoadOptions {
+                cache: cache.clone(),
+                pre: model::Preprocessor::new(48),
+                val_fraction: 0.15,
+                seed: 7,
+                concurrency: 4,
+            };
+            let data = ds::load(&storage, "datasets/test", listing, options, || {})
+                .await
+                .unwrap();
+            (data, cache.usage())
+        }
+    };
+    let (in_memory, _) = load(u64::MAX).await;
+    let (on_disk, usage) = load(0).await;
+    assert_eq!(usage.memory_bytes, 0);
+    assert_eq!(
+        usage.disk_bytes,
+        40 * 3 * 48 * 48,
+        "32 train + 8 test images"
+    );
+    let bytes = |s: &ds::Sample| s.image.to_image().unwrap().into_raw();
+    for (a, b) in in_memory
+        .train
+        .iter()
+        .chain(&in_memory.test)
+        .zip(on_disk.train.iter().chain(&on_disk.test))
+    {
+        assert_eq!(a.key, b.key);
+        assert!(!b.image.in_memory());
+        assert_eq!(bytes(a), bytes(b), "{}", a.key);
+    }
+
+    let mut cfg = config("cache-disk", 48, 1);
+    cfg.pretrained = None;
+    cfg.cache_mb = Some(0);
+    cfg.cache_dir = Some(spill_dir.path().to_path_buf());
+    train(&storage, &cfg).await.unwrap();
+    assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
+}
+
+/// Mixed precision (bf16 convolutions, fp32 master weights) learns as well as fp32: on the same
+/// synthetic data both reach 90 % and end within 2 points of each other.
+#[tokio::test(flavor = "multi_thread")]
+async fn mixed_precision_reaches_the_accuracy_of_fp32() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 40, 128, 11).await;
+    let mut accuracy = Vec::new();
+    for (run, precision) in [("fp32", "fp32"), ("bf16", "bf16")] {
+        let mut cfg = config(run, 96, 5);
+        cfg.precision = precision.parse().unwrap();
+        let m = train(&storage, &cfg).await.unwrap().metrics;
+        assert_eq!(m.precision.as_deref(), Some(precision));
+        accuracy.push(m.test_accuracy);
+    }
+    assert!(accuracy.iter().all(|&a| a >= 0.9), "{accuracy:?}");
+    assert!((accuracy[0] - accuracy[1]).abs() <= 0.02, "{accuracy:?}");
+}

@@ -260,6 +260,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         started_at: "2026-11-30T00:00:00Z".parse().unwrap(),
         finished_at: "2026-11-30T01:00:00Z".parse().unwrap(),
         device: "cuda:0".into(),
+        precision: None,
     }
 }
 

@@ -2,6 +2,7 @@
 //! and safetensors) and device selection. Only the trainer links libtorch; serving runs the ONNX
 //! export of the same weights (see [`model::onnx`]).
 
+pub mod adam;
 pub mod net;
 pub mod pickle;
 pub mod pretrained;
@@ -40,6 +41,98 @@ pub fn parse_device(s: &str) -> Result<Device, String> {
                 "unknown device {other:?}; use auto, cpu, cuda or cuda:N"
             )),
         },
+    }
+}
+
+/// What the network computes in while training (`--precision`). Master weights, batch-norm
+/// statistics, the loss and evaluation stay fp32 whatever is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// bf16 where the device computes it natively (GPUs from Ampere on; CPUs with AVX512-BF16
+    /// or AMX), fp16 on older GPUs, else fp32.
+    Auto,
+    Fp32,
+    Bf16,
+    /// fp16 with dynamic loss scaling; CUDA only.
+    Fp16,
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "fp32" => Ok(Self::Fp32),
+            "bf16" => Ok(Self::Bf16),
+            "fp16" => Ok(Self::Fp16),
+            other => Err(format!(
+                "unknown precision {other:?}; use auto, fp32, bf16 or fp16"
+            )),
+        }
+    }
+}
+
+impl Precision {
+    /// The tensor kind convolutions compute in on `device`.
+    pub fn resolve(self, device: Device) -> Result<Kind, String> {
+        match (self, device) {
+            (Self::Fp32, _) => Ok(Kind::Float),
+            (Self::Bf16, _) => Ok(Kind::BFloat16),
+            (Self::Fp16, Device::Cuda(_)) => Ok(Kind::Half),
+            (Self::Fp16, _) => Err(
+                "--precision fp16 needs a CUDA device (CPUs compute fp16 slowly; use bf16 or fp32)"
+                    .into(),
+            ),
+            (Self::Auto, Device::Cuda(n)) => Ok(match cuda_compute_capability(n) {
+                // Tensor cores compute bf16 from Ampere (8.0) on; older GPUs emulate it.
+                Some((major, _)) if major < 8 => Kind::Half,
+                _ => Kind::BFloat16,
+            }),
+            (Self::Auto, _) if cpu_has_native_bf16() => Ok(Kind::BFloat16),
+            (Self::Auto, _) => Ok(Kind::Float),
+        }
+    }
+}
+
+/// The GPU's compute capability as `nvidia-smi` reports it (the NVIDIA container toolkit
+/// mounts it into GPU pods); `None` when it cannot be asked.
+fn cuda_compute_capability(index: usize) -> Option<(u32, u32)> {
+    let out = std::process::Command::new("nvidia-smi")
+        .args(["--query-gpu=compute_cap", "--format=csv,noheader", "-i"])
+        .arg(index.to_string())
+        .output()
+        .ok()?;
+    parse_compute_capability(&String::from_utf8_lossy(&out.stdout))
+}
+
+fn parse_compute_capability(s: &str) -> Option<(u32, u32)> {
+    let (major, minor) = s.trim().split_once('.')?;
+    Some((major.parse().ok()?, minor.parse().ok()?))
+}
+
+/// Whether oneDNN runs bf16 convolutions in hardware here (AVX512-BF16 or AMX); without
+/// either, bf16 is emulated and slower than fp32.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // AMX detection is not stable in `is_x86_feature_detected!` yet; the kernel's flags say.
+        std::arch::is_x86_feature_detected!("avx512bf16")
+            || std::fs::read_to_string("/proc/cpuinfo")
+                .is_ok_and(|info| info.split_whitespace().any(|flag| flag == "amx_bf16"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `fp32`, `bf16` or `fp16`, as metrics.json records it.
+pub fn kind_name(kind: Kind) -> &'static str {
+    match kind {
+        Kind::BFloat16 => "bf16",
+        Kind::Half => "fp16",
+        _ => "fp32",
     }
 }
 
@@ -143,6 +236,15 @@ impl Classifier {
         to_safetensors(&named)
     }
 
+    /// Convolutions compute in `kind` while training (see [`Precision`]).
+    pub fn set_train_kind(&mut self, kind: Kind) {
+        self.net.set_train_kind(kind);
+    }
+
+    pub fn train_kind(&self) -> Kind {
+        self.net.train_kind()
+    }
+
     /// Logits for a normalised NCHW batch.
     pub fn logits(&self, batch: &Tensor, train: bool) -> Tensor {
         self.net.forward_t(batch, train)
@@ -151,5 +253,30 @@ impl Classifier {
     /// Class probabilities (rows sum to 1) for a normalised NCHW batch, in eval mode.
     pub fn predict(&self, batch: &Tensor) -> Tensor {
         tch::no_grad(|| self.logits(batch, false).softmax(-1, Kind::Float))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precision_resolves_per_device() {
+        assert_eq!(Precision::Fp32.resolve(Device::Cpu), Ok(Kind::Float));
+        assert_eq!(Precision::Bf16.resolve(Device::Cpu), Ok(Kind::BFloat16));
+        assert!(Precision::Fp16.resolve(Device::Cpu).is_err());
+        assert_eq!(Precision::Fp16.resolve(Device::Cuda(0)), Ok(Kind::Half));
+        let auto_cpu = Precision::Auto.resolve(Device::Cpu);
+        let expected = if cpu_has_native_bf16() {
+            Kind::BFloat16
+        } else {
+            Kind::Float
+        };
+        assert_eq!(auto_cpu, Ok(expected));
+        assert_eq!("bf16".parse(), Ok(Precision::Bf16));
+        assert!("fp8".parse::<Precision>().is_err());
+        assert_eq!(parse_compute_capability("9.0\n"), Some((9, 0)));
+        assert_eq!(parse_compute_capability("7.5"), Some((7, 5)));
+        assert_eq!(parse_compute_capability("N/A"), None);
     }
 }

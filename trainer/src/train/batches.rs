@@ -1,16 +1,18 @@
-//! From samples to batches on the model's device, prepared on other threads while the model
-//! steps.
+//! From samples to batches on the model's device. Batches are prepared on other threads while
+//! the model steps, travel as bytes (a quarter of floats; pinned host memory and an
+//! asynchronous copy when the device is a GPU) and are converted and normalised on the device.
 
+use std::io;
 use std::sync::mpsc::sync_channel;
 
+use model::preprocess::{IMAGENET_MEAN, IMAGENET_STD};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
-use tch::Tensor;
+use tch::{Device, Kind, Tensor};
 
 use crate::dataset::Sample;
-use crate::torch::Classifier;
 
 /// Batches prepared ahead of the model step. Two keep the device fed while bounding memory.
 const PREFETCH_BATCHES: usize = 2;
@@ -42,49 +44,113 @@ pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: u32) -> Vec<
         .collect()
 }
 
-type Batch = (Vec<f32>, Vec<i64>);
+/// Consecutive batches in sample order, for evaluation.
+pub fn ordered_batches(n: usize, batch_size: usize) -> Vec<Vec<usize>> {
+    (0..n)
+        .collect::<Vec<_>>()
+        .chunks(batch_size)
+        .map(<[usize]>::to_vec)
+        .collect()
+}
 
-/// Runs `step` on every batch of an epoch while the next batches are decoded and augmented
-/// on other threads, so the model never waits for data it could have had.
-pub fn for_each_batch<E>(
+/// Images of one batch as packed HWC bytes, `[n, size, size, 3]`, and their labels, on the host.
+#[derive(Debug)]
+pub struct HostBatch {
+    pub images: Tensor,
+    pub labels: Vec<i64>,
+}
+
+impl HostBatch {
+    /// Has `fill` write each image of the batch, in parallel, and keeps the bytes in
+    /// page-locked memory when they are bound for a GPU, so the copy there can be asynchronous.
+    pub fn build(
+        indices: &[usize],
+        samples: &[Sample],
+        size: u32,
+        bound_for: Device,
+        fill: &(impl Fn(usize, &Sample, &mut [u8]) -> io::Result<()> + Sync),
+    ) -> io::Result<Self> {
+        let per_image = 3 * (size as usize).pow(2);
+        let mut bytes = vec![0u8; indices.len() * per_image];
+        bytes
+            .par_chunks_mut(per_image)
+            .zip(indices.par_iter())
+            .try_for_each(|(out, &i)| fill(i, &samples[i], out))?;
+        let s = i64::from(size);
+        let images = Tensor::from_slice(&bytes).view([indices.len() as i64, s, s, 3]);
+        let images = if bound_for.is_cuda() {
+            images.pin_memory(bound_for)
+        } else {
+            images
+        };
+        let labels = indices.iter().map(|&i| samples[i].label as i64).collect();
+        Ok(Self { images, labels })
+    }
+
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    /// The batch on `device` as a normalised float NCHW tensor with channels-last strides (the
+    /// layout the network computes in), and its labels.
+    pub fn to_device(&self, device: Device) -> (Tensor, Tensor) {
+        let non_blocking = device.is_cuda();
+        let x = self
+            .images
+            .to_device_(device, Kind::Uint8, non_blocking, false);
+        let y =
+            Tensor::from_slice(&self.labels).to_device_(device, Kind::Int64, non_blocking, false);
+        (normalize(&x), y)
+    }
+}
+
+/// `ToTensor` + `Normalize` on the device: `(x / 255 - mean) / std` per channel, in the same
+/// order of operations as [`model::Preprocessor::eval`], so both give the same floats.
+pub fn normalize(hwc: &Tensor) -> Tensor {
+    let device = hwc.device();
+    let channel = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(device);
+    let x = hwc.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
+    (x - channel(IMAGENET_MEAN)) / channel(IMAGENET_STD)
+}
+
+/// Runs `step` on every batch of an epoch while the next batches are built on other threads,
+/// so the model never waits for data it could have had.
+pub fn for_each_batch<E: From<io::Error>>(
     samples: &[Sample],
     batches: &[Vec<usize>],
-    make: impl Fn(usize, &Sample) -> Vec<f32> + Sync,
-    mut step: impl FnMut(Batch) -> Result<(), E>,
+    size: u32,
+    bound_for: Device,
+    fill: impl Fn(usize, &Sample, &mut [u8]) -> io::Result<()> + Sync,
+    mut step: impl FnMut(HostBatch) -> Result<(), E>,
 ) -> Result<(), E> {
     std::thread::scope(|scope| {
-        let (tx, rx) = sync_channel::<Batch>(PREFETCH_BATCHES);
-        let make = &make;
+        let (tx, rx) = sync_channel::<io::Result<HostBatch>>(PREFETCH_BATCHES);
+        let fill = &fill;
         scope.spawn(move || {
             for batch in batches {
-                let parts: Vec<Vec<f32>> =
-                    batch.par_iter().map(|&i| make(i, &samples[i])).collect();
-                let labels = batch.iter().map(|&i| samples[i].label as i64).collect();
-                if tx.send((parts.concat(), labels)).is_err() {
+                let built = HostBatch::build(batch, samples, size, bound_for, fill);
+                if tx.send(built).is_err() {
                     return; // the consumer stopped early (error)
                 }
             }
         });
         for batch in rx {
-            step(batch)?;
+            step(batch?)?;
         }
         Ok(())
     })
 }
 
-/// Moves a prepared batch to the model's device as an NCHW tensor and its labels.
-pub fn to_batch(net: &Classifier, xs: &[f32], labels: &[i64], size: u32) -> (Tensor, Tensor) {
-    let s = i64::from(size);
-    let x = Tensor::from_slice(xs)
-        .view([labels.len() as i64, 3, s, s])
-        .to_device(net.device());
-    let y = Tensor::from_slice(labels).to_device(net.device());
-    (x, y)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::Crop;
+    use image::RgbImage;
+    use model::Preprocessor;
 
     #[test]
     fn batches_are_deterministic_and_drop_singletons() {
@@ -93,5 +159,48 @@ mod tests {
         assert_ne!(a, epoch_batches(65, 32, 1, 2));
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![32, 32]);
         assert_eq!(epoch_batches(66, 32, 1, 1).len(), 3);
+        assert_eq!(ordered_batches(5, 2), vec![vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    /// Training and serving see the same floats: the device-side conversion of a byte batch
+    /// equals the serving path's `Preprocessor::eval` of the same image.
+    #[test]
+    fn device_normalisation_matches_the_serving_preprocessor() {
+        let size = 24u32;
+        let images: Vec<RgbImage> = (0..3u8)
+            .map(|k| {
+                RgbImage::from_fn(size, size, |x, y| {
+                    image::Rgb([(x * 10) as u8 ^ k, (y * 7) as u8, (x + y) as u8 * 3])
+                })
+            })
+            .collect();
+        let samples: Vec<Sample> = images
+            .iter()
+            .enumerate()
+            .map(|(k, img)| Sample {
+                key: format!("k{k}"),
+                label: k,
+                image: Crop::Memory(img.clone()),
+            })
+            .collect();
+        let batch = HostBatch::build(&[2, 0], &samples, size, Device::Cpu, &|_, s, out| {
+            s.image.read_into(out)
+        })
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(batch.labels, [2, 0]);
+        let (x, y) = batch.to_device(Device::Cpu);
+        assert_eq!(x.size(), [2, 3, 24, 24]);
+        assert_eq!(Vec::<i64>::try_from(&y).unwrap(), [2, 0]);
+        // Channels-last strides: the channel is the fastest-moving dimension.
+        assert_eq!(x.stride()[1], 1);
+        let ours = Vec::<f32>::try_from(x.contiguous().view(-1)).unwrap();
+        let pre = Preprocessor::new(size);
+        let expected: Vec<f32> = [2, 0].iter().flat_map(|&i| pre.eval(&images[i])).collect();
+        let worst = ours
+            .iter()
+            .zip(&expected)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-6, "max abs difference {worst}");
     }
 }

@@ -3,7 +3,7 @@
 
 use artifacts::{Hyperparameters, RunMetrics, Storage, layout};
 
-use super::run::load_dataset;
+use super::run::{crop_cache, load_dataset};
 use super::{RunTarget, TrainConfig, TrainError};
 use crate::dataset;
 use crate::progress::Progress;
@@ -57,7 +57,7 @@ pub(super) async fn verify(
         run_id = %cfg.run_id,
         "the dataset's listing differs from the completed run's; comparing its content"
     );
-    let data = load_dataset(storage, cfg, listing, progress).await?;
+    let data = load_dataset(storage, cfg, listing, &crop_cache(cfg), progress).await?;
     if data.fingerprint != stored.dataset_fingerprint {
         return Err(refuse(format!(
             "another dataset content: fingerprint {}, now {}",

@@ -46,6 +46,9 @@ pub fn validate(cfg: &TrainConfig) -> Result<(), TrainError> {
     if h.patience == 0 {
         return bad("--patience must be at least 1".into());
     }
+    cfg.precision
+        .resolve(cfg.device)
+        .map_err(TrainError::Config)?;
     let p = &cfg.policy;
     if !(0.0..=1.0).contains(&p.min_accuracy) || !(0.0..=1.0).contains(&p.min_improvement) {
         return bad("--min-accuracy and --min-improvement are fractions between 0 and 1".into());

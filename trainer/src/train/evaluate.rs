@@ -2,10 +2,10 @@
 //! champion re-scored on the run's test images.
 
 use model::{CLASSES, Preprocessor};
-use tch::{Device, Reduction, Tensor};
+use tch::{Device, Kind, Reduction, Tensor};
 
+use super::batches::{EVAL_BATCH, for_each_batch, ordered_batches};
 use super::{TrainError, weights_err};
-use super::batches::{EVAL_BATCH, for_each_batch, to_batch};
 use crate::dataset::Sample;
 use crate::torch::Classifier;
 
@@ -20,7 +20,8 @@ pub struct Evaluation {
     pub predictions: Vec<u8>,
 }
 
-/// Scores `net` on `samples` in eval mode. Empty splits score 0 with no loss.
+/// Scores `net` on `samples` in eval mode. Empty splits score 0 with no loss. Loss and
+/// predictions stay on the device until the split is done: one host sync per evaluation.
 pub fn evaluate(
     net: &Classifier,
     samples: &[Sample],
@@ -29,43 +30,48 @@ pub fn evaluate(
 ) -> Result<Evaluation, TrainError> {
     let k = CLASSES.len();
     let mut confusion = vec![vec![0u64; k]; k];
-    let mut loss_sum = 0.0;
-    let mut predictions = Vec::with_capacity(samples.len());
-    let batches: Vec<Vec<usize>> = (0..samples.len())
-        .collect::<Vec<_>>()
-        .chunks(EVAL_BATCH)
-        .map(<[usize]>::to_vec)
-        .collect();
+    let device = net.device();
+    let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
+    let mut predicted = Vec::new();
+    let batches = ordered_batches(samples.len(), EVAL_BATCH);
     tch::no_grad(|| {
         for_each_batch(
             samples,
             &batches,
-            |_, s| pre.eval(&s.image),
-            |(xs, labels)| -> Result<(), TrainError> {
-                let (x, y) = to_batch(net, &xs, &labels, pre.image_size);
+            pre.image_size,
+            device,
+            |_, s, out| s.image.read_into(out),
+            |batch| -> Result<(), TrainError> {
+                let (x, y) = batch.to_device(device);
                 let logits = net.logits(&x, false);
-                let loss = logits.f_cross_entropy_loss(
+                loss_sum += logits.f_cross_entropy_loss(
                     &y,
                     None::<Tensor>,
                     Reduction::Sum,
                     -100,
                     label_smoothing,
                 )?;
-                loss_sum += loss.double_value(&[]);
-                let predicted =
-                    Vec::<i64>::try_from(logits.argmax(-1, false).to_device(Device::Cpu))?;
-                for (t, p) in labels.iter().zip(predicted) {
-                    confusion[*t as usize][p as usize] += 1;
-                    predictions.push(p as u8);
-                }
+                predicted.push(logits.argmax(-1, false));
                 Ok(())
             },
         )
     })?;
+    let predicted: Vec<i64> = match predicted.is_empty() {
+        true => Vec::new(),
+        false => Vec::<i64>::try_from(Tensor::cat(&predicted, 0).to_device(Device::Cpu))?,
+    };
+    for (s, p) in samples.iter().zip(&predicted) {
+        confusion[s.label][*p as usize] += 1;
+    }
+    let predictions = predicted.into_iter().map(|p| p as u8).collect();
     let n = samples.len();
     let correct: u64 = (0..k).map(|i| confusion[i][i]).sum();
     Ok(Evaluation {
-        loss: if n == 0 { 0.0 } else { loss_sum / n as f64 },
+        loss: if n == 0 {
+            0.0
+        } else {
+            loss_sum.double_value(&[]) / n as f64
+        },
         accuracy: if n == 0 {
             0.0
         } else {

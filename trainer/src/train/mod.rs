@@ -4,6 +4,7 @@
 //! [`evaluate`] scores a network on a split; [`batches`] turns samples into device batches.
 
 pub mod batches;
+pub mod checkpoint;
 mod completed;
 pub mod config;
 pub mod evaluate;
@@ -15,9 +16,9 @@ use artifacts::{Decision, Hyperparameters, PromotionPolicy, RunMetrics, StorageE
 use tch::Device;
 
 use crate::dataset::DatasetError;
-use crate::torch::WeightsError;
+use crate::torch::{Precision, WeightsError};
 
-pub use batches::{epoch_batches, for_each_batch, sample_seed, to_batch};
+pub use batches::{HostBatch, epoch_batches, for_each_batch, sample_seed};
 pub use evaluate::{Evaluation, evaluate};
 pub use fit::{scheduled_lr, train_step};
 pub use run::{run, run_in};
@@ -36,6 +37,8 @@ pub enum TrainError {
     Torch(#[from] tch::TchError),
     #[error("training worker failed: {0}")]
     Worker(String),
+    #[error("decoded-image cache: {0}")]
+    Cache(#[from] std::io::Error),
     #[error("exporting the model to ONNX: {0}")]
     Export(#[from] model::onnx::ExportError),
 }
@@ -55,11 +58,17 @@ pub struct TrainConfig {
     pub champion: Option<String>,
     pub hyper: Hyperparameters,
     pub device: Device,
+    /// What convolutions compute in while training.
+    pub precision: Precision,
     /// Key in the store, a URL, a local path, or `None` to train from scratch.
     pub pretrained: Option<String>,
     pub promote: bool,
     pub policy: PromotionPolicy,
     pub concurrency: usize,
+    /// Megabytes of decoded images kept in memory; `None` sizes it from the memory limit.
+    pub cache_mb: Option<u64>,
+    /// Where images beyond the budget go; `None` is the temporary directory.
+    pub cache_dir: Option<std::path::PathBuf>,
 }
 
 /// Where a run's artifacts go and whom it is for. The operator keys runs per model

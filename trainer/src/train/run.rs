@@ -2,6 +2,7 @@
 //! artifacts (metrics.json last), apply the gate.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use artifacts::metrics::METRICS_SCHEMA_VERSION;
 use artifacts::{RunMetrics, SplitCounts, Storage, StorageError, TestPredictions, layout};
@@ -10,8 +11,10 @@ use model::{CLASSES, Preprocessor};
 use sha2::{Digest, Sha256};
 use tch::Device;
 
+use super::checkpoint::{Checkpoints, Guard};
 use super::evaluate::{self, Evaluation};
 use super::{Outcome, RunTarget, TrainConfig, TrainError, completed, config, fit, promote};
+use crate::cache::CropCache;
 use crate::dataset::{self, Dataset, Listing, LoadOptions, Sample};
 use crate::progress::Progress;
 
@@ -65,16 +68,25 @@ pub(super) async fn fetch_url(storage: &Storage, url: &str) -> Result<Vec<u8>, S
     }
 }
 
-/// Lists and loads the dataset as the run is configured (also used to re-check a completed run).
+/// The decoded-image cache the run's samples live in (memory up to the budget, then disk).
+pub(super) fn crop_cache(cfg: &TrainConfig) -> Arc<CropCache> {
+    let budget_mb = cfg.cache_mb.unwrap_or_else(crate::cache::default_budget_mb);
+    let cache_dir = cfg.cache_dir.clone().unwrap_or_else(std::env::temp_dir);
+    Arc::new(CropCache::new(budget_mb << 20, &cache_dir))
+}
+
+/// Loads the dataset as the run is configured (also used to re-check a completed run).
 pub(super) async fn load_dataset(
     storage: &Storage,
     cfg: &TrainConfig,
     listing: Listing,
+    cache: &Arc<CropCache>,
     progress: &Progress,
 ) -> Result<Dataset, TrainError> {
     let total = (listing.train.len() + listing.test.len()) as u64;
     progress.start_loading(total);
     let options = LoadOptions {
+        cache: cache.clone(),
         pre: Preprocessor::new(cfg.hyper.image_size),
         val_fraction: cfg.hyper.val_fraction,
         seed: cfg.hyper.seed,
@@ -174,15 +186,24 @@ struct Scored {
 fn train_and_score(
     data: &Dataset,
     cfg: &TrainConfig,
+    compute: fit::Compute,
     pretrained: Option<&[u8]>,
     champion: Option<(&Champion, Option<&[Sample]>)>,
     progress: &Progress,
+    checkpoints: &Checkpoints,
 ) -> Result<Scored, TrainError> {
-    let device: Device = cfg.device;
+    let device: Device = compute.device;
     let champion_net = champion
         .map(|(c, _)| evaluate::load_champion(&c.weights, device))
         .transpose()?;
-    let fit = fit::fit(data, &cfg.hyper, device, pretrained, progress)?;
+    let fit = fit::fit(
+        data,
+        &cfg.hyper,
+        compute,
+        pretrained,
+        progress,
+        Some(checkpoints),
+    )?;
     let champion = match (champion_net, champion) {
         (Some(net), Some((c, refitted))) => {
             let samples = refitted.unwrap_or(&data.test);
@@ -250,7 +271,8 @@ pub async fn run_in(
     progress.stage("listing dataset");
     let listing = dataset::list(storage, &cfg.dataset).await?;
     let listing_fingerprint = listing.fingerprint.clone();
-    let data = load_dataset(storage, cfg, listing, progress).await?;
+    let cache = crop_cache(cfg);
+    let data = load_dataset(storage, cfg, listing, &cache, progress).await?;
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),
@@ -272,6 +294,7 @@ pub async fn run_in(
                     &data.test,
                     &data.test_fingerprint,
                     Preprocessor::new(c.image_size),
+                    &cache,
                     cfg.concurrency,
                 )
                 .await?,
@@ -280,17 +303,46 @@ pub async fn run_in(
         _ => None,
     };
 
+    let usage = cache.usage();
+    tracing::info!(
+        budget_mb = cfg.cache_mb.unwrap_or_else(crate::cache::default_budget_mb),
+        in_memory_mb = usage.memory_bytes >> 20,
+        on_disk_mb = usage.disk_bytes >> 20,
+        "decoded-image cache"
+    );
+
+    let compute = fit::Compute {
+        device: cfg.device,
+        kind: cfg.precision.resolve(cfg.device).map_err(TrainError::Config)?,
+    };
+    let checkpoints = Checkpoints::new(
+        storage.clone(),
+        &format!(
+            "{}/{}",
+            target.runs_prefix.trim_end_matches('/'),
+            cfg.run_id
+        ),
+        Guard {
+            dataset_fingerprint: data.fingerprint.clone(),
+            hyperparameters: cfg.hyper.clone(),
+            precision: crate::torch::kind_name(compute.kind).to_owned(),
+        },
+        tokio::runtime::Handle::current(),
+    );
     let pretrained_sha256 = pretrained.as_deref().map(sha256);
     let (scored, data, champion) = {
         let cfg = cfg.clone();
         let progress = progress.clone();
+        let checkpoints = checkpoints.clone();
         tokio::task::spawn_blocking(move || {
             let result = train_and_score(
                 &data,
                 &cfg,
+                compute,
                 pretrained.as_deref(),
                 champion.as_ref().map(|c| (c, champion_test.as_deref())),
                 &progress,
+                &checkpoints,
             );
             (result, data, champion)
         })
@@ -378,9 +430,11 @@ pub async fn run_in(
         started_at,
         finished_at,
         device: crate::torch::device_name(cfg.device),
+        precision: Some(crate::torch::kind_name(compute.kind).to_owned()),
     };
     // Written last: its presence tells the operator the run is complete.
     storage.put(&metrics_key_of(cfg, target), metrics.to_json()).await?;
+    checkpoints.clear().await;
 
     let decision = if cfg.promote {
         Some(promote::promote(storage, &cfg.policy, &metrics).await?)

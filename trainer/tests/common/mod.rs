@@ -25,10 +25,13 @@ pub fn config(run_id: &str, image_size: u32, epochs: u32) -> TrainConfig {
             seed: 7,
         },
         device: Device::Cpu,
+        precision: face2simpson_trainer::torch::Precision::Auto,
         pretrained: Some(PRETRAINED.to_owned()),
         promote: false,
         policy: PromotionPolicy::default(),
         concurrency: 8,
+        cache_mb: None,
+        cache_dir: None,
     }
 }
 

@@ -1,0 +1,217 @@
+//! End-of-epoch checkpoints in the store, so a preempted training Job that restarts with the
+//! same run id continues where it stopped instead of starting over.
+//!
+//! Layout under `<runs-prefix>/<run-id>/checkpoint/`: `epoch-<n>/{weights,best,adam}.safetensors`
+//! written first, then `state.json` naming epoch `n` (its presence makes the checkpoint whole),
+//! then the previous epoch's files are deleted. A run that completes deletes the whole prefix.
+//! A checkpoint made from other data, hyperparameters or precision is ignored, not resumed.
+
+use artifacts::{EpochRecord, Hyperparameters, Storage};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Tensor};
+
+use super::TrainError;
+use crate::torch::adam::Adam;
+use crate::torch::{Classifier, from_safetensors, to_safetensors};
+
+/// What must be equal for a checkpoint to belong to this run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Guard {
+    pub dataset_fingerprint: String,
+    pub hyperparameters: Hyperparameters,
+    pub precision: String,
+}
+
+/// The training loop's progress, as saved after an epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoopState {
+    /// Last completed epoch (1-based); 0 before the first.
+    pub epoch: u32,
+    pub records: Vec<EpochRecord>,
+    pub best_epoch: u32,
+    pub best_score: f64,
+    pub since_best: u32,
+    /// Early stopping triggered: nothing is left to train.
+    pub stopped: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StateFile {
+    guard: Guard,
+    state: LoopState,
+    adam_steps: i64,
+}
+
+/// A resumed run: the loop state, and the best epoch's weights (on the model's device).
+#[derive(Debug)]
+pub struct Resumed {
+    pub state: LoopState,
+    pub best: Vec<(String, Tensor)>,
+}
+
+/// Reads and writes one run's checkpoints from the training thread, blocking on the store.
+#[derive(Debug, Clone)]
+pub struct Checkpoints {
+    storage: Storage,
+    prefix: String,
+    guard: Guard,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Checkpoints {
+    /// `runtime` is the runtime the store's client belongs to; calls block a non-runtime thread.
+    pub fn new(
+        storage: Storage,
+        run_dir: &str,
+        guard: Guard,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        Self {
+            storage,
+            prefix: format!("{run_dir}/checkpoint"),
+            guard,
+            runtime,
+        }
+    }
+
+    fn state_key(&self) -> String {
+        format!("{}/state.json", self.prefix)
+    }
+
+    fn file_key(&self, epoch: u32, file: &str) -> String {
+        format!("{}/epoch-{epoch}/{file}.safetensors", self.prefix)
+    }
+
+    /// Saves the state after `state.epoch`. A failure is logged, not fatal: a run that cannot
+    /// checkpoint can still finish.
+    pub fn save(&self, state: &LoopState, net: &Classifier, best: &[(String, Tensor)], opt: &Adam) {
+        if let Err(e) = self.try_save(state, net, best, opt) {
+            tracing::warn!(epoch = state.epoch, error = %e, "could not write the checkpoint; training goes on");
+        } else {
+            tracing::info!(epoch = state.epoch, prefix = %self.prefix, "checkpoint written");
+        }
+    }
+
+    fn try_save(
+        &self,
+        state: &LoopState,
+        net: &Classifier,
+        best: &[(String, Tensor)],
+        opt: &Adam,
+    ) -> Result<(), TrainError> {
+        let weights_err = |source| TrainError::Weights {
+            what: "writing a checkpoint".into(),
+            source,
+        };
+        let (moments, adam_steps) = opt.state();
+        let files = [
+            ("weights", net.to_safetensors().map_err(weights_err)?),
+            ("best", to_safetensors(best).map_err(weights_err)?),
+            ("adam", to_safetensors(&moments).map_err(weights_err)?),
+        ];
+        let file = StateFile {
+            guard: self.guard.clone(),
+            state: state.clone(),
+            adam_steps,
+        };
+        self.runtime.block_on(async {
+            for (name, bytes) in files {
+                self.storage
+                    .put(&self.file_key(state.epoch, name), bytes)
+                    .await?;
+            }
+            self.storage.put_json(&self.state_key(), &file).await?;
+            if state.epoch > 1 {
+                for name in ["weights", "best", "adam"] {
+                    // Best effort: a leftover file costs space, never correctness.
+                    let _ = self
+                        .storage
+                        .delete(&self.file_key(state.epoch - 1, name))
+                        .await;
+                }
+            }
+            Ok::<_, TrainError>(())
+        })
+    }
+
+    /// Loads the last checkpoint into `net` and `opt`, if there is one for this very run.
+    pub fn resume(
+        &self,
+        net: &mut Classifier,
+        opt: &mut Adam,
+    ) -> Result<Option<Resumed>, TrainError> {
+        let found: Option<StateFile> = self.runtime.block_on(async {
+            match self.storage.get_json(&self.state_key()).await {
+                Ok(f) => Ok(Some(f)),
+                Err(e) if e.is_not_found() => Ok(None),
+                Err(e) => Err(e),
+            }
+        })?;
+        let Some(file) = found else {
+            return Ok(None);
+        };
+        if file.guard != self.guard {
+            tracing::warn!(
+                prefix = %self.prefix,
+                "ignoring a checkpoint made from other data, hyperparameters or precision"
+            );
+            return Ok(None);
+        }
+        let epoch = file.state.epoch;
+        let files = self.runtime.block_on(async {
+            let mut files = Vec::with_capacity(3);
+            for name in ["weights", "best", "adam"] {
+                files.push(self.storage.get(&self.file_key(epoch, name)).await?);
+            }
+            Ok::<_, TrainError>(files)
+        })?;
+        let (weights, best, adam) = (&files[0][..], &files[1][..], &files[2][..]);
+        let weights_err = |source| TrainError::Weights {
+            what: "resuming from the checkpoint".into(),
+            source,
+        };
+        net.load_weights(weights).map_err(weights_err)?;
+        opt.restore(
+            from_safetensors(adam).map_err(weights_err)?,
+            file.adam_steps,
+        )
+        .map_err(weights_err)?;
+        let device = net.device();
+        let best = from_safetensors(best)
+            .map_err(weights_err)?
+            .into_iter()
+            .map(|(k, t)| (k, to_device(t, device)))
+            .collect();
+        tracing::info!(epoch, prefix = %self.prefix, "resuming from the checkpoint");
+        Ok(Some(Resumed {
+            state: file.state,
+            best,
+        }))
+    }
+
+    /// Deletes every checkpoint file of the run (after it completed). Best effort.
+    pub async fn clear(&self) {
+        let listed = self.storage.list(&self.prefix).await;
+        match listed {
+            Ok(objects) => {
+                for o in objects {
+                    let key = o.location.to_string();
+                    if let Err(e) = self.storage.delete(&key).await {
+                        tracing::warn!(%key, error = %e, "could not delete a checkpoint file");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(prefix = %self.prefix, error = %e, "could not list the checkpoint")
+            }
+        }
+    }
+}
+
+fn to_device(t: Tensor, device: Device) -> Tensor {
+    if device == Device::Cpu {
+        t
+    } else {
+        t.to_device(device)
+    }
+}
