@@ -18,8 +18,14 @@ fn main() {
     println!("cargo:rustc-env=FACE2SIMPSON_TRAINER_REVISION={revision}");
     println!("cargo:rerun-if-env-changed={REVISION_ENV}");
     let env = |k: &str| std::env::var(k).unwrap_or_else(|_| "unknown".to_owned());
-    println!("cargo:rustc-env=FACE2SIMPSON_TRAINER_PROFILE={}", env("PROFILE"));
-    println!("cargo:rustc-env=FACE2SIMPSON_TRAINER_TARGET={}", env("TARGET"));
+    println!(
+        "cargo:rustc-env=FACE2SIMPSON_TRAINER_PROFILE={}",
+        env("PROFILE")
+    );
+    println!(
+        "cargo:rustc-env=FACE2SIMPSON_TRAINER_TARGET={}",
+        env("TARGET")
+    );
     let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned()))
         .arg("--version")
         .output()
@@ -59,6 +65,9 @@ fn git_revision() -> Option<String> {
 /// Keeps a revision to the characters semver build metadata allows.
 fn clean(revision: &str) -> Option<String> {
     let r = revision.trim();
-    let ok = !r.is_empty() && r.len() <= 64 && r.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+    let ok = !r.is_empty()
+        && r.len() <= 64
+        && r.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
     ok.then(|| r.to_owned())
 }

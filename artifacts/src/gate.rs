@@ -146,9 +146,7 @@ pub fn decide(policy: &PromotionPolicy, challenger: &RunMetrics) -> Decision {
         return Decision::Promote(beats);
     };
     match significance(challenger) {
-        Err(why) => Decision::Reject(format!(
-            "{beats}, but significance cannot be tested: {why}"
-        )),
+        Err(why) => Decision::Reject(format!("{beats}, but significance cannot be tested: {why}")),
         Ok((p, b, c)) if p < alpha => Decision::Promote(format!(
             "{beats}; significant: McNemar p = {p:.4} < {alpha} ({c} images only the challenger got right, {b} only the champion)"
         )),
@@ -340,7 +338,10 @@ mod tests {
             min_test_images: 64,
             ..policy
         };
-        assert_eq!(decide(&enough, &challenger(0.99, Some(0.5))).kind(), "Promote");
+        assert_eq!(
+            decide(&enough, &challenger(0.99, Some(0.5))).kind(),
+            "Promote"
+        );
     }
 
     #[test]

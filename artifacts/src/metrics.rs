@@ -201,7 +201,13 @@ pub fn class_scores(
     classes: &[String],
     confusion: &[Vec<u64>],
 ) -> (BTreeMap<String, ClassScores>, f64) {
-    let ratio = |num: u64, den: u64| if den == 0 { 0.0 } else { num as f64 / den as f64 };
+    let ratio = |num: u64, den: u64| {
+        if den == 0 {
+            0.0
+        } else {
+            num as f64 / den as f64
+        }
+    };
     let scores: BTreeMap<String, ClassScores> = classes
         .iter()
         .enumerate()
@@ -520,7 +526,10 @@ pub(crate) mod tests {
         ] {
             obj.remove(key).unwrap();
         }
-        obj["counts"].as_object_mut().unwrap().remove("duplicates_dropped");
+        obj["counts"]
+            .as_object_mut()
+            .unwrap()
+            .remove("duplicates_dropped");
         let m = RunMetrics::from_json(&serde_json::to_vec(&v).unwrap()).unwrap();
         assert_eq!(m.test_predictions, None);
         assert_eq!(m.counts.duplicates_dropped, 0);
@@ -541,7 +550,10 @@ pub(crate) mod tests {
         assert!((macro_f1 - (0.8 + 2.0 / 3.0) / 2.0).abs() < 1e-12);
         // A class never predicted and never present scores 0, not NaN.
         let (s, _) = class_scores(&classes, &[vec![4, 0], vec![0, 0]]);
-        assert_eq!((s["b"].precision, s["b"].recall, s["b"].f1), (0.0, 0.0, 0.0));
+        assert_eq!(
+            (s["b"].precision, s["b"].recall, s["b"].f1),
+            (0.0, 0.0, 0.0)
+        );
     }
 
     #[test]

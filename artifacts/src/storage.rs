@@ -333,9 +333,10 @@ impl Storage {
         let payload = PutPayload::from_bytes(bytes.clone());
         match self.store.put_opts(&self.path(key), payload, opts).await {
             Ok(_) => Ok(Conditional::Written),
-            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
-                Ok(Conditional::Conflict)
-            }
+            Err(
+                object_store::Error::AlreadyExists { .. }
+                | object_store::Error::Precondition { .. },
+            ) => Ok(Conditional::Conflict),
             Err(object_store::Error::NotImplemented { .. }) => {
                 let now = self.head_version(key).await?;
                 let unchanged = match (expect, now) {
@@ -566,7 +567,9 @@ mod tests {
             assert_ne!(first, Conditional::Conflict, "{}", s.url());
             // A writer still holding v1 lost the race and writes nothing.
             assert_eq!(
-                s.put_if(k, b"c".to_vec(), &Expect::Version(v1)).await.unwrap(),
+                s.put_if(k, b"c".to_vec(), &Expect::Version(v1))
+                    .await
+                    .unwrap(),
                 Conditional::Conflict,
                 "{}",
                 s.url()

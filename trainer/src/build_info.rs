@@ -29,7 +29,10 @@ mod tests {
     #[test]
     fn version_carries_the_revision() {
         let v = version();
-        assert!(v.starts_with(concat!(env!("CARGO_PKG_VERSION"), "+")), "{v}");
+        assert!(
+            v.starts_with(concat!(env!("CARGO_PKG_VERSION"), "+")),
+            "{v}"
+        );
         assert_ne!(v, env!("CARGO_PKG_VERSION"));
         // Built from a checkout: the stamp is its current commit (build.rs re-runs when HEAD
         // moves, so a new commit never keeps the old stamp).

@@ -41,7 +41,9 @@ pub enum DatasetError {
     },
     #[error("decoding worker failed: {0}")]
     Worker(String),
-    #[error("the test split of {prefix} changed while the run was reading it (fingerprint {before}, now {now})")]
+    #[error(
+        "the test split of {prefix} changed while the run was reading it (fingerprint {before}, now {now})"
+    )]
     Changed {
         prefix: String,
         before: String,
@@ -324,7 +326,9 @@ pub async fn load(
 }
 
 /// `sha256:` over `(key, sha256 of the bytes)` pairs in key order: equal fingerprints, equal data.
-fn content_fingerprint<'a>(digests: impl IntoIterator<Item = (&'a String, &'a [u8; 32])>) -> String {
+fn content_fingerprint<'a>(
+    digests: impl IntoIterator<Item = (&'a String, &'a [u8; 32])>,
+) -> String {
     let mut hasher = Sha256::new();
     for (key, digest) in digests {
         hasher.update(key.as_bytes());
@@ -382,11 +386,8 @@ fn drop_test_duplicates(
         false
     });
     // Dropped images are not used, so they are not part of the dataset's fingerprint.
-    let kept: std::collections::BTreeSet<&str> = train
-        .iter()
-        .chain(test)
-        .map(|s| s.key.as_str())
-        .collect();
+    let kept: std::collections::BTreeSet<&str> =
+        train.iter().chain(test).map(|s| s.key.as_str()).collect();
     digests.retain(|k, _| kept.contains(k.as_str()));
     before - train.len()
 }

@@ -175,7 +175,10 @@ async fn a_completed_run_is_not_trained_again() {
     other.hyper.learning_rate = 3e-4;
     let err = train(&storage, &other).await.unwrap_err();
     assert!(matches!(err, TrainError::Config(_)), "{err}");
-    assert!(err.to_string().contains("learning_rate 0.001 (now 0.0003)"), "{err}");
+    assert!(
+        err.to_string().contains("learning_rate 0.001 (now 0.0003)"),
+        "{err}"
+    );
 
     // Other data under the same run id: refused too.
     storage
@@ -285,7 +288,10 @@ async fn test_duplicates_are_dropped_and_the_run_is_auditable() {
 async fn champion_is_rescored_at_its_own_image_size() {
     let storage = Storage::open("memory:///").unwrap();
     dataset(&storage, 6, 64, 31).await;
-    let champion = train(&storage, &config("small", 32, 1)).await.unwrap().metrics;
+    let champion = train(&storage, &config("small", 32, 1))
+        .await
+        .unwrap()
+        .metrics;
 
     let mut cfg = config("larger", 48, 1);
     cfg.champion = Some("small".into());

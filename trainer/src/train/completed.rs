@@ -87,14 +87,34 @@ fn hyperparameter_differences(stored: &Hyperparameters, asked: &Hyperparameters)
             out.push(format!("{name} {was} (now {now})"));
         }
     };
-    check("image_size", image_size.to_string(), asked.image_size.to_string());
+    check(
+        "image_size",
+        image_size.to_string(),
+        asked.image_size.to_string(),
+    );
     check("epochs", epochs.to_string(), asked.epochs.to_string());
-    check("batch_size", batch_size.to_string(), asked.batch_size.to_string());
-    check("learning_rate", learning_rate.to_string(), asked.learning_rate.to_string());
-    check("label_smoothing", label_smoothing.to_string(), asked.label_smoothing.to_string());
+    check(
+        "batch_size",
+        batch_size.to_string(),
+        asked.batch_size.to_string(),
+    );
+    check(
+        "learning_rate",
+        learning_rate.to_string(),
+        asked.learning_rate.to_string(),
+    );
+    check(
+        "label_smoothing",
+        label_smoothing.to_string(),
+        asked.label_smoothing.to_string(),
+    );
     check("dropout", dropout.to_string(), asked.dropout.to_string());
     check("patience", patience.to_string(), asked.patience.to_string());
-    check("val_fraction", val_fraction.to_string(), asked.val_fraction.to_string());
+    check(
+        "val_fraction",
+        val_fraction.to_string(),
+        asked.val_fraction.to_string(),
+    );
     check("seed", seed.to_string(), asked.seed.to_string());
     out
 }

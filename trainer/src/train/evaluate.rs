@@ -100,5 +100,10 @@ pub fn score_champion(
     image_size: u32,
     label_smoothing: f64,
 ) -> Result<Evaluation, TrainError> {
-    evaluate(net, samples, &Preprocessor::new(image_size), label_smoothing)
+    evaluate(
+        net,
+        samples,
+        &Preprocessor::new(image_size),
+        label_smoothing,
+    )
 }

@@ -11,9 +11,9 @@ use super::TrainError;
 use super::batches::{epoch_batches, for_each_batch, sample_seed};
 use super::checkpoint::{Checkpoints, LoopState};
 use super::evaluate::{Evaluation, evaluate};
+use super::weights_err;
 use crate::dataset::Dataset;
 use crate::progress::Progress;
-use super::weights_err;
 use crate::torch::Classifier;
 use crate::torch::adam::Adam;
 

@@ -1,7 +1,9 @@
 //! The cluster-free mode's promotion: apply the gate and move `champion.json` with a
 //! compare-and-swap, so concurrent runs cannot overwrite each other's champion unseen.
 
-use artifacts::{ChampionRecord, Conditional, Decision, Expect, PromotionPolicy, RunMetrics, Storage, layout};
+use artifacts::{
+    ChampionRecord, Conditional, Decision, Expect, PromotionPolicy, RunMetrics, Storage, layout,
+};
 use chrono::Utc;
 
 use super::TrainError;
@@ -134,8 +136,14 @@ mod tests {
         let d = decide_against(&p, &metrics(None), Some(&champion("r9")));
         assert!(d.reason().contains("compared with no champion"), "{d}");
         // Nobody in place: the comparison cannot be stale.
-        assert_eq!(decide_against(&p, &metrics(None), None).kind(), "FirstModel");
-        assert_eq!(decide_against(&p, &metrics(Some("r1")), None).kind(), "Promote");
+        assert_eq!(
+            decide_against(&p, &metrics(None), None).kind(),
+            "FirstModel"
+        );
+        assert_eq!(
+            decide_against(&p, &metrics(Some("r1")), None).kind(),
+            "Promote"
+        );
         // The run itself is the champion (promoted before a crash): decided as before.
         assert_eq!(
             decide_against(&p, &metrics(Some("r1")), Some(&champion("r2"))).kind(),

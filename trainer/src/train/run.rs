@@ -126,10 +126,18 @@ async fn champion_image_size(
             Ok(m) if (32..=1024).contains(&m.hyperparameters.image_size) => {
                 return Ok(m.hyperparameters.image_size);
             }
-            Ok(m) => format!("its image size {} is out of range", m.hyperparameters.image_size),
+            Ok(m) => format!(
+                "its image size {} is out of range",
+                m.hyperparameters.image_size
+            ),
             Err(e) => e,
         },
-        Err(e) if matches!(e, StorageError::NotFound { .. } | StorageError::Malformed { .. }) => {
+        Err(e)
+            if matches!(
+                e,
+                StorageError::NotFound { .. } | StorageError::Malformed { .. }
+            ) =>
+        {
             e.to_string()
         }
         Err(e) => return Err(e.into()),
@@ -149,9 +157,8 @@ async fn fetch_champion(
     target: &RunTarget,
     run_id: &str,
 ) -> Result<Champion, TrainError> {
-    let cannot = |e: StorageError| {
-        TrainError::Config(format!("champion {run_id} cannot be re-scored: {e}"))
-    };
+    let cannot =
+        |e: StorageError| TrainError::Config(format!("champion {run_id} cannot be re-scored: {e}"));
     let (weights, metrics) = match &target.champion_uri {
         Some(url) => (
             fetch_url(storage, url).await.map_err(cannot)?,
@@ -207,7 +214,8 @@ fn train_and_score(
     let champion = match (champion_net, champion) {
         (Some(net), Some((c, refitted))) => {
             let samples = refitted.unwrap_or(&data.test);
-            let e = evaluate::score_champion(&net, samples, c.image_size, cfg.hyper.label_smoothing)?;
+            let e =
+                evaluate::score_champion(&net, samples, c.image_size, cfg.hyper.label_smoothing)?;
             tracing::info!(
                 champion = %c.run_id,
                 image_size = c.image_size,
@@ -313,7 +321,10 @@ pub async fn run_in(
 
     let compute = fit::Compute {
         device: cfg.device,
-        kind: cfg.precision.resolve(cfg.device).map_err(TrainError::Config)?,
+        kind: cfg
+            .precision
+            .resolve(cfg.device)
+            .map_err(TrainError::Config)?,
     };
     let checkpoints = Checkpoints::new(
         storage.clone(),
@@ -433,7 +444,9 @@ pub async fn run_in(
         precision: Some(crate::torch::kind_name(compute.kind).to_owned()),
     };
     // Written last: its presence tells the operator the run is complete.
-    storage.put(&metrics_key_of(cfg, target), metrics.to_json()).await?;
+    storage
+        .put(&metrics_key_of(cfg, target), metrics.to_json())
+        .await?;
     checkpoints.clear().await;
 
     let decision = if cfg.promote {
