@@ -492,17 +492,21 @@ async fn succeeded_but_not_better_is_rejected() {
 /// rejected and the champion stays.
 #[tokio::test]
 async fn the_cluster_gate_applies_the_test_size_and_significance_policy() {
-    let few = |sm: &mut face2simpson_operator::SimpsonModel| sm.spec.promotion.min_test_images = 17;
-    let alpha = |sm: &mut face2simpson_operator::SimpsonModel| {
-        sm.spec.promotion.min_significance = Some(0.05)
+    use face2simpson_operator::crd::PromotionSpec;
+    let few = PromotionSpec {
+        min_test_images: 17,
+        ..PromotionSpec::default()
     };
-    let cases: [(&dyn Fn(&mut face2simpson_operator::SimpsonModel), &str); 2] = [
-        (&few, "scored on 16 test images, fewer than the 17"),
-        (&alpha, "significance cannot be tested"),
-    ];
-    for (policy, needle) in cases {
+    let alpha = PromotionSpec {
+        min_significance: Some(0.05),
+        ..PromotionSpec::default()
+    };
+    for (promotion, needle) in [
+        (few, "scored on 16 test images, fewer than the 17"),
+        (alpha, "significance cannot be tested"),
+    ] {
         let mut sm = training_second();
-        policy(&mut sm);
+        sm.spec.promotion = promotion;
         let h = Harness::new(
             "2026-11-04T02:00:00Z",
             vec![
