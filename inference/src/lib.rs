@@ -64,8 +64,8 @@ pub struct Limits {
     pub max_queue_wait: Option<Duration>,
 }
 
-/// The default queue-wait budget in milliseconds; docs/inference.md says why 100 ms.
-pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 100;
+/// The default queue-wait budget in milliseconds; docs/inference.md says why 75 ms.
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 75;
 pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_millis(DEFAULT_MAX_QUEUE_WAIT_MS);
 
 impl Limits {
