@@ -460,6 +460,12 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text")))]
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let admission = &state.inner.admission;
+    let m = state.metrics();
+    m.in_flight
+        .set(i64::try_from(admission.in_flight()).unwrap_or(i64::MAX));
+    m.request_cost
+        .set(admission.per_request().map_or(0.0, |d| d.as_secs_f64()));
     (
         [(
             header::CONTENT_TYPE,

@@ -307,6 +307,9 @@ async fn metrics_and_openapi() {
         "face2simpson_inference_http_request_duration_seconds_bucket",
         "face2simpson_inference_batch_size_bucket",
         "face2simpson_inference_queue_depth",
+        // Admission's view: nothing in flight once answered; no window measured yet.
+        "face2simpson_inference_requests_in_flight 0",
+        "face2simpson_inference_request_cost_seconds 0.0",
         r#"face2simpson_inference_http_requests_total{route="unmatched",status="404"} 1"#,
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
