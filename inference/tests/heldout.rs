@@ -44,6 +44,8 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
         promote: false,
         policy: PromotionPolicy::default(),
         concurrency: 8,
+        cache_mb: None,
+        cache_dir: None,
     };
     train::run(&storage, &cfg, &Progress::logs()).await.unwrap();
 
