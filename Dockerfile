@@ -1,11 +1,11 @@
 # syntax=docker/dockerfile:1.7
 # One file, three images:
 #   --target operator   the controller: a static binary on an empty base (no libc, no shell)
-#   --target inference  the HTTP service on Debian with ONNX Runtime (no libtorch)
+#   --target inference  the HTTP service with ONNX Runtime on glibc alone (no libtorch, no shell)
 #   --target trainer    the training Job on Debian with the CUDA libtorch (falls back to CPU)
 # Every image runs as uid 65532. Layers are ordered so that editing Rust code rebuilds only
-# the final compile: toolchain, then libtorch (depends on scripts/setup.sh alone), then the
-# sources; crates and build output live in cache mounts shared between builds.
+# the final compile: toolchain, then libtorch or ONNX Runtime (each depends on its setup script
+# alone), then the sources; crates and build output live in cache mounts shared between builds.
 #
 # Base images are build arguments so that `make images` can use ones made locally with
 # debootstrap (no registry is reachable on the build machines) while everyone else gets the
@@ -46,8 +46,8 @@ COPY scripts/setup-ort.sh scripts/setup-ort.sh
 RUN scripts/setup-ort.sh && rm -rf /opt/face2simpson/wheels
 
 # ---------------------------------------------------------------------------------------------
-# trainer linked against the CPU libtorch, and inference (which links no libtorch); the same trainer binary loads CUDA at run
-# time when the GPU libtorch sits at the same path. The RPATH baked in is $LIBTORCH/lib.
+# The trainer, linked against the CPU libtorch; the same binary loads CUDA at run time when the
+# GPU libtorch sits at the same path. The RPATH baked in is $LIBTORCH/lib.
 FROM libtorch-cpu AS build-torch
 # .git stays out of the build context (.dockerignore), so the trainer's build script reads the
 # revision it stamps into metrics.json from here: --build-arg FACE2SIMPSON_GIT_REVISION=$(git rev-parse HEAD)
@@ -56,9 +56,21 @@ ARG FACE2SIMPSON_GIT_REVISION=""
 COPY . .
 RUN --mount=type=cache,id=face2simpson-cargo,target=/usr/local/cargo/registry \
     --mount=type=cache,id=face2simpson-target-torch,target=/src/target \
-    cargo build --release --locked --bin face2simpson-trainer --bin face2simpson-inference \
+    cargo build --release --locked --bin face2simpson-trainer \
  && mkdir -p /out \
- && cp target/release/face2simpson-trainer target/release/face2simpson-inference /out/
+ && cp target/release/face2simpson-trainer /out/
+
+# The inference service links no libtorch (ONNX Runtime is loaded at run time), so it compiles on
+# the bare toolchain: no libtorch layer, and a code change never waits on one. Stripped: the
+# line tables the release profile keeps are most of its size (98 MB unstripped).
+FROM toolchain AS build-inference
+COPY . .
+RUN --mount=type=cache,id=face2simpson-cargo,target=/usr/local/cargo/registry \
+    --mount=type=cache,id=face2simpson-target-inference,target=/src/target \
+    CARGO_PROFILE_RELEASE_DEBUG=0 CARGO_PROFILE_RELEASE_STRIP=symbols \
+    cargo build --release --locked -p face2simpson-inference --bin face2simpson-inference \
+ && mkdir -p /out \
+ && cp target/release/face2simpson-inference /out/
 
 # The operator never links libtorch. crt-static makes a fully static glibc binary, so the runtime
 # image needs no libc at all.
@@ -83,7 +95,21 @@ RUN apt-get update \
  && echo 'nonroot:x:65532:' >/rootfs/etc/group \
  && chmod 1777 /rootfs/tmp
 
-# Debian with CA certificates and the non-root user, shared by the two libtorch images.
+# What a dynamically linked C/C++ program needs and nothing more (the idea of distroless/cc): the
+# files above plus glibc's shared objects, libgcc_s and libstdc++ (ONNX Runtime is C++) from
+# Debian's own packages. No shell, no package manager. glibc finds them in its default
+# directories, so no ld.so.cache is needed.
+FROM rootfs-files AS cc-rootfs
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libc6 libgcc-s1 libstdc++6 \
+ && rm -rf /var/lib/apt/lists/* \
+ && dpkg -L libc6 libgcc-s1 libstdc++6 \
+    | grep -E '^/(usr/)?lib(64|/x86_64-linux-gnu)/[^/]+\.so[.0-9]*$' \
+    | xargs cp -a --parents -t /rootfs \
+ && printf 'hosts: files dns\n' >/rootfs/etc/nsswitch.conf
+
+# Debian with CA certificates and the non-root user, for the trainer.
 FROM ${DEBIAN_IMAGE} AS debian-runtime
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
@@ -99,10 +125,13 @@ USER 65532:65532
 EXPOSE 9090
 ENTRYPOINT ["/usr/local/bin/face2simpson-operator"]
 
-FROM debian-runtime AS inference
+# The binary, ONNX Runtime's library, BlazeFace, certificates and the C/C++ runtime: no libtorch,
+# no shell.
+FROM scratch AS inference
+COPY --from=cc-rootfs /rootfs/ /
 COPY --from=onnxruntime /opt/face2simpson/onnxruntime/ /opt/face2simpson/onnxruntime/
 COPY --from=onnxruntime /opt/face2simpson/blazeface/ /opt/face2simpson/blazeface/
-COPY --from=build-torch /out/face2simpson-inference /usr/local/bin/face2simpson-inference
+COPY --from=build-inference /out/face2simpson-inference /usr/local/bin/face2simpson-inference
 USER 65532:65532
 ENV LISTEN_ADDR=0.0.0.0:8080 \
     LOG_FORMAT=json \

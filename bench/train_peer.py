@@ -21,6 +21,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     args = ap.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -48,8 +49,10 @@ def main() -> None:
         num_workers=args.workers,
         persistent_workers=args.workers > 0,
     )
+    device = torch.device(args.device)
     model = torchvision.models.mobilenet_v2(weights=None)
     model.classifier = torch.nn.Sequential(torch.nn.Dropout(0.2), torch.nn.Linear(model.last_channel, 4))
+    model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     criterion = torch.nn.CrossEntropyLoss(label_smoothing=0.1)
 
@@ -58,10 +61,13 @@ def main() -> None:
         model.train()
         t0 = time.perf_counter()
         for x, y in loader:
+            x, y = x.to(device), y.to(device)
             optimizer.zero_grad()
             loss = criterion(model(x), y)
             loss.backward()
             optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         epoch_seconds.append(time.perf_counter() - t0)
     print(json.dumps({"workers": args.workers, "epoch_seconds": epoch_seconds, "images": len(data)}))
 

@@ -5,6 +5,7 @@
 # machine's own toolchain. Base images are made once and reused.
 #
 # Environment: IMAGE_REPO (default localhost/face2simpson), IMAGE_TAG (default dev),
+#              IMAGES (default "operator inference trainer": which targets to build and smoke),
 #              SKIP_SMOKE=1 to only build.
 set -euo pipefail
 
@@ -13,6 +14,11 @@ cd "$root"
 repo="${IMAGE_REPO:-localhost/face2simpson}"
 tag="${IMAGE_TAG:-dev}"
 work="$root/var/images"
+images="$(printf '%s ' ${IMAGES:-operator inference trainer})" && images="${images% }"
+for target in $images; do
+  [[ "$target" =~ ^(operator|inference|trainer)$ ]] || { echo "images: unknown target '$target' in IMAGES (operator, inference, trainer)" >&2; exit 1; }
+done
+export IMAGES="$images"
 # runc, cgroupfs and ulimits within this machine's hard limits; see the file.
 export CONTAINERS_CONF="$root/images/containers.conf"
 
@@ -27,12 +33,15 @@ if ! need podman || ! need debootstrap; then
 fi
 
 # The trainer's CUDA layer is built from ~3 GB of wheels into ~4 GB of libraries and then
-# committed twice; with less room the build dies late with "no space left on device".
+# committed twice; with less room the build dies late with "no space left on device". Without
+# the trainer, the builder layers and the compile cache need a few GB.
 graphroot="$(podman info --format '{{.Store.GraphRoot}}')"
 mkdir -p "$graphroot"
 free_gb=$(( $(df --output=avail -k "$graphroot" | tail -1) / 1024 / 1024 ))
-if (( free_gb < ${MIN_FREE_GB:-20} )); then
-  echo "images: only ${free_gb} GB free under $graphroot; the trainer image needs about 20 GB while it builds" >&2
+need_gb=5
+[[ " $images " == *" trainer "* ]] && need_gb=20
+if (( free_gb < ${MIN_FREE_GB:-$need_gb} )); then
+  echo "images: only ${free_gb} GB free under $graphroot; building $images needs about ${need_gb} GB" >&2
   echo "images: free some (podman image prune, cargo clean) or set MIN_FREE_GB to try anyway" >&2
   exit 1
 fi
@@ -74,7 +83,7 @@ fi
 
 # The trainer stamps its revision into every metrics.json; .git is not in the build context.
 revision="$(git rev-parse HEAD 2>/dev/null || true)"
-for target in operator inference trainer; do
+for target in $images; do
   log "building $repo/$target:$tag"
   podman build --network=host --target "$target" \
     --build-arg RUST_IMAGE="$rust_image" --build-arg DEBIAN_IMAGE="$debian_image" \
@@ -82,6 +91,6 @@ for target in operator inference trainer; do
     -t "$repo/$target:$tag" .
 done
 
-podman image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^$repo/(operator|inference|trainer):$tag " >&2
+podman image ls --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep -E "^$repo/(${images// /|}):$tag " >&2
 [[ "${SKIP_SMOKE:-0}" == 1 ]] && exit 0
 exec scripts/images-smoke.sh

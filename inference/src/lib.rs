@@ -4,9 +4,12 @@
 //! and a drain phase; `main.rs` only parses flags, loads the model in the background and serves.
 //!
 //! Work is bounded at every step: at most `max_decodes` uploads are read and decoded at once
-//! (the rest get 503 before their body is read), decoded pixels are capped, faces per image are
-//! capped, forward passes never exceed `max_batch`, and the model queue is bounded.
+//! (the rest wait), requests are admitted only while the ones ahead would drain within
+//! `max_queue_wait` (the rest get 503 before their body is read, see [`admission`]), decoded
+//! pixels are capped, faces per image are capped, forward passes never exceed `max_batch`, and
+//! the model queue is bounded.
 
+pub mod admission;
 pub mod batcher;
 pub mod error;
 pub mod faces;
@@ -32,6 +35,8 @@ use serde::Serialize;
 use tokio::sync::Semaphore;
 use utoipa::{OpenApi, ToSchema};
 
+use crate::admission::{Admission, AdmissionConfig, Rejection};
+
 pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
 pub use crate::error::{ApiError, ErrorBody};
 use crate::faces::{FaceBox, FaceDetector, crop_with_margin};
@@ -50,9 +55,31 @@ pub struct Limits {
     /// Uploads read, decoded and preprocessed at once. Decoding is the memory-hungry step (a
     /// 12 MP photo is 36 MB of pixels).
     pub max_decodes: usize,
-    /// Uploads that may wait for a decode slot, their bodies unread; beyond that, requests are
-    /// answered 503 + Retry-After at once.
+    /// Uploads that may wait for a decode slot, their bodies unread, at most; beyond that,
+    /// requests are answered 503 + Retry-After at once. The hard bound on memory.
     pub max_waiting: usize,
+    /// Longest the requests already in flight may take to drain (measured time per request ×
+    /// requests in flight) for a newcomer to be admitted; `None` admits up to the count limits.
+    /// The bound on latency: see [`admission`].
+    pub max_queue_wait: Option<Duration>,
+}
+
+/// The default queue-wait budget in milliseconds; docs/inference.md says why 75 ms.
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 75;
+pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_millis(DEFAULT_MAX_QUEUE_WAIT_MS);
+
+impl Limits {
+    /// How admission applies these limits: everything up to one upload decoding and one
+    /// queued behind it per decode slot, never more than the decode slots plus `max_waiting`,
+    /// and in between only while the queue drains within `max_queue_wait`.
+    pub fn admission(&self) -> AdmissionConfig {
+        let decodes = self.max_decodes.max(1);
+        AdmissionConfig {
+            floor: 2 * decodes,
+            cap: decodes + self.max_waiting,
+            max_queue_wait: self.max_queue_wait,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -62,6 +89,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(30),
             max_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_waiting: 64,
+            max_queue_wait: Some(DEFAULT_MAX_QUEUE_WAIT),
         }
     }
 }
@@ -77,8 +105,8 @@ struct Inner {
     metrics: Arc<Metrics>,
     detector: Arc<FaceDetector>,
     limits: Limits,
-    /// Requests admitted: decoding or waiting to (`max_decodes + max_waiting`).
-    admitted: Arc<Semaphore>,
+    /// Requests admitted and not yet answered.
+    admission: Arc<Admission>,
     decodes: Arc<Semaphore>,
     draining: AtomicBool,
 }
@@ -105,9 +133,7 @@ impl AppState {
                 metrics: Arc::new(Metrics::default()),
                 detector,
                 limits,
-                admitted: Arc::new(Semaphore::new(
-                    limits.max_decodes.max(1) + limits.max_waiting,
-                )),
+                admission: Admission::new(limits.admission()),
                 decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
                 draining: AtomicBool::new(false),
             }),
@@ -309,14 +335,22 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
     let Some(loaded) = state.inner.loaded.get() else {
         return Err(ApiError::busy("the model is still loading"));
     };
-    // Admission comes first: beyond the decode slots and the bounded wait for one, a request
-    // is turned away before its body is read, so a burst costs neither memory nor CPU. Bodies
-    // are read only once a decode slot is held.
-    let Ok(_admitted) = state.inner.admitted.clone().try_acquire_owned() else {
-        return Err(ApiError::busy(
-            "too many uploads in progress; retry shortly",
-        ));
-    };
+    // Admission comes first: a request the service cannot answer within its queue-wait budget,
+    // or beyond the count limits, is turned away before its body is read, so a burst costs
+    // neither memory nor CPU nor the latency of the requests already admitted. Bodies are read
+    // only once a decode slot is held; slots are granted in arrival order (tokio's semaphore is
+    // fair), so nobody is overtaken and the tail stays near the median.
+    // The ticket is held until the answer is ready, whatever path leads there.
+    let _ticket = state.inner.admission.try_admit().map_err(|rejection| {
+        tracing::debug!(?rejection, "turned away");
+        ApiError::busy(match rejection {
+            Rejection::Full => "too many uploads in progress; retry shortly".to_owned(),
+            Rejection::TooLong { expected } => format!(
+                "the server is saturated (about {} ms of work queued); retry shortly",
+                expected.as_millis()
+            ),
+        })
+    })?;
     let permit = state
         .inner
         .decodes
@@ -426,6 +460,12 @@ async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError>
 /// Prometheus metrics.
 #[utoipa::path(get, path = "/metrics", responses((status = 200, description = "OpenMetrics text")))]
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    let admission = &state.inner.admission;
+    let m = state.metrics();
+    m.in_flight
+        .set(i64::try_from(admission.in_flight()).unwrap_or(i64::MAX));
+    m.request_cost
+        .set(admission.per_request().map_or(0.0, |d| d.as_secs_f64()));
     (
         [(
             header::CONTENT_TYPE,

@@ -9,7 +9,8 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use face2simpson_inference::serve::{ServeConfig, serve};
 use face2simpson_inference::{
-    AppState, BatchConfig, Limits, RuntimeConfig, app, load_detector, load_model,
+    AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, RuntimeConfig, app, load_detector,
+    load_model,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -69,9 +70,14 @@ struct Cli {
     /// --max-waiting), their bodies unread.
     #[arg(long, env = "MAX_DECODES")]
     max_decodes: Option<usize>,
-    /// Uploads that may wait for a decode slot (bodies unread); more get 503 at once.
+    /// Uploads that may wait for a decode slot (bodies unread) at most; more get 503 at once.
     #[arg(long, env = "MAX_WAITING_UPLOADS", default_value_t = 64)]
     max_waiting: usize,
+    /// Milliseconds the requests in flight may take to drain (measured time per request ×
+    /// requests in flight) for a new upload to be admitted; beyond that it gets 503 with
+    /// Retry-After at once. 0 turns this limit off (only the counts apply).
+    #[arg(long, env = "MAX_QUEUE_WAIT_MS", default_value_t = DEFAULT_MAX_QUEUE_WAIT_MS)]
+    max_queue_wait_ms: u64,
     /// Faces classified per image at most, the largest first.
     #[arg(long, env = "MAX_FACES", default_value_t = 8)]
     max_faces: usize,
@@ -142,6 +148,8 @@ async fn run(cli: Cli, max_decodes: usize) -> Result<()> {
         request_timeout: Duration::from_secs(cli.request_timeout_secs),
         max_decodes,
         max_waiting: cli.max_waiting,
+        max_queue_wait: (cli.max_queue_wait_ms > 0)
+            .then(|| Duration::from_millis(cli.max_queue_wait_ms)),
     };
     let batch = BatchConfig {
         max_batch: cli.max_batch.max(1),

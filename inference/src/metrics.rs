@@ -3,6 +3,8 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use std::sync::atomic::AtomicU64;
+
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
@@ -25,6 +27,9 @@ pub struct Metrics {
     pub latency: Family<RouteOnly, Histogram>,
     pub batch_size: Histogram,
     pub queue_depth: Gauge,
+    /// Set from the admission controller when scraped (nothing on the request path).
+    pub in_flight: Gauge,
+    pub request_cost: Gauge<f64, AtomicU64>,
     registry: Registry,
 }
 
@@ -36,6 +41,8 @@ impl Default for Metrics {
         });
         let batch_size = Histogram::new([1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]);
         let queue_depth = Gauge::default();
+        let in_flight = Gauge::default();
+        let request_cost = Gauge::<f64, AtomicU64>::default();
         let mut registry = Registry::with_prefix("face2simpson_inference");
         registry.register(
             "http_requests",
@@ -53,11 +60,23 @@ impl Default for Metrics {
             "Requests waiting for the model",
             queue_depth.clone(),
         );
+        registry.register(
+            "requests_in_flight",
+            "Predictions admitted and not yet answered",
+            in_flight.clone(),
+        );
+        registry.register(
+            "request_cost_seconds",
+            "Measured busy time per answered prediction; admission turns a newcomer away when this times the requests in flight exceeds the queue-wait budget (0 until measured)",
+            request_cost.clone(),
+        );
         Self {
             requests,
             latency,
             batch_size,
             queue_depth,
+            in_flight,
+            request_cost,
             registry,
         }
     }

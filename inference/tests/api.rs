@@ -179,6 +179,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
         request_timeout: Duration::from_millis(500),
         max_decodes: 4,
         max_waiting: 4,
+        max_queue_wait: None,
     };
     let state = ready_state(dir.path(), limits).await;
     let good = flat_image();
@@ -306,6 +307,9 @@ async fn metrics_and_openapi() {
         "face2simpson_inference_http_request_duration_seconds_bucket",
         "face2simpson_inference_batch_size_bucket",
         "face2simpson_inference_queue_depth",
+        // Admission's view: nothing in flight once answered; no window measured yet.
+        "face2simpson_inference_requests_in_flight 0",
+        "face2simpson_inference_request_cost_seconds 0.0",
         r#"face2simpson_inference_http_requests_total{route="unmatched",status="404"} 1"#,
     ] {
         assert!(text.contains(needle), "{needle} missing from:\n{text}");
@@ -472,6 +476,52 @@ async fn faces_per_image_are_capped() {
     let (status, _, body) = call(&capped, raw(png(&four), "image/png")).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(json(&body)["faces"].as_array().unwrap().len(), 2);
+}
+
+/// Backpressure: once the service has measured its time per request, a newcomer whose queue
+/// would take longer than `max_queue_wait` to drain is turned away at once, before its body is
+/// read, although the count limits would still take it. (With the count limits alone it would
+/// wait behind the two stalled uploads until their deadlines freed the decode slot.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_beyond_the_queue_wait_budget_is_turned_away_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = Limits {
+        max_decodes: 1,
+        max_waiting: 8,
+        // Any measured queue is too long: everything beyond the floor (2 × max_decodes) is
+        // turned away once a window of completions has been measured.
+        max_queue_wait: Some(Duration::ZERO),
+        request_timeout: Duration::from_secs(5),
+        ..Limits::default()
+    };
+    let state = ready_state(dir.path(), limits).await;
+    // One window of answered requests gives the service its time per request.
+    for _ in 0..face2simpson_inference::admission::WINDOW {
+        let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+    }
+    // The floor: two uploads in flight (one decoding, one queued) are always admitted.
+    let holders: Vec<_> = (0..2)
+        .map(|_| {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let req = Request::post("/v1/predict")
+                    .header(header::CONTENT_TYPE, "image/png")
+                    .body(futures_stall())
+                    .unwrap();
+                call(&state, req).await.0
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (status, headers, body) = call(&state, raw(flat_image(), "image/png")).await;
+    let body = String::from_utf8_lossy(&body);
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert!(body.contains("saturated"), "{body}");
+    assert_eq!(headers[header::RETRY_AFTER], "1");
+    for h in holders {
+        h.abort();
+    }
 }
 
 /// Below the admission limit nobody is turned away: uploads wait for a decode slot instead.

@@ -9,8 +9,12 @@
 //!   files, with 0 and 2 DataLoader workers; the better of the two is the reference.
 //! * **where an epoch goes**: decode + fit (once), batch building alone, model step alone.
 //!
+//! On a GPU (`BENCH_DEVICE=cuda`, or `auto` when libtorch sees one) both sides train there, at
+//! batch 64 by default, and `nvidia-smi` is sampled while ours trains for the GPU's busy share.
+//!
 //! Env: BENCH_IMAGES (training images, default 160), BENCH_EPOCHS (default 3, at least 2),
-//! BENCH_THREADS (torch threads on both sides, default 2), BENCH_PEER=0 skips the peer.
+//! BENCH_THREADS (torch threads on both sides, default 2), BENCH_DEVICE (auto, cpu, cuda),
+//! BENCH_BATCH (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peer.
 
 use std::path::Path;
 use std::process::Command;
@@ -29,8 +33,16 @@ use model::Preprocessor;
 use tch::{Device, Kind, Tensor};
 
 const IMAGE_SIZE: u32 = 224;
-const BATCH: u32 = 32;
 const DATASET: &str = "datasets/bench";
+
+/// What the benchmark runs on.
+#[derive(Debug, Clone, Copy)]
+struct Setup {
+    device: Device,
+    batch: u32,
+    epochs: u32,
+    threads: usize,
+}
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -44,7 +56,8 @@ fn steady(epoch_seconds: &[f64]) -> f64 {
     rest.iter().sum::<f64>() / rest.len() as f64
 }
 
-fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
+fn config(run_id: &str, setup: Setup, precision: Precision) -> TrainConfig {
+    let epochs = setup.epochs;
     TrainConfig {
         run_id: run_id.into(),
         dataset: DATASET.into(),
@@ -52,7 +65,7 @@ fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
         hyper: Hyperparameters {
             image_size: IMAGE_SIZE,
             epochs,
-            batch_size: BATCH,
+            batch_size: setup.batch,
             learning_rate: 1e-3,
             label_smoothing: 0.1,
             dropout: 0.2,
@@ -61,7 +74,7 @@ fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
             val_fraction: 0.0,
             seed: 1,
         },
-        device: Device::Cpu,
+        device: setup.device,
         precision,
         pretrained: None,
         promote: false,
@@ -76,16 +89,62 @@ fn config(run_id: &str, epochs: u32, precision: Precision) -> TrainConfig {
 fn ours(
     rt: &tokio::runtime::Runtime,
     storage: &Storage,
-    epochs: u32,
+    setup: Setup,
     precision: Precision,
     label: &str,
-) -> anyhow::Result<(f64, Vec<f64>)> {
-    let cfg = config(&format!("bench-{label}"), epochs, precision);
+) -> anyhow::Result<(f64, Vec<f64>, Option<f64>)> {
+    let cfg = config(&format!("bench-{label}"), setup, precision);
+    let sampler = setup.device.is_cuda().then(GpuSampler::start);
     let outcome = rt.block_on(train::run(storage, &cfg, &Progress::logs()))?;
+    let busy = sampler.and_then(GpuSampler::stop);
     let m = &outcome.metrics;
     let seconds: Vec<f64> = m.history.iter().map(|r| r.seconds).collect();
     let ips = m.counts.train as f64 / steady(&seconds);
-    Ok((ips, seconds))
+    Ok((ips, seconds, busy))
+}
+
+/// Samples the GPU's utilisation (`nvidia-smi`, every 200 ms) on a thread while ours trains.
+struct GpuSampler {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<f64>>,
+}
+
+impl GpuSampler {
+    fn start() -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = Command::new("nvidia-smi")
+                    .args([
+                        "--query-gpu=utilization.gpu",
+                        "--format=csv,noheader,nounits",
+                        "-i",
+                        "0",
+                    ])
+                    .output();
+                if let Some(v) = out.ok().and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                }) {
+                    samples.push(v);
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    /// Mean utilisation in percent over the samples, if `nvidia-smi` answered.
+    fn stop(self) -> Option<f64> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let samples = self.thread.join().ok()?;
+        (!samples.is_empty()).then(|| samples.iter().sum::<f64>() / samples.len() as f64)
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -95,7 +154,7 @@ struct PeerResult {
     images: u64,
 }
 
-fn peer(root: &Path, epochs: u32, threads: usize, workers: u32) -> anyhow::Result<PeerResult> {
+fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let deps = std::env::var_os("FACE2SIMPSON_DEPS")
         .map(Into::into)
@@ -113,11 +172,19 @@ fn peer(root: &Path, epochs: u32, threads: usize, workers: u32) -> anyhow::Resul
             "--data",
             &root.join(DATASET).join("train").display().to_string(),
         ])
-        .args(["--epochs", &epochs.to_string()])
-        .args(["--threads", &threads.to_string()])
+        .args(["--epochs", &setup.epochs.to_string()])
+        .args(["--threads", &setup.threads.to_string()])
         .args(["--workers", &workers.to_string()])
         .args(["--image-size", &IMAGE_SIZE.to_string()])
-        .args(["--batch-size", &BATCH.to_string()])
+        .args(["--batch-size", &setup.batch.to_string()])
+        .args([
+            "--device",
+            if setup.device.is_cuda() {
+                "cuda"
+            } else {
+                "cpu"
+            },
+        ])
         .output()
         .context("running the PyTorch peer")?;
     if !out.status.success() {
@@ -129,7 +196,13 @@ fn peer(root: &Path, epochs: u32, threads: usize, workers: u32) -> anyhow::Resul
 }
 
 /// Where an epoch goes on our side: decode + fit once, building batches alone, stepping alone.
-fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> anyhow::Result<()> {
+fn breakdown(
+    rt: &tokio::runtime::Runtime,
+    storage: &Storage,
+    setup: Setup,
+    compute: Kind,
+) -> anyhow::Result<()> {
+    let device = setup.device;
     let pre = Preprocessor::new(IMAGE_SIZE);
     let t0 = Instant::now();
     let data = rt.block_on(async {
@@ -150,12 +223,12 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
         n as f64 / load
     );
 
-    let batches = epoch_batches(data.train.len(), BATCH as usize, 1, 1);
+    let batches = epoch_batches(data.train.len(), setup.batch as usize, 1, 1);
     let t1 = Instant::now();
     let built: Vec<HostBatch> = batches
         .iter()
         .map(|b| {
-            HostBatch::build(b, &data.train, IMAGE_SIZE, Device::Cpu, &|i, s, out| {
+            HostBatch::build(b, &data.train, IMAGE_SIZE, device, &|i, s, out| {
                 s.image.read_into(out)?;
                 pre.augment(out, i as u64);
                 Ok(())
@@ -169,11 +242,10 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
     );
     for kind in [Kind::Float, compute] {
         tch::manual_seed(0);
-        let mut net = Classifier::new(Device::Cpu, 0.2);
+        let mut net = Classifier::new(device, 0.2);
         net.set_train_kind(kind);
         let mut opt = Adam::new(net.var_store(), 1e-3);
-        let on_device: Vec<(Tensor, Tensor)> =
-            built.iter().map(|b| b.to_device(Device::Cpu)).collect();
+        let on_device: Vec<(Tensor, Tensor)> = built.iter().map(|b| b.to_device(device)).collect();
         // One warm-up step: oneDNN picks and caches its kernels on the first call.
         let (x, y) = &on_device[0];
         let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
@@ -197,9 +269,18 @@ fn breakdown(rt: &tokio::runtime::Runtime, storage: &Storage, compute: Kind) -> 
 
 fn main() -> anyhow::Result<()> {
     let images = env_or("BENCH_IMAGES", 160);
-    let epochs = env_or("BENCH_EPOCHS", 3).max(2) as u32;
     let threads = env_or("BENCH_THREADS", 2);
     tch::set_num_threads(threads as i32);
+    let device = face2simpson_trainer::torch::parse_device(
+        &std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into()),
+    )
+    .map_err(anyhow::Error::msg)?;
+    let setup = Setup {
+        device,
+        batch: env_or("BENCH_BATCH", if device.is_cuda() { 64 } else { 32 }) as u32,
+        epochs: env_or("BENCH_EPOCHS", 3).max(2) as u32,
+        threads,
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
     let storage = Storage::open(&format!("file://{}", dir.path().display()))?;
@@ -209,23 +290,26 @@ fn main() -> anyhow::Result<()> {
         &storage, DATASET, per_class, 256, 1,
     ))?;
     let auto = Precision::Auto
-        .resolve(Device::Cpu)
+        .resolve(device)
         .map_err(anyhow::Error::msg)?;
     println!(
-        "training throughput: MobileNetV2 {IMAGE_SIZE} px, batch {BATCH}, Adam, {} training images \
-         (256 px PNG/JPEG), {epochs} epochs, {threads} torch threads, CPU; auto precision here = {}",
+        "training throughput: MobileNetV2 {IMAGE_SIZE} px, batch {}, Adam, {} training images \
+         (256 px PNG/JPEG), {} epochs, {threads} torch threads, {}; auto precision here = {}",
+        setup.batch,
         per_class * 4,
+        setup.epochs,
+        face2simpson_trainer::torch::device_name(device),
         kind_name(auto)
     );
     println!("where an epoch goes (ours):");
-    breakdown(&rt, &storage, auto)?;
+    breakdown(&rt, &storage, setup, auto)?;
 
-    let (fp32_ips, fp32_s) = ours(&rt, &storage, epochs, Precision::Fp32, "fp32")?;
-    let (auto_ips, auto_s) = ours(&rt, &storage, epochs, Precision::Auto, "auto")?;
+    let (fp32_ips, fp32_s, fp32_busy) = ours(&rt, &storage, setup, Precision::Fp32, "fp32")?;
+    let (auto_ips, auto_s, auto_busy) = ours(&rt, &storage, setup, Precision::Auto, "auto")?;
     let mut peers = Vec::new();
     if env_or("BENCH_PEER", 1) != 0 {
         for workers in [0, 2] {
-            peers.push(peer(dir.path(), epochs, threads, workers)?);
+            peers.push(peer(dir.path(), setup, workers)?);
         }
     }
     let fmt = |s: &[f64]| {
@@ -234,14 +318,20 @@ fn main() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(" / ")
     };
+    let busy = |b: Option<f64>| b.map_or_else(String::new, |b| format!(" (GPU busy {b:.0} %)"));
     println!();
     println!("| stack | epoch seconds | steady images/s |");
     println!("|---|---|---|");
-    println!("| face2simpson, fp32 | {} | {fp32_ips:.1} |", fmt(&fp32_s));
     println!(
-        "| face2simpson, auto ({}) | {} | {auto_ips:.1} |",
+        "| face2simpson, fp32 | {} | {fp32_ips:.1}{} |",
+        fmt(&fp32_s),
+        busy(fp32_busy)
+    );
+    println!(
+        "| face2simpson, auto ({}) | {} | {auto_ips:.1}{} |",
         kind_name(auto),
-        fmt(&auto_s)
+        fmt(&auto_s),
+        busy(auto_busy)
     );
     let mut best_peer: Option<f64> = None;
     for p in &peers {

@@ -113,8 +113,12 @@ struct ConvBn {
 
 impl ConvBn {
     fn forward(&self, xs: &Tensor, train: bool, compute: Kind) -> Tensor {
-        let ys = self.bn.forward(&self.conv.forward(xs, compute), train);
-        if self.relu6 { ys.clamp(0.0, 6.0) } else { ys }
+        let mut ys = self.bn.forward(&self.conv.forward(xs, compute), train);
+        if self.relu6 {
+            // In place, as torchvision's `ReLU6(inplace=True)`: one activation fewer to allocate.
+            let _ = ys.relu6_();
+        }
+        ys
     }
 }
 
