@@ -87,7 +87,7 @@ images: setup ## build the operator, inference and trainer images with podman an
 	@scripts/images.sh
 
 bench-train: setup ## training throughput vs the seed's PyTorch + DataLoader stack on the same images (224 px, batch 32)
-	@scripts/setup-bench-train.sh
+	@scripts/setup-bench.sh train
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
 
 bench-serve: setup ## the service vs FastAPI+OpenCV Haar+ONNX Runtime with wrk at c=1, 8, 32, plus the batching table

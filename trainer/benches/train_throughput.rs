@@ -162,7 +162,7 @@ fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
     let python = Path::new(&deps).join("train-bench-venv/bin/python");
     if !python.exists() {
         bail!(
-            "{} is missing: run scripts/setup-bench-train.sh (make bench-train does)",
+            "{} is missing: run `scripts/setup-bench.sh train` (make bench-train does)",
             python.display()
         );
     }
