@@ -34,15 +34,18 @@ mod tests {
             "{v}"
         );
         assert_ne!(v, env!("CARGO_PKG_VERSION"));
-        // Built from a checkout: the stamp is its current commit (build.rs re-runs when HEAD
-        // moves, so a new commit never keeps the old stamp).
-        let head = std::process::Command::new("git")
-            .args(["rev-parse", "HEAD"])
+        // Built from a checkout: the stamp names one of its commits (not necessarily HEAD,
+        // which may have moved since the build).
+        let in_checkout = std::process::Command::new("git")
+            .args(["rev-parse", "--git-dir"])
             .output()
-            .ok()
-            .filter(|o| o.status.success());
-        if let Some(out) = head {
-            assert_eq!(REVISION, String::from_utf8_lossy(&out.stdout).trim());
+            .is_ok_and(|o| o.status.success());
+        if in_checkout {
+            let kind = std::process::Command::new("git")
+                .args(["cat-file", "-t", REVISION])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+            assert_eq!(kind.ok().as_deref(), Some("commit"), "{REVISION}");
         }
         let b = build();
         assert!(b.rustc.starts_with("rustc "), "{b:?}");
