@@ -22,6 +22,13 @@
 //!
 //! The decision itself ([`decide`], [`observe`], [`claim`], [`released`]) is pure and unit
 //! tested; [`Elector`] does the API calls.
+//!
+//! Why not a crate: `kube-leader-election` and `kube-coordinate` target older kube majors;
+//! `kube-lease-manager` 0.13 does target kube 5, but takes an expired Lease over by first
+//! clearing its holder with an unguarded strategic-merge patch (no `resourceVersion`), so a
+//! slower candidate can wipe a faster one's fresh claim and both believe they lead until the
+//! next renew; it measures expiry from the holder's `renewTime` (clock skew), and has no renew
+//! deadline (its watch channel keeps saying "leader" while renews fail).
 
 use std::time::Duration;
 
