@@ -100,29 +100,10 @@ impl ElectionConfig {
     /// client-go's rules: the holder must give up (renew deadline) before anyone may take over
     /// (lease duration), and it must get a few tries in before its deadline.
     pub fn validate(&self) -> Result<(), LeaderError> {
-        let fail = |m: String| Err(LeaderError::Config(m));
         if self.identity.is_empty() {
-            return fail("the identity is empty".into());
+            return Err(LeaderError::Config("the identity is empty".into()));
         }
-        if self.lease_duration < Duration::from_secs(1) {
-            return fail(format!(
-                "the lease duration {:?} is under one second (the Lease stores whole seconds)",
-                self.lease_duration
-            ));
-        }
-        if self.renew_deadline >= self.lease_duration {
-            return fail(format!(
-                "the renew deadline {:?} must be shorter than the lease duration {:?}",
-                self.renew_deadline, self.lease_duration
-            ));
-        }
-        if self.retry_period.is_zero() || self.retry_period.mul_f64(1.2) >= self.renew_deadline {
-            return fail(format!(
-                "the retry period {:?} must be positive and well below the renew deadline {:?}",
-                self.retry_period, self.renew_deadline
-            ));
-        }
-        Ok(())
+        validate_timing(self.lease_duration, self.renew_deadline, self.retry_period)
     }
 
     fn lease_duration_seconds(&self) -> i32 {
@@ -131,6 +112,31 @@ impl ElectionConfig {
             self.lease_duration.as_secs() + u64::from(self.lease_duration.subsec_nanos() > 0);
         i32::try_from(secs).unwrap_or(i32::MAX)
     }
+}
+
+/// The timing rules of [`ElectionConfig::validate`], for checking flags before connecting.
+pub fn validate_timing(
+    lease_duration: Duration,
+    renew_deadline: Duration,
+    retry_period: Duration,
+) -> Result<(), LeaderError> {
+    let fail = |m: String| Err(LeaderError::Config(m));
+    if lease_duration < Duration::from_secs(1) {
+        return fail(format!(
+            "the lease duration {lease_duration:?} is under one second (the Lease stores whole seconds)"
+        ));
+    }
+    if renew_deadline >= lease_duration {
+        return fail(format!(
+            "the renew deadline {renew_deadline:?} must be shorter than the lease duration {lease_duration:?}"
+        ));
+    }
+    if retry_period.is_zero() || retry_period.mul_f64(1.2) >= renew_deadline {
+        return fail(format!(
+            "the retry period {retry_period:?} must be positive and well below the renew deadline {renew_deadline:?}"
+        ));
+    }
+    Ok(())
 }
 
 /// The holder a Lease names; an empty string (a released Lease) is nobody.

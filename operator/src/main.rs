@@ -165,6 +165,14 @@ const READY_POLL: Duration = Duration::from_millis(250);
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
+    if cli.leader_elect {
+        // Bad timing is a flag error: refuse it before connecting to anything.
+        leader::validate_timing(
+            cli.leader_elect_lease_duration,
+            cli.leader_elect_renew_deadline,
+            cli.leader_elect_retry_period,
+        )?;
+    }
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
