@@ -259,6 +259,10 @@ pub struct Elector {
     wall: WallClock,
     observed: Option<Observed>,
     leading: bool,
+    /// When the last successful write of ours was started (before its read): the others
+    /// measure expiry from when they saw it, which is later, so the renew deadline counted
+    /// from here ends before the lease can expire for them.
+    renewed_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Elector {
@@ -292,6 +296,7 @@ impl Elector {
             wall,
             observed: None,
             leading: false,
+            renewed_at: None,
         })
     }
 
@@ -427,6 +432,7 @@ impl Elector {
             at: now,
         });
         self.leading = true;
+        self.renewed_at = Some(now);
         Attempt::Leading
     }
 
@@ -465,14 +471,15 @@ impl Elector {
     /// succeeded within the renew deadline of the last successful one, or another candidate
     /// holds the Lease. Never returns while renewing works; drop the future to stop renewing.
     pub async fn hold(&mut self) -> Lost {
-        // The instant the last successful write was sent: the others measure expiry from when
-        // they saw it, which is later, so this is the conservative end of the window.
-        let mut renewed = Instant::now();
+        let started = Instant::now();
         loop {
             tokio::time::sleep(self.config.retry_period).await;
+            // Counted from the acquisition itself, not from when holding started: whatever
+            // ran in between (watches, an event) does not stretch the window.
+            let renewed = self.renewed_at.unwrap_or(started);
             let deadline = renewed + self.config.renew_deadline;
             match tokio::time::timeout_at(deadline, self.renew()).await {
-                Ok(Ok(at)) => renewed = at,
+                Ok(Ok(())) => {}
                 Ok(Err(lost)) => {
                     self.leading = false;
                     return lost;
@@ -485,13 +492,12 @@ impl Elector {
         }
     }
 
-    /// Tries until one renew succeeds; returns when it was sent. The caller bounds it with
+    /// Tries until one renew succeeds (it updates `renewed_at`). The caller bounds it with
     /// the renew deadline.
-    async fn renew(&mut self) -> Result<Instant, Lost> {
+    async fn renew(&mut self) -> Result<(), Lost> {
         loop {
-            let sent = Instant::now();
             match self.try_acquire_or_renew().await {
-                Ok(Attempt::Leading) => return Ok(sent),
+                Ok(Attempt::Leading) => return Ok(()),
                 Ok(Attempt::Standby {
                     holder: Some(holder),
                 }) => return Err(Lost::TakenBy(holder)),

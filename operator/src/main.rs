@@ -233,7 +233,11 @@ async fn main() -> Result<()> {
             info!("stopped while standing by");
             return stop_admin(admin, &ready).await;
         }
-        announce_leadership(&recorder, elector.config()).await;
+        // In the background: a slow event must not delay the controllers or the renews.
+        tokio::spawn(announce_leadership(
+            recorder.clone(),
+            elector.config().clone(),
+        ));
         Some(elector)
     } else {
         None
@@ -392,7 +396,7 @@ async fn hold(elector: Option<&mut Elector>) -> Lost {
 }
 
 /// A `LeaderElection` event on the Lease, as client-go's leader election records one.
-async fn announce_leadership(recorder: &Recorder, config: &ElectionConfig) {
+async fn announce_leadership(recorder: Recorder, config: ElectionConfig) {
     let reference = ObjectReference {
         api_version: Some("coordination.k8s.io/v1".into()),
         kind: Some("Lease".into()),

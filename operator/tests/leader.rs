@@ -183,23 +183,56 @@ async fn the_leader_renews_its_own_lease_and_steps_down_when_another_holds_it() 
     );
 }
 
-/// Answers every request with 503, as an unreachable API server behind a load balancer would.
-fn unavailable_api() -> Client {
+/// Answers the first requests with `first`, in order, then every request with 503, as an API
+/// server that becomes unreachable behind a load balancer would.
+fn api_going_down(first: Vec<(u16, Value)>) -> Client {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     tokio::spawn(async move {
         let mut handle = Box::pin(handle);
+        let mut first = first.into_iter();
         while let Some((_, send)) = handle.next_request().await {
+            let (code, body) = first
+                .next()
+                .unwrap_or_else(|| (503, api_error(503, "ServiceUnavailable")));
             send.send_response(
                 Response::builder()
-                    .status(503)
-                    .body(Body::from(
-                        serde_json::to_vec(&api_error(503, "ServiceUnavailable")).unwrap(),
-                    ))
+                    .status(code)
+                    .body(Body::from(serde_json::to_vec(&body).unwrap()))
                     .unwrap(),
             );
         }
     });
     Client::new(service, "default")
+}
+
+fn unavailable_api() -> Client {
+    api_going_down(vec![])
+}
+
+#[tokio::test]
+async fn the_renew_deadline_counts_from_the_acquisition_not_from_when_holding_starts() {
+    let created = {
+        let mut l = lease("operator-a", "1", "2026-12-01T06:00:00.000000Z");
+        l["spec"]["leaseTransitions"] = json!(0);
+        l
+    };
+    let mut a = elector(
+        api_going_down(vec![(404, api_error(404, "NotFound")), (201, created)]),
+        "operator-a",
+    );
+    assert_eq!(a.try_acquire_or_renew().await.unwrap(), Attempt::Leading);
+    let acquired = tokio::time::Instant::now();
+    // Whatever the operator does before it starts renewing (watches, an event) takes time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let lost = tokio::time::timeout(Duration::from_secs(3), a.hold())
+        .await
+        .unwrap();
+    assert_eq!(lost, Lost::RenewDeadline(Duration::from_millis(500)));
+    let took = acquired.elapsed();
+    assert!(
+        took < Duration::from_millis(800),
+        "{took:?} after the acquisition"
+    );
 }
 
 #[tokio::test]
