@@ -5,7 +5,8 @@
 * every rendered object is valid against the Kubernetes schemas (oldest and newest supported
   versions, strict: unknown fields are errors);
 * the operator's pod is hardened and probed, and its RBAC is exactly what the operator calls,
-  cluster-wide or one Role per watched namespace, never more;
+  cluster-wide or one Role per watched namespace, never more, plus leader election's Lease
+  in the release namespace only;
 * the CRD the chart installs is crds/simpsonmodel.yaml, kept on uninstall;
 * the example SimpsonModels validate against the CRD's openAPIV3Schema with the API server's
   strict field validation, and broken copies of them are rejected;
@@ -59,6 +60,15 @@ OPERATOR_CALLS = {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }
 
+# Leader election, in the release namespace only (operator/src/leader.rs): read and renew the
+# release's Lease (get/update pinned to its name), create it the first time, and record the
+# LeaderElection event on it. No patch, list or watch: the elector reads and PUTs.
+LEADER_ELECTION_CALLS = {
+    ("coordination.k8s.io", "leases", v) for v in ("get", "create", "update")
+} | {
+    ("events.k8s.io", "events", v) for v in ("create", "patch")
+}
+
 # Value sets the chart must render correctly.
 SCENARIOS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -75,6 +85,15 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "ops-operator"},
         "crds": {"keep": False},
+    },
+    "no-leader-election": {
+        "leaderElection": {"enabled": False},
+        "replicas": 1,
+        "watchNamespaces": ["team-a"],
+    },
+    "three-replicas-fast-failover": {
+        "replicas": 3,
+        "leaderElection": {"leaseDuration": "8s", "renewDeadline": "5s", "retryPeriod": "1s"},
     },
 }
 
@@ -124,12 +143,17 @@ def check_lint(c: Checks) -> None:
         # Severity 1 is informational ("icon is recommended"); 2 and 3 are warnings and errors.
         bad = [m for m in report["messages"] if m["severity"] >= 2] + report["errors"]
         c.check(not bad, f"helm lint ({name}): {bad}")
-    # The values schema must reject a typo instead of ignoring it.
-    try:
-        render({"watchNamespace": "typo"})
-        c.check(False, "values.schema.json accepted an unknown key")
-    except helm.HelmError:
-        c.passed += 1
+    # The values schema must reject a typo instead of ignoring it, and the chart must refuse
+    # several replicas without leader election, and a duration the operator cannot parse.
+    for bad in ({"watchNamespace": "typo"},
+                {"leaderElection": {"enabled": False}},
+                {"leaderElection": {"leaseDuration": "15"}},
+                {"leaderElection": {"leaderElect": True}}):
+        try:
+            render(bad)
+            c.check(False, f"the chart rendered with {bad}")
+        except helm.HelmError:
+            c.passed += 1
 
 
 def check_edge_values(c: Checks) -> None:
@@ -183,8 +207,15 @@ def check_hardening(c: Checks, name: str, objects: list[dict[str, Any]], values:
     c.check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{name}: pod lacks seccomp RuntimeDefault")
     for key in ("hostNetwork", "hostPID", "hostIPC"):
         c.check(not pod.get(key), f"{name}: pod sets {key}")
-    c.check(deploy["spec"]["replicas"] == 1 and deploy["spec"]["strategy"]["type"] == "Recreate",
-            f"{name}: without leader election the operator must be one Recreate replica")
+    election = values.get("leaderElection", {})
+    if election.get("enabled", True):
+        # Standbys are ready, so a rolling update brings a new one up before stopping an old one.
+        c.check(deploy["spec"]["replicas"] == values.get("replicas", 2)
+                and deploy["spec"]["strategy"]["type"] == "RollingUpdate",
+                f"{name}: with leader election want {values.get('replicas', 2)} RollingUpdate replicas")
+    else:
+        c.check(deploy["spec"]["replicas"] <= 1 and deploy["spec"]["strategy"]["type"] == "Recreate",
+                f"{name}: without leader election the operator must be one Recreate replica")
     for ctr in pod["containers"]:
         sc = ctr.get("securityContext", {})
         c.check(sc.get("readOnlyRootFilesystem") is True, f"{name}: {ctr['name']} root filesystem writable")
@@ -203,6 +234,18 @@ def check_hardening(c: Checks, name: str, objects: list[dict[str, Any]], values:
         want_ns = ",".join(values.get("watchNamespaces", [])) or None
         c.check(env.get("WATCH_NAMESPACE") == want_ns, f"{name}: WATCH_NAMESPACE={env.get('WATCH_NAMESPACE')}")
         c.check(env.get("LOG_FORMAT") == values.get("logFormat", "json"), f"{name}: LOG_FORMAT={env.get('LOG_FORMAT')}")
+        fields = {e["name"]: e.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") for e in ctr.get("env", [])}
+        c.check(fields.get("POD_NAME") == "metadata.name", f"{name}: POD_NAME is not the pod's name")
+        enabled = election.get("enabled", True)
+        c.check(env.get("LEADER_ELECT") == str(enabled).lower(), f"{name}: LEADER_ELECT={env.get('LEADER_ELECT')}")
+        if enabled:
+            c.check(fields.get("POD_NAMESPACE") == "metadata.namespace", f"{name}: the Lease is not in the pod's namespace")
+            c.check(env.get("LEADER_ELECT_LEASE_NAME") == f"{RELEASE}-face2simpson-operator",
+                    f"{name}: LEADER_ELECT_LEASE_NAME={env.get('LEADER_ELECT_LEASE_NAME')}")
+            for key, var, default in (("leaseDuration", "LEADER_ELECT_LEASE_DURATION", "15s"),
+                                      ("renewDeadline", "LEADER_ELECT_RENEW_DEADLINE", "10s"),
+                                      ("retryPeriod", "LEADER_ELECT_RETRY_PERIOD", "2s")):
+                c.check(env.get(var) == election.get(key, default), f"{name}: {var}={env.get(var)}")
         image = values.get("image", {})
         if "tag" in image:
             c.check(ctr["image"] == f"{image['repository']}:{image['tag']}", f"{name}: image {ctr['image']}")
@@ -223,8 +266,33 @@ def check_rbac(c: Checks, name: str, objects: list[dict[str, Any]], values: dict
     (deploy,) = of_kind(objects, "Deployment")
     c.check(deploy["spec"]["template"]["spec"]["serviceAccountName"] == sa_name, f"{name}: pod runs as another account")
 
-    roles = of_kind(objects, "ClusterRole") + of_kind(objects, "Role")
-    bindings = of_kind(objects, "ClusterRoleBinding") + of_kind(objects, "RoleBinding")
+    # The leader-election Role is checked on its own: it lives in the release namespace whatever
+    # the operator watches.
+    lease_name = f"{RELEASE}-face2simpson-operator"
+    election_roles = [r for r in of_kind(objects, "Role") if r["metadata"]["name"].endswith("-leader-election")]
+    election_bindings = [b for b in of_kind(objects, "RoleBinding") if b["metadata"]["name"].endswith("-leader-election")]
+    if values.get("leaderElection", {}).get("enabled", True):
+        c.check(len(election_roles) == 1 and len(election_bindings) == 1,
+                f"{name}: want one leader-election Role and RoleBinding, got {len(election_roles)}, {len(election_bindings)}")
+        for role in election_roles:
+            c.check(role["metadata"]["namespace"] == NAMESPACE, f"{name}: the leader-election Role is not in the release namespace")
+            c.check(grants(role["rules"]) == LEADER_ELECTION_CALLS,
+                    f"{name}: leader-election Role grants {sorted(grants(role['rules']) ^ LEADER_ELECTION_CALLS)} wrongly")
+            for rule in role["rules"]:
+                # get and update pinned to the release's Lease; create cannot be pinned.
+                if {"get", "update"} & set(rule["verbs"]) and rule["resources"] == ["leases"]:
+                    c.check(rule.get("resourceNames") == [lease_name], f"{name}: Lease rule not pinned to {lease_name}: {rule}")
+        for b in election_bindings:
+            c.check(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                     "name": election_roles[0]["metadata"]["name"] if election_roles else None}
+                    and b["subjects"] == [{"kind": "ServiceAccount", "name": sa_name, "namespace": NAMESPACE}]
+                    and b["metadata"]["namespace"] == NAMESPACE,
+                    f"{name}: leader-election RoleBinding {b['metadata']} binds the wrong subject or role")
+    else:
+        c.check(not election_roles and not election_bindings, f"{name}: leader-election RBAC without leader election")
+
+    roles = of_kind(objects, "ClusterRole") + [r for r in of_kind(objects, "Role") if r not in election_roles]
+    bindings = of_kind(objects, "ClusterRoleBinding") + [b for b in of_kind(objects, "RoleBinding") if b not in election_bindings]
     namespaces = values.get("watchNamespaces", [])
     if namespaces:
         c.check(not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding"),

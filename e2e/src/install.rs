@@ -105,6 +105,8 @@ pub async fn helm_install(
 #[derive(Debug)]
 pub struct Operator {
     process: Process,
+    /// Log name: `operator` for the first, `operator-<suffix>` for others.
+    name: String,
     program: PathBuf,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -113,6 +115,8 @@ pub struct Operator {
     pub username: String,
     /// `http://127.0.0.1:<port>` of the admin server (/healthz, /readyz, /metrics).
     pub admin: String,
+    /// The name of the Pod it stands in for: its identity in the leader Lease.
+    pub pod_name: String,
 }
 
 impl Operator {
@@ -122,6 +126,27 @@ impl Operator {
         plane: &ControlPlane,
         namespace: &str,
         release: &str,
+    ) -> Result<Self> {
+        Self::replica_of_release(plane, namespace, release, None).await
+    }
+
+    /// Another replica of the same Deployment, as the ReplicaSet's second Pod: its own pod
+    /// name (`<deployment>-<suffix>`, so its own identity in the leader Lease), admin port and
+    /// log (`operator-<suffix>.log`), the same ServiceAccount.
+    pub async fn another_replica(
+        plane: &ControlPlane,
+        namespace: &str,
+        release: &str,
+        suffix: &str,
+    ) -> Result<Self> {
+        Self::replica_of_release(plane, namespace, release, Some(suffix)).await
+    }
+
+    async fn replica_of_release(
+        plane: &ControlPlane,
+        namespace: &str,
+        release: &str,
+        suffix: Option<&str>,
     ) -> Result<Self> {
         let admin = plane.admin_client().await?;
         let selector = format!("app.kubernetes.io/instance={release}");
@@ -153,7 +178,7 @@ impl Operator {
         // The Pod the ReplicaSet would create, for the downward API.
         let pod = Pod {
             metadata: ObjectMeta {
-                name: Some(format!("{name}-e2e-local")),
+                name: Some(format!("{name}-{}", suffix.unwrap_or("e2e-local"))),
                 namespace: Some(namespace.to_owned()),
                 uid: Some("00000000-0000-4000-8000-0000000e2e00".into()),
                 ..Default::default()
@@ -170,8 +195,13 @@ impl Operator {
             .collect();
         let mut env = crate::node_env::resolve(&admin, &pod, &container, &ports).await?;
         let dir = plane.dir().to_owned();
+        let log_name = suffix.map_or_else(|| "operator".to_owned(), |s| format!("operator-{s}"));
         let kubeconfig = plane
-            .service_account_kubeconfig(namespace, &account, &dir.join("operator.kubeconfig"))
+            .service_account_kubeconfig(
+                namespace,
+                &account,
+                &dir.join(format!("{log_name}.kubeconfig")),
+            )
             .await?;
         env.push((
             "KUBECONFIG".into(),
@@ -184,9 +214,11 @@ impl Operator {
             .resolve(&container)
             .context("the operator container runs a command the harness has no binary for")?;
         let args = crate::node_env::expand_all(&args, &env);
-        let process = Process::spawn("operator", &program, &args, Env::Only(env.clone()), &dir)?;
+        let process = Process::spawn(&log_name, &program, &args, Env::Only(env.clone()), &dir)?;
         let operator = Self {
             process,
+            name: log_name,
+            pod_name: pod.metadata.name.clone().unwrap_or_default(),
             program,
             args,
             env,
@@ -232,13 +264,29 @@ impl Operator {
     pub async fn restart(&mut self) -> Result<()> {
         self.process.terminate(Duration::from_secs(5)).await?;
         self.process = Process::spawn(
-            "operator",
+            &self.name,
             &self.program,
             &self.args,
             Env::Only(self.env.clone()),
             &self.dir,
         )?;
         self.wait_ready().await
+    }
+
+    /// SIGTERM, as the kubelet stops a container, and waits up to 10 s for the exit.
+    pub async fn terminate(&mut self) -> Result<std::process::ExitStatus> {
+        self.process.terminate(Duration::from_secs(10)).await
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self) -> Result<String> {
+        Ok(crate::paths::http()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?)
     }
 
     /// The operator's log file.

@@ -91,6 +91,11 @@ fn init_tracing() {
 impl World {
     /// Starts everything for the test `name` (logs in `target/e2e/<name>/`).
     pub async fn up(name: &str) -> Result<Self> {
+        Self::up_with(name, &[]).await
+    }
+
+    /// [`World::up`] with more `helm install --set` values.
+    pub async fn up_with(name: &str, values: &[(&str, &str)]) -> Result<Self> {
         init_tracing();
         let dir = test_dir(name)?;
         let plane = ControlPlane::start(&dir).await?;
@@ -134,18 +139,14 @@ impl World {
             .collect();
         secret.extend(literals.iter().map(String::as_str));
         kubectl_ok(&plane, &secret).await?;
-        helm_install(
-            &plane,
-            RELEASE,
-            RELEASE_NAMESPACE,
-            &[
-                ("watchNamespaces[0]", NAMESPACE),
-                ("image.tag", "e2e"),
-                ("logFormat", "text"),
-                ("logLevel", "info\\,kube=warn\\,face2simpson_operator=debug"),
-            ],
-        )
-        .await?;
+        let mut all = vec![
+            ("watchNamespaces[0]", NAMESPACE),
+            ("image.tag", "e2e"),
+            ("logFormat", "text"),
+            ("logLevel", "info\\,kube=warn\\,face2simpson_operator=debug"),
+        ];
+        all.extend_from_slice(values);
+        helm_install(&plane, RELEASE, RELEASE_NAMESPACE, &all).await?;
         let operator = Operator::from_release(&plane, RELEASE_NAMESPACE, RELEASE).await?;
         Ok(Self {
             dir,

@@ -7,10 +7,15 @@
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
+use face2simpson_e2e::install::Operator;
 use face2simpson_e2e::wait::poll;
-use face2simpson_e2e::world::{BAD, GOOD, MODEL, NAMESPACE, STORE_PREFIX, World, merge};
+use face2simpson_e2e::world::{
+    BAD, GOOD, MODEL, NAMESPACE, RELEASE_NAMESPACE, STORE_PREFIX, World, merge,
+};
 use face2simpson_operator::SimpsonModel;
 use face2simpson_operator::crd::{ChampionStatus, ROLLBACK_REQUEST_ANNOTATION, RunStatus};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::events::v1::Event;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde::Deserialize as _;
@@ -398,6 +403,167 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
         deployment_generation(&world).await? == 1,
         "the Deployment was applied more than once with changes"
     );
+    world.finish()
+}
+
+/// The chart's Lease: the release's full name, in the release namespace.
+const LEASE: &str = "face2simpson-operator";
+
+/// Who holds the leader Lease (`None`: nobody, or released) and how often it changed hands.
+async fn lease_holder(world: &World) -> Result<(Option<String>, i32)> {
+    let leases: kube::Api<Lease> = kube::Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
+    let spec = leases.get(LEASE).await?.spec.unwrap_or_default();
+    Ok((
+        spec.holder_identity.filter(|h| !h.is_empty()),
+        spec.lease_transitions.unwrap_or(0),
+    ))
+}
+
+/// Waits until `who` holds the Lease (`None`: until nobody does).
+async fn wait_holder(world: &World, who: Option<&str>, timeout: Duration) -> Result<i32> {
+    poll(
+        &format!("the Lease to be held by {who:?}"),
+        timeout,
+        Duration::from_millis(100),
+        || async move {
+            let (holder, transitions) = lease_holder(world).await?;
+            Ok((holder.as_deref() == who).then_some(transitions))
+        },
+    )
+    .await
+    .with_context(|| world.context())
+}
+
+fn leader_gauge(metrics: &str) -> Option<&str> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("face2simpson_operator_leader "))
+}
+
+/// Issue 10 item 16: two replicas of the chart's Deployment elect one leader on the Lease; the
+/// standby reconciles nothing. The leader is SIGKILLed while its training Job runs: the
+/// standby takes the Lease over within the lease duration and finishes the run, deciding it
+/// once. Then SIGTERM releases the Lease at once.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn standby_takes_over_when_the_leader_dies() -> Result<()> {
+    // Short timing keeps the scenario fast; the relations are the defaults' (15s/10s/2s).
+    const LEASE_DURATION: Duration = Duration::from_secs(6);
+    let mut world = World::up_with(
+        "leader-failover",
+        &[
+            ("leaderElection.leaseDuration", "6s"),
+            ("leaderElection.renewDeadline", "4s"),
+            ("leaderElection.retryPeriod", "500ms"),
+        ],
+    )
+    .await?;
+    let leader = world.operator.pod_name.clone();
+    ensure!(
+        lease_holder(&world).await?.0.as_deref() == Some(leader.as_str()),
+        "the first replica does not hold the Lease"
+    );
+    // The second replica is ready, as a standby, while the first keeps the Lease.
+    let mut standby = Operator::another_replica(
+        &world.plane,
+        RELEASE_NAMESPACE,
+        face2simpson_e2e::world::RELEASE,
+        "standby",
+    )
+    .await?;
+    ensure!(standby.pod_name != leader);
+    ensure!(lease_holder(&world).await? == (Some(leader.clone()), 0));
+    ensure!(leader_gauge(&world.operator.metrics().await?) == Some("1"));
+    ensure!(leader_gauge(&standby.metrics().await?) == Some("0"));
+
+    world.apply_model(GOOD).await?;
+    let pods = world.pods();
+    poll(
+        "the training pod",
+        Duration::from_secs(60),
+        Duration::from_millis(50),
+        || {
+            let pods = pods.clone();
+            async move {
+                let list = pods
+                    .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
+                    .await?;
+                Ok((!list.items.is_empty()).then_some(()))
+            }
+        },
+    )
+    .await?;
+    world.operator.kill().await?;
+    let killed = std::time::Instant::now();
+    // The standby saw the last renew at most a retry period after it was written, and
+    // tries every retry period after the lease duration: allow both, and a second of slack.
+    let transitions = wait_holder(
+        &world,
+        Some(&standby.pod_name),
+        LEASE_DURATION + Duration::from_secs(10),
+    )
+    .await?;
+    let took = killed.elapsed();
+    ensure!(
+        took <= LEASE_DURATION + Duration::from_secs(2),
+        "the standby took {took:?} to take over"
+    );
+    ensure!(transitions == 1, "leaseTransitions {transitions}");
+    tracing::info!(?took, "the standby took over");
+
+    let sm = world.wait_decision(None).await?;
+    let run = last_run(&sm)?;
+    ensure!(decision(&run) == "FirstModel", "decided {:?}", run.decision);
+    world.wait_serving(&run.run_id).await?;
+    ensure!(leader_gauge(&standby.metrics().await?) == Some("1"));
+    // Give a duplicate a chance to appear before counting.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let jobs = world.jobs().list(&ListParams::default()).await?.items;
+    ensure!(
+        jobs.len() == 1,
+        "Jobs: {:?}",
+        jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
+    );
+    ensure!(
+        world
+            .model()
+            .await?
+            .status
+            .unwrap_or_default()
+            .history
+            .len()
+            == 1,
+        "one decision in history"
+    );
+    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
+    // One LeaderElection event on the Lease per new leader, as client-go records them.
+    let events: kube::Api<Event> = kube::Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
+    let elections: Vec<String> = events
+        .list(&ListParams::default())
+        .await?
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("LeaderElection"))
+        .filter_map(|e| e.note)
+        .collect();
+    ensure!(
+        elections.len() == 2 && elections.iter().any(|n| n.starts_with(&leader)),
+        "LeaderElection events: {elections:?}"
+    );
+
+    // A graceful stop hands the Lease back at once instead of letting it expire.
+    let status = standby.terminate().await?;
+    ensure!(status.success(), "the leader exited with {status}");
+    wait_holder(&world, None, Duration::from_secs(2)).await?;
+
+    let log = std::fs::read_to_string(standby.log())?.to_lowercase();
+    for needle in ["panicked", "forbidden"] {
+        ensure!(
+            !log.contains(needle),
+            "the standby's log contains {needle:?}"
+        );
+    }
+    ensure!(log.contains("standing by") && log.contains("released the lease"));
     world.finish()
 }
 

@@ -9,19 +9,20 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
+use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
 use face2simpson_operator::metrics::{Metrics, ModelLabels};
 use face2simpson_operator::{Context, SimpsonModel, error_policy, reconcile};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{self, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -47,6 +48,47 @@ struct Cli {
     /// Log format: `text` for people, `json` for log collectors.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    /// Elect a leader on a Lease before reconciling, so several replicas can run: the holder
+    /// reconciles, the others stand by. Off by default for a single local process; the Helm
+    /// chart turns it on.
+    #[arg(
+        long,
+        env = "LEADER_ELECT",
+        default_value_t = false,
+        num_args = 0..=1,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    leader_elect: bool,
+    /// Name of the leader Lease.
+    #[arg(
+        long,
+        env = "LEADER_ELECT_LEASE_NAME",
+        default_value = "face2simpson-operator"
+    )]
+    leader_elect_lease_name: String,
+    /// Namespace of the leader Lease; the kubeconfig's (in a pod: the pod's) when unset.
+    #[arg(long, env = "POD_NAMESPACE")]
+    leader_elect_namespace: Option<String>,
+    /// How long standbys wait after the leader's last renew before taking over (`15s`, `1m`).
+    #[arg(long, env = "LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// How long the leader keeps trying to renew before it gives up and exits; shorter than
+    /// the lease duration, so it stops before anyone may take over.
+    #[arg(long, env = "LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// Time between renews of the leader and between tries of a standby.
+    #[arg(long, env = "LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = parse_duration)]
+    leader_elect_retry_period: Duration,
+}
+
+/// `15s`, `1m 30s`, `500ms` or ISO 8601 `PT15S`.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d: jiff::SignedDuration = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("not a duration like 15s or 500ms: {e}"))?;
+    Duration::try_from(d).map_err(|_| "a negative duration".to_owned())
 }
 
 fn init_tracing(format: &str) {
@@ -123,6 +165,14 @@ const READY_POLL: Duration = Duration::from_millis(250);
 async fn main() -> Result<()> {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
+    if cli.leader_elect {
+        // Bad timing is a flag error: refuse it before connecting to anything.
+        leader::validate_timing(
+            cli.leader_elect_lease_duration,
+            cli.leader_elect_renew_deadline,
+            cli.leader_elect_retry_period,
+        )?;
+    }
 
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::register(&mut registry));
@@ -176,6 +226,23 @@ async fn main() -> Result<()> {
         instance: cli.pod_name.clone(),
     };
     let recorder = Recorder::new(client.clone(), reporter);
+
+    let mut elector = if cli.leader_elect {
+        let mut elector = Elector::new(client.clone(), election_config(&cli, &client))?;
+        if !stand_by(&mut elector, &ready, &metrics).await {
+            info!("stopped while standing by");
+            return stop_admin(admin, &ready).await;
+        }
+        // In the background: a slow event must not delay the controllers or the renews.
+        tokio::spawn(announce_leadership(
+            recorder.clone(),
+            elector.config().clone(),
+        ));
+        Some(elector)
+    } else {
+        None
+    };
+    metrics.leader.set(1);
     let ctx = Arc::new(Context::production(
         client.clone(),
         recorder,
@@ -239,13 +306,121 @@ async fn main() -> Result<()> {
             ready.store(true, Ordering::Relaxed);
         })
     };
-    futures::future::join_all(controllers).await;
+    // The leader keeps renewing while the controllers run, their graceful shutdown included.
+    let lost = tokio::select! {
+        _ = futures::future::join_all(controllers) => None,
+        lost = hold(elector.as_mut()) => Some(lost),
+    };
+    if let Some(lost) = lost {
+        // Another replica may take over any moment now: stop reconciling at once. Exiting
+        // drops every reconcile in flight, which is safe (each pass starts from the API server
+        // and writes with resourceVersion guards) and lets Kubernetes restart a clean standby.
+        error!(error = %lost, "lost leadership; exiting");
+        std::process::exit(1);
+    }
     readiness.abort();
     for f in forgetters {
         f.abort();
     }
-    ready.store(false, Ordering::Relaxed);
+    metrics.leader.set(0);
+    if let Some(elector) = elector.as_mut() {
+        // Only now that no reconcile runs: a standby may take over at its next try.
+        match elector.release().await {
+            Ok(true) => info!("released the Lease"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %e, "cannot release the Lease; a standby takes over once it expires")
+            }
+        }
+    }
     info!("controller stopped, shutting down");
+    stop_admin(admin, &ready).await
+}
+
+fn election_config(cli: &Cli, client: &Client) -> ElectionConfig {
+    ElectionConfig {
+        lease_name: cli.leader_elect_lease_name.clone(),
+        namespace: cli
+            .leader_elect_namespace
+            .clone()
+            .filter(|ns| !ns.is_empty())
+            .unwrap_or_else(|| client.default_namespace().to_owned()),
+        // The pod name: a container restarted in the same pod resumes its own Lease at once.
+        identity: cli
+            .pod_name
+            .clone()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(leader::fallback_identity),
+        lease_duration: cli.leader_elect_lease_duration,
+        renew_deadline: cli.leader_elect_renew_deadline,
+        retry_period: cli.leader_elect_retry_period,
+    }
+}
+
+/// Waits for the Lease. A standby is ready as soon as it has read the Lease: it is healthy and
+/// able to take over, and a Deployment's rolling update and a PodDisruptionBudget need it to
+/// count as available (a never-ready standby would stall every rollout behind the leader).
+/// Returns false when asked to stop first.
+async fn stand_by(elector: &mut Elector, ready: &AtomicBool, metrics: &Metrics) -> bool {
+    let config = elector.config().clone();
+    info!(
+        lease = %format!("{}/{}", config.namespace, config.lease_name),
+        identity = %config.identity,
+        "leader election: trying to acquire the Lease"
+    );
+    metrics.leader.set(0);
+    let acquired = async {
+        elector
+            .acquire(|leader| {
+                ready.store(true, Ordering::Relaxed);
+                info!(leader, "another replica leads; standing by (ready)");
+            })
+            .await
+    };
+    tokio::select! {
+        () = acquired => {
+            // Not ready again until this replica's watches have synced.
+            ready.store(false, Ordering::Relaxed);
+            true
+        }
+        () = shutdown_signal() => false,
+    }
+}
+
+/// Renews the Lease until it is lost; never resolves without leader election.
+async fn hold(elector: Option<&mut Elector>) -> Lost {
+    match elector {
+        Some(e) => e.hold().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A `LeaderElection` event on the Lease, as client-go's leader election records one.
+async fn announce_leadership(recorder: Recorder, config: ElectionConfig) {
+    let reference = ObjectReference {
+        api_version: Some("coordination.k8s.io/v1".into()),
+        kind: Some("Lease".into()),
+        name: Some(config.lease_name.clone()),
+        namespace: Some(config.namespace.clone()),
+        ..Default::default()
+    };
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "LeaderElection".into(),
+        note: Some(format!("{} became leader", config.identity)),
+        action: "Acquire".into(),
+        secondary: None,
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        warn!(error = %e, "cannot publish the LeaderElection event");
+    }
+}
+
+async fn stop_admin(
+    admin: tokio::task::JoinHandle<std::io::Result<()>>,
+    ready: &AtomicBool,
+) -> Result<()> {
+    ready.store(false, Ordering::Relaxed);
     match tokio::time::timeout(Duration::from_secs(10), admin).await {
         Ok(Ok(Ok(()))) => {}
         Ok(Ok(Err(e))) => warn!(error = %e, "admin server failed"),

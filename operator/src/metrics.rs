@@ -35,6 +35,9 @@ pub struct Metrics {
     pub champion_accuracy: Family<ModelLabels, Gauge<f64, AtomicU64>>,
     /// Unix time at which the model's last run with a usable result finished.
     pub last_successful_run: Family<ModelLabels, Gauge>,
+    /// 1 while this process reconciles (it holds the Lease, or runs without leader
+    /// election), 0 while it stands by.
+    pub leader: Gauge,
 }
 
 impl Metrics {
@@ -67,6 +70,11 @@ impl Metrics {
             "failed_runs",
             "Runs without a usable result (Job failed, metrics missing or invalid)",
             m.failed_runs.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica holds the leader Lease and reconciles, 0 while it stands by",
+            m.leader.clone(),
         );
         r.register(
             "champion_accuracy",

@@ -72,3 +72,26 @@ into a ClusterRole or into one Role per watched namespace.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/*
+Leader election (docs/operator.md): read and renew the release's Lease (`resourceNames` pins
+get and update to it; create cannot be pinned, the name is not known before the object), and
+record the LeaderElection event on it.
+*/}}
+{{/* The leader-election Role and RoleBinding, within 63 characters like every name here. */}}
+{{- define "face2simpson.leaderElectionName" -}}
+{{- printf "%s-leader-election" (include "face2simpson.fullname" . | trunc 46 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "face2simpson.leaderElectionRules" -}}
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  resourceNames: [{{ include "face2simpson.fullname" . | quote }}]
+  verbs: ["get", "update"]
+- apiGroups: ["coordination.k8s.io"]
+  resources: ["leases"]
+  verbs: ["create"]
+- apiGroups: ["events.k8s.io"]
+  resources: ["events"]
+  verbs: ["create", "patch"]
+{{- end }}

@@ -475,9 +475,7 @@ pub struct Harness {
 impl Harness {
     /// Starts a server that expects exactly `steps`, at time `now`.
     pub fn new(now: &str, steps: Vec<Step>) -> Self {
-        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
-        let client = Client::new(service, "default");
-        let server = tokio::spawn(serve(handle, steps));
+        let (client, server) = mock_api(steps);
         let mut registry = Registry::default();
         let metrics = Arc::new(Metrics::register(&mut registry));
         let recorder = Recorder::new(
@@ -553,6 +551,13 @@ impl Harness {
     pub fn metrics_text(&self) -> String {
         face2simpson_operator::metrics::encode(&self.registry).unwrap()
     }
+}
+
+/// A client whose API server expects exactly `steps`; the handle returns what it saw.
+pub fn mock_api(steps: Vec<Step>) -> (Client, JoinHandle<Vec<Seen>>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    (client, tokio::spawn(serve(handle, steps)))
 }
 
 async fn serve(
