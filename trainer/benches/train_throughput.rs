@@ -12,7 +12,7 @@
 //! On a GPU (`BENCH_DEVICE=cuda`, or `auto` when libtorch sees one) both sides train there, at
 //! batch 64 by default, and `nvidia-smi` is sampled while ours trains for the GPU's busy share.
 //!
-//! Env: BENCH_IMAGES (training images, default 160), BENCH_EPOCHS (default 3, at least 2),
+//! Env: BENCH_IMAGES (training images, default 160), BENCH_EPOCHS (default 5, at least 2),
 //! BENCH_THREADS (torch threads on both sides, default 2), BENCH_DEVICE (auto, cpu, cuda),
 //! BENCH_BATCH (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peer.
 
@@ -278,7 +278,7 @@ fn main() -> anyhow::Result<()> {
     let setup = Setup {
         device,
         batch: env_or("BENCH_BATCH", if device.is_cuda() { 64 } else { 32 }) as u32,
-        epochs: env_or("BENCH_EPOCHS", 3).max(2) as u32,
+        epochs: env_or("BENCH_EPOCHS", 5).max(2) as u32,
         threads,
     };
     let rt = tokio::runtime::Runtime::new()?;
