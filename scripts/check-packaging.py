@@ -81,6 +81,8 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "ops", "effect": "NoSchedule"}],
         "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"memory": "512Mi"}},
         "image": {"repository": "registry.example.com/f2s/operator", "tag": "1.2.3"},
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": "node-role", "operator": "In", "values": ["ops"]}]}]}}},
     },
     "existing-service-account": {
         "serviceAccount": {"create": False, "name": "ops-operator"},
@@ -216,6 +218,22 @@ def check_hardening(c: Checks, name: str, objects: list[dict[str, Any]], values:
     else:
         c.check(deploy["spec"]["replicas"] <= 1 and deploy["spec"]["strategy"]["type"] == "Recreate",
                 f"{name}: without leader election the operator must be one Recreate replica")
+    several = election.get("enabled", True) and values.get("replicas", 2) > 1
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    pdbs = of_kind(objects, "PodDisruptionBudget")
+    # Several replicas: a drain never evicts leader and standby together, and they spread.
+    c.check(len(pdbs) == (1 if several else 0), f"{name}: {len(pdbs)} PodDisruptionBudgets for the operator")
+    for pdb in pdbs:
+        c.check(pdb["spec"].get("maxUnavailable") == 1 and pdb["spec"]["selector"]["matchLabels"] == selector,
+                f"{name}: the PodDisruptionBudget does not keep one operator replica up")
+    if values.get("affinity"):
+        c.check(pod.get("affinity") == values["affinity"], f"{name}: affinity not passed through")
+    elif several:
+        terms = pod.get("affinity", {}).get("podAntiAffinity", {}).get(
+            "preferredDuringSchedulingIgnoredDuringExecution", [])
+        c.check(any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+                    and t["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector for t in terms),
+                f"{name}: replicas do not prefer different nodes")
     for ctr in pod["containers"]:
         sc = ctr.get("securityContext", {})
         c.check(sc.get("readOnlyRootFilesystem") is True, f"{name}: {ctr['name']} root filesystem writable")
