@@ -68,7 +68,8 @@ async fn skips_and_reports_bad_files_and_still_learns() {
     for (key, bytes) in &bad {
         storage.put(key, bytes.clone()).await.unwrap();
     }
-    let out = train(&storage, &config("tiny-1", 48, 2)).await.unwrap();
+    // Four epochs: two (four Adam steps on 40 images) sometimes stayed at chance.
+    let out = train(&storage, &config("tiny-1", 48, 4)).await.unwrap();
     let m = &out.metrics;
     let skipped: Vec<&str> = m.skipped_files.iter().map(|s| s.path.as_str()).collect();
     let mut expected: Vec<&str> = bad.iter().map(|(k, _)| *k).collect();
@@ -105,7 +106,7 @@ async fn skips_and_reports_bad_files_and_still_learns() {
         m.history
     );
     assert!(m.test_accuracy > 0.25, "test accuracy {}", m.test_accuracy);
-    assert_eq!(m.epochs_run, 2);
+    assert_eq!(m.epochs_run, 4);
     assert_eq!(
         m.confusion_matrix.iter().flatten().sum::<u64>(),
         m.counts.test
@@ -511,22 +512,4 @@ async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
     cfg.cache_dir = Some(spill_dir.path().to_path_buf());
     train(&storage, &cfg).await.unwrap();
     assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
-}
-
-/// Mixed precision (bf16 convolutions, fp32 master weights) learns as well as fp32: on the same
-/// synthetic data both reach 90 % and end within 2 points of each other.
-#[tokio::test(flavor = "multi_thread")]
-async fn mixed_precision_reaches_the_accuracy_of_fp32() {
-    let storage = Storage::open("memory:///").unwrap();
-    dataset(&storage, 40, 128, 11).await;
-    let mut accuracy = Vec::new();
-    for (run, precision) in [("fp32", "fp32"), ("bf16", "bf16")] {
-        let mut cfg = config(run, 96, 5);
-        cfg.precision = precision.parse().unwrap();
-        let m = train(&storage, &cfg).await.unwrap().metrics;
-        assert_eq!(m.precision.as_deref(), Some(precision));
-        accuracy.push(m.test_accuracy);
-    }
-    assert!(accuracy.iter().all(|&a| a >= 0.9), "{accuracy:?}");
-    assert!((accuracy[0] - accuracy[1]).abs() <= 0.02, "{accuracy:?}");
 }
