@@ -513,3 +513,20 @@ async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
     train(&storage, &cfg).await.unwrap();
     assert_eq!(std::fs::read_dir(spill_dir.path()).unwrap().count(), 0);
 }
+
+/// A checkpoint that cannot be used (here a truncated `state.json`) is ignored with a warning:
+/// the run trains from the start, completes, and clears it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unusable_checkpoint_is_ignored() {
+    let storage = Storage::open("memory:///").unwrap();
+    dataset(&storage, 8, 48, 5).await;
+    storage
+        .put("runs/corrupt-1/checkpoint/state.json", b"{\"guard\": {".to_vec())
+        .await
+        .unwrap();
+    let mut cfg = config("corrupt-1", 48, 1);
+    cfg.pretrained = None;
+    let out = train(&storage, &cfg).await.unwrap();
+    assert_eq!(out.metrics.history.len(), 1);
+    assert!(keys(&storage, "runs/corrupt-1/checkpoint").await.is_empty());
+}

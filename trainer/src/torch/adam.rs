@@ -131,27 +131,41 @@ impl Adam {
         (named, self.step)
     }
 
-    /// Restores what [`Adam::state`] returned; every parameter's moments must be there.
+    /// Checks that `named` holds both moments of every parameter, with the right shapes.
+    pub fn check(&self, named: &[(String, Tensor)]) -> Result<(), WeightsError> {
+        let by_name: std::collections::HashMap<&str, &Tensor> =
+            named.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        for p in &self.params {
+            for (prefix, moment) in [("m", &p.m), ("v", &p.v)] {
+                let key = format!("{prefix}.{}", p.name);
+                let src = by_name.get(key.as_str()).ok_or_else(|| {
+                    WeightsError::Mismatch(format!("optimizer state has no {key}"))
+                })?;
+                if src.size() != moment.size() {
+                    return Err(WeightsError::Mismatch(format!(
+                        "optimizer state {key} has shape {:?}, the model {:?}",
+                        src.size(),
+                        moment.size()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Restores what [`Adam::state`] returned, all or nothing: nothing is copied unless
+    /// [`Adam::check`] passes.
     pub fn restore(&mut self, named: Vec<(String, Tensor)>, step: i64) -> Result<(), WeightsError> {
-        let mut by_name: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
+        self.check(&named)?;
+        let by_name: std::collections::HashMap<String, Tensor> = named.into_iter().collect();
         tch::no_grad(|| {
             for p in &mut self.params {
                 for (prefix, dst) in [("m", &mut p.m), ("v", &mut p.v)] {
-                    let key = format!("{prefix}.{}", p.name);
-                    let src = by_name.remove(&key).ok_or_else(|| {
-                        WeightsError::Mismatch(format!("optimizer state has no {key}"))
-                    })?;
-                    if src.size() != dst.size() {
-                        return Err(WeightsError::Mismatch(format!(
-                            "optimizer state {key} has shape {:?}, the model {:?}",
-                            src.size(),
-                            dst.size()
-                        )));
-                    }
+                    let src = &by_name[&format!("{prefix}.{}", p.name)];
                     dst.f_copy_(&src.f_to_kind(Kind::Float)?)?;
                 }
             }
-            Ok(())
+            Ok::<_, WeightsError>(())
         })?;
         self.step = step;
         Ok(())

@@ -6,13 +6,13 @@
 //! then the previous epoch's files are deleted. A run that completes deletes the whole prefix.
 //! A checkpoint made from other data, hyperparameters or precision is ignored, not resumed.
 
-use artifacts::{EpochRecord, Hyperparameters, Storage};
+use artifacts::{EpochRecord, Hyperparameters, Storage, StorageError};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Tensor};
 
 use super::TrainError;
 use crate::torch::adam::Adam;
-use crate::torch::{Classifier, from_safetensors, to_safetensors};
+use crate::torch::{Classifier, WeightsError, from_safetensors, to_safetensors};
 
 /// What must be equal for a checkpoint to belong to this run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -140,45 +140,57 @@ impl Checkpoints {
         net: &mut Classifier,
         opt: &mut Adam,
     ) -> Result<Option<Resumed>, TrainError> {
-        let found: Option<StateFile> = self.runtime.block_on(async {
-            match self.storage.get_json(&self.state_key()).await {
-                Ok(f) => Ok(Some(f)),
-                Err(e) if e.is_not_found() => Ok(None),
-                Err(e) => Err(e),
-            }
-        })?;
-        let Some(file) = found else {
-            return Ok(None);
+        // A store outage is an error (the Job is retried); a checkpoint that is missing a
+        // file, truncated or corrupt is ignored with a warning and the run starts over.
+        let unusable = |why: String| {
+            tracing::warn!(prefix = %self.prefix, "ignoring an unusable checkpoint: {why}");
+            Ok(None)
+        };
+        let found: Result<StateFile, StorageError> = self
+            .runtime
+            .block_on(self.storage.get_json(&self.state_key()));
+        let file = match found {
+            Ok(f) => f,
+            Err(e) if e.is_not_found() => return Ok(None),
+            Err(e @ StorageError::Malformed { .. }) => return unusable(e.to_string()),
+            Err(e) => return Err(e.into()),
         };
         if file.guard != self.guard {
-            tracing::warn!(
-                prefix = %self.prefix,
-                "ignoring a checkpoint made from other data, hyperparameters or precision"
-            );
-            return Ok(None);
+            return unusable("it was made from other data, hyperparameters or precision".into());
         }
         let epoch = file.state.epoch;
-        let files = self.runtime.block_on(async {
-            let mut files = Vec::with_capacity(3);
-            for name in ["weights", "best", "adam"] {
-                files.push(self.storage.get(&self.file_key(epoch, name)).await?);
+        let mut files = Vec::with_capacity(3);
+        for name in ["weights", "best", "adam"] {
+            match self
+                .runtime
+                .block_on(self.storage.get(&self.file_key(epoch, name)))
+            {
+                Ok(bytes) => files.push(bytes),
+                Err(e) if e.is_not_found() => return unusable(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
-            Ok::<_, TrainError>(files)
-        })?;
-        let (weights, best, adam) = (&files[0][..], &files[1][..], &files[2][..]);
+        }
+        // Everything is parsed and checked before the model or the optimizer is touched.
+        let parsed = (|| {
+            let mut probe = Classifier::new(Device::Cpu, 0.0);
+            probe.load_weights(&files[0])?;
+            let best = from_safetensors(&files[1])?;
+            let moments = from_safetensors(&files[2])?;
+            opt.check(&moments)?;
+            Ok::<_, WeightsError>((best, moments))
+        })();
+        let (best, moments) = match parsed {
+            Ok(p) => p,
+            Err(e) => return unusable(e.to_string()),
+        };
         let weights_err = |source| TrainError::Weights {
             what: "resuming from the checkpoint".into(),
             source,
         };
-        net.load_weights(weights).map_err(weights_err)?;
-        opt.restore(
-            from_safetensors(adam).map_err(weights_err)?,
-            file.adam_steps,
-        )
-        .map_err(weights_err)?;
+        net.load_weights(&files[0]).map_err(weights_err)?;
+        opt.restore(moments, file.adam_steps).map_err(weights_err)?;
         let device = net.device();
-        let best = from_safetensors(best)
-            .map_err(weights_err)?
+        let best = best
             .into_iter()
             .map(|(k, t)| (k, to_device(t, device)))
             .collect();
