@@ -377,22 +377,15 @@ impl Elector {
             },
             spec,
         };
-        match self.api.create(&PostParams::default(), &lease).await {
-            Ok(created) => Ok(self.won(created, now)),
-            Err(e) if is_conflict(&e) => {
-                // Another candidate created it first.
-                self.leading = false;
-                Ok(Attempt::Standby { holder: None })
+        let created = self.api.create(&PostParams::default(), &lease).await;
+        // A 409: another candidate created it first.
+        self.settle(created, now, |namespace, name, source| {
+            LeaderError::Create {
+                namespace,
+                name,
+                source,
             }
-            Err(source) => {
-                let (namespace, name) = self.names();
-                Err(LeaderError::Create {
-                    namespace,
-                    name,
-                    source,
-                })
-            }
-        }
+        })
     }
 
     async fn write(
@@ -405,23 +398,35 @@ impl Elector {
         // anyone wrote in between.
         lease.spec = Some(spec);
         let name = lease.name_any();
-        match self
+        let written = self
             .api
             .replace(&name, &PostParams::default(), &lease)
-            .await
-        {
-            Ok(written) => Ok(self.won(written, now)),
+            .await;
+        self.settle(written, now, |namespace, name, source| {
+            LeaderError::Update {
+                namespace,
+                name,
+                source,
+            }
+        })
+    }
+
+    /// The outcome of a guarded write: ours, a 409 (someone wrote first: stand by), or an error.
+    fn settle(
+        &mut self,
+        result: Result<Lease, kube::Error>,
+        now: Instant,
+        error: impl FnOnce(String, String, kube::Error) -> LeaderError,
+    ) -> Result<Attempt, LeaderError> {
+        match result {
+            Ok(lease) => Ok(self.won(lease, now)),
             Err(e) if is_conflict(&e) => {
                 self.leading = false;
                 Ok(Attempt::Standby { holder: None })
             }
             Err(source) => {
                 let (namespace, name) = self.names();
-                Err(LeaderError::Update {
-                    namespace,
-                    name,
-                    source,
-                })
+                Err(error(namespace, name, source))
             }
         }
     }
