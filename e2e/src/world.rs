@@ -213,6 +213,27 @@ impl World {
         Api::namespaced(self.client.clone(), NAMESPACE)
     }
 
+    /// Waits until a training pod exists: from then on a run is certainly under way and
+    /// undecided (the trainer needs seconds).
+    pub async fn wait_training_pod(&self) -> Result<()> {
+        let pods = self.pods();
+        poll(
+            "the training pod",
+            Duration::from_secs(60),
+            Duration::from_millis(50),
+            || {
+                let pods = pods.clone();
+                async move {
+                    let list = pods
+                        .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
+                        .await?;
+                    Ok((!list.items.is_empty()).then_some(()))
+                }
+            },
+        )
+        .await
+    }
+
     pub async fn model(&self) -> Result<SimpsonModel> {
         Ok(self.models().get(MODEL).await?)
     }

@@ -334,22 +334,7 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
     world.apply_model(GOOD).await?;
     // Kill the operator as soon as the training pod exists: the trainer needs seconds, so
     // the run is certainly undecided.
-    let pods = world.pods();
-    poll(
-        "the training pod",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
-                    .await?;
-                Ok((!list.items.is_empty()).then_some(()))
-            }
-        },
-    )
-    .await?;
+    world.wait_training_pod().await?;
     world.operator.kill().await?;
     let undecided = world
         .model()
@@ -477,22 +462,7 @@ async fn standby_takes_over_when_the_leader_dies() -> Result<()> {
     ensure!(leader_gauge(&standby.metrics().await?) == Some("0"));
 
     world.apply_model(GOOD).await?;
-    let pods = world.pods();
-    poll(
-        "the training pod",
-        Duration::from_secs(60),
-        Duration::from_millis(50),
-        || {
-            let pods = pods.clone();
-            async move {
-                let list = pods
-                    .list(&ListParams::default().labels("app.kubernetes.io/component=training"))
-                    .await?;
-                Ok((!list.items.is_empty()).then_some(()))
-            }
-        },
-    )
-    .await?;
+    world.wait_training_pod().await?;
     world.operator.kill().await?;
     let killed = std::time::Instant::now();
     // The standby saw the last renew at most a retry period after it was written, and
