@@ -521,7 +521,10 @@ async fn an_unusable_checkpoint_is_ignored() {
     let storage = Storage::open("memory:///").unwrap();
     dataset(&storage, 8, 48, 5).await;
     storage
-        .put("runs/corrupt-1/checkpoint/state.json", b"{\"guard\": {".to_vec())
+        .put(
+            "runs/corrupt-1/checkpoint/state.json",
+            b"{\"guard\": {".to_vec(),
+        )
         .await
         .unwrap();
     let mut cfg = config("corrupt-1", 48, 1);
