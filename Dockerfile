@@ -2,7 +2,8 @@
 # One file, three images:
 #   --target operator   the controller: a static binary on an empty base (no libc, no shell)
 #   --target inference  the HTTP service with ONNX Runtime on glibc alone (no libtorch, no shell)
-#   --target trainer    the training Job on Debian with the CUDA libtorch (falls back to CPU)
+#   --target trainer    the training Job on Debian with the CUDA libtorch (falls back to CPU) and
+#                       the service's ONNX Runtime and face detector (one input pipeline)
 # Every image runs as uid 65532. Layers are ordered so that editing Rust code rebuilds only
 # the final compile: toolchain, then libtorch or ONNX Runtime (each depends on its setup script
 # alone), then the sources; crates and build output live in cache mounts shared between builds.
@@ -140,10 +141,16 @@ ENV LISTEN_ADDR=0.0.0.0:8080 \
 EXPOSE 8080
 ENTRYPOINT ["/usr/local/bin/face2simpson-inference"]
 
+# The trainer puts every image through the service's pipeline (BlazeFace on ONNX Runtime), so
+# it carries the same runtime and detector as the inference image, found the same way.
 FROM debian-runtime AS trainer
 COPY --from=libtorch-cuda /opt/face2simpson/ /opt/face2simpson/
+COPY --from=onnxruntime /opt/face2simpson/onnxruntime/ /opt/face2simpson/onnxruntime/
+COPY --from=onnxruntime /opt/face2simpson/blazeface/ /opt/face2simpson/blazeface/
 COPY --from=build-torch /out/face2simpson-trainer /usr/local/bin/face2simpson-trainer
 USER 65532:65532
-ENV LOG_FORMAT=json
+ENV LOG_FORMAT=json \
+    ORT_DYLIB_PATH=/opt/face2simpson/onnxruntime/libonnxruntime.so \
+    FACE_DETECTOR=/opt/face2simpson/blazeface/face_detection_front_128x128.onnx
 ENTRYPOINT ["/usr/local/bin/face2simpson-trainer"]
 CMD ["train"]

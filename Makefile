@@ -10,6 +10,10 @@ PRETRAINED := $(DEPS)/pretrained/mobilenet_v2-b0353104.pth
 TRAINER := target/release/face2simpson-trainer
 INFERENCE := target/release/face2simpson-inference
 LISTEN ?= 127.0.0.1:8080
+# ONNX Runtime and the BlazeFace face detector (scripts/setup-ort.sh): the service runs them, and
+# the trainer puts every image through the same pipeline.
+ORT_ENV := ORT_DYLIB_PATH=$(DEPS)/onnxruntime/libonnxruntime.so \
+           FACE_DETECTOR=$(DEPS)/blazeface/face_detection_front_128x128.onnx
 # Demo training settings: small enough for a few minutes on two CPU cores.
 DEMO_TRAIN := --storage $(STORE) --dataset $(DATASET) --image-size 96 --epochs 6 --device auto \
               --pretrained pretrained/mobilenet_v2-b0353104.pth --promote
@@ -36,18 +40,16 @@ demo-data: build
 demo: demo-data ## data, a champion, a challenger gated against it, then serve the champion
 	rm -rf $(STORE)/runs $(STORE)/champion.json
 	@echo "== training the first model (becomes the champion)"
-	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-1 --seed 1
+	$(ORT_ENV) $(TRAINER) train $(DEMO_TRAIN) --run-id demo-1 --seed 1
 	@echo "== training a challenger against it"
-	$(TRAINER) train $(DEMO_TRAIN) --run-id demo-2 --seed 2
+	$(ORT_ENV) $(TRAINER) train $(DEMO_TRAIN) --run-id demo-2 --seed 2
 	@echo "== champion:" && cat $(STORE)/champion.json && echo
 	$(MAKE) --no-print-directory serve
 
 serve: build ## serve the local champion (var/store/champion.json) at http://$(LISTEN)
 	@weights=$$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["weights_key"])' $(STORE)/champion.json); \
 	echo "== serving $$weights at http://$(LISTEN)  (Ctrl-C to stop)"; \
-	exec env ORT_DYLIB_PATH=$(DEPS)/onnxruntime/libonnxruntime.so \
-	  FACE_DETECTOR=$(DEPS)/blazeface/face_detection_front_128x128.onnx \
-	  $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
+	exec env $(ORT_ENV) $(INFERENCE) --model file://$(STORE)/$$weights --listen $(LISTEN)
 
 crds: ## regenerate crds/simpsonmodel.yaml (and the chart's copy) from the operator's Rust types
 	$(CARGO) run -q -p face2simpson-operator --bin crdgen > crds/simpsonmodel.yaml

@@ -13,7 +13,7 @@ pub mod storage;
 
 pub use gate::{Decision, PromotionPolicy, decide};
 pub use metrics::{
-    ChampionRecord, ClassScores, EpochRecord, Hyperparameters, RunMetrics, SkippedFile,
-    SplitCounts, TestPredictions, TrainerBuild, class_scores,
+    ChampionRecord, ClassScores, EpochRecord, FacesFound, Hyperparameters, PipelineRecord,
+    RunMetrics, SkippedFile, SplitCounts, TestPredictions, TrainerBuild, class_scores,
 };
 pub use storage::{Conditional, Expect, ObjectVersion, Storage, StorageError};

@@ -103,6 +103,33 @@ pub struct RunMetrics {
     /// weights in every case). Absent in runs from before mixed precision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub precision: Option<String>,
+    /// The photo → input pipeline every train, validation and test image went through (the
+    /// service's own). Absent in runs from before the shared pipeline, which trained and tested
+    /// on centre crops of whole images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineRecord>,
+}
+
+/// The input pipeline of a run (see the `pipeline` crate): a model is served through the same
+/// one, and a server that implements another version refuses it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PipelineRecord {
+    /// Version of the bytes → input contract.
+    pub version: u32,
+    /// `sha256:<hex>` of the face detector's model file.
+    pub detector_sha256: String,
+    /// A face's crop side over the face box's longer side.
+    pub crop_margin: f32,
+    /// Images per split whose input is a face's crop; the rest are whole images (no face found).
+    pub faces_found: FacesFound,
+}
+
+/// Images with a face, per split (compare with `counts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FacesFound {
+    pub train: u64,
+    pub val: u64,
+    pub test: u64,
 }
 
 /// Images per split after bad files were skipped.
@@ -440,6 +467,16 @@ pub(crate) mod tests {
             finished_at: "2026-11-29T10:05:00Z".parse().unwrap(),
             device: "cpu".into(),
             precision: None,
+            pipeline: Some(PipelineRecord {
+                version: 1,
+                detector_sha256: "sha256:99".into(),
+                crop_margin: 1.8,
+                faces_found: FacesFound {
+                    train: 120,
+                    val: 20,
+                    test: 30,
+                },
+            }),
         }
     }
 

@@ -104,21 +104,28 @@ impl World {
         seed_store(&store, &dir).await?;
         // What the Dockerfile's images set with ENV.
         let deps = crate::paths::deps();
+        // Both carry ONNX Runtime and the face detector: one input pipeline.
+        let pipeline_env = [
+            ("ORT_DYLIB_PATH", deps.join("onnxruntime/libonnxruntime.so")),
+            (
+                "FACE_DETECTOR",
+                deps.join("blazeface/face_detection_front_128x128.onnx"),
+            ),
+        ];
+        let pipeline_env: Vec<(&str, &std::path::Path)> = pipeline_env
+            .iter()
+            .map(|(k, v)| (*k, v.as_path()))
+            .collect();
         let images = Images::default()
-            .with(TRAINER_IMAGE, &our_bin("face2simpson-trainer")?, &[])
+            .with(
+                TRAINER_IMAGE,
+                &our_bin("face2simpson-trainer")?,
+                &pipeline_env,
+            )
             .with(
                 INFERENCE_IMAGE,
                 &our_bin("face2simpson-inference")?,
-                &[
-                    (
-                        "ORT_DYLIB_PATH",
-                        &deps.join("onnxruntime/libonnxruntime.so"),
-                    ),
-                    (
-                        "FACE_DETECTOR",
-                        &deps.join("blazeface/face_detection_front_128x128.onnx"),
-                    ),
-                ],
+                &pipeline_env,
             );
         let node = Node::start(client.clone(), images, &dir).await?;
 

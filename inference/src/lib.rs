@@ -12,10 +12,8 @@
 pub mod admission;
 pub mod batcher;
 pub mod error;
-pub mod faces;
 pub mod load;
 pub mod metrics;
-pub mod runtime;
 pub mod serve;
 
 use std::collections::BTreeMap;
@@ -39,9 +37,10 @@ use crate::admission::{Admission, AdmissionConfig, Rejection};
 
 pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
 pub use crate::error::{ApiError, ErrorBody};
-use crate::faces::{FaceBox, FaceDetector, crop_with_margin};
 pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
+use pipeline::{FaceBox, FaceDetector};
+pub use pipeline::{faces, runtime};
 
 const PAGE: &str = include_str!("page.html");
 /// The page loads nothing from elsewhere; say so, so injected content could not either.
@@ -376,14 +375,11 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         if cancelled.load(Ordering::SeqCst) {
             return Ok(Prepared::Cancelled);
         }
-        let inputs: Vec<Vec<f32>> = if boxes.is_empty() {
-            vec![pre.eval(&pre.fit(&img))]
-        } else {
-            boxes
-                .iter()
-                .map(|b| pre.eval(&pre.fit(&crop_with_margin(&img, *b))))
-                .collect()
-        };
+        // The same crops and fit the trainer trained and tested on (`pipeline`).
+        let inputs: Vec<Vec<f32>> = pipeline::fit_faces(&img, &boxes, pre)
+            .iter()
+            .map(|fitted| pre.eval(fitted))
+            .collect();
         Ok(Prepared::Ready(boxes, inputs))
     })
     .await

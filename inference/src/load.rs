@@ -10,9 +10,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use pipeline::runtime::{self, RuntimeError};
+use pipeline::{DetectorLoadError, FaceDetector, PIPELINE_VERSION};
+
 use crate::batcher::{Forward, OnnxClassifier};
-use crate::faces::FaceDetector;
-use crate::runtime::{self, RuntimeError};
 
 /// Where ONNX Runtime is and how the model runs on it.
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct ModelInfo {
     pub classes: Vec<String>,
     /// `sha256:<hex>` of the ONNX file being served.
     pub onnx_sha256: String,
+    /// The bytes → input pipeline version the model was trained through; `None` for runs from
+    /// before the shared pipeline (trained on centre crops of whole images).
+    pub pipeline_version: Option<u32>,
 }
 
 /// Why loading a model failed.
@@ -63,11 +67,41 @@ pub enum LoadError {
     Runtime(#[from] RuntimeError),
     #[error("warm-up inference failed: {0}")]
     WarmUp(String),
-    #[error("cannot read the face detector {path}: {source}")]
-    Detector {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Detector(#[from] DetectorLoadError),
+    #[error(
+        "{run} was trained through input pipeline version {found}, but this server implements version {PIPELINE_VERSION}: it would classify other inputs than the model was trained and tested on. Serve it with a face2simpson-inference built for version {found}, or train it again"
+    )]
+    Pipeline { run: String, found: u32 },
+}
+
+impl LoadError {
+    /// Exit code of a server that cannot serve for this reason: 2 when the model can never be
+    /// served by this binary (retrying cannot help), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            LoadError::Pipeline { .. } | LoadError::Checksum { .. } | LoadError::Uri(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Refuses a run trained through an input pipeline this server does not implement.
+fn check_pipeline(metrics: &RunMetrics) -> Result<(), LoadError> {
+    match &metrics.pipeline {
+        Some(p) if p.version != PIPELINE_VERSION => Err(LoadError::Pipeline {
+            run: metrics.run_id.clone(),
+            found: p.version,
+        }),
+        Some(_) => Ok(()),
+        None => {
+            tracing::warn!(
+                run_id = %metrics.run_id,
+                "the run predates the shared input pipeline: its test accuracy was measured on centre crops of whole images, not on the face crops served here"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Fetches `model.onnx` beside `uri` (a `model.safetensors` URI as the operator and
@@ -119,6 +153,9 @@ pub async fn load_model(
             want,
         });
     }
+    if let Some(m) = &metrics {
+        check_pipeline(m)?;
+    }
     let image_size = metrics
         .as_ref()
         .map_or(image_size, |m| m.hyperparameters.image_size);
@@ -130,6 +167,9 @@ pub async fn load_model(
         image_size,
         classes: CLASSES.iter().map(|c| c.to_string()).collect(),
         onnx_sha256: sha,
+        pipeline_version: metrics
+            .as_ref()
+            .and_then(|m| m.pipeline.as_ref().map(|p| p.version)),
     };
     let rt = rt.clone();
     tokio::task::spawn_blocking(move || {
@@ -159,13 +199,5 @@ pub fn load_detector(
     sessions: usize,
     max_faces: usize,
 ) -> Result<FaceDetector, LoadError> {
-    let bytes = std::fs::read(path).map_err(|source| LoadError::Detector {
-        path: path.display().to_string(),
-        source,
-    })?;
-    let env = runtime::environment(library)?;
-    let sessions = (0..sessions.max(1))
-        .map(|_| runtime::session(env, &bytes, 1))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(FaceDetector::new(sessions, max_faces))
+    Ok(FaceDetector::load(library, path, sessions, max_faces)?)
 }

@@ -46,6 +46,11 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
         concurrency: 8,
         cache_mb: None,
         cache_dir: None,
+        detector: face2simpson_trainer::load_detector(
+            common::ort_library(),
+            std::path::Path::new(env!("FACE2SIMPSON_BLAZEFACE")),
+        )
+        .unwrap(),
     };
     train::run(&storage, &cfg, &Progress::logs()).await.unwrap();
 
@@ -81,6 +86,36 @@ async fn serves_a_trained_model_that_gets_held_out_uploads_right() {
             },
         )
         .unwrap();
+
+    // Every test image of the run, uploaded as a user would: the service gets them right as
+    // often as the run's metrics say (one image of slack for ONNX Runtime and libtorch
+    // rounding a near-tie differently).
+    let mut served_right = 0usize;
+    let test_keys = &metrics.test_predictions.as_ref().unwrap().keys;
+    for key in test_keys {
+        let class = key.split('/').nth(3).unwrap();
+        let bytes = storage.get(key).await.unwrap();
+        let req = Request::post("/v1/predict")
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .body(Body::from(bytes))
+            .unwrap();
+        let resp = app(state.clone()).oneshot(req).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let v: serde_json::Value =
+            serde_json::from_slice(&resp.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        if v["character"] == class {
+            served_right += 1;
+        }
+    }
+    let trainer_right = (metrics.test_accuracy * test_keys.len() as f64).round() as usize;
+    assert!(
+        served_right.abs_diff(trainer_right) <= 1,
+        "served {served_right}/{n} right, the run reports {trainer_right}/{n}",
+        n = test_keys.len()
+    );
+    let pipeline = metrics.pipeline.as_ref().unwrap();
+    assert_eq!(pipeline.version, pipeline::PIPELINE_VERSION);
+    assert_eq!(pipeline.crop_margin, pipeline::CROP_MARGIN);
 
     // Held-out: seeds the dataset generator never used, JPEG like a phone upload.
     let per_class = 15;

@@ -82,7 +82,23 @@ fn config(run_id: &str, setup: Setup, precision: Precision) -> TrainConfig {
         concurrency: 16,
         cache_mb: None,
         cache_dir: None,
+        detector: detector(),
     }
+}
+
+/// The service's face detector (.cargo/config.toml names where `make setup` put it).
+fn detector() -> std::sync::Arc<pipeline::FaceDetector> {
+    static DETECTOR: std::sync::OnceLock<std::sync::Arc<pipeline::FaceDetector>> =
+        std::sync::OnceLock::new();
+    DETECTOR
+        .get_or_init(|| {
+            face2simpson_trainer::load_detector(
+                std::path::Path::new(env!("ORT_DYLIB_PATH")),
+                std::path::Path::new(env!("FACE2SIMPSON_BLAZEFACE")),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        })
+        .clone()
 }
 
 /// Our steady images/s and epoch times for one precision.
@@ -210,6 +226,10 @@ fn breakdown(
         let options = LoadOptions {
             cache: Arc::new(CropCache::new(u64::MAX, &std::env::temp_dir())),
             pre,
+            detector: detector(),
+            faces: Arc::new(face2simpson_trainer::face_index::FaceIndex::empty(
+                "cache/faces/bench.json".into(),
+            )),
             val_fraction: 0.0,
             seed: 1,
             concurrency: 16,
@@ -219,7 +239,7 @@ fn breakdown(
     let n = data.train.len() + data.test.len();
     let load = t0.elapsed().as_secs_f64();
     println!(
-        "  fetch + decode + resize/crop, once:  {:8.1} images/s",
+        "  fetch + decode + detect + crop/fit, once: {:8.1} images/s",
         n as f64 / load
     );
 

@@ -5,15 +5,17 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use artifacts::{SkippedFile, Storage, StorageError};
+use artifacts::{FacesFound, SkippedFile, Storage, StorageError};
 use futures::{StreamExt, TryStreamExt};
 use model::{CLASSES, Preprocessor, class_index};
+use pipeline::{FaceBox, FaceDetector};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use sha2::{Digest, Sha256};
 
 use crate::cache::{Crop, CropCache};
+use crate::face_index::FaceIndex;
 
 const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 
@@ -51,6 +53,11 @@ pub enum DatasetError {
     },
     #[error("decoded-image cache: {0}")]
     Cache(#[from] std::io::Error),
+    #[error("{key}: {source}")]
+    Detect {
+        key: String,
+        source: pipeline::DetectError,
+    },
 }
 
 /// One listed file.
@@ -59,6 +66,8 @@ pub struct Entry {
     pub key: String,
     pub label: usize,
     pub size: u64,
+    /// The object's ETag when the store gives one (the face index is keyed by it).
+    pub etag: Option<String>,
 }
 
 /// What a prefix holds, validated, before any image is fetched.
@@ -72,13 +81,15 @@ pub struct Listing {
     pub fingerprint: String,
 }
 
-/// An image ready for the model: decoded, resized and centre-cropped, kept in the
-/// [`CropCache`].
+/// An image ready for the model: through the shared pipeline (decoded, its largest face
+/// cropped or the whole image kept, fitted to the model's size), kept in the [`CropCache`].
 #[derive(Debug, Clone)]
 pub struct Sample {
     pub key: String,
     pub label: usize,
     pub image: Crop,
+    /// The face the input was cropped around; `None` when the whole image was used.
+    pub face: Option<FaceBox>,
 }
 
 #[derive(Debug)]
@@ -92,6 +103,18 @@ pub struct Dataset {
     pub test_fingerprint: String,
     /// Train images dropped because their bytes are also in the test split.
     pub duplicates_dropped: usize,
+}
+
+impl Dataset {
+    /// Images per split whose input is a face's crop.
+    pub fn faces_found(&self) -> FacesFound {
+        let count = |s: &[Sample]| s.iter().filter(|s| s.face.is_some()).count() as u64;
+        FacesFound {
+            train: count(&self.train),
+            val: count(&self.val),
+            test: count(&self.test),
+        }
+    }
 }
 
 /// Lists and validates `prefix`. Layout errors are fatal; odd files are skipped with a reason.
@@ -167,6 +190,7 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
             key: key.clone(),
             label,
             size: meta.size,
+            etag: meta.e_tag.clone(),
         });
     }
     for (split, entries) in [("train", &listing.train), ("test", &listing.test)] {
@@ -206,6 +230,10 @@ pub struct LoadOptions {
     /// Where the fitted images are kept (memory up to a budget, then local disk).
     pub cache: Arc<CropCache>,
     pub pre: Preprocessor,
+    /// The service's face detector: a dataset image's input is its largest face's crop.
+    pub detector: Arc<FaceDetector>,
+    /// Faces found by earlier runs, reused for unchanged objects.
+    pub faces: Arc<FaceIndex>,
     /// Share of each class moved from train to validation.
     pub val_fraction: f64,
     pub seed: u64,
@@ -230,6 +258,8 @@ pub async fn load(
     let LoadOptions {
         cache,
         pre,
+        detector,
+        faces,
         val_fraction,
         seed,
         concurrency,
@@ -244,30 +274,54 @@ pub async fn load(
     let fetch = |entries: Vec<Entry>| {
         let storage = storage.clone();
         let cache = cache.clone();
+        let detector = detector.clone();
+        let faces = faces.clone();
         let on_loaded = &on_loaded;
         async move {
             futures::stream::iter(entries)
                 .map(move |entry| {
                     let storage = storage.clone();
                     let cache = cache.clone();
+                    let detector = detector.clone();
+                    let faces = faces.clone();
                     async move {
                         let bytes = storage.get(&entry.key).await?;
                         let loaded = tokio::task::spawn_blocking(move || {
                             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                            Ok::<_, DatasetError>(match model::decode(&bytes) {
-                                Ok(img) => Loaded::Ok(
-                                    Sample {
-                                        key: entry.key,
-                                        label: entry.label,
-                                        image: cache.store(pre.fit(&img))?,
-                                    },
-                                    digest,
-                                ),
-                                Err(e) => Loaded::Skipped(SkippedFile {
-                                    path: entry.key,
-                                    reason: e.to_string(),
-                                }),
-                            })
+                            let img = match model::decode(&bytes) {
+                                Ok(img) => img,
+                                Err(e) => {
+                                    return Ok(Loaded::Skipped(SkippedFile {
+                                        path: entry.key,
+                                        reason: e.to_string(),
+                                    }));
+                                }
+                            };
+                            let etag = entry.etag.as_deref();
+                            let face = match faces.lookup(&entry.key, entry.size, etag) {
+                                Some(face) => face,
+                                None => {
+                                    let found = detector.detect(&img).map_err(|source| {
+                                        DatasetError::Detect {
+                                            key: entry.key.clone(),
+                                            source,
+                                        }
+                                    })?;
+                                    let face = found.first().copied();
+                                    faces.record(&entry.key, entry.size, etag, face);
+                                    face
+                                }
+                            };
+                            let input = pipeline::fit_face(&img, face, pre);
+                            Ok::<_, DatasetError>(Loaded::Ok(
+                                Sample {
+                                    key: entry.key,
+                                    label: entry.label,
+                                    image: cache.store(input)?,
+                                    face,
+                                },
+                                digest,
+                            ))
                         })
                         .await
                         .map_err(|e| DatasetError::Worker(e.to_string()))??;
@@ -301,6 +355,7 @@ pub async fn load(
     };
     let mut train = split_samples(fetch(train).await?, &mut skipped);
     let test = split_samples(fetch(test).await?, &mut skipped);
+    faces.write(storage, |k| digests.contains_key(k)).await;
     let duplicates_dropped =
         drop_test_duplicates(prefix, &mut train, &test, &mut digests, &mut skipped);
     check_classes(prefix, "train", train.iter().map(|s| s.label))?;
@@ -392,9 +447,10 @@ fn drop_test_duplicates(
     before - train.len()
 }
 
-/// The test split fetched again and fitted at another image size (the champion's), checked
-/// against the content it had when the run loaded it: the champion and the challenger must be
-/// scored on the same bytes. Returns the samples in the same (key) order as `test`.
+/// The test split fetched again and fitted at another image size (the champion's), around the
+/// faces found when the run loaded it, checked against the content it had then: the champion
+/// and the challenger must be scored on the same bytes and the same crops. Returns the samples
+/// in the same (key) order as `test`.
 pub async fn refit_test(
     storage: &Storage,
     prefix: &str,
@@ -405,8 +461,8 @@ pub async fn refit_test(
     concurrency: usize,
 ) -> Result<Vec<Sample>, DatasetError> {
     let fetched: Vec<(Option<Sample>, [u8; 32])> =
-        futures::stream::iter(test.iter().map(|s| (s.key.clone(), s.label)))
-            .map(|(key, label)| {
+        futures::stream::iter(test.iter().map(|s| (s.key.clone(), s.label, s.face)))
+            .map(|(key, label, face)| {
                 let storage = storage.clone();
                 let cache = cache.clone();
                 async move {
@@ -418,7 +474,8 @@ pub async fn refit_test(
                             Ok(img) => Some(Sample {
                                 key,
                                 label,
-                                image: cache.store(pre.fit(&img))?,
+                                image: cache.store(pipeline::fit_face(&img, face, pre))?,
+                                face,
                             }),
                             Err(_) => None,
                         };

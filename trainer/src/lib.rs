@@ -5,13 +5,28 @@ pub mod build_info;
 pub mod cache;
 pub mod datagen;
 pub mod dataset;
+pub mod face_index;
 pub mod progress;
 pub mod torch;
 pub mod train;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use artifacts::{Storage, StorageError};
 use image::ImageFormat;
 use model::CLASSES;
+use pipeline::{DetectorLoadError, FaceDetector};
+
+/// The service's face detector, with one session per core (images are decoded and looked at in
+/// parallel on the blocking pool). Only the largest face of a dataset image is used.
+pub fn load_detector(
+    ort_library: &Path,
+    face_detector: &Path,
+) -> Result<Arc<FaceDetector>, DetectorLoadError> {
+    let sessions = std::thread::available_parallelism().map_or(2, |n| n.get());
+    FaceDetector::load(ort_library, face_detector, sessions, 1).map(Arc::new)
+}
 
 /// Writes a synthetic dataset: `per_class` train and `per_class / 4` (at least 2) test images per
 /// class, alternating PNG and JPEG.

@@ -4,7 +4,7 @@
 mod common;
 
 use artifacts::{Storage, layout};
-use common::{config, dataset, keys, png_bomb, train};
+use common::{config, dataset, detector, keys, png_bomb, train};
 use face2simpson_trainer::train::{TrainConfig, TrainError};
 
 /// The acceptance bar: a dataset the trainer has never seen, 96 px, 6 CPU epochs, ≥ 90 %.
@@ -476,6 +476,10 @@ async fn a_run_over_its_image_memory_budget_trains_from_local_disk() {
             let options = LoadOptions {
                 cache: cache.clone(),
                 pre: model::Preprocessor::new(48),
+                detector: detector(),
+                faces: Arc::new(face2simpson_trainer::face_index::FaceIndex::empty(
+                    "cache/faces/test.json".into(),
+                )),
                 val_fraction: 0.15,
                 seed: 7,
                 concurrency: 4,

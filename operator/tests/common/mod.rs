@@ -98,6 +98,8 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
         champion_accuracy: None,
         decision: decision.map(|d| serde_json::from_value(json!(d)).unwrap()),
         reason: decision.map(|d| format!("{d} for the test")),
+        summary: None,
+        comparison: None,
         dry_run: false,
     }
 }
@@ -261,6 +263,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         finished_at: "2026-11-30T01:00:00Z".parse().unwrap(),
         device: "cuda:0".into(),
         precision: None,
+        pipeline: None,
     }
 }
 

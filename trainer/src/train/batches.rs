@@ -181,6 +181,7 @@ mod tests {
                 key: format!("k{k}"),
                 label: k,
                 image: Crop::Memory(img.clone()),
+                face: None,
             })
             .collect();
         let batch = HostBatch::build(&[2, 0], &samples, size, Device::Cpu, &|_, s, out| {

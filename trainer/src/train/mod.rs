@@ -69,6 +69,8 @@ pub struct TrainConfig {
     pub cache_mb: Option<u64>,
     /// Where images beyond the budget go; `None` is the temporary directory.
     pub cache_dir: Option<std::path::PathBuf>,
+    /// The service's face detector: every image goes through the service's pipeline.
+    pub detector: std::sync::Arc<pipeline::FaceDetector>,
 }
 
 /// Where a run's artifacts go and whom it is for. The operator keys runs per model

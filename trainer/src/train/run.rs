@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use artifacts::metrics::METRICS_SCHEMA_VERSION;
-use artifacts::{RunMetrics, SplitCounts, Storage, StorageError, TestPredictions, layout};
+use artifacts::{
+    PipelineRecord, RunMetrics, SplitCounts, Storage, StorageError, TestPredictions, layout,
+};
 use chrono::Utc;
 use model::{CLASSES, Preprocessor};
 use sha2::{Digest, Sha256};
@@ -16,6 +18,7 @@ use super::evaluate::{self, Evaluation};
 use super::{Outcome, RunTarget, TrainConfig, TrainError, completed, config, fit, promote};
 use crate::cache::CropCache;
 use crate::dataset::{self, Dataset, Listing, LoadOptions, Sample};
+use crate::face_index::FaceIndex;
 use crate::progress::Progress;
 
 /// `sha256:<hex>` of some bytes, the form every digest in metrics.json takes.
@@ -84,10 +87,14 @@ pub(super) async fn load_dataset(
     progress: &Progress,
 ) -> Result<Dataset, TrainError> {
     let total = (listing.train.len() + listing.test.len()) as u64;
+    let pipeline = pipeline::PipelineId::of(&cfg.detector);
+    let faces = Arc::new(FaceIndex::read(storage, &pipeline, &cfg.dataset).await);
     progress.start_loading(total);
     let options = LoadOptions {
         cache: cache.clone(),
         pre: Preprocessor::new(cfg.hyper.image_size),
+        detector: cfg.detector.clone(),
+        faces: faces.clone(),
         val_fraction: cfg.hyper.val_fraction,
         seed: cfg.hyper.seed,
         concurrency: cfg.concurrency,
@@ -97,6 +104,13 @@ pub(super) async fn load_dataset(
     })
     .await?;
     progress.finish_loading();
+    let (reused, detected) = faces.counts();
+    tracing::info!(
+        reused,
+        detected,
+        detector = %pipeline.detector_sha256,
+        "face detection (reused: found by an earlier run in an unchanged object)"
+    );
     Ok(data)
 }
 
@@ -287,6 +301,7 @@ pub async fn run_in(
         test = data.test.len(),
         skipped = data.skipped.len(),
         duplicates_dropped = data.duplicates_dropped,
+        faces_found = ?data.faces_found(),
         fingerprint = %data.fingerprint,
         "dataset loaded"
     );
@@ -442,6 +457,7 @@ pub async fn run_in(
         finished_at,
         device: crate::torch::device_name(cfg.device),
         precision: Some(crate::torch::kind_name(compute.kind).to_owned()),
+        pipeline: Some(pipeline_record(cfg, &data)),
     };
     // Written last: its presence tells the operator the run is complete.
     storage
@@ -459,6 +475,17 @@ pub async fn run_in(
         decision,
         already_complete: false,
     })
+}
+
+/// The pipeline the run's inputs went through, as metrics.json records it.
+fn pipeline_record(cfg: &TrainConfig, data: &Dataset) -> PipelineRecord {
+    let id = pipeline::PipelineId::of(&cfg.detector);
+    PipelineRecord {
+        version: id.version,
+        detector_sha256: id.detector_sha256,
+        crop_margin: id.crop_margin,
+        faces_found: data.faces_found(),
+    }
 }
 
 fn metrics_key_of(cfg: &TrainConfig, target: &RunTarget) -> String {

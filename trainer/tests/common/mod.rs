@@ -8,6 +8,15 @@ use tch::Device;
 
 pub const PRETRAINED: &str = env!("FACE2SIMPSON_PRETRAINED");
 
+/// The service's face detector, as `make setup` leaves it (.cargo/config.toml names the paths).
+pub fn detector() -> std::sync::Arc<pipeline::FaceDetector> {
+    face2simpson_trainer::load_detector(
+        std::path::Path::new(env!("ORT_DYLIB_PATH")),
+        std::path::Path::new(env!("FACE2SIMPSON_BLAZEFACE")),
+    )
+    .unwrap()
+}
+
 pub fn config(run_id: &str, image_size: u32, epochs: u32) -> TrainConfig {
     TrainConfig {
         run_id: run_id.to_owned(),
@@ -32,6 +41,7 @@ pub fn config(run_id: &str, image_size: u32, epochs: u32) -> TrainConfig {
         concurrency: 8,
         cache_mb: None,
         cache_dir: None,
+        detector: detector(),
     }
 }
 

@@ -7,14 +7,17 @@
 //! It was trained on roughly square selfie framing, so a wide or tall photo is also looked at in
 //! overlapping square tiles: two people side by side are two faces, not one tiny pair.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use image::RgbImage;
 use image::imageops::FilterType;
 use ort::session::Session;
-use serde::Serialize;
-use utoipa::ToSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::runtime::{self, RuntimeError};
 
 /// The network's input side.
 const INPUT: u32 = 128;
@@ -33,7 +36,8 @@ const TILE_ASPECT: f32 = 1.3;
 const MAX_TILES: u32 = 6;
 
 /// A face in (upright) image pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FaceBox {
     pub x: u32,
     pub y: u32,
@@ -45,6 +49,22 @@ pub struct FaceBox {
 pub enum DetectError {
     #[error("face detector: {0}")]
     Runtime(String),
+}
+
+/// Why the detector could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum DetectorLoadError {
+    #[error(
+        "cannot read the face detector {path}: {source} (set FACE_DETECTOR; `make setup` fetches it)"
+    )]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("the face detector {path} is not a BlazeFace model: {reason}")]
+    NotBlazeFace { path: String, reason: String },
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
 }
 
 /// A detection in image pixels before clamping.
@@ -75,6 +95,8 @@ pub struct FaceDetector {
     next: AtomicUsize,
     /// Faces per image at most, the largest kept.
     max_faces: usize,
+    /// `sha256:<hex>` of the model file: which detector found the faces a model was trained on.
+    sha256: String,
 }
 
 impl std::fmt::Debug for FaceDetector {
@@ -82,17 +104,47 @@ impl std::fmt::Debug for FaceDetector {
         f.debug_struct("FaceDetector")
             .field("sessions", &self.sessions.len())
             .field("max_faces", &self.max_faces)
+            .field("sha256", &self.sha256)
             .finish()
     }
 }
 
 impl FaceDetector {
-    pub fn new(sessions: Vec<Session>, max_faces: usize) -> Self {
-        Self {
+    /// BlazeFace from `path` on the ONNX Runtime at `library`, with `sessions` single-threaded
+    /// sessions (one per thread that may detect at once). The model is checked by running it
+    /// once: a wrong file fails here, not on every request.
+    pub fn load(
+        library: &Path,
+        path: &Path,
+        sessions: usize,
+        max_faces: usize,
+    ) -> Result<Self, DetectorLoadError> {
+        let bytes = std::fs::read(path).map_err(|source| DetectorLoadError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let env = runtime::environment(library)?;
+        let sessions = (0..sessions.max(1))
+            .map(|_| runtime::session(env, &bytes, 1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let detector = Self {
             sessions: sessions.into_iter().map(Mutex::new).collect(),
             next: AtomicUsize::new(0),
             max_faces: max_faces.max(1),
-        }
+            sha256: format!("sha256:{:x}", Sha256::digest(&bytes)),
+        };
+        detector
+            .run(&vec![0.0; (INPUT * INPUT * 3) as usize])
+            .map_err(|e| DetectorLoadError::NotBlazeFace {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        Ok(detector)
+    }
+
+    /// `sha256:<hex>` of the detector's model file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// Faces, largest first, at most `max_faces`.
@@ -141,6 +193,12 @@ impl FaceDetector {
         let tensor =
             ort::value::TensorRef::from_array_view(([1, side, side, 3], input)).map_err(err)?;
         let outputs = guard.run(ort::inputs![tensor]).map_err(err)?;
+        if outputs.len() < 4 {
+            return Err(DetectError::Runtime(format!(
+                "{} outputs, BlazeFace has 4",
+                outputs.len()
+            )));
+        }
         let mut dets = Vec::new();
         for (head, &(cells, anchors)) in HEADS.iter().enumerate() {
             let (_, scores) = outputs[head].try_extract_tensor::<f32>().map_err(err)?;
@@ -253,11 +311,16 @@ fn clamp(d: Detection, w: u32, h: u32) -> Option<FaceBox> {
     })
 }
 
+/// The side of a face's crop over the face box's longer side (see [`crop_with_margin`]).
+pub const CROP_MARGIN: f32 = 1.8;
+
 /// A square crop around a face with room for hair: the characters differ most above the
-/// forehead, so the crop extends further up than down.
+/// forehead, so the crop is [`CROP_MARGIN`] times the face and its centre sits a quarter of the
+/// face's height above the face's centre. The one definition of the crop geometry: the
+/// trainer's inputs and the service's are both cut here.
 pub fn crop_with_margin(img: &RgbImage, face: FaceBox) -> RgbImage {
     let (w, h) = img.dimensions();
-    let side = (face.w.max(face.h) as f32 * 1.8) as i64;
+    let side = (face.w.max(face.h) as f32 * CROP_MARGIN) as i64;
     let cx = i64::from(face.x) + i64::from(face.w) / 2;
     let cy = i64::from(face.y) + i64::from(face.h) / 2 - i64::from(face.h) / 4;
     let side = side.min(i64::from(w)).min(i64::from(h)).max(1);
