@@ -15,6 +15,7 @@ pub mod error;
 pub mod load;
 pub mod metrics;
 pub mod serve;
+pub mod validate;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};

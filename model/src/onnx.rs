@@ -280,6 +280,30 @@ impl Builder {
 /// The ONNX model (serialised `ModelProto`) for `weights`; `image_size` is recorded in the
 /// metadata for consumers that want to know what the model was trained on.
 pub fn export(weights: &Weights, image_size: u32) -> Result<Vec<u8>, ExportError> {
+    build(weights, image_size, None)
+}
+
+/// **Test-only.** [`export`] with a per-channel `input · scale + shift` (an ONNX `Mul` and
+/// `Add`) prepended to the network, so the graph expects another input normalisation than the
+/// one [`crate::Preprocessor::eval`] produces — e.g. `scale = 1/std`, `shift = −mean/std`
+/// makes it normalise by itself and expect raw 0–1 RGB. The served-path validator's tests use
+/// it to build a model whose served answers disagree with its trainer's (train/serve skew).
+/// Never used by the trainer.
+#[doc(hidden)]
+pub fn export_with_input_transform(
+    weights: &Weights,
+    image_size: u32,
+    scale: [f32; 3],
+    shift: [f32; 3],
+) -> Result<Vec<u8>, ExportError> {
+    build(weights, image_size, Some((scale, shift)))
+}
+
+fn build(
+    weights: &Weights,
+    image_size: u32,
+    input_transform: Option<([f32; 3], [f32; 3])>,
+) -> Result<Vec<u8>, ExportError> {
     let num_classes = weights.num_classes()?;
     let mut b = Builder {
         graph: GraphProto::new(),
@@ -288,6 +312,29 @@ pub fn export(weights: &Weights, image_size: u32) -> Result<Vec<u8>, ExportError
     b.graph.initializer.push(tensor("relu6.min", &[], &[0.0]));
     b.graph.initializer.push(tensor("relu6.max", &[], &[6.0]));
     let mut x = INPUT.to_owned();
+    if let Some((scale, shift)) = input_transform {
+        b.graph
+            .initializer
+            .push(tensor("input.scale", &[1, 3, 1, 1], &scale));
+        b.graph
+            .initializer
+            .push(tensor("input.shift", &[1, 3, 1, 1], &shift));
+        b.graph.node.push(node(
+            "Mul",
+            "input.mul",
+            &[INPUT, "input.scale"],
+            "input.scaled",
+            vec![],
+        ));
+        b.graph.node.push(node(
+            "Add",
+            "input.add",
+            &["input.scaled", "input.shift"],
+            "input.transformed",
+            vec![],
+        ));
+        x = "input.transformed".to_owned();
+    }
     for (i, block) in arch::features().iter().enumerate() {
         match block {
             Block::Conv(c) => x = b.conv(weights, c, &x)?,
@@ -460,6 +507,30 @@ mod tests {
             + stat("bias");
         let folded: f32 = fw[o * per_out..(o + 1) * per_out].iter().sum::<f32>() + fb[o];
         assert!((bn - folded).abs() < 1e-5, "{bn} vs {folded}");
+    }
+
+    #[test]
+    fn the_test_only_input_transform_is_prepended_and_the_normal_export_has_none() {
+        let ops = |bytes: &[u8]| -> Vec<String> {
+            let model = ModelProto::parse_from_bytes(bytes).unwrap();
+            model
+                .graph
+                .as_ref()
+                .unwrap()
+                .node
+                .iter()
+                .map(|n| n.op_type.clone())
+                .collect()
+        };
+        let normal = ops(&export(&weights(), 96).unwrap());
+        assert_eq!(normal[0], "Conv");
+        let skewed =
+            ops(
+                &export_with_input_transform(&weights(), 96, [2.0, 2.0, 2.0], [0.5, 0.5, 0.5])
+                    .unwrap(),
+            );
+        assert_eq!(&skewed[..3], ["Mul", "Add", "Conv"]);
+        assert_eq!(skewed.len(), normal.len() + 2);
     }
 
     #[test]
