@@ -606,7 +606,7 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
             .is_empty()
     );
 
-    for example in ["minimal.yaml", "s3.yaml", "gcs.yaml"] {
+    for example in ["minimal.yaml", "s3.yaml", "gcs.yaml", "production.yaml"] {
         let text = std::fs::read_to_string(
             face2simpson_e2e::paths::workspace()
                 .join("examples")
@@ -630,7 +630,7 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
         }
     }
     let all: kube::Api<SimpsonModel> = kube::Api::all(world.client.clone());
-    ensure!(all.list(&ListParams::default()).await?.items.len() == 3);
+    ensure!(all.list(&ListParams::default()).await?.items.len() == 4);
     world.finish()
 }
 

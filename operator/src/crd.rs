@@ -42,6 +42,7 @@ pub const PROMOTE_RUN_ANNOTATION: &str = "face2simpson.io/promote-run";
     printcolumn = r#"{"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.runId", "description": "The most recent training run"}"#,
     printcolumn = r#"{"name": "Decision", "type": "string", "jsonPath": ".status.lastRun.decision", "description": "What the gate decided on the last run"}"#,
     printcolumn = r#"{"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunAt", "description": "When the next scheduled run is due"}"#,
+    printcolumn = r#"{"name": "Summary", "type": "string", "priority": 1, "jsonPath": ".status.lastRun.summary", "description": "The last decision with its numbers: accuracy difference, 95% CI, McNemar p, test faces"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -210,6 +211,10 @@ pub struct PromotionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 1.0), extend("minimum" = 0.0, "exclusiveMinimum" = true))]
     pub min_significance: Option<f64>,
+    /// Largest recall (0-1) any one class may lose against the champion on the same test images: a challenger that wins on average but whose recall on some class drops by more than this is rejected (ClassRegression). 1 switches the check off.
+    #[serde(default = "default_max_class_recall_drop")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_class_recall_drop: f64,
     /// Decide and record, but never change the champion or the Deployment.
     #[serde(default)]
     pub dry_run: bool,
@@ -226,6 +231,7 @@ impl Default for PromotionSpec {
             min_accuracy: 0.0,
             min_test_images: 0,
             min_significance: None,
+            max_class_recall_drop: default_max_class_recall_drop(),
             dry_run: false,
             metrics_deadline_seconds: default_metrics_deadline(),
         }
@@ -558,9 +564,83 @@ pub struct RunStatus {
     /// A sentence explaining the decision.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// The decision in one line with its numbers, e.g. "Promote: +2.1 pts (95% CI +0.4..+3.8, p=0.01, 600 test faces)" or "FirstModel: 97.5% on 600 test faces".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub summary: Option<String>,
+    /// The paired comparison with the champion behind the decision; unset without a champion or when the run's metrics.json has no paired test predictions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comparison: Option<ComparisonStatus>,
     /// True when the decision was taken in dry-run mode and nothing rolled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+}
+
+/// How a run compared with the champion on the same test images.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ComparisonStatus {
+    /// Test images both models were scored on.
+    #[schemars(with = "i64", range(min = 0))]
+    pub test_images: u64,
+    /// Accuracy difference, run minus champion (-1 to 1).
+    pub difference: f64,
+    /// Lower bound of the difference's 95% confidence interval (Newcombe's hybrid score interval for paired proportions).
+    pub ci_low: f64,
+    /// Upper bound of that interval.
+    pub ci_high: f64,
+    /// Exact two-sided McNemar p-value of the discordant images.
+    pub mcnemar_p: f64,
+    /// Test images only the run classified correctly.
+    #[schemars(with = "i64", range(min = 0))]
+    pub challenger_only: u64,
+    /// Test images only the champion classified correctly.
+    #[schemars(with = "i64", range(min = 0))]
+    pub champion_only: u64,
+    /// Recall of run and champion per class, in the model's class order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassRecallStatus>,
+}
+
+/// One class's recall for the run and the champion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClassRecallStatus {
+    /// Class name.
+    pub class: String,
+    /// Test images of the class.
+    #[schemars(with = "i64", range(min = 0))]
+    pub support: u64,
+    /// The run's recall (0-1).
+    pub recall: f64,
+    /// The champion's recall (0-1).
+    pub champion_recall: f64,
+    /// Recall minus the champion's: negative when the class lost.
+    pub delta: f64,
+}
+
+impl From<&artifacts::gate::Comparison> for ComparisonStatus {
+    fn from(c: &artifacts::gate::Comparison) -> Self {
+        Self {
+            test_images: c.test_images,
+            difference: c.difference,
+            ci_low: c.ci_low,
+            ci_high: c.ci_high,
+            mcnemar_p: c.mcnemar_p,
+            challenger_only: c.challenger_only,
+            champion_only: c.champion_only,
+            classes: c
+                .classes
+                .iter()
+                .map(|r| ClassRecallStatus {
+                    class: r.class.clone(),
+                    support: r.support,
+                    recall: r.recall,
+                    champion_recall: r.champion_recall,
+                    delta: r.delta,
+                })
+                .collect(),
+        }
+    }
 }
 
 /// One recorded decision.
@@ -609,6 +689,9 @@ fn default_retry_backoff() -> i64 {
 }
 fn default_max_retry_backoff() -> i64 {
     6 * 3600
+}
+fn default_max_class_recall_drop() -> f64 {
+    0.10
 }
 fn default_metrics_deadline() -> i64 {
     4 * 3600

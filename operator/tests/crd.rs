@@ -44,9 +44,14 @@ fn crd_identity_and_printer_columns() {
             "Last-Run",
             "Decision",
             "Next-Run",
+            "Summary",
             "Age"
         ]
     );
+    // The decision summary only with `kubectl get sm -o wide`.
+    let summary = &version["additionalPrinterColumns"][5];
+    assert_eq!(summary["priority"], 1);
+    assert_eq!(summary["jsonPath"], ".status.lastRun.summary");
 }
 
 #[test]
@@ -84,6 +89,7 @@ fn schema_has_storage_schedule_gate_and_status() {
         "minAccuracy",
         "minTestImages",
         "minSignificance",
+        "maxClassRecallDrop",
         "dryRun",
     ] {
         assert!(
@@ -105,6 +111,27 @@ fn schema_has_storage_schedule_gate_and_status() {
         spec["promotion"]["properties"]["metricsDeadlineSeconds"]["default"],
         14400
     );
+    let drop = &spec["promotion"]["properties"]["maxClassRecallDrop"];
+    assert_eq!(
+        (drop["default"].as_f64(), drop["maximum"].as_f64()),
+        (Some(0.1), Some(1.0))
+    );
+    let last_run = &s["properties"]["status"]["properties"]["lastRun"]["properties"];
+    assert_eq!(last_run["summary"]["type"], "string");
+    let comparison = &last_run["comparison"]["properties"];
+    for field in [
+        "difference",
+        "ciLow",
+        "ciHigh",
+        "mcnemarP",
+        "testImages",
+        "classes",
+    ] {
+        assert!(
+            comparison[field].is_object(),
+            "lastRun.comparison.{field} missing"
+        );
+    }
     assert_eq!(
         spec["schedule"]["properties"]["retryBackoffSeconds"]["default"],
         900

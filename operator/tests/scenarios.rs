@@ -364,6 +364,14 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
     );
     assert_event(&seen[3], "Normal", "Promoted");
     assert!(
+        seen[3].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("Promote: +10.0 pts (16 test faces, no paired predictions) — "),
+        "{:#}",
+        seen[3].body
+    );
+    assert!(
         seen[3].body["note"].as_str().unwrap().contains("90.00%"),
         "{:#}",
         seen[3].body
@@ -412,6 +420,11 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         (Some("Promote"), Some(0.9), Some(0.8))
     );
     assert_eq!(last.finished_at, Some(Time(ts("2026-11-04T02:00:00Z"))));
+    assert_eq!(
+        last.summary.as_deref(),
+        Some("Promote: +10.0 pts (16 test faces, no paired predictions)")
+    );
+    assert_eq!(last.comparison, None);
     assert_eq!(status.history.len(), 1);
     assert_eq!(
         (
@@ -485,6 +498,85 @@ async fn succeeded_but_not_better_is_rejected() {
         ),
         "{text}"
     );
+}
+
+/// A run that wins on average by sacrificing one class is rejected (`ClassRegression`, with
+/// the default `promotion.maxClassRecallDrop` of 0.10), and the decision is explained: the
+/// paired comparison and its one-line summary in `status.lastRun`, the summary in the Event.
+#[tokio::test]
+async fn a_win_that_sacrifices_lisa_is_a_class_regression_and_explained() {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    // 16 test images, 4 per class: the champion misses three homers and three marges, the
+    // challenger one lisa. 93.75% against 62.5%, but lisa's recall falls from 100% to 75%.
+    let mut m = run_metrics(SECOND, 0.9375, Some((FIRST, 0.625)));
+    let labels: Vec<u8> = (0..16).map(|i| i / 4).collect();
+    let mut challenger = labels.clone();
+    challenger[15] = 0;
+    let mut champion = labels.clone();
+    for i in [0, 1, 2, 4, 5, 6] {
+        champion[i] = 3;
+    }
+    m.test_fingerprint = Some("sha256:test".into());
+    m.test_predictions = Some(artifacts::TestPredictions {
+        test_fingerprint: "sha256:test".into(),
+        keys: (0..16).map(|i| format!("test/{i}.png")).collect(),
+        labels,
+        challenger,
+        champion: Some(champion),
+    });
+    h.put_metrics(&m).await;
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Rejected");
+    let summary = "Reject: +31.3 pts (95% CI -0.6..+56.6, p=0.12, 16 test faces); ClassRegression: lisa -25.0 pts";
+    let note = seen[3].body["note"].as_str().unwrap();
+    assert!(
+        note.starts_with(&format!("run {SECOND}: {summary} — ClassRegression: lisa")),
+        "{note}"
+    );
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+    let last = status.last_run.unwrap();
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Reject"));
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap()
+            .starts_with("ClassRegression: lisa recall 75.0%"),
+        "{:?}",
+        last.reason
+    );
+    assert_eq!(last.summary.as_deref(), Some(summary));
+    let c = last.comparison.unwrap();
+    assert_eq!(
+        (c.test_images, c.challenger_only, c.champion_only),
+        (16, 6, 1)
+    );
+    let lisa = c.classes.iter().find(|r| r.class == "lisa").unwrap();
+    assert_eq!(
+        (lisa.support, lisa.recall, lisa.champion_recall),
+        (4, 0.75, 1.0)
+    );
+    assert_eq!(lisa.delta, -0.25);
+    // A 31-point gain on 16 images is not even significant: the interval includes 0.
+    assert!(c.ci_low < 0.0 && c.ci_high > 0.5 && (c.mcnemar_p - 0.125).abs() < 1e-9);
 }
 
 /// `promotion.minTestImages` and `promotion.minSignificance` reach the gate: a better run

@@ -107,6 +107,10 @@ struct TrainArgs {
     /// test predictions must pass for a challenger to replace a champion (default: no test).
     #[arg(long, env = "MIN_SIGNIFICANCE")]
     min_significance: Option<f64>,
+    /// With --promote: largest recall (0–1) any class may lose against the champion; a
+    /// challenger losing more on some class is rejected (ClassRegression). Default: no check.
+    #[arg(long, env = "MAX_CLASS_RECALL_DROP")]
+    max_class_recall_drop: Option<f64>,
     /// Images fetched from the store at once.
     #[arg(long, env = "FETCH_CONCURRENCY", default_value_t = 16)]
     fetch_concurrency: usize,
@@ -269,6 +273,7 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
             min_accuracy: a.min_accuracy,
             min_test_images: a.min_test_images,
             min_significance: a.min_significance,
+            max_class_recall_drop: a.max_class_recall_drop,
         },
         concurrency: a.fetch_concurrency,
         cache_mb: a.cache_mb,

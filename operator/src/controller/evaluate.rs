@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::observe::run_id_of;
 use super::{Counted, Effect, Error, JobState, Pass};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
-use crate::crd::{ChampionStatus, HistoryEntry, RunStatus, Trigger, Verdict};
+use crate::crd::{ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Trigger, Verdict};
 
 /// Clocks of the trainer's node and of the API server may disagree by this much before a
 /// metrics.json counts as older than its Job.
@@ -110,6 +110,8 @@ impl Pass<'_> {
                 champion_accuracy: None,
                 decision: None,
                 reason: None,
+                summary: None,
+                comparison: None,
                 dry_run: false,
             },
         };
@@ -266,11 +268,20 @@ impl Pass<'_> {
             min_accuracy: p.min_accuracy,
             min_test_images: p.min_test_images,
             min_significance: p.min_significance,
+            max_class_recall_drop: Some(p.max_class_recall_drop),
         };
-        let decision = artifacts::decide(&policy, metrics);
+        let assessment = artifacts::gate::assess(&policy, metrics);
+        let decision = assessment.decision;
+        let summary = if dry_run {
+            format!("{} (dry run)", assessment.summary)
+        } else {
+            assessment.summary
+        };
         run.accuracy = Some(metrics.test_accuracy);
         run.champion_accuracy = metrics.champion_test_accuracy;
         run.champion_run_id = metrics.champion_run_id.clone();
+        run.summary = Some(summary.clone());
+        run.comparison = assessment.comparison.as_ref().map(ComparisonStatus::from);
         run.dry_run = dry_run;
         self.healthy("RunEvaluated", &format!("run {run_id}: {decision}"));
         let reason = if dry_run {
@@ -285,7 +296,7 @@ impl Pass<'_> {
                     EventType::Normal,
                     "Rejected",
                     "Evaluate",
-                    format!("run {run_id}: {reason}"),
+                    format!("run {run_id}: {summary} — {reason}"),
                 );
             }
             (_, true) => {
@@ -293,7 +304,7 @@ impl Pass<'_> {
                     EventType::Normal,
                     "DryRun",
                     "Evaluate",
-                    format!("run {run_id} would be promoted: {reason}"),
+                    format!("run {run_id} would be promoted: {summary} — {reason}"),
                 );
             }
             (_, false) => {
@@ -308,11 +319,11 @@ impl Pass<'_> {
                     EventType::Normal,
                     "Promoted",
                     "Promote",
-                    format!("run {run_id}: {reason}"),
+                    format!("run {run_id}: {summary} — {reason}"),
                 );
             }
         }
-        info!(model = %self.name, run = %run_id, decision = decision.kind(), %reason, "run evaluated");
+        info!(model = %self.name, run = %run_id, decision = decision.kind(), %summary, %reason, "run evaluated");
         let verdict = match decision {
             Decision::FirstModel(_) => Verdict::FirstModel,
             Decision::Promote(_) => Verdict::Promote,

@@ -338,7 +338,23 @@ impl Pass<'_> {
     }
 
     /// Queues an event; published once the status is recorded.
-    fn emit(&mut self, type_: EventType, reason: &'static str, action: &'static str, note: String) {
+    fn emit(
+        &mut self,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        mut note: String,
+    ) {
+        // The API server refuses an Event whose note is over 1 kB.
+        const MAX_NOTE: usize = 1024;
+        if note.len() > MAX_NOTE {
+            let mut cut = MAX_NOTE - '…'.len_utf8();
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push('…');
+        }
         self.effects.push(Effect::Event {
             type_,
             reason,

@@ -287,6 +287,8 @@ impl Pass<'_> {
             champion_accuracy: None,
             decision: None,
             reason: None,
+            summary: None,
+            comparison: None,
             dry_run: false,
         }
     }

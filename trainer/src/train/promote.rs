@@ -1,10 +1,12 @@
 //! The cluster-free mode's promotion: apply the gate and move `champion.json` with a
 //! compare-and-swap, so concurrent runs cannot overwrite each other's champion unseen.
 
+use artifacts::gate::{Assessment, Comparison};
 use artifacts::{
     ChampionRecord, Conditional, Decision, Expect, PromotionPolicy, RunMetrics, Storage, layout,
 };
 use chrono::Utc;
+use serde::Serialize;
 
 use super::TrainError;
 
@@ -25,7 +27,9 @@ pub(super) async fn promote(
 ) -> Result<Decision, TrainError> {
     for attempt in 1..=ATTEMPTS {
         let current = storage.get_champion_versioned().await?;
-        let decision = decide_against(policy, metrics, current.as_ref().map(|(c, _)| c));
+        let assessment = decide_against(policy, metrics, current.as_ref().map(|(c, _)| c));
+        tracing::info!(run_id = %metrics.run_id, summary = %assessment.summary, "decided");
+        let decision = assessment.decision;
         if !decision.promotes() {
             return Ok(decision);
         }
@@ -37,11 +41,15 @@ pub(super) async fn promote(
             tracing::info!(run_id = %metrics.run_id, "already the champion");
             return Ok(decision);
         }
-        let record = ChampionRecord {
-            run_id: metrics.run_id.clone(),
-            test_accuracy: metrics.test_accuracy,
-            weights_key: metrics.weights_key.clone(),
-            promoted_at: Utc::now(),
+        let record = ChampionFile {
+            record: ChampionRecord {
+                run_id: metrics.run_id.clone(),
+                test_accuracy: metrics.test_accuracy,
+                weights_key: metrics.weights_key.clone(),
+                promoted_at: Utc::now(),
+            },
+            summary: assessment.summary,
+            comparison: assessment.comparison,
         };
         let expect = match current {
             Some((_, version)) => Expect::Version(version),
@@ -65,18 +73,30 @@ pub(super) async fn promote(
     )))
 }
 
+/// `champion.json`: the record every reader parses, plus the decision that put the run there
+/// in one line and its paired comparison with the champion it replaced (extra fields older
+/// readers ignore).
+#[derive(Serialize)]
+struct ChampionFile {
+    #[serde(flatten)]
+    record: ChampionRecord,
+    summary: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    comparison: Option<Comparison>,
+}
+
 /// The gate, after checking the run was compared with the champion that is in place now: a
 /// win over a champion that has since been replaced says nothing about the new one.
 fn decide_against(
     policy: &PromotionPolicy,
     metrics: &RunMetrics,
     current: Option<&ChampionRecord>,
-) -> Decision {
+) -> Assessment {
     if let Some(c) = current
         && c.run_id != metrics.run_id
         && metrics.champion_run_id.as_deref() != Some(c.run_id.as_str())
     {
-        return Decision::Reject(format!(
+        let decision = Decision::Reject(format!(
             "run {} was compared with {} but the champion is now {}; train again to compare with it",
             metrics.run_id,
             metrics
@@ -85,8 +105,15 @@ fn decide_against(
                 .map_or("no champion".to_owned(), |r| format!("champion {r}")),
             c.run_id
         ));
+        let cause = format!("the champion is now {}", c.run_id);
+        let summary = artifacts::gate::summarize(&decision, metrics, None, Some(&cause));
+        return Assessment {
+            decision,
+            comparison: None,
+            summary,
+        };
     }
-    artifacts::decide(policy, metrics)
+    artifacts::gate::assess(policy, metrics)
 }
 
 #[cfg(test)]
@@ -127,26 +154,29 @@ mod tests {
     #[test]
     fn a_win_over_a_replaced_champion_does_not_count() {
         let p = PromotionPolicy::default();
-        let d = decide_against(&p, &metrics(Some("r1")), Some(&champion("r1")));
+        let decide = |m: &RunMetrics, c: Option<&ChampionRecord>| decide_against(&p, m, c).decision;
+        let d = decide(&metrics(Some("r1")), Some(&champion("r1")));
         assert_eq!(d.kind(), "Promote", "{d}");
-        let d = decide_against(&p, &metrics(Some("r1")), Some(&champion("r9")));
-        assert_eq!(d.kind(), "Reject", "{d}");
-        assert!(d.reason().contains("champion is now r9"), "{d}");
+        let a = decide_against(&p, &metrics(Some("r1")), Some(&champion("r9")));
+        assert_eq!(a.decision.kind(), "Reject", "{}", a.decision);
+        assert!(
+            a.decision.reason().contains("champion is now r9"),
+            "{}",
+            a.decision
+        );
+        assert_eq!(
+            a.summary,
+            "Reject: +40.0 pts (20 test faces, no paired predictions); the champion is now r9"
+        );
         // A first model when, meanwhile, another run became the first.
-        let d = decide_against(&p, &metrics(None), Some(&champion("r9")));
+        let d = decide(&metrics(None), Some(&champion("r9")));
         assert!(d.reason().contains("compared with no champion"), "{d}");
         // Nobody in place: the comparison cannot be stale.
-        assert_eq!(
-            decide_against(&p, &metrics(None), None).kind(),
-            "FirstModel"
-        );
-        assert_eq!(
-            decide_against(&p, &metrics(Some("r1")), None).kind(),
-            "Promote"
-        );
+        assert_eq!(decide(&metrics(None), None).kind(), "FirstModel");
+        assert_eq!(decide(&metrics(Some("r1")), None).kind(), "Promote");
         // The run itself is the champion (promoted before a crash): decided as before.
         assert_eq!(
-            decide_against(&p, &metrics(Some("r1")), Some(&champion("r2"))).kind(),
+            decide(&metrics(Some("r1")), Some(&champion("r2"))).kind(),
             "Promote"
         );
     }
@@ -159,6 +189,9 @@ mod tests {
         assert_eq!(first.kind(), "FirstModel");
         let written = storage.get_champion().await.unwrap().unwrap();
         assert_eq!(written.run_id, "r2");
+        // The file also says why, in one line.
+        let raw: serde_json::Value = storage.get_json(layout::CHAMPION).await.unwrap();
+        assert_eq!(raw["summary"], "FirstModel: 90.0% on 20 test faces");
         // Again (a retried Job): nothing rewritten.
         promote(&storage, &p, &metrics(None)).await.unwrap();
         assert_eq!(storage.get_champion().await.unwrap().unwrap(), written);
