@@ -121,6 +121,18 @@ struct TrainArgs {
     /// Local directory for decoded images beyond --cache-mb (default: the temporary directory).
     #[arg(long, env = "CACHE_DIR")]
     cache_dir: Option<std::path::PathBuf>,
+    /// ONNX Runtime's shared library, for the face detector every image goes through (the
+    /// service's pipeline; `make setup` fetches it, the trainer image sets it).
+    #[arg(long, env = "ORT_DYLIB_PATH", default_value = "libonnxruntime.so")]
+    ort_library: std::path::PathBuf,
+    /// BlazeFace face detector (ONNX), the one the service runs (`make setup` fetches it, the
+    /// trainer image sets it).
+    #[arg(
+        long,
+        env = "FACE_DETECTOR",
+        default_value = "face_detection_front_128x128.onnx"
+    )]
+    face_detector: std::path::PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -244,6 +256,13 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
         code: exit::DEVICE,
         error: anyhow::Error::msg(e),
     })?;
+    let detector =
+        face2simpson_trainer::load_detector(&a.ort_library, &a.face_detector).map_err(|e| {
+            Fatal {
+                code: exit::CONFIG,
+                error: anyhow::Error::from(e).context("loading the face detector"),
+            }
+        })?;
     let target = RunTarget {
         runs_prefix: a.runs_prefix,
         owner: a.owner,
@@ -278,6 +297,7 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
         concurrency: a.fetch_concurrency,
         cache_mb: a.cache_mb,
         cache_dir: a.cache_dir,
+        detector,
     };
     tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
     let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())
