@@ -384,6 +384,12 @@ def strict_schema(schema: Any) -> Any:
         if out.get("x-kubernetes-int-or-string"):
             out.pop("type", None)
             out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
+        # OpenAPI 3.0 (the CRD's dialect) writes an exclusive bound as a boolean beside
+        # minimum/maximum; draft 7, which checks the examples, wants the bound itself.
+        for bound, flag in (("minimum", "exclusiveMinimum"), ("maximum", "exclusiveMaximum")):
+            if isinstance(out.get(flag), bool):
+                if out.pop(flag) and bound in out:
+                    out[flag] = out.pop(bound)
         return out
     if isinstance(schema, list):
         return [strict_schema(s) for s in schema]
@@ -464,6 +470,8 @@ MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
     "a misspelt field": _set(3, "spec", "training", "epoch"),
     "an unknown top-level spec field": _set(True, "spec", "gpu"),
     "an unserved version": _set("face2simpson.io/v9", "apiVersion"),
+    "a significance level of 0": _set(0, "spec", "promotion", "minSignificance"),
+    "a class recall drop above 1": _set(1.5, "spec", "promotion", "maxClassRecallDrop"),
 }
 
 
