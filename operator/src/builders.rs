@@ -147,6 +147,174 @@ pub fn job_selector(model: &str) -> String {
     format!("{MODEL_LABEL}={model},{COMPONENT_LABEL}=training")
 }
 
+/// Labels selecting the training and validation Jobs of one model (one list per pass).
+pub fn run_jobs_selector(model: &str) -> String {
+    format!("{MODEL_LABEL}={model},{COMPONENT_LABEL} in ({TRAINING},{VALIDATION})")
+}
+
+/// Whether a Job of the model is a served-path validation Job (else a training Job).
+pub fn is_validation_job(job: &Job) -> bool {
+    job.labels().get(COMPONENT_LABEL).map(String::as_str) == Some(VALIDATION)
+}
+
+/// `app.kubernetes.io/component` of training Jobs.
+pub const TRAINING: &str = "training";
+/// `app.kubernetes.io/component` of served-path validation Jobs.
+pub const VALIDATION: &str = "validation";
+/// Exit codes of `face2simpson-inference validate` that end its Job at once: 1 is a verdict
+/// (validated and failed, `validation.json` written; a retry gives the same answer), 2 a
+/// configuration error no retry fixes. 3 (store unreachable) is retried.
+pub const VALIDATOR_FINAL_EXIT_CODES: [i32; 2] = [1, 2];
+/// Pod retries of a validation Job (store outages, evictions are not counted).
+const VALIDATION_BACKOFF_LIMIT: i32 = 2;
+/// A validation Job is killed (and the candidate refused) after this long.
+const VALIDATION_DEADLINE_SECONDS: i64 = 3600;
+/// The longest Job name: its pods carry it in the 63-character `job-name` label.
+const MAX_JOB_NAME: usize = 63;
+
+/// Name of the validation Job of a run: `<run id>-validate`, deterministic so a restarted
+/// operator finds (409) the Job it created. A run id too long for the suffix is cut and a
+/// hash of the whole id keeps names of different runs apart.
+pub fn validation_job_name(run_id: &str) -> String {
+    const SUFFIX: &str = "-validate";
+    if run_id.len() + SUFFIX.len() <= MAX_JOB_NAME {
+        return format!("{run_id}{SUFFIX}");
+    }
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in run_id.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    let keep = MAX_JOB_NAME - SUFFIX.len() - 9;
+    let head = run_id[..keep].trim_end_matches(['-', '.']);
+    format!("{head}-{hash:08x}{SUFFIX}")
+}
+
+/// Bytes of a Kubernetes memory quantity (`512Mi`, `1G`, `1.5Gi`, `1e9`, `134217728`);
+/// `None` for what it cannot read (then no memory budget is applied).
+pub fn quantity_bytes(q: &str) -> Option<u64> {
+    let q = q.trim();
+    let units: [(&str, f64); 12] = [
+        ("Ki", 1024.0),
+        ("Mi", 1024.0 * 1024.0),
+        ("Gi", 1024.0 * 1024.0 * 1024.0),
+        ("Ti", 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Pi", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("Ei", 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0 * 1024.0),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (number, factor) = units
+        .iter()
+        .find_map(|(suffix, f)| q.strip_suffix(suffix).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    let value: f64 = number.parse().ok()?;
+    let bytes = (value * factor).ceil();
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+/// The inference container's memory limit in bytes, the validator's memory budget.
+pub fn inference_memory_limit(sm: &SimpsonModel) -> Option<u64> {
+    let limits = sm.spec.inference.resources.as_ref()?.limits.as_ref()?;
+    quantity_bytes(&limits.get("memory")?.0)
+}
+
+/// What a validation Job checks: the run's candidate weights, where its verdict goes, and
+/// the champion to score beside it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidationTarget<'a> {
+    pub run_id: &'a str,
+    /// The candidate's weights URI (its `model.onnx` is beside them).
+    pub model_uri: &'a str,
+    /// URL of the `validation.json` to write, beside the run's `metrics.json`.
+    pub out_uri: &'a str,
+    /// The champion's weights URI, when there is one.
+    pub champion_uri: Option<&'a str>,
+}
+
+/// URL of the dataset prefix the model trains on (`<storageUri>/<dataset>`).
+pub fn dataset_uri(sm: &SimpsonModel) -> String {
+    format!(
+        "{}/{}",
+        sm.spec.storage_uri.trim_end_matches('/'),
+        sm.spec.dataset.trim_matches('/')
+    )
+}
+
+/// The served-path validation Job of one run: the inference image's
+/// `face2simpson-inference validate`, with the inference pods' resources (its memory limit is
+/// the budget), Secret, overrides and hardening, owned by the SimpsonModel.
+pub fn validation_job(
+    sm: &SimpsonModel,
+    target: &ValidationTarget<'_>,
+) -> Result<Job, MissingMetadata> {
+    let model = sm.name_any();
+    let inf = &sm.spec.inference;
+    let v = &sm.spec.promotion.validation;
+    let mut vars: Vec<(&str, String)> = vec![
+        ("MODEL_URI", target.model_uri.to_owned()),
+        ("DATASET_URI", dataset_uri(sm)),
+        ("VALIDATION_URI", target.out_uri.to_owned()),
+        ("MIN_AGREEMENT", v.min_agreement.to_string()),
+    ];
+    if let Some(champion) = target.champion_uri {
+        vars.push(("CHAMPION_URI", champion.to_owned()));
+    }
+    if let Some(p95) = v.max_p95_milliseconds {
+        vars.push(("MAX_P95_MS", p95.to_string()));
+    }
+    if let Some(bytes) = inference_memory_limit(sm) {
+        vars.push(("MAX_MEMORY_BYTES", bytes.to_string()));
+    }
+    vars.extend([("HOME", "/tmp".into()), ("LOG_FORMAT", "json".into())]);
+    let labels = BTreeMap::from([
+        (MODEL_LABEL.to_owned(), model.clone()),
+        (RUN_ID_LABEL.to_owned(), target.run_id.to_owned()),
+        (COMPONENT_LABEL.to_owned(), VALIDATION.to_owned()),
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+    ]);
+    let container = Container {
+        name: "validator".into(),
+        image: Some(inf.image.clone()),
+        // The image's entrypoint is face2simpson-inference; ORT_DYLIB_PATH and FACE_DETECTOR
+        // come from the image's ENV, as for the inference pods.
+        args: Some(vec!["validate".into()]),
+        env: Some(env(&vars)),
+        env_from: env_from(sm),
+        resources: Some(with_default_requests(
+            inf.resources.as_ref(),
+            &INFERENCE_REQUESTS,
+        )),
+        ..hardened_container()
+    };
+    let mut pod = hardened_pod(vec![container]);
+    pod.restart_policy = Some("Never".into());
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    apply_overrides(&mut template, &inf.pod_overrides);
+    Ok(Job {
+        metadata: child_meta(sm, validation_job_name(target.run_id), labels)?,
+        spec: Some(JobSpec {
+            // No ttlSecondsAfterFinished, as for training Jobs: the verdict is read first.
+            backoff_limit: Some(VALIDATION_BACKOFF_LIMIT),
+            active_deadline_seconds: Some(VALIDATION_DEADLINE_SECONDS),
+            pod_failure_policy: Some(pod_failure_policy("validator", &VALIDATOR_FINAL_EXIT_CODES)),
+            template,
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
 fn inference_labels(model: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
@@ -341,7 +509,7 @@ fn requests_gpus(resources: &ResourceRequirements) -> bool {
 
 /// Evictions and preemptions do not count against the backoff limit; the trainer's
 /// permanent failures end the Job at once.
-fn pod_failure_policy() -> PodFailurePolicy {
+fn pod_failure_policy(container: &str, final_exit_codes: &[i32]) -> PodFailurePolicy {
     PodFailurePolicy {
         rules: vec![
             PodFailurePolicyRule {
@@ -355,9 +523,9 @@ fn pod_failure_policy() -> PodFailurePolicy {
             PodFailurePolicyRule {
                 action: "FailJob".into(),
                 on_exit_codes: Some(PodFailurePolicyOnExitCodesRequirement {
-                    container_name: Some("trainer".into()),
+                    container_name: Some(container.into()),
                     operator: "In".into(),
-                    values: TRAINER_PERMANENT_EXIT_CODES.to_vec(),
+                    values: final_exit_codes.to_vec(),
                 }),
                 on_pod_conditions: None,
             },
@@ -424,7 +592,7 @@ pub fn training_job(
     let labels = BTreeMap::from([
         (MODEL_LABEL.to_owned(), model.clone()),
         (RUN_ID_LABEL.to_owned(), run_id.to_owned()),
-        (COMPONENT_LABEL.to_owned(), "training".to_owned()),
+        (COMPONENT_LABEL.to_owned(), TRAINING.to_owned()),
         (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
     ]);
     let container = Container {
@@ -466,7 +634,7 @@ pub fn training_job(
             // is recorded; housekeeping deletes it afterwards.
             backoff_limit: Some(t.backoff_limit),
             active_deadline_seconds: Some(t.active_deadline_seconds),
-            pod_failure_policy: Some(pod_failure_policy()),
+            pod_failure_policy: Some(pod_failure_policy("trainer", &TRAINER_PERMANENT_EXIT_CODES)),
             template,
             ..Default::default()
         }),

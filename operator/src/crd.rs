@@ -222,6 +222,36 @@ pub struct PromotionSpec {
     #[serde(default = "default_metrics_deadline")]
     #[schemars(range(min = 0))]
     pub metrics_deadline_seconds: i64,
+    /// Served-path validation: before anything rolls, a Job with the inference image (`face2simpson-inference validate`) loads the candidate as serving does, answers the test split through the request path, and scores the champion the same way; the gate then compares served accuracies. A candidate that fails is rejected (InfraValidationFailed, TrainServeSkew).
+    #[serde(default)]
+    pub validation: ValidationSpec,
+}
+
+/// Served-path validation of each candidate before the gate decides.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ValidationSpec {
+    /// Run the validation Job after each successful training run; false: the gate decides on the trainer's test accuracy alone.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// The candidate's p95 request latency, in milliseconds, at most (InfraValidationFailed above it). Unset: no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub max_p95_milliseconds: Option<f64>,
+    /// Share (0-1) of test images whose served verdict equals the trainer's own prediction, at least (TrainServeSkew below it).
+    #[serde(default = "default_min_agreement")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub min_agreement: f64,
+}
+
+impl Default for ValidationSpec {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            max_p95_milliseconds: None,
+            min_agreement: default_min_agreement(),
+        }
+    }
 }
 
 impl Default for PromotionSpec {
@@ -234,6 +264,7 @@ impl Default for PromotionSpec {
             max_class_recall_drop: default_max_class_recall_drop(),
             dry_run: false,
             metrics_deadline_seconds: default_metrics_deadline(),
+            validation: ValidationSpec::default(),
         }
     }
 }
@@ -573,6 +604,34 @@ pub struct RunStatus {
     /// True when the decision was taken in dry-run mode and nothing rolled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dry_run: bool,
+    /// The served-path validation of this run (spec.promotion.validation): its Job, and once it finished, the served accuracies the gate compared.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validation: Option<RunValidation>,
+}
+
+/// A run's served-path validation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunValidation {
+    /// Name of the validation Job.
+    pub job_name: String,
+    /// When the operator decided to start it.
+    pub started_at: Time,
+    /// Whether the candidate passed; unset while the Job runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub passed: Option<bool>,
+    /// The candidate's accuracy (0-1) on the test split answered through the request path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_accuracy: Option<f64>,
+    /// The champion's, scored the same way in the same Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_served_accuracy: Option<f64>,
+    /// The trainer's own test accuracy of the candidate, for comparison.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trainer_accuracy: Option<f64>,
+    /// Share of test images whose served verdict equals the trainer's prediction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<f64>,
 }
 
 /// How a run compared with the champion on the same test images.
@@ -692,6 +751,12 @@ fn default_max_retry_backoff() -> i64 {
 }
 fn default_max_class_recall_drop() -> f64 {
     0.10
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_agreement() -> f64 {
+    0.99
 }
 fn default_metrics_deadline() -> i64 {
     4 * 3600

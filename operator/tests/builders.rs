@@ -433,3 +433,116 @@ fn pod_overrides_reach_both_workloads() {
         assert_hardened(&pod, c);
     }
 }
+
+/// Item 16: the served-path validation Job runs the inference image's `validate` with the
+/// inference pods' resources, Secret, overrides and hardening; its memory limit is the
+/// validator's memory budget; its name is deterministic and fits the 63-character limit.
+#[test]
+fn validation_job_runs_the_inference_image_with_the_run_and_the_budgets() {
+    use face2simpson_operator::builders::{
+        ValidationTarget, quantity_bytes, validation_job, validation_job_name,
+    };
+    let mut sm = model();
+    sm.spec.promotion.validation.max_p95_milliseconds = Some(250.0);
+    sm.spec.promotion.validation.min_agreement = 0.95;
+    sm.spec.inference.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        limits: Some([("memory".to_owned(), Quantity("1Gi".into()))].into()),
+        ..Default::default()
+    });
+    sm.spec.inference.pod_overrides.service_account_name = Some("store-reader".into());
+    let target = ValidationTarget {
+        run_id: "homer-20261104-000000",
+        model_uri: "s3://b/runs/simpsons/homer/homer-20261104-000000/model.safetensors",
+        out_uri: "s3://b/runs/simpsons/homer/homer-20261104-000000/validation.json",
+        champion_uri: None,
+    };
+    let job = validation_job(&sm, &target).unwrap();
+    assert_eq!(
+        job.metadata.name.as_deref(),
+        Some("homer-20261104-000000-validate")
+    );
+    let labels = job.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["app.kubernetes.io/component"], "validation");
+    assert_eq!(labels["face2simpson.io/run-id"], "homer-20261104-000000");
+    assert_eq!(labels["face2simpson.io/model"], NAME);
+    let owner = &job.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.uid.as_str(), owner.controller), (UID, Some(true)));
+    let spec = job.spec.as_ref().unwrap();
+    let rules = &spec.pod_failure_policy.as_ref().unwrap().rules;
+    assert_eq!(rules[0].action, "Ignore", "evictions are not failures");
+    assert_eq!(rules[1].action, "FailJob");
+    let codes = rules[1].on_exit_codes.as_ref().unwrap();
+    assert_eq!(
+        (codes.container_name.as_deref(), codes.values.as_slice()),
+        (Some("validator"), &[1, 2][..]),
+        "a verdict (1) and a configuration error (2) end the Job; 3 (store) is retried"
+    );
+    assert_eq!(spec.ttl_seconds_after_finished, None);
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
+    assert_eq!(pod.service_account_name.as_deref(), Some("store-reader"));
+    let c = &pod.containers[0];
+    assert_hardened(pod, c);
+    assert_eq!(c.image.as_deref(), Some("ghcr.io/face2simpson/inference:1"));
+    assert_eq!(
+        c.command, None,
+        "the image's entrypoint is the inference binary"
+    );
+    assert_eq!(c.args.as_deref(), Some(&["validate".to_owned()][..]));
+    assert_eq!(
+        c.env_from.as_ref().unwrap()[0]
+            .secret_ref
+            .as_ref()
+            .unwrap()
+            .name,
+        "store-creds"
+    );
+    let env: std::collections::BTreeMap<_, _> = c
+        .env
+        .iter()
+        .flatten()
+        .map(|e| (e.name.as_str(), e.value.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(env["MODEL_URI"], target.model_uri);
+    assert_eq!(env["VALIDATION_URI"], target.out_uri);
+    assert_eq!(env["DATASET_URI"], "s3://bucket/models/datasets/current");
+    assert_eq!(env["MIN_AGREEMENT"], "0.95");
+    assert_eq!(env["MAX_P95_MS"], "250");
+    assert_eq!(env["MAX_MEMORY_BYTES"], "1073741824");
+    assert!(!env.contains_key("CHAMPION_URI"), "no champion yet");
+    let with_champion = validation_job(
+        &sm,
+        &ValidationTarget {
+            champion_uri: Some("s3://b/runs/x/model.safetensors"),
+            ..target.clone()
+        },
+    )
+    .unwrap();
+    let c = &with_champion
+        .spec
+        .unwrap()
+        .template
+        .spec
+        .unwrap()
+        .containers[0];
+    assert!(c.env.iter().flatten().any(|e| e.name == "CHAMPION_URI"
+        && e.value.as_deref() == Some("s3://b/runs/x/model.safetensors")));
+
+    // Long run ids are cut, kept apart by a hash, and stay within 63 characters.
+    let long_a = format!("{}-manual-0000000a", "m".repeat(47));
+    let long_b = format!("{}-manual-0000000b", "m".repeat(47));
+    let (a, b) = (validation_job_name(&long_a), validation_job_name(&long_b));
+    assert!(a.len() <= 63 && b.len() <= 63 && a != b, "{a} {b}");
+    assert!(a.ends_with("-validate"));
+    assert_eq!(validation_job_name(&long_a), a, "deterministic");
+
+    for (q, bytes) in [
+        ("512Mi", Some(536_870_912)),
+        ("1G", Some(1_000_000_000)),
+        ("1.5Gi", Some(1_610_612_736)),
+        ("134217728", Some(134_217_728)),
+        ("lots", None),
+    ] {
+        assert_eq!(quantity_bytes(q), bytes, "{q}");
+    }
+}

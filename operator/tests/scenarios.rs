@@ -79,7 +79,7 @@ async fn bootstrap_starts_the_first_run_at_once() {
 
     assert_eq!(
         seen[0].query,
-        "&labelSelector=face2simpson.io%2Fmodel%3Dhomer%2Capp.kubernetes.io%2Fcomponent%3Dtraining"
+        "&labelSelector=face2simpson.io%2Fmodel%3Dhomer%2Capp.kubernetes.io%2Fcomponent+in+%28training%2Cvalidation%29"
     );
     let job = &seen[1].body;
     assert_eq!(
@@ -587,11 +587,11 @@ async fn the_cluster_gate_applies_the_test_size_and_significance_policy() {
     use face2simpson_operator::crd::PromotionSpec;
     let few = PromotionSpec {
         min_test_images: 17,
-        ..PromotionSpec::default()
+        ..model().spec.promotion
     };
     let alpha = PromotionSpec {
         min_significance: Some(0.05),
-        ..PromotionSpec::default()
+        ..model().spec.promotion
     };
     for (promotion, needle) in [
         (few, "scored on 16 test images, fewer than the 17"),
@@ -2120,4 +2120,343 @@ async fn a_failed_first_rollout_is_reported_once() {
         .await
         .unwrap();
     h.finish().await;
+}
+
+// --- Served-path validation (issue 16, item 2) ---------------------------------------------
+
+const SECOND_VALIDATION: &str = "homer-20261104-000000-validate";
+const SECOND_VALIDATION_KEY: &str = "runs/simpsons/homer/homer-20261104-000000/validation.json";
+
+/// Serving FIRST, SECOND trained, with the served-path validation switched on (the default).
+fn validating_second(validation_recorded: bool) -> face2simpson_operator::SimpsonModel {
+    let mut sm = training_second();
+    sm.spec.promotion.validation.enabled = true;
+    if validation_recorded {
+        let last = sm.status.as_mut().unwrap().last_run.as_mut().unwrap();
+        last.validation = Some(face2simpson_operator::crd::RunValidation {
+            job_name: SECOND_VALIDATION.into(),
+            started_at: Time(ts("2026-11-04T02:00:00Z")),
+            passed: None,
+            served_accuracy: None,
+            champion_served_accuracy: None,
+            trainer_accuracy: None,
+            agreement: None,
+        });
+    }
+    sm
+}
+
+/// The validation Job of a run as the operator creates it.
+fn validation_job(run_id: &str, created: &str, phase: JobPhase) -> serde_json::Value {
+    let mut j = job(run_id, created, phase);
+    j["metadata"]["name"] = serde_json::json!(format!("{run_id}-validate"));
+    j["metadata"]["labels"]["app.kubernetes.io/component"] = serde_json::json!("validation");
+    j
+}
+
+/// A validation.json of SECOND: 8 test images, 2 per class, the candidate right on all of them
+/// served, the champion (scored in the same process) wrong on a homer and a marge.
+fn validation_json(failures: serde_json::Value) -> serde_json::Value {
+    let passed = failures.as_array().unwrap().is_empty();
+    serde_json::json!({
+        "schema_version": 1,
+        "validator_version": "0.1.0",
+        "dataset": "s3://bucket/models/datasets/current",
+        "classes": ["homer", "marge", "bart", "lisa"],
+        "model": SECOND_URI,
+        "run_id": SECOND,
+        "onnx_sha256": "sha256:00",
+        "image_size": 224,
+        "load_error": null,
+        "test_images": 8,
+        "served_accuracy": 1.0,
+        "per_class_recall": {"homer": 1.0, "marge": 1.0, "bart": 1.0, "lisa": 1.0},
+        "confusion_matrix": [[2,0,0,0],[0,2,0,0],[0,0,2,0],[0,0,0,2]],
+        "rejected_images": [],
+        "latency_ms": {"p50_ms": 10.0, "p95_ms": 12.0, "max_ms": 13.0},
+        "trainer_test_accuracy": 0.9,
+        "agreement": if passed { 1.0 } else { 0.5 },
+        "agreement_images": 8,
+        "disagreements": [],
+        "golden": {"status": 200, "character": "homer", "probability_sum": 1.0, "latency_ms": 5.0},
+        "peak_rss_bytes": 100_000_000,
+        "champion": {
+            "model": FIRST_URI, "run_id": FIRST, "onnx_sha256": "sha256:01", "image_size": 224,
+            "load_error": null, "test_images": 8, "served_accuracy": 0.75,
+            "per_class_recall": {}, "confusion_matrix": [], "rejected_images": [],
+            "latency_ms": null, "trainer_test_accuracy": 0.8
+        },
+        "predictions": {
+            "keys": (0..8).map(|i| format!("test/{i}.png")).collect::<Vec<_>>(),
+            "labels": [0, 0, 1, 1, 2, 2, 3, 3],
+            "candidate": [0, 0, 1, 1, 2, 2, 3, 3],
+            "champion": [0, 1, 1, 0, 2, 2, 3, 3]
+        },
+        "thresholds": {"max_p95_ms": null, "min_agreement": 0.99, "max_memory_bytes": null},
+        "started_at": "2026-11-04T02:00:30Z",
+        "finished_at": "2026-11-04T02:01:00Z",
+        "passed": passed,
+        "failures": failures
+    })
+}
+
+fn env_of(job: &serde_json::Value) -> BTreeMap<String, String> {
+    job["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["value"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// After the training Job succeeded with valid metrics, nothing is decided yet: the
+/// validation Job is recorded in status.lastRun.validation, then created with the inference
+/// image, and the run stays undecided while it runs.
+#[tokio::test]
+async fn a_succeeded_run_is_validated_on_the_served_path_before_the_gate() {
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::create_job(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    let action = reconcile(Arc::new(validating_second(false)), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert!(
+        seen[0].query.contains("validation"),
+        "one list for training and validation Jobs: {}",
+        seen[0].query
+    );
+    let recorded = status_of(&seen[2]);
+    let last = recorded.last_run.as_ref().unwrap();
+    assert_eq!(last.decision, None, "nothing decided before the validation");
+    assert_eq!(
+        last.validation.as_ref().unwrap().job_name,
+        SECOND_VALIDATION,
+        "the validation Job is recorded before it is created"
+    );
+    let vjob = &seen[3].body;
+    assert_eq!(vjob["metadata"]["name"], SECOND_VALIDATION);
+    assert_eq!(
+        vjob["metadata"]["labels"]["app.kubernetes.io/component"],
+        "validation"
+    );
+    assert_eq!(vjob["metadata"]["labels"]["face2simpson.io/run-id"], SECOND);
+    assert_eq!(vjob["metadata"]["ownerReferences"][0]["uid"], UID);
+    let container = &vjob["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "ghcr.io/face2simpson/inference:1");
+    assert_eq!(container["args"], serde_json::json!(["validate"]));
+    let env = env_of(vjob);
+    assert_eq!(env["MODEL_URI"], SECOND_URI);
+    assert_eq!(env["CHAMPION_URI"], FIRST_URI);
+    assert_eq!(env["DATASET_URI"], "s3://bucket/models/datasets/current");
+    assert_eq!(
+        env["VALIDATION_URI"],
+        format!("s3://bucket/models/{SECOND_VALIDATION_KEY}")
+    );
+    assert_eq!(env["MIN_AGREEMENT"], "0.99");
+    assert_eq!(
+        vjob["spec"]["podFailurePolicy"]["rules"][1]["onExitCodes"],
+        serde_json::json!({"containerName": "validator", "operator": "In", "values": [1, 2]})
+    );
+    assert_eq!(
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
+        Some(FIRST_URI),
+        "the champion keeps serving while the candidate is validated"
+    );
+    let status = status_of(&seen[6]);
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(condition(&status, "Validated"), ("Unknown", "Validating"));
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+}
+
+/// A passed validation: the gate decides on the served accuracies (1.0 against the
+/// champion's 0.75, both scored by the validator), not the trainer's (0.9 against 0.8), and
+/// the summary says so.
+#[tokio::test]
+async fn a_passed_validation_promotes_on_served_accuracy() {
+    let h = Harness::new(
+        "2026-11-04T05:00:00Z",
+        vec![
+            Step::list_jobs(vec![
+                job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded),
+                validation_job(SECOND, "2026-11-04T02:00:00Z", JobPhase::Succeeded),
+            ]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    h.store
+        .put(
+            SECOND_VALIDATION_KEY,
+            validation_json(serde_json::json!([]))
+                .to_string()
+                .into_bytes(),
+        )
+        .await
+        .unwrap();
+    reconcile(Arc::new(validating_second(true)), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Promoted");
+    let note = seen[3].body["note"].as_str().unwrap();
+    assert!(note.contains("8 served test faces"), "{note}");
+    assert_eq!(
+        env_value(&seen[4].body, "MODEL_URI").as_deref(),
+        Some(SECOND_URI)
+    );
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, SECOND);
+    assert_eq!(status.champion.as_ref().unwrap().accuracy, 1.0);
+    let last = status.last_run.as_ref().unwrap();
+    assert_eq!(
+        (last.decision, last.accuracy, last.champion_accuracy),
+        (Some(Verdict::Promote), Some(1.0), Some(0.75))
+    );
+    let summary = last.summary.as_deref().unwrap();
+    assert!(
+        summary.starts_with("Promote: +25.0 pts (95% CI ")
+            && summary.ends_with(", 8 served test faces)"),
+        "{summary}"
+    );
+    let c = last.comparison.as_ref().unwrap();
+    assert_eq!(
+        (c.test_images, c.challenger_only, c.champion_only),
+        (8, 2, 0)
+    );
+    let v = last.validation.as_ref().unwrap();
+    assert_eq!(
+        (
+            v.passed,
+            v.served_accuracy,
+            v.champion_served_accuracy,
+            v.trainer_accuracy
+        ),
+        (Some(true), Some(1.0), Some(0.75), Some(0.9))
+    );
+    assert_eq!(condition(&status, "Validated"), ("True", "Passed"));
+}
+
+/// A failed validation is a Reject whose reason is the validator's first failure; the
+/// champion and the Deployment stay, a Warning Event and Validated=False say why. A Job that
+/// completed without a verdict, or failed without one, is InfraValidationFailed.
+#[tokio::test]
+async fn a_failed_validation_rejects_and_leaves_the_champion_alone() {
+    let skew = serde_json::json!([
+        {"reason": "TrainServeSkew", "message": "served verdicts agree with the trainer's on 50.0% of 8 test images, below 99.0%"},
+        {"reason": "InfraValidationFailed", "message": "p95 too slow"}
+    ]);
+    for (phase, file, reason, needle) in [
+        (
+            JobPhase::Failed,
+            Some(skew),
+            "TrainServeSkew",
+            "agree with the trainer's on 50.0%",
+        ),
+        (
+            JobPhase::Succeeded,
+            None,
+            "InfraValidationFailed",
+            "wrote no validation.json",
+        ),
+        (
+            JobPhase::Failed,
+            None,
+            "InfraValidationFailed",
+            "failed without a verdict",
+        ),
+    ] {
+        let h = Harness::new(
+            "2026-11-04T05:00:00Z",
+            vec![
+                Step::list_jobs(vec![
+                    job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded),
+                    validation_job(SECOND, "2026-11-04T02:00:00Z", phase),
+                ]),
+                Step::get_secret(),
+                Step::patch_status(),
+                Step::event(),
+                Step::apply_deployment(),
+                Step::apply_service(),
+                Step::patch_status(),
+            ],
+        );
+        h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+            .await;
+        if let Some(failures) = file {
+            h.store
+                .put(
+                    SECOND_VALIDATION_KEY,
+                    validation_json(failures).to_string().into_bytes(),
+                )
+                .await
+                .unwrap();
+        }
+        reconcile(Arc::new(validating_second(true)), h.ctx.clone())
+            .await
+            .unwrap();
+        let text = h.metrics_text();
+        let seen = h.finish().await;
+        assert_event(&seen[3], "Warning", reason);
+        assert!(
+            seen[3].body["note"].as_str().unwrap().contains(needle),
+            "{:#}",
+            seen[3].body
+        );
+        assert_eq!(
+            env_value(&seen[4].body, "MODEL_URI").as_deref(),
+            Some(FIRST_URI),
+            "the champion stays in service"
+        );
+        let status = status_of(&seen[6]);
+        assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+        assert_eq!(status.previous_champion, None);
+        let last = status.last_run.as_ref().unwrap();
+        assert_eq!(last.decision, Some(Verdict::Reject));
+        let why = last.reason.as_deref().unwrap();
+        assert!(
+            why.starts_with(&format!("{reason}: ")) && why.contains(needle),
+            "{why}"
+        );
+        assert_eq!(
+            last.summary.as_deref(),
+            Some(format!("Reject: {why}").as_str())
+        );
+        assert_eq!(last.validation.as_ref().unwrap().passed, Some(false));
+        assert_eq!(condition(&status, "Validated"), ("False", reason));
+        assert_eq!(condition(&status, "Degraded").0, "False");
+        assert_eq!(status.history[0].decision, Verdict::Reject);
+        assert!(
+            text.contains(
+                r#"face2simpson_operator_rejections_total{namespace="simpsons",model="homer"} 1"#
+            ),
+            "{text}"
+        );
+    }
 }

@@ -12,9 +12,10 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::observe::run_id_of;
+use super::validate::{Refusal, Served, served_metrics, served_summary};
 use super::{Counted, Effect, Error, JobState, Pass};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
-use crate::crd::{ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Trigger, Verdict};
+use crate::crd::{ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Verdict};
 
 /// Clocks of the trainer's node and of the API server may disagree by this much before a
 /// metrics.json counts as older than its Job.
@@ -32,6 +33,16 @@ enum Outcome {
     Unusable(&'static str, String),
     /// The store could not be read: retried until the deadline, then `Failed`.
     Unreachable(String),
+    /// The served-path validation refused the candidate: a `Reject`, nothing rolls.
+    Refused(Refusal),
+}
+
+/// Why a finished run is not put before the gate.
+enum Unfit {
+    /// No usable result: `Failed` with this reason.
+    Failed(&'static str, String),
+    /// The served-path validation refused it: `Reject`.
+    Refused(Refusal),
 }
 
 /// When the Job finished, as the Job controller recorded it.
@@ -69,11 +80,29 @@ impl Pass<'_> {
             ),
             JobState::Succeeded => self.read_result(job, &run_id).await?,
         };
+        // Before the gate: the served-path validation of a candidate with valid metrics.
+        let (outcome, served, finished) = match outcome {
+            Outcome::Valid { metrics, model_uri } => {
+                match self.served(job, &run_id, &model_uri).await? {
+                    Served::Off => (Outcome::Valid { metrics, model_uri }, None, None),
+                    Served::Waiting => return Ok(false),
+                    Served::Passed(report) => {
+                        (Outcome::Valid { metrics, model_uri }, Some(report), None)
+                    }
+                    Served::Refused(refusal) => (Outcome::Refused(refusal), None, None),
+                    Served::Unreachable { message, since } => {
+                        (Outcome::Unreachable(message), None, Some(since))
+                    }
+                }
+            }
+            other => (other, None, None),
+        };
         let result = match outcome {
             Outcome::Valid { metrics, model_uri } => Ok((metrics, model_uri)),
-            Outcome::Unusable(why, message) => Err((why, message)),
+            Outcome::Refused(r) => Err(Unfit::Refused(r)),
+            Outcome::Unusable(why, message) => Err(Unfit::Failed(why, message)),
             Outcome::Unreachable(message) => {
-                let finished = finished_at(job).unwrap_or(self.now);
+                let finished = finished.or(finished_at(job)).unwrap_or(self.now);
                 let limit =
                     SignedDuration::from_secs(self.sm.spec.promotion.metrics_deadline_seconds);
                 let down_for = self.now.duration_since(finished);
@@ -81,7 +110,7 @@ impl Pass<'_> {
                     self.await_store(&run_id, &message, down_for, limit);
                     return Ok(false);
                 }
-                Err((
+                Err(Unfit::Failed(
                     "StorageUnreachable",
                     format!(
                         "gave up reading the result of run {run_id} after {}s: {message}",
@@ -91,33 +120,11 @@ impl Pass<'_> {
             }
         };
 
-        let mut run = match self.status.last_run.clone() {
-            Some(r) if r.run_id == run_id => r,
-            // Status was lost or never written (operator crashed right after creating the Job).
-            _ => RunStatus {
-                run_id: run_id.clone(),
-                job_name: job.name_any(),
-                trigger: Trigger::Unknown,
-                started_at: job
-                    .metadata
-                    .creation_timestamp
-                    .clone()
-                    .unwrap_or(Time(self.now)),
-                champion_run_id: None,
-                model_uri: None,
-                finished_at: None,
-                accuracy: None,
-                champion_accuracy: None,
-                decision: None,
-                reason: None,
-                summary: None,
-                comparison: None,
-                dry_run: false,
-            },
-        };
+        let mut run = self.run_of(job, &run_id);
         run.finished_at = Some(Time(self.now));
         let (decision, reason) = match result {
-            Err((why, message)) => {
+            Err(Unfit::Refused(r)) => self.refuse(&mut run, &r),
+            Err(Unfit::Failed(why, message)) => {
                 warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
                 self.count(Counted::FailedRun);
                 self.degraded(why, &message);
@@ -128,7 +135,21 @@ impl Pass<'_> {
                 self.effects
                     .push(Effect::RunSucceeded(finished_at(job).unwrap_or(self.now)));
                 run.model_uri = Some(model_uri.clone());
-                self.decide(&mut run, &metrics, model_uri)
+                match served.as_deref() {
+                    None => self.decide(&mut run, &metrics, model_uri, None),
+                    Some(report) => match served_metrics(&metrics, report) {
+                        Some(m) => self.decide(&mut run, &m, model_uri, Some(&metrics)),
+                        None => {
+                            let why = report
+                                .champion
+                                .as_ref()
+                                .and_then(|c| c.load_error.clone())
+                                .unwrap_or_else(|| "not scored".into());
+                            warn!(model = %self.name, run = %run_id, %why, "the champion was not scored served: the gate decides on the trainer's test accuracy");
+                            self.decide(&mut run, &metrics, model_uri, None)
+                        }
+                    },
+                }
             }
         };
         run.decision = Some(decision);
@@ -253,12 +274,40 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Applies the gate to valid metrics; returns the decision's name and reason.
+    /// A candidate the served-path validation refused: a `Reject` whose reason starts with
+    /// the validation's (`InfraValidationFailed: …`, `TrainServeSkew: …`); the champion and
+    /// the Deployment stay as they are.
+    fn refuse(&mut self, run: &mut RunStatus, r: &Refusal) -> (Verdict, String) {
+        let run_id = run.run_id.clone();
+        let reason = format!("{}: {}", r.reason, r.message);
+        let summary = format!("Reject: {reason}");
+        run.summary = Some(summary.clone());
+        run.comparison = None;
+        run.dry_run = self.sm.spec.promotion.dry_run;
+        self.healthy(
+            "RunEvaluated",
+            &format!("run {run_id}: refused by validation"),
+        );
+        self.count(Counted::Rejection);
+        self.emit(
+            EventType::Warning,
+            r.reason,
+            "Validate",
+            format!("run {run_id} not rolled out: {reason}"),
+        );
+        warn!(model = %self.name, run = %run_id, reason = r.reason, message = %r.message, "candidate refused by served-path validation");
+        (Verdict::Reject, reason)
+    }
+
+    /// Applies the gate to valid metrics; returns the decision's name and reason. With
+    /// `trainer` set, `metrics` carry the served accuracies of a passed validation
+    /// ([`served_metrics`]) and `trainer` the run's own metrics.json.
     fn decide(
         &mut self,
         run: &mut RunStatus,
         metrics: &RunMetrics,
         model_uri: String,
+        trainer: Option<&RunMetrics>,
     ) -> (Verdict, String) {
         let run_id = run.run_id.clone();
         let p = &self.sm.spec.promotion;
@@ -272,10 +321,15 @@ impl Pass<'_> {
         };
         let assessment = artifacts::gate::assess(&policy, metrics);
         let decision = assessment.decision;
-        let summary = if dry_run {
-            format!("{} (dry run)", assessment.summary)
+        let summary = if trainer.is_some() {
+            served_summary(&assessment.summary)
         } else {
             assessment.summary
+        };
+        let summary = if dry_run {
+            format!("{summary} (dry run)")
+        } else {
+            summary
         };
         run.accuracy = Some(metrics.test_accuracy);
         run.champion_accuracy = metrics.champion_test_accuracy;

@@ -12,6 +12,7 @@ mod observe;
 mod record;
 mod rollout;
 mod schedule;
+mod validate;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,7 +27,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{instrument, warn};
 
-use crate::builders::MissingMetadata;
+use crate::builders::{self, MissingMetadata};
 use crate::crd::{Phase, SimpsonModel, SimpsonModelStatus};
 use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
 
@@ -327,6 +328,10 @@ struct Pass<'a> {
     store: Option<Storage>,
     /// The soonest a step wants the next pass (a store outage, a rollout in progress).
     requeue: Option<Duration>,
+    /// The model's served-path validation Jobs, oldest first.
+    validations: Vec<(Job, JobState)>,
+    /// A validation Job this pass decided to start: created once the status records it.
+    create_validation: Option<Job>,
 }
 
 impl Pass<'_> {
@@ -514,13 +519,20 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         effects: Vec::new(),
         store: None,
         requeue: None,
+        validations: Vec::new(),
+        create_validation: None,
     };
     if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
         pass.healthy("AsExpected", "");
     }
 
-    // Observe.
-    let jobs = pass.list_jobs().await?;
+    // Observe: the training Jobs, and the validation Jobs apart.
+    let (jobs, validations): (Vec<_>, Vec<_>) = pass
+        .list_jobs()
+        .await?
+        .into_iter()
+        .partition(|(j, _)| !builders::is_validation_job(j));
+    pass.validations = validations;
 
     // Evaluate. Only the newest Job can hold an undecided result: no run starts before the
     // previous one is decided, so older Jobs were decided (or superseded) already. It may be
@@ -541,12 +553,16 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     if pass.decided() {
         pass.commit().await?;
     }
+    // Validate: the validation Job the status now names.
+    let validating = pass.create_validation.is_some()
+        || pass.validations.iter().any(|(_, s)| *s == JobState::Active);
+    pass.start_validation().await?;
 
     // Roll out whoever the recorded champion is.
     let ready = pass.serve().await?;
 
     // Schedule.
-    let active = jobs.iter().any(|(_, s)| *s == JobState::Active);
+    let active = validating || jobs.iter().any(|(_, s)| *s == JobState::Active);
     let training = pass.schedule(active, awaiting_result).await?;
 
     // Housekeeping.

@@ -18,11 +18,11 @@ pub(super) fn run_id_of(job: &Job) -> String {
 }
 
 impl Pass<'_> {
-    /// The model's training Jobs, oldest first: the truth about runs in flight.
+    /// The model's training and validation Jobs, oldest first: the truth about runs in flight.
     pub(super) async fn list_jobs(&self) -> Result<Vec<(Job, JobState)>, Error> {
         let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let list = api
-            .list(&ListParams::default().labels(&builders::job_selector(&self.name)))
+            .list(&ListParams::default().labels(&builders::run_jobs_selector(&self.name)))
             .await
             .map_err(Error::ListJobs)?;
         let mut jobs: Vec<(Job, JobState)> = list

@@ -290,6 +290,7 @@ impl Pass<'_> {
             summary: None,
             comparison: None,
             dry_run: false,
+            validation: None,
         }
     }
 }

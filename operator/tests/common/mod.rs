@@ -15,8 +15,8 @@ use artifacts::{EpochRecord, Hyperparameters, RunMetrics, SplitCounts, Storage, 
 use face2simpson_operator::Context;
 use face2simpson_operator::controller::{Clock, StorageOpener};
 use face2simpson_operator::crd::{
-    ChampionStatus, InferenceSpec, RunStatus, SecretRef, SimpsonModel, SimpsonModelSpec,
-    SimpsonModelStatus, TrainingSpec,
+    ChampionStatus, InferenceSpec, PromotionSpec, RunStatus, SecretRef, SimpsonModel,
+    SimpsonModelSpec, SimpsonModelStatus, TrainingSpec, ValidationSpec,
 };
 use face2simpson_operator::metrics::Metrics;
 use http::{Method, Request, Response};
@@ -61,7 +61,15 @@ pub fn model() -> SimpsonModel {
             json!({"image": "ghcr.io/face2simpson/trainer:1"}),
         )
         .unwrap(),
-        promotion: Default::default(),
+        // Scenarios about the gate decide on metrics.json directly; the served-path validation
+        // Job (on by default) is switched on by the scenarios about it (`validating()`).
+        promotion: PromotionSpec {
+            validation: ValidationSpec {
+                enabled: false,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
         inference: serde_json::from_value::<InferenceSpec>(
             json!({"image": "ghcr.io/face2simpson/inference:1"}),
         )
@@ -101,6 +109,7 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
         summary: None,
         comparison: None,
         dry_run: false,
+        validation: None,
     }
 }
 
