@@ -8,6 +8,8 @@
 //! runs/<namespace>/<name>/<run-id>/metrics.json        written last: the run is complete
 //! runs/<run-id>/{model.safetensors,model.onnx,metrics.json}
 //!                                  the cluster-free mode, and runs made before runs were keyed per model
+//! runs/<namespace>/<name>/history.json                the decisions about a model's runs (history.rs)
+//! runs/history.json                the same in the cluster-free mode
 //! champion.json                   the embedded (cluster-free) mode's current champion
 //! ```
 //!
@@ -77,6 +79,24 @@ pub fn onnx_beside(weights_key: &str) -> String {
 pub fn run_metrics(run_id: &str) -> String {
     metrics_in(RUNS, run_id)
 }
+
+/// The decision history beside the runs under `prefix` (`runs/<ns>/<name>/history.json`, or
+/// `runs/history.json` in the cluster-free mode); see [`crate::history`].
+pub fn history_in(prefix: &str) -> String {
+    format!("{}/{HISTORY}", prefix.trim_matches('/'))
+}
+
+/// The decision history of the runs prefix a run's weights key is in
+/// (`runs/ns/homer/r1/model.safetensors` → `runs/ns/homer/history.json`); `None` for a key with
+/// no run directory and runs prefix above it.
+pub fn history_beside_run(weights_key: &str) -> Option<String> {
+    let (run_dir, _) = weights_key.trim_matches('/').rsplit_once('/')?;
+    let (prefix, _) = run_dir.rsplit_once('/')?;
+    (!prefix.is_empty()).then(|| history_in(prefix))
+}
+
+/// File name of the decision history in a runs prefix.
+pub const HISTORY: &str = "history.json";
 
 /// Checks a runs prefix given on a command line: relative, no `..`, no empty segment.
 pub fn validate_runs_prefix(prefix: &str) -> Result<(), String> {
@@ -153,6 +173,18 @@ mod tests {
         assert_eq!(onnx_beside("runs/r1/model.onnx"), "runs/r1/model.onnx");
         assert_eq!(onnx_beside("model.safetensors"), "model.onnx");
         assert_eq!(onnx_in(&prefix, "r1"), "runs/simpsons/homer/r1/model.onnx");
+        assert_eq!(history_in(&prefix), "runs/simpsons/homer/history.json");
+        assert_eq!(history_in(RUNS), "runs/history.json");
+        assert_eq!(
+            history_beside_run(&weights_in(&prefix, "r1")).as_deref(),
+            Some("runs/simpsons/homer/history.json")
+        );
+        assert_eq!(
+            history_beside_run(&run_weights("r1")).as_deref(),
+            Some("runs/history.json")
+        );
+        assert_eq!(history_beside_run("r1/model.safetensors"), None);
+        assert_eq!(history_beside_run("model.safetensors"), None);
     }
 
     #[test]

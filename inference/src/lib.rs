@@ -11,6 +11,7 @@
 
 pub mod admission;
 pub mod batcher;
+pub mod card;
 pub mod error;
 pub mod load;
 pub mod metrics;
@@ -37,6 +38,7 @@ use utoipa::{OpenApi, ToSchema};
 use crate::admission::{Admission, AdmissionConfig, Rejection};
 
 pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
+pub use crate::card::ModelCard;
 pub use crate::error::{ApiError, ErrorBody};
 pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
@@ -429,6 +431,19 @@ async fn model_info(State(state): State<AppState>) -> Result<Json<ModelInfo>, Ap
         .ok_or_else(|| ApiError::busy("the model is still loading"))
 }
 
+/// The model card: which run is serving, its test and served accuracy, per-class recall,
+/// confusion matrix, input pipeline, the decision that put it there and the last runs'
+/// accuracies with their decisions (what the page shows under "About this model").
+#[utoipa::path(get, path = "/v1/model/card", responses((status = 200, body = ModelCard), (status = 503, description = "Model loading", body = ErrorBody)))]
+async fn model_card(State(state): State<AppState>) -> Result<Json<ModelCard>, ApiError> {
+    state
+        .inner
+        .loaded
+        .get()
+        .map(|l| Json(l.info.card.as_ref().clone()))
+        .ok_or_else(|| ApiError::busy("the model is still loading"))
+}
+
 /// Liveness: 200 while the process can serve; 503 once every model worker has died.
 #[utoipa::path(get, path = "/healthz", responses((status = 200, description = "alive"), (status = 503, description = "the model workers died; restart", body = ErrorBody)))]
 async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
@@ -478,8 +493,21 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         title = "face2simpson inference",
         description = "Which Simpsons character does each face resemble? Every error is JSON `{\"error\": ...}`; every 503 carries Retry-After."
     ),
-    paths(predict, model_info, healthz, readyz, metrics_handler),
-    components(schemas(Prediction, Face, FaceBox, ModelRef, ModelInfo, ErrorBody, UploadForm))
+    paths(predict, model_info, model_card, healthz, readyz, metrics_handler),
+    components(schemas(
+        Prediction,
+        Face,
+        FaceBox,
+        ModelRef,
+        ModelInfo,
+        ModelCard,
+        card::ServedCard,
+        card::PipelineCard,
+        card::DecisionCard,
+        card::HistoryPoint,
+        ErrorBody,
+        UploadForm
+    ))
 )]
 pub struct ApiDoc;
 
@@ -586,6 +614,7 @@ pub fn app(state: AppState) -> Router {
         .route("/", get(page))
         .route("/v1/predict", post(predict))
         .route("/v1/model", get(model_info))
+        .route("/v1/model/card", get(model_card))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))

@@ -1,10 +1,13 @@
 //! Loading what the service runs: the run's `model.onnx` (found beside the weights URI the
-//! operator hands us), its `metrics.json`, and the BlazeFace detector.
+//! operator hands us), its `metrics.json`, and the BlazeFace detector; and, best effort, what
+//! the model card shows: `validation.json` beside the run and `history.json` in the runs prefix
+//! above it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
-use artifacts::{RunMetrics, Storage, layout};
+use artifacts::{History, RunMetrics, Storage, layout};
 use model::CLASSES;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
@@ -14,6 +17,7 @@ use pipeline::runtime::{self, RuntimeError};
 use pipeline::{DetectorLoadError, FaceDetector, PIPELINE_VERSION};
 
 use crate::batcher::{Forward, OnnxClassifier};
+use crate::card::{ModelCard, ValidationView};
 
 /// Where ONNX Runtime is and how the model runs on it.
 #[derive(Debug, Clone)]
@@ -42,6 +46,10 @@ pub struct ModelInfo {
     /// The bytes → input pipeline version the model was trained through; `None` for runs from
     /// before the shared pipeline (trained on centre crops of whole images).
     pub pipeline_version: Option<u32>,
+    /// The model card (`GET /v1/model/card`), built when the model loaded.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub card: Arc<ModelCard>,
 }
 
 /// Why loading a model failed.
@@ -159,17 +167,28 @@ pub async fn load_model(
     let image_size = metrics
         .as_ref()
         .map_or(image_size, |m| m.hyperparameters.image_size);
+    let classes: Vec<String> = CLASSES.iter().map(|c| c.to_string()).collect();
+    let validation = read_validation(&storage).await;
+    let history = read_history_above(dir).await;
+    let card = ModelCard::build(
+        &classes,
+        &sha,
+        metrics.as_ref(),
+        validation.as_ref(),
+        history.as_ref(),
+    );
     let info = ModelInfo {
         run_id: metrics.as_ref().map(|m| m.run_id.clone()),
         test_accuracy: metrics.as_ref().map(|m| m.test_accuracy),
         per_class_accuracy: metrics.as_ref().map(|m| m.per_class_accuracy.clone()),
         trained_at: metrics.as_ref().map(|m| m.finished_at.to_rfc3339()),
         image_size,
-        classes: CLASSES.iter().map(|c| c.to_string()).collect(),
+        classes,
         onnx_sha256: sha,
         pipeline_version: metrics
             .as_ref()
             .and_then(|m| m.pipeline.as_ref().map(|p| p.version)),
+        card: Arc::new(card),
     };
     let rt = rt.clone();
     tokio::task::spawn_blocking(move || {
@@ -190,6 +209,41 @@ pub async fn load_model(
     })
     .await
     .map_err(|e| LoadError::WarmUp(e.to_string()))?
+}
+
+/// `validation.json` beside the run (written by `face2simpson-inference validate`), best
+/// effort: missing is normal, unreadable is logged.
+async fn read_validation(storage: &Storage) -> Option<ValidationView> {
+    const KEY: &str = "validation.json";
+    match storage.get(KEY).await {
+        Ok(bytes) => ValidationView::from_json(&bytes)
+            .map_err(|e| {
+                tracing::warn!(key = %storage.url_of(KEY), error = %e, "ignoring malformed validation.json");
+            })
+            .ok(),
+        Err(e) if e.is_not_found() => None,
+        Err(e) => {
+            tracing::warn!(key = %storage.url_of(KEY), error = %e, "cannot read validation.json; the card shows no served accuracy");
+            None
+        }
+    }
+}
+
+/// `history.json` in the runs prefix above the run directory `run_dir` (the URL of
+/// `runs/<ns>/<name>/<run-id>` → `runs/<ns>/<name>/history.json`), best effort.
+async fn read_history_above(run_dir: &str) -> Option<History> {
+    let (prefix, _) = run_dir.trim_end_matches('/').rsplit_once('/')?;
+    if prefix.is_empty() || prefix.ends_with(':') || prefix.ends_with(":/") {
+        return None;
+    }
+    let storage = Storage::open(prefix).ok()?;
+    match artifacts::read_history(&storage, layout::HISTORY).await {
+        Ok(h) => h,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the decision history; the card shows none");
+            None
+        }
+    }
 }
 
 /// BlazeFace from `path`, with `sessions` single-threaded sessions (one per concurrent decode).

@@ -548,3 +548,104 @@ async fn uploads_wait_for_a_decode_slot_within_the_admission_limit() {
         assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
+
+#[tokio::test]
+async fn the_model_card_joins_metrics_validation_and_history() {
+    let state = AppState::new(limits(), detector(8));
+    assert_eq!(
+        call(&state, get("/v1/model/card")).await.0,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let state = common::ready_state_with_card(dir.path(), limits()).await;
+    let (status, _, body) = call(&state, get("/v1/model/card")).await;
+    assert_eq!(status, StatusCode::OK);
+    let card = json(&body);
+    assert_eq!(card["run_id"], "r1");
+    assert_eq!(card["trained_at"], "2026-11-29T10:01:00+00:00");
+    assert_eq!(card["test_accuracy"], 0.75);
+    assert_eq!(card["test_images"], 16);
+    assert_eq!(
+        card["classes"],
+        serde_json::json!(["homer", "marge", "bart", "lisa"])
+    );
+    assert_eq!(card["per_class_recall"]["lisa"], 0.75);
+    assert_eq!(card["confusion_matrix"][3], serde_json::json!([1, 0, 0, 3]));
+    // Served accuracy from validation.json beside the run.
+    assert_eq!(card["served"]["accuracy"], 0.6875);
+    assert_eq!(card["served"]["test_images"], 16);
+    assert_eq!(card["served"]["per_class_recall"]["marge"], 0.5);
+    assert_eq!(card["served"]["agreement"], 0.9375);
+    assert_eq!(card["served"]["p95_ms"], 9.5);
+    assert_eq!(card["served"]["passed"], true);
+    // The decision that put r1 there, and the last runs from history.json.
+    assert_eq!(card["decision"]["kind"], "Promote");
+    assert!(
+        card["decision"]["summary"]
+            .as_str()
+            .unwrap()
+            .starts_with("Promote: +12.5 pts")
+    );
+    let history = card["history"].as_array().unwrap();
+    let runs: Vec<_> = history
+        .iter()
+        .map(|h| h["run_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(runs, ["r0", "rx", "r1", "r2"]);
+    let promoted: Vec<_> = history
+        .iter()
+        .map(|h| h["promoted"].as_bool().unwrap())
+        .collect();
+    assert_eq!(promoted, [true, false, true, false]);
+    let serving: Vec<_> = history
+        .iter()
+        .map(|h| h["serving"].as_bool().unwrap())
+        .collect();
+    assert_eq!(serving, [false, false, true, false]);
+    assert_eq!(history[0]["served_accuracy"], 0.5625);
+    // The served run's served accuracy comes from its validation.
+    assert_eq!(history[2]["served_accuracy"], 0.6875);
+    assert!(history[1]["served_accuracy"].is_null());
+    // No storage URL or key leaks through the card.
+    let text = String::from_utf8(body).unwrap();
+    assert!(
+        !text.contains("file://") && !text.contains("model.onnx"),
+        "{text}"
+    );
+
+    // In the OpenAPI document.
+    let doc = json(&call(&state, get("/openapi.json")).await.2);
+    let op = &doc["paths"]["/v1/model/card"]["get"];
+    assert!(op["responses"]["200"].is_object(), "{op}");
+    assert!(op["responses"]["503"].is_object(), "{op}");
+    let schema = &doc["components"]["schemas"]["ModelCard"];
+    for field in [
+        "run_id",
+        "served",
+        "confusion_matrix",
+        "history",
+        "decision",
+    ] {
+        assert!(
+            schema["properties"][field].is_object(),
+            "ModelCard lacks {field}"
+        );
+    }
+    assert!(doc["components"]["schemas"]["HistoryPoint"].is_object());
+    // /v1/model is unchanged: no card inside.
+    let info = json(&call(&state, get("/v1/model")).await.2);
+    assert!(info.get("card").is_none(), "{info}");
+}
+
+#[tokio::test]
+async fn a_model_without_card_files_has_a_bare_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), limits()).await;
+    let (status, _, body) = call(&state, get("/v1/model/card")).await;
+    assert_eq!(status, StatusCode::OK);
+    let card = json(&body);
+    assert_eq!(card["run_id"], "r1");
+    assert!(card["served"].is_null());
+    assert!(card["decision"].is_null());
+    assert_eq!(card["history"], serde_json::json!([]));
+}

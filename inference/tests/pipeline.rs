@@ -102,6 +102,7 @@ async fn the_training_input_is_the_served_input_byte_for_byte() {
         classes: CLASSES.iter().map(|c| c.to_string()).collect(),
         onnx_sha256: "sha256:00".into(),
         pipeline_version: Some(pipeline::PIPELINE_VERSION),
+        card: Default::default(),
     };
     state
         .install(

@@ -152,3 +152,71 @@ pub fn png_claiming(width: u32, height: u32) -> Vec<u8> {
 pub fn png_bomb() -> Vec<u8> {
     png_claiming(40_000, 40_000)
 }
+
+/// The decision history the card tests serve: four runs, the one served (`r1`) promoted, two
+/// rejected.
+pub fn history_json() -> serde_json::Value {
+    let entry = |run: &str, acc: f64, served: Option<f64>, kind: &str, summary: &str| {
+        serde_json::json!({
+            "run_id": run, "finished_at": "2026-11-29T10:01:00Z",
+            "decided_at": "2026-11-29T10:02:00Z", "test_accuracy": acc,
+            "served_accuracy": served, "test_images": 16, "champion_run_id": null,
+            "decision": kind, "promoted": kind != "Reject", "summary": summary
+        })
+    };
+    serde_json::json!({"schema_version": 1, "entries": [
+        entry("r0", 0.625, Some(0.5625), "FirstModel", "FirstModel: 62.5% on 16 test faces"),
+        entry("rx", 0.5625, None, "Reject", "Reject: -6.3 pts (95% CI -30.0..+18.0, p=1, 16 test faces); not better than the champion"),
+        entry("r1", 0.75, None, "Promote", "Promote: +12.5 pts (95% CI -5.0..+30.0, p=0.25, 16 test faces)"),
+        entry("r2", 0.8125, None, "Reject", "Reject: +6.3 pts (95% CI -9.0..+21.0, p=0.5, 16 test faces); ClassRegression: lisa -25.0 pts <script>"),
+    ]})
+}
+
+/// The test model (`model_uri`) with what its card shows: `validation.json` beside the run
+/// (about the very `model.onnx` served) and `history.json` in the runs prefix above it.
+pub async fn model_uri_with_card(dir: &Path) -> String {
+    use sha2::Digest;
+    let uri = model_uri(dir).await;
+    let storage = Storage::open(&format!("file://{}", dir.display())).unwrap();
+    let onnx = storage.get("runs/r1/model.onnx").await.unwrap();
+    let sha = format!("sha256:{:x}", sha2::Sha256::digest(&onnx));
+    let validation = serde_json::json!({
+        "schema_version": 1, "validator_version": "test", "dataset": "file:///d",
+        "classes": ["homer", "marge", "bart", "lisa"], "model": uri, "run_id": "r1",
+        "onnx_sha256": sha, "image_size": IMAGE_SIZE, "load_error": null, "test_images": 16,
+        "served_accuracy": 0.6875,
+        "per_class_recall": {"homer": 0.75, "marge": 0.5, "bart": 0.75, "lisa": 0.75},
+        "confusion_matrix": [[3,1,0,0],[1,2,1,0],[0,0,3,1],[1,0,0,3]], "rejected_images": [],
+        "latency_ms": {"p50_ms": 4.0, "p95_ms": 9.5, "max_ms": 12.0},
+        "trainer_test_accuracy": 0.75, "agreement": 0.9375, "agreement_images": 16,
+        "disagreements": [], "golden": null, "peak_rss_bytes": null, "champion": null,
+        "predictions": {"keys": [], "labels": [], "candidate": [], "champion": null},
+        "thresholds": {"max_p95_ms": null, "min_agreement": 0.99, "max_memory_bytes": null},
+        "started_at": "2026-11-29T10:03:00Z", "finished_at": "2026-11-29T10:04:00Z",
+        "passed": true, "failures": []
+    });
+    storage
+        .put(
+            "runs/r1/validation.json",
+            serde_json::to_vec(&validation).unwrap(),
+        )
+        .await
+        .unwrap();
+    storage
+        .put(
+            "runs/history.json",
+            serde_json::to_vec(&history_json()).unwrap(),
+        )
+        .await
+        .unwrap();
+    uri
+}
+
+/// A ready service whose model has a full card.
+pub async fn ready_state_with_card(dir: &Path, limits: Limits) -> AppState {
+    let uri = model_uri_with_card(dir).await;
+    let (models, info) = load_model(&uri, 224, &runtime()).await.unwrap();
+    let state = AppState::new(limits, detector(8));
+    state.install(models, info, batch_config()).unwrap();
+    state
+}

@@ -1,9 +1,11 @@
 //! The cluster-free mode's promotion: apply the gate and move `champion.json` with a
-//! compare-and-swap, so concurrent runs cannot overwrite each other's champion unseen.
+//! compare-and-swap, so concurrent runs cannot overwrite each other's champion unseen. Every
+//! decision is also appended to `history.json` beside the runs (`artifacts::history`).
 
 use artifacts::gate::{Assessment, Comparison};
 use artifacts::{
-    ChampionRecord, Conditional, Decision, Expect, PromotionPolicy, RunMetrics, Storage, layout,
+    ChampionRecord, Conditional, Decision, Expect, HistoryEntry, PromotionPolicy, RunMetrics,
+    Storage, layout,
 };
 use chrono::Utc;
 use serde::Serialize;
@@ -30,7 +32,9 @@ pub(super) async fn promote(
         let assessment = decide_against(policy, metrics, current.as_ref().map(|(c, _)| c));
         tracing::info!(run_id = %metrics.run_id, summary = %assessment.summary, "decided");
         let decision = assessment.decision;
+        let entry = HistoryEntry::for_decision(metrics, &decision, &assessment.summary);
         if !decision.promotes() {
+            record_history(storage, metrics, &entry).await;
             return Ok(decision);
         }
         if current
@@ -39,6 +43,7 @@ pub(super) async fn promote(
         {
             // Promoted before a crash or by an earlier try: nothing to write.
             tracing::info!(run_id = %metrics.run_id, "already the champion");
+            record_history(storage, metrics, &entry).await;
             return Ok(decision);
         }
         let record = ChampionFile {
@@ -58,7 +63,10 @@ pub(super) async fn promote(
         let json = serde_json::to_vec_pretty(&record)
             .map_err(|e| TrainError::Worker(format!("serialising champion.json: {e}")))?;
         match storage.put_if(layout::CHAMPION, json, &expect).await? {
-            Conditional::Written | Conditional::WrittenUnguarded => return Ok(decision),
+            Conditional::Written | Conditional::WrittenUnguarded => {
+                record_history(storage, metrics, &entry).await;
+                return Ok(decision);
+            }
             Conditional::Conflict => {
                 tracing::warn!(
                     attempt,
@@ -71,6 +79,21 @@ pub(super) async fn promote(
         "champion.json kept changing during {ATTEMPTS} attempts to promote run {}",
         metrics.run_id
     )))
+}
+
+/// Appends the decision to `history.json` in the run's runs prefix (`runs/history.json` in the
+/// cluster-free mode), once per run: a re-run that decides again leaves the first decision.
+/// Best effort: the decision has taken effect (champion.json is the truth), so a history that
+/// cannot be written is logged, not fatal.
+async fn record_history(storage: &Storage, metrics: &RunMetrics, entry: &HistoryEntry) {
+    let Some(key) = layout::history_beside_run(&metrics.weights_key) else {
+        return;
+    };
+    match artifacts::append_history(storage, &key, entry).await {
+        Ok(true) => tracing::info!(key, decision = %entry.decision, "recorded in the history"),
+        Ok(false) => tracing::debug!(key, "the run is already in the history"),
+        Err(e) => tracing::warn!(key, error = %e, "could not record the decision in the history"),
+    }
 }
 
 /// `champion.json`: the record every reader parses, plus the decision that put the run there
@@ -195,5 +218,41 @@ mod tests {
         // Again (a retried Job): nothing rewritten.
         promote(&storage, &p, &metrics(None)).await.unwrap();
         assert_eq!(storage.get_champion().await.unwrap().unwrap(), written);
+        // The decision is in the history beside the runs, once.
+        let history = artifacts::read_history(&storage, "runs/history.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(history.entries.len(), 1);
+        let e = &history.entries[0];
+        assert_eq!(
+            (e.run_id.as_str(), e.decision.as_str(), e.promoted),
+            ("r2", "FirstModel", true)
+        );
+        assert_eq!(e.summary, "FirstModel: 90.0% on 20 test faces");
+        assert_eq!(e.test_images, Some(20));
+    }
+
+    #[tokio::test]
+    async fn rejections_are_recorded_in_the_history_too() {
+        let storage = Storage::open("memory:///").unwrap();
+        let p = PromotionPolicy {
+            min_accuracy: 0.95,
+            ..PromotionPolicy::default()
+        };
+        let d = promote(&storage, &p, &metrics(None)).await.unwrap();
+        assert_eq!(d.kind(), "Reject");
+        assert!(storage.get_champion().await.unwrap().is_none());
+        let history = artifacts::read_history(&storage, "runs/history.json")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(history.entries[0].decision, "Reject");
+        assert!(!history.entries[0].promoted);
+        assert!(
+            history.entries[0].summary.starts_with("Reject:"),
+            "{}",
+            history.entries[0].summary
+        );
     }
 }
