@@ -113,6 +113,14 @@ pub fn validate_runs_prefix(prefix: &str) -> Result<(), String> {
     }
 }
 
+/// The served-path validation of a run under `prefix` (`face2simpson-inference validate`).
+pub fn validation_in(prefix: &str, run_id: &str) -> String {
+    format!("{}/{run_id}/{VALIDATION}", prefix.trim_matches('/'))
+}
+
+/// File name of a run's served-path validation, beside its metrics.json.
+pub const VALIDATION: &str = "validation.json";
+
 /// The metrics that sit beside a weights key (`runs/x/model.safetensors` → `runs/x/metrics.json`).
 pub fn metrics_beside(weights_key: &str) -> String {
     match weights_key.rsplit_once('/') {

@@ -214,7 +214,7 @@ pub async fn load_model(
 /// `validation.json` beside the run (written by `face2simpson-inference validate`), best
 /// effort: missing is normal, unreadable is logged.
 async fn read_validation(storage: &Storage) -> Option<ValidationView> {
-    const KEY: &str = "validation.json";
+    const KEY: &str = layout::VALIDATION;
     match storage.get(KEY).await {
         Ok(bytes) => ValidationView::from_json(&bytes)
             .map_err(|e| {

@@ -331,7 +331,7 @@ async fn validate_cmd(common: &CommonArgs, args: ValidateArgs) -> u8 {
         "validating through the served path"
     );
     match validate::run(&cfg).await {
-        Ok(v) => v.exit_code(),
+        Ok(v) => validate::verdict_exit_code(&v),
         Err(e) => {
             let code = e.exit_code();
             tracing::error!(exit_code = code, "validation could not be completed: {e}");

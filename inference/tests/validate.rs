@@ -200,7 +200,7 @@ async fn a_good_model_passes_with_the_accuracy_the_trainer_reported() {
     cfg.champion = Some(store.model());
     let v = validate::run(&cfg).await.unwrap();
     assert!(v.passed, "failures: {:?}", v.failures);
-    assert_eq!(v.exit_code(), exit::PASSED);
+    assert_eq!(validate::verdict_exit_code(&v), exit::PASSED);
     assert_eq!(
         v,
         store.written().await,
@@ -365,7 +365,7 @@ async fn a_model_expecting_another_normalisation_is_train_serve_skew() {
 
     let v = validate::run(&store.config()).await.unwrap();
     assert!(!v.passed);
-    assert_eq!(v.exit_code(), exit::FAILED);
+    assert_eq!(validate::verdict_exit_code(&v), exit::FAILED);
     assert_eq!(
         reasons(&v),
         [FailureReason::TrainServeSkew],
