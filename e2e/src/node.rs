@@ -100,6 +100,10 @@ struct Faults {
     /// The next Pod with this label (key, value) is evicted as it starts: `Failed` with the
     /// `DisruptionTarget` condition, as after preemption or a node drain.
     evict_next: Vec<(String, String)>,
+    /// Before the next Pod carrying all these labels starts, this file is overwritten with
+    /// these bytes: a store write at an exact point of the loop (e.g. between a run's
+    /// training and its validation).
+    clobber_before: Vec<(Vec<(String, String)>, PathBuf, Vec<u8>)>,
 }
 
 /// A container the stand-in runs.
@@ -190,6 +194,20 @@ impl Node {
     pub fn evict_next_pod_labelled(&self, key: &str, value: &str) {
         if let Ok(mut faults) = self.faults.lock() {
             faults.evict_next.push((key.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Before the next Pod carrying all of `labels` starts, `path` is overwritten with `bytes`.
+    pub fn clobber_before_pod(&self, labels: &[(&str, &str)], path: &Path, bytes: &[u8]) {
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.clobber_before.push((
+                labels
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                    .collect(),
+                path.to_owned(),
+                bytes.to_owned(),
+            ));
         }
     }
 
@@ -344,6 +362,7 @@ impl Kubelet {
         {
             self.bind(&namespace, &name).await?;
         }
+        self.clobber(&pod)?;
         if self.take_eviction(&pod) {
             let evicted = self.evict(&running, &container).await;
             self.forget(&pod);
@@ -383,6 +402,25 @@ impl Kubelet {
             .iter()
             .position(|(k, v)| labels.get(k) == Some(v));
         hit.map(|i| faults.evict_next.remove(i)).is_some()
+    }
+
+    /// Writes the files registered for this Pod by [`Node::clobber_before_pod`].
+    fn clobber(&self, pod: &Pod) -> Result<()> {
+        let Ok(mut faults) = self.faults.lock() else {
+            return Ok(());
+        };
+        let labels = pod.labels();
+        while let Some(i) = faults
+            .clobber_before
+            .iter()
+            .position(|(want, _, _)| want.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        {
+            let (_, path, bytes) = faults.clobber_before.remove(i);
+            tracing::info!(pod = %pod.name_any(), path = %path.display(), "overwriting a file before the pod starts (injected fault)");
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot overwrite {}", path.display()))?;
+        }
+        Ok(())
     }
 
     fn crashes(&self, pod: &Pod) -> bool {
