@@ -91,6 +91,34 @@ async fn challenge(
     Ok((run, sm))
 }
 
+/// Names of the model's Jobs: (training, validation).
+async fn run_jobs(world: &World) -> Result<(Vec<String>, Vec<String>)> {
+    let jobs = world.jobs().list(&ListParams::default()).await?.items;
+    let (validation, training): (Vec<_>, Vec<_>) = jobs
+        .iter()
+        .partition(|j| face2simpson_operator::builders::is_validation_job(j));
+    let names = |js: Vec<&k8s_openapi::api::batch::v1::Job>| {
+        js.into_iter()
+            .map(ResourceExt::name_any)
+            .collect::<Vec<_>>()
+    };
+    Ok((names(training), names(validation)))
+}
+
+/// Exactly one training Job and one validation Job (of the same run): nothing duplicated.
+async fn ensure_one_run(world: &World) -> Result<()> {
+    let (training, validation) = run_jobs(world).await?;
+    ensure!(
+        training.len() == 1 && validation.len() == 1,
+        "expected one training and one validation Job: {training:?} {validation:?}"
+    );
+    ensure!(
+        validation[0] == face2simpson_operator::builders::validation_job_name(&training[0]),
+        "{training:?} {validation:?}"
+    );
+    Ok(())
+}
+
 async fn deployment_generation(world: &World) -> Result<i64> {
     let name = face2simpson_operator::builders::inference_name(MODEL);
     world
@@ -109,12 +137,7 @@ async fn bootstrap_trains_and_serves_the_first_model() -> Result<()> {
     let world = World::up("bootstrap").await?;
     let (run, endpoints) = bootstrap(&world, GOOD).await?;
 
-    let jobs = world.jobs().list(&ListParams::default()).await?.items;
-    ensure!(
-        jobs.len() == 1,
-        "expected one training Job, found {}",
-        jobs.len()
-    );
+    ensure_one_run(&world).await?;
     let prediction = world.predict(&endpoints[0]).await?;
     ensure!(
         prediction["model"]["run_id"] == run.as_str(),
@@ -478,12 +501,7 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
     world.predict(&endpoints[0]).await?;
     // Give a duplicate a chance to appear before counting.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let jobs = world.jobs().list(&ListParams::default()).await?.items;
-    ensure!(
-        jobs.len() == 1,
-        "Jobs: {:?}",
-        jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
-    );
+    ensure_one_run(&world).await?;
     let sm = world.model().await?;
     ensure!(
         sm.status.unwrap_or_default().history.len() == 1,
@@ -594,12 +612,7 @@ async fn standby_takes_over_when_the_leader_dies() -> Result<()> {
     ensure!(leader_gauge(&standby.metrics().await?) == Some("1"));
     // Give a duplicate a chance to appear before counting.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let jobs = world.jobs().list(&ListParams::default()).await?.items;
-    ensure!(
-        jobs.len() == 1,
-        "Jobs: {:?}",
-        jobs.iter().map(ResourceExt::name_any).collect::<Vec<_>>()
-    );
+    ensure_one_run(&world).await?;
     ensure!(
         world
             .model()
