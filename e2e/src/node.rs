@@ -103,7 +103,15 @@ struct Faults {
     /// Before the next Pod carrying all these labels starts, this file is overwritten with
     /// these bytes: a store write at an exact point of the loop (e.g. between a run's
     /// training and its validation).
-    clobber_before: Vec<(Vec<(String, String)>, PathBuf, Vec<u8>)>,
+    clobber_before: Vec<Clobber>,
+}
+
+/// A file to overwrite before the next Pod with all these labels starts.
+#[derive(Debug)]
+struct Clobber {
+    labels: Vec<(String, String)>,
+    path: PathBuf,
+    bytes: Vec<u8>,
 }
 
 /// A container the stand-in runs.
@@ -200,14 +208,14 @@ impl Node {
     /// Before the next Pod carrying all of `labels` starts, `path` is overwritten with `bytes`.
     pub fn clobber_before_pod(&self, labels: &[(&str, &str)], path: &Path, bytes: &[u8]) {
         if let Ok(mut faults) = self.faults.lock() {
-            faults.clobber_before.push((
-                labels
+            faults.clobber_before.push(Clobber {
+                labels: labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
-                path.to_owned(),
-                bytes.to_owned(),
-            ));
+                path: path.to_owned(),
+                bytes: bytes.to_owned(),
+            });
         }
     }
 
@@ -413,9 +421,9 @@ impl Kubelet {
         while let Some(i) = faults
             .clobber_before
             .iter()
-            .position(|(want, _, _)| want.iter().all(|(k, v)| labels.get(k) == Some(v)))
+            .position(|c| c.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
         {
-            let (_, path, bytes) = faults.clobber_before.remove(i);
+            let Clobber { path, bytes, .. } = faults.clobber_before.remove(i);
             tracing::info!(pod = %pod.name_any(), path = %path.display(), "overwriting a file before the pod starts (injected fault)");
             std::fs::write(&path, bytes)
                 .with_context(|| format!("cannot overwrite {}", path.display()))?;

@@ -2460,3 +2460,54 @@ async fn a_failed_validation_rejects_and_leaves_the_champion_alone() {
         );
     }
 }
+
+/// While the validation Job runs the run stays undecided, no new run starts, the champion
+/// keeps serving, and a second pass over the same state writes nothing.
+#[tokio::test]
+async fn a_running_validation_keeps_the_run_pending_without_writes() {
+    let jobs = || {
+        vec![
+            job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Succeeded),
+            validation_job(SECOND, "2026-11-04T02:00:00Z", JobPhase::Active),
+        ]
+    };
+    let h = Harness::new(
+        "2026-11-04T02:30:00Z",
+        vec![
+            Step::list_jobs(jobs()),
+            Step::get_secret(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    reconcile(Arc::new(validating_second(true)), h.ctx.clone())
+        .await
+        .unwrap();
+    let store = h.store.clone();
+    let seen = h.finish().await;
+    let status = status_of(&seen[4]);
+    assert_eq!(status.last_run.as_ref().unwrap().decision, None);
+    assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(condition(&status, "Validated"), ("Unknown", "Validating"));
+
+    let h = Harness::new(
+        "2026-11-04T02:35:00Z",
+        vec![
+            Step::list_jobs(jobs()),
+            Step::get_secret(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+        ],
+    );
+    let m = run_metrics(SECOND, 0.9, Some((FIRST, 0.8)));
+    h.put_metrics(&m).await;
+    drop(store);
+    let mut sm = with_status(validating_second(true), status);
+    sm.metadata.resource_version = Some("101".into());
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    h.finish().await;
+}

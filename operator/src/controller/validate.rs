@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use artifacts::{RunMetrics, StorageError, TestPredictions, layout};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use serde::Deserialize;
@@ -424,16 +424,30 @@ impl Pass<'_> {
         );
     }
 
-    /// `Validated=Unknown` while the candidate is being validated.
+    /// `Validated=Unknown` while the candidate is being validated; its transition time is
+    /// kept while it stays so, so a pass over a running validation writes nothing.
     fn validating(&mut self, reason: &str, message: &str) {
-        self.validated(false, reason, message);
-        if let Some(c) = self
-            .status
-            .conditions
-            .iter_mut()
-            .find(|c| c.type_ == "Validated")
-        {
-            c.status = "Unknown".into();
+        let generation = self.sm.metadata.generation;
+        let now = self.now;
+        let conds = &mut self.status.conditions;
+        if !conds.iter().any(|c| c.type_ == "Validated") {
+            conds.push(Condition {
+                type_: "Validated".into(),
+                status: "Unknown".into(),
+                reason: String::new(),
+                message: String::new(),
+                observed_generation: generation,
+                last_transition_time: Time(now),
+            });
+        }
+        for c in conds.iter_mut().filter(|c| c.type_ == "Validated") {
+            if c.status != "Unknown" {
+                c.status = "Unknown".into();
+                c.last_transition_time = Time(now);
+            }
+            reason.clone_into(&mut c.reason);
+            message.clone_into(&mut c.message);
+            c.observed_generation = generation;
         }
     }
 
