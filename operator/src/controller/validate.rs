@@ -8,15 +8,13 @@
 //! created (after the pass's status write), and the Job's deterministic name makes a second
 //! create a 409 the pass ignores.
 
-use std::collections::BTreeMap;
-
+use artifacts::validation::{FailureReason, Validation};
 use artifacts::{RunMetrics, StorageError, TestPredictions, layout};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::ResourceExt;
 use kube::api::{Api, PostParams};
-use serde::Deserialize;
 use tracing::info;
 
 use super::observe::run_id_of;
@@ -24,96 +22,10 @@ use super::{Error, JobState, Pass, set_condition};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION, ValidationTarget};
 use crate::crd::{RunStatus, RunValidation};
 
-/// The `validation.json` schema version this operator reads.
-const VALIDATION_SCHEMA_VERSION: u32 = 1;
 /// Clock skew tolerated between the validator's node and the API server.
 const CLOCK_SKEW: SignedDuration = SignedDuration::from_secs(300);
 /// Class index standing for "not answered 200" in served predictions: never a true label.
 const UNANSWERED: u8 = u8::MAX;
-
-/// What the gate needs from `validation.json` (inference/src/validate.rs, `Validation`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ValidationReport {
-    pub schema_version: u32,
-    /// The candidate's URI as given to the validator.
-    pub model: String,
-    #[serde(default)]
-    pub run_id: Option<String>,
-    #[serde(default)]
-    pub classes: Vec<String>,
-    /// Test images answered 200 and scored.
-    #[serde(default)]
-    pub test_images: u64,
-    #[serde(default)]
-    pub served_accuracy: Option<f64>,
-    #[serde(default)]
-    pub per_class_recall: BTreeMap<String, f64>,
-    #[serde(default)]
-    pub trainer_test_accuracy: Option<f64>,
-    #[serde(default)]
-    pub agreement: Option<f64>,
-    #[serde(default)]
-    pub champion: Option<ServedChampion>,
-    #[serde(default)]
-    pub predictions: Option<ServedPredictions>,
-    /// RFC 3339.
-    pub started_at: String,
-    pub passed: bool,
-    #[serde(default)]
-    pub failures: Vec<ValidationFailure>,
-}
-
-/// The champion as the validator scored it.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ServedChampion {
-    #[serde(default)]
-    pub run_id: Option<String>,
-    #[serde(default)]
-    pub load_error: Option<String>,
-    #[serde(default)]
-    pub test_images: u64,
-    #[serde(default)]
-    pub served_accuracy: Option<f64>,
-}
-
-/// Served verdicts per test image (class indices; `None`: not answered 200).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ServedPredictions {
-    pub keys: Vec<String>,
-    pub labels: Vec<u8>,
-    pub candidate: Vec<Option<u8>>,
-    #[serde(default)]
-    pub champion: Option<Vec<Option<u8>>>,
-}
-
-/// One reason the candidate was refused.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-pub struct ValidationFailure {
-    /// `InfraValidationFailed` or `TrainServeSkew`.
-    pub reason: String,
-    pub message: String,
-}
-
-impl ValidationReport {
-    /// Reads and checks a `validation.json`.
-    pub fn from_json(bytes: &[u8]) -> Result<Self, String> {
-        let v: Self = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-        if v.schema_version != VALIDATION_SCHEMA_VERSION {
-            return Err(format!(
-                "validation.json schema_version {} is not {VALIDATION_SCHEMA_VERSION}",
-                v.schema_version
-            ));
-        }
-        if v.passed != v.failures.is_empty() {
-            return Err("validation.json says passed but lists failures (or the reverse)".into());
-        }
-        Ok(v)
-    }
-
-    fn started(&self) -> Option<Timestamp> {
-        self.started_at.parse().ok()
-    }
-}
 
 /// Why a validation refuses a candidate: the reason's name and the sentence for humans.
 #[derive(Debug, Clone, PartialEq)]
@@ -133,12 +45,11 @@ impl Refusal {
 }
 
 /// The refusal a failed `validation.json` stands for: its first failure.
-pub fn refusal(report: &ValidationReport) -> Option<Refusal> {
+pub fn refusal(report: &Validation) -> Option<Refusal> {
     let first = report.failures.first()?;
-    let reason = if first.reason == "TrainServeSkew" {
-        "TrainServeSkew"
-    } else {
-        "InfraValidationFailed"
+    let reason = match first.reason {
+        FailureReason::TrainServeSkew => "TrainServeSkew",
+        FailureReason::InfraValidationFailed => "InfraValidationFailed",
     };
     Some(Refusal {
         reason,
@@ -153,8 +64,8 @@ pub fn refusal(report: &ValidationReport) -> Option<Refusal> {
 /// the per-class guard and the test-size floor all judge what users get. `None` when the
 /// champion (there is one) was not scored served (it did not load in the validator): the
 /// gate then decides on the trainer's figures.
-pub fn served_metrics(m: &RunMetrics, v: &ValidationReport) -> Option<RunMetrics> {
-    let accuracy = v.served_accuracy?;
+pub fn served_metrics(m: &RunMetrics, v: &Validation) -> Option<RunMetrics> {
+    let accuracy = v.candidate.served_accuracy?;
     let champion_accuracy = match &m.champion_run_id {
         None => None,
         Some(_) => Some(v.champion.as_ref()?.served_accuracy?),
@@ -162,13 +73,14 @@ pub fn served_metrics(m: &RunMetrics, v: &ValidationReport) -> Option<RunMetrics
     let mut served = m.clone();
     served.test_accuracy = accuracy;
     served.champion_test_accuracy = champion_accuracy;
-    served.counts.test = v.test_images;
-    if !v.per_class_recall.is_empty() {
-        served.per_class_accuracy = v.per_class_recall.clone();
+    served.counts.test = v.candidate.test_images;
+    if !v.candidate.per_class_recall.is_empty() {
+        served.per_class_accuracy = v.candidate.per_class_recall.clone();
     }
     let fingerprint = format!("served:{}", m.test_fingerprint.clone().unwrap_or_default());
     served.test_fingerprint = Some(fingerprint.clone());
-    served.test_predictions = v.predictions.as_ref().map(|p| TestPredictions {
+    let p = &v.predictions;
+    served.test_predictions = Some(TestPredictions {
         test_fingerprint: fingerprint,
         keys: p.keys.clone(),
         labels: p.labels.clone(),
@@ -205,7 +117,7 @@ pub(super) enum Served {
     /// The validation Job is about to be created or runs: no decision yet.
     Waiting,
     /// The candidate passed.
-    Passed(Box<ValidationReport>),
+    Passed(Box<Validation>),
     /// The candidate is refused.
     Refused(Refusal),
     /// validation.json could not be read (the store is down) since the Job finished then.
@@ -340,7 +252,7 @@ impl Pass<'_> {
         };
         let key = validation_key(&prefix, run_id);
         let report = match store.get(&key).await {
-            Ok(bytes) => Some(ValidationReport::from_json(&bytes)),
+            Ok(bytes) => Some(Validation::from_json(&bytes)),
             Err(e) if e.is_not_found() => None,
             Err(e @ StorageError::Malformed { .. }) => Some(Err(e.to_string())),
             Err(e) => {
@@ -353,24 +265,26 @@ impl Pass<'_> {
         // A file from an earlier validation of a run with the same id is not this Job's.
         let created = vjob.metadata.creation_timestamp.as_ref().map(|t| t.0);
         let report = report.filter(|r| match (r, created) {
-            (Ok(r), Some(created)) => r.started().is_none_or(|s| s >= created - CLOCK_SKEW),
+            (Ok(r), Some(created)) => {
+                r.started_at.timestamp() >= (created - CLOCK_SKEW).as_second()
+            }
             _ => true,
         });
         let served = match (report, why_failed) {
             (Some(Err(e)), _) => Served::Refused(Refusal::infra(format!(
                 "the validation.json of run {run_id} cannot be read: {e}"
             ))),
-            (Some(Ok(r)), _) if r.run_id.as_deref().is_some_and(|id| id != run_id) => {
+            (Some(Ok(r)), _) if r.candidate.run_id.as_deref().is_some_and(|id| id != run_id) => {
                 Served::Refused(Refusal::infra(format!(
                     "the validation.json of run {run_id} names run {:?}",
-                    r.run_id
+                    r.candidate.run_id
                 )))
             }
             (Some(Ok(r)), _) => match refusal(&r) {
                 Some(refused) => Served::Refused(refused),
-                None if r.served_accuracy.is_none() => Served::Refused(Refusal::infra(format!(
-                    "the validation of run {run_id} passed without a served accuracy"
-                ))),
+                None if r.candidate.served_accuracy.is_none() => Served::Refused(Refusal::infra(
+                    format!("the validation of run {run_id} passed without a served accuracy"),
+                )),
                 None => Served::Passed(Box::new(r)),
             },
             (None, None) => Served::Refused(Refusal::infra(format!(
@@ -387,7 +301,7 @@ impl Pass<'_> {
                 "Passed",
                 &format!(
                     "run {run_id}: served accuracy {}",
-                    r.served_accuracy.map_or("?".to_owned(), pct)
+                    r.candidate.served_accuracy.map_or("?".to_owned(), pct)
                 ),
             ),
             _ => {}
@@ -399,9 +313,9 @@ impl Pass<'_> {
         {
             if let Served::Passed(r) = &served {
                 v.passed = Some(true);
-                v.served_accuracy = r.served_accuracy;
+                v.served_accuracy = r.candidate.served_accuracy;
                 v.champion_served_accuracy = r.champion.as_ref().and_then(|c| c.served_accuracy);
-                v.trainer_accuracy = r.trainer_test_accuracy;
+                v.trainer_accuracy = r.candidate.trainer_test_accuracy;
                 v.agreement = r.agreement;
             } else if let Served::Refused(_) = &served {
                 v.passed = Some(false);
@@ -472,7 +386,7 @@ impl Pass<'_> {
 
 /// Key of a run's `validation.json`, beside its `metrics.json`.
 pub fn validation_key(prefix: &str, run_id: &str) -> String {
-    format!("{}/{run_id}/validation.json", prefix.trim_end_matches('/'))
+    layout::validation_in(prefix, run_id)
 }
 
 fn pct(x: f64) -> String {
@@ -498,7 +412,15 @@ mod tests {
             "per_class_recall": {"homer": 1.0, "marge": 1.0, "bart": 1.0, "lisa": 0.0},
             "trainer_test_accuracy": 1.0,
             "agreement": 0.75,
-            "champion": {"model": "c", "run_id": "r1", "test_images": 4, "served_accuracy": 0.5},
+            "onnx_sha256": "sha256:00", "image_size": 224, "load_error": null,
+            "confusion_matrix": [], "rejected_images": [], "latency_ms": null,
+            "agreement_images": 4, "disagreements": [], "golden": null, "peak_rss_bytes": null,
+            "champion": {
+                "model": "c", "run_id": "r1", "onnx_sha256": null, "image_size": 224,
+                "load_error": null, "test_images": 4, "served_accuracy": 0.5,
+                "per_class_recall": {}, "confusion_matrix": [], "rejected_images": [],
+                "latency_ms": null, "trainer_test_accuracy": null
+            },
             "predictions": {
                 "keys": ["test/bart/1.png", "test/homer/1.png", "test/lisa/1.png", "test/marge/1.png"],
                 "labels": [2, 0, 3, 1],
@@ -518,7 +440,7 @@ mod tests {
 
     #[test]
     fn the_first_failure_is_the_refusal() {
-        let r = ValidationReport::from_json(report(false).to_string().as_bytes()).unwrap();
+        let r = Validation::from_json(report(false).to_string().as_bytes()).unwrap();
         assert_eq!(
             refusal(&r),
             Some(Refusal {
@@ -526,7 +448,7 @@ mod tests {
                 message: "agreement 75.0% is below 99.0%".into()
             })
         );
-        let ok = ValidationReport::from_json(report(true).to_string().as_bytes()).unwrap();
+        let ok = Validation::from_json(report(true).to_string().as_bytes()).unwrap();
         assert_eq!(refusal(&ok), None);
     }
 
@@ -534,11 +456,11 @@ mod tests {
     fn inconsistent_or_unknown_files_are_refused() {
         let mut v = report(true);
         v["passed"] = json!(false);
-        assert!(ValidationReport::from_json(v.to_string().as_bytes()).is_err());
+        assert!(Validation::from_json(v.to_string().as_bytes()).is_err());
         let mut v = report(true);
         v["schema_version"] = json!(2);
-        assert!(ValidationReport::from_json(v.to_string().as_bytes()).is_err());
-        assert!(ValidationReport::from_json(b"{").is_err());
+        assert!(Validation::from_json(v.to_string().as_bytes()).is_err());
+        assert!(Validation::from_json(b"{").is_err());
     }
 
     #[test]
