@@ -130,6 +130,8 @@ pub enum Error {
     GetSecret { name: String, source: kube::Error },
     #[error("cannot create the training Job {name}: {source}")]
     CreateJob { name: String, source: kube::Error },
+    #[error("cannot create the validation Job {name}: {source}")]
+    CreateValidationJob { name: String, source: kube::Error },
     #[error("cannot read the existing training Job {name}: {source}")]
     GetJob { name: String, source: kube::Error },
     #[error("cannot delete the training Job {name}: {source}")]
@@ -163,6 +165,7 @@ impl Error {
             Error::ListJobs(e) | Error::PatchStatus(e) => Some(e),
             Error::GetSecret { source, .. }
             | Error::CreateJob { source, .. }
+            | Error::CreateValidationJob { source, .. }
             | Error::GetJob { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::ApplyDeployment { source, .. }

@@ -379,7 +379,7 @@ impl Pass<'_> {
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(source) => Err(Error::CreateJob { name, source }),
+            Err(source) => Err(Error::CreateValidationJob { name, source }),
         }
     }
 }
