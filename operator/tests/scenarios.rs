@@ -352,7 +352,18 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         .unwrap();
     let text = h.metrics_text();
     let opened = h.opened_with.lock().unwrap().clone();
+    // The decision also goes to the model's history.json, what the service's model card charts.
+    let history = artifacts::History::from_json(
+        &h.store
+            .get(&artifacts::layout::history_in(RUNS_PREFIX))
+            .await
+            .unwrap(),
+    )
+    .unwrap();
     let seen = h.finish().await;
+    let entry = history.entry(SECOND).unwrap();
+    assert!(entry.promoted && entry.decision == "Promote", "{entry:?}");
+    assert!(entry.summary.starts_with("Promote: +10.0 pts"), "{entry:?}");
 
     assert_eq!(
         opened,

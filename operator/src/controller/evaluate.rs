@@ -377,6 +377,14 @@ impl Pass<'_> {
                 );
             }
         }
+        let mut entry = artifacts::HistoryEntry::new(
+            trainer.unwrap_or(metrics),
+            decision.kind(),
+            decision.promotes() && !dry_run,
+            &summary,
+        );
+        entry.served_accuracy = trainer.map(|_| metrics.test_accuracy);
+        self.effects.push(Effect::History(Box::new(entry)));
         info!(model = %self.name, run = %run_id, decision = decision.kind(), %summary, %reason, "run evaluated");
         let verdict = match decision {
             Decision::FirstModel(_) => Verdict::FirstModel,

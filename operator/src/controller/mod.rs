@@ -311,6 +311,9 @@ enum Effect {
     Count(Counted),
     /// A run with a usable result finished at this time.
     RunSucceeded(Timestamp),
+    /// A gate decision for the model's `history.json` in the store (what the service's model
+    /// card charts).
+    History(Box<artifacts::HistoryEntry>),
 }
 
 /// One pass over one SimpsonModel.
@@ -376,6 +379,25 @@ impl Pass<'_> {
         self.effects.push(Effect::Count(counted));
     }
 
+    /// Appends a decision to `runs/<ns>/<name>/history.json`. Best effort: the decision is in
+    /// the status already, and the first entry recorded for a run stands, so a retry that
+    /// appends again changes nothing.
+    async fn append_history(&mut self, entry: &artifacts::HistoryEntry) {
+        let key = artifacts::layout::history_in(&artifacts::layout::model_runs(
+            &self.ns, &self.name,
+        ));
+        let appended = match self.store().await {
+            Ok(Ok(store)) => artifacts::append_history(&store, &key, entry)
+                .await
+                .map_err(|e| e.to_string()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(error) = appended {
+            warn!(model = %self.name, run = %entry.run_id, %key, %error, "cannot append the decision to history.json; the model card will not show it");
+        }
+    }
+
     fn requeue_within(&mut self, delay: Duration) {
         self.requeue = Some(self.requeue.map_or(delay, |d| d.min(delay)));
     }
@@ -391,6 +413,7 @@ impl Pass<'_> {
                         .get_or_create(&self.labels())
                         .set(at.as_second());
                 }
+                Effect::History(entry) => self.append_history(&entry).await,
                 Effect::Count(counted) => {
                     let m = &self.ctx.metrics;
                     let family = match counted {
