@@ -383,9 +383,8 @@ impl Pass<'_> {
     /// the status already, and the first entry recorded for a run stands, so a retry that
     /// appends again changes nothing.
     async fn append_history(&mut self, entry: &artifacts::HistoryEntry) {
-        let key = artifacts::layout::history_in(&artifacts::layout::model_runs(
-            &self.ns, &self.name,
-        ));
+        let key =
+            artifacts::layout::history_in(&artifacts::layout::model_runs(&self.ns, &self.name));
         let appended = match self.store().await {
             Ok(Ok(store)) => artifacts::append_history(&store, &key, entry)
                 .await
