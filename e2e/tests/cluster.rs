@@ -895,6 +895,114 @@ async fn failed_rollout_is_rolled_back_automatically() -> Result<()> {
 /// backoffLimit of 0: the real Job controller replaces it and the run completes.
 #[tokio::test]
 #[ignore = "needs the control plane: make e2e"]
+async fn a_stalled_change_other_than_the_model_keeps_the_champion() -> Result<()> {
+    let world = World::up("stall-keeps-champion").await?;
+    let fast_deadline = json!({"spec": {"inference": {"progressDeadlineSeconds": 8}}});
+    let (run1, _) = bootstrap_with(&world, BAD, &fast_deadline).await?;
+    let models = world.models();
+    // The operator remembers the template that became available (without the model).
+    poll(
+        "status.rollout records the available rollout",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let (models, run1) = (models.clone(), run1.clone());
+            async move {
+                let sm = models.get(MODEL).await?;
+                let recorded = sm
+                    .status
+                    .and_then(|s| s.rollout)
+                    .is_some_and(|r| r.run_id == run1);
+                Ok(recorded.then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+
+    // A spec change whose pods crash: not the model's fault.
+    let crash = ("e2e.face2simpson.io/crash", "yes");
+    world.node.crash_pods_annotated(crash.0, crash.1);
+    let overrides = |value: serde_json::Value| {
+        json!({"spec": {"inference": {"podOverrides": {"annotations": {crash.0: value}}}}})
+    };
+    models
+        .patch(
+            MODEL,
+            &PatchParams::default(),
+            &Patch::Merge(overrides(json!(crash.1))),
+        )
+        .await?;
+    let stalled = poll(
+        "Degraded=RolloutFailed with the champion in place",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            async move {
+                let sm = models.get(MODEL).await?;
+                let status = sm.status.clone().unwrap_or_default();
+                let degraded = status.conditions.iter().any(|c| {
+                    c.type_ == "Degraded" && c.status == "True" && c.reason == "RolloutFailed"
+                });
+                Ok(degraded.then_some(status))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    ensure!(
+        stalled.champion.as_ref().is_some_and(|c| c.run_id == run1),
+        "the champion was demoted by a spec change: {:?}",
+        stalled.champion
+    );
+    ensure!(
+        !stalled
+            .history
+            .iter()
+            .any(|h| h.decision.as_str() == "RolloutFailed"),
+        "a spec change was recorded as the model's rollout failure: {:?}",
+        stalled.history
+    );
+
+    // Reverting the change completes a rollout, which clears the condition.
+    models
+        .patch(
+            MODEL,
+            &PatchParams::default(),
+            &Patch::Merge(overrides(serde_json::Value::Null)),
+        )
+        .await?;
+    poll(
+        "Degraded cleared once a rollout completes",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            async move {
+                let sm = models.get(MODEL).await?;
+                let status = sm.status.unwrap_or_default();
+                let cleared = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.status == "False");
+                let ready = status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True");
+                Ok((cleared && ready).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    world.finish()
+}
+
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
 async fn evicted_training_pod_is_replaced_not_counted() -> Result<()> {
     let world = World::up("eviction").await?;
     world

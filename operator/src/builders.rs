@@ -656,6 +656,26 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
+/// A hash of an inference pod template with the model left out (its run-id annotation and its
+/// MODEL_URI): two templates with equal hashes differ by the model alone. Computed on the
+/// template the API server returns, so server-side defaults count the same on both sides.
+pub fn template_hash_without_model(template: &PodTemplateSpec) -> String {
+    use sha2::{Digest, Sha256};
+    let mut t = template.clone();
+    if let Some(annotations) = t.metadata.as_mut().and_then(|m| m.annotations.as_mut()) {
+        annotations.remove(RUN_ID_LABEL);
+    }
+    for container in t.spec.iter_mut().flat_map(|s| s.containers.iter_mut()) {
+        if let Some(env) = container.env.as_mut() {
+            env.retain(|e| e.name != "MODEL_URI");
+        }
+    }
+    // Maps are BTreeMaps: the serialization, and so the hash, is deterministic.
+    let json = serde_json::to_vec(&t).unwrap_or_default();
+    let hex = format!("{:x}", Sha256::digest(&json));
+    format!("sha256:{}", &hex[..16])
+}
+
 /// The inference Deployment serving `champion`. Changing MODEL_URI changes the pod template,
 /// which is what makes Kubernetes roll the pods.
 pub fn inference_deployment(

@@ -546,6 +546,21 @@ pub struct SimpsonModelStatus {
     /// The last handled value of the face2simpson.io/promote-run annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_promote_request: Option<String>,
+    /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports Degraded=RolloutFailed until a rollout completes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<RolloutStatus>,
+}
+
+/// An inference rollout that became available.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RolloutStatus {
+    /// The run its pods served.
+    pub run_id: String,
+    /// Hash of its pod template without the model (run-id annotation and MODEL_URI).
+    pub template_hash: String,
+    /// When the operator saw it complete.
+    pub available_at: Time,
 }
 
 /// A model that is or was in service.

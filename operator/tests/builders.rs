@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use face2simpson_operator::builders::{
-    inference_deployment, inference_service, manual_run_id, scheduled_run_id, training_job,
+    inference_deployment, inference_service, manual_run_id, scheduled_run_id,
+    template_hash_without_model, training_job,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -317,6 +318,28 @@ fn a_new_champion_changes_the_pod_template() {
         .unwrap()
         .template;
     assert_ne!(a, b, "an unchanged template would not roll the pods");
+    // ... but by the model alone: a stalled rollout of b is the model's fault.
+    assert_eq!(
+        template_hash_without_model(&a),
+        template_hash_without_model(&b)
+    );
+    let mut changed = model();
+    changed
+        .spec
+        .inference
+        .pod_overrides
+        .annotations
+        .insert("team".into(), "simpsons".into());
+    let c = inference_deployment(&changed, &champion("r2", 0.9))
+        .unwrap()
+        .spec
+        .unwrap()
+        .template;
+    assert_ne!(
+        template_hash_without_model(&b),
+        template_hash_without_model(&c),
+        "a spec change is not the model's"
+    );
 }
 
 #[test]

@@ -18,7 +18,8 @@ use tracing::{info, warn};
 use super::{Counted, Error, MANAGER, Pass};
 use crate::builders::{self, RUN_ID_LABEL};
 use crate::crd::{
-    ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION, Verdict,
+    ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
+    RolloutStatus, Verdict,
 };
 
 /// How often a rollout in progress is looked at even without a Deployment event.
@@ -269,13 +270,16 @@ impl Pass<'_> {
         let mut state = rollout_state(&deployment);
         if let RolloutState::Failed(message) = &state
             && served_run(&deployment) == Some(champion.run_id.as_str())
-            && self.roll_back_failed(&champion, message)
         {
-            // Recorded before the Deployment changes, like any decision.
-            self.commit().await?;
-            if let Some(previous) = self.status.champion.clone() {
-                deployment = self.apply_deployment(&previous).await?;
-                state = rollout_state(&deployment);
+            if !self.model_alone_changed(&deployment, &champion) {
+                self.other_change_stalled(&champion, message);
+            } else if self.roll_back_failed(&champion, message) {
+                // Recorded before the Deployment changes, like any decision.
+                self.commit().await?;
+                if let Some(previous) = self.status.champion.clone() {
+                    deployment = self.apply_deployment(&previous).await?;
+                    state = rollout_state(&deployment);
+                }
             }
         }
         let service = builders::inference_service(self.sm)?;
@@ -308,6 +312,7 @@ impl Pass<'_> {
                     champion.run_id,
                     champion.accuracy * 100.0
                 );
+                self.rollout_available(&deployment, &champion, &message);
                 self.ready(true, "Serving", &message);
                 true
             }
@@ -390,6 +395,68 @@ impl Pass<'_> {
             )
             .await
             .map_err(|source| Error::ApplyDeployment { name, source })
+    }
+
+    /// Whether a stalled rollout of the champion differs from the last one that became
+    /// available by the model alone: only then is the model to blame and rolled back. Without
+    /// a record (the first rollout, or a status from an older operator) the model is blamed.
+    fn model_alone_changed(&self, deployment: &Deployment, champion: &ChampionStatus) -> bool {
+        let Some(last) = &self.status.rollout else {
+            return true;
+        };
+        let Some(template) = deployment.spec.as_ref().map(|s| &s.template) else {
+            return true;
+        };
+        last.run_id != champion.run_id
+            && builders::template_hash_without_model(template) == last.template_hash
+    }
+
+    /// A change other than the model (spec, image, quota, Secret, pod overrides) does not
+    /// become available: the champion stays, and Degraded=RolloutFailed says so until a
+    /// rollout completes.
+    fn other_change_stalled(&mut self, champion: &ChampionStatus, why: &str) {
+        let message = format!(
+            "the inference pods do not become available after a change other than the model ({why}); run {} stays the champion: fix or revert the change",
+            champion.run_id
+        );
+        if !self.degraded_for("RolloutFailed") {
+            warn!(model = %self.name, %message, "rollout stalled");
+            self.emit(
+                EventType::Warning,
+                "RolloutFailed",
+                "Rollout",
+                message.clone(),
+            );
+        }
+        self.degraded("RolloutFailed", &message);
+    }
+
+    /// A rollout became available: remember its template (without the model) and clear a
+    /// RolloutFailed left by an earlier stall.
+    fn rollout_available(
+        &mut self,
+        deployment: &Deployment,
+        champion: &ChampionStatus,
+        message: &str,
+    ) {
+        if let Some(template) = deployment.spec.as_ref().map(|s| &s.template) {
+            let template_hash = builders::template_hash_without_model(template);
+            let unchanged = self
+                .status
+                .rollout
+                .as_ref()
+                .is_some_and(|r| r.run_id == champion.run_id && r.template_hash == template_hash);
+            if !unchanged {
+                self.status.rollout = Some(RolloutStatus {
+                    run_id: champion.run_id.clone(),
+                    template_hash,
+                    available_at: Time(self.now),
+                });
+            }
+        }
+        if self.degraded_for("RolloutFailed") {
+            self.healthy("RolloutComplete", message);
+        }
     }
 
     /// The champion's pods never became available within the progress deadline: put the
