@@ -899,6 +899,10 @@ async fn a_stalled_change_other_than_the_model_keeps_the_champion() -> Result<()
     let world = World::up("stall-keeps-champion").await?;
     let fast_deadline = json!({"spec": {"inference": {"progressDeadlineSeconds": 8}}});
     let (run1, _) = bootstrap_with(&world, BAD, &fast_deadline).await?;
+    // A second champion, so that a wrongful rollback would have somewhere to go.
+    let (run, _) = challenge(&world, &run1, GOOD, "better", "Promote").await?;
+    let run1 = run.run_id;
+    world.wait_serving(&run1).await?;
     let models = world.models();
     // The operator remembers the template that became available (without the model).
     poll(
