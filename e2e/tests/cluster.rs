@@ -927,9 +927,7 @@ async fn a_stalled_change_other_than_the_model_keeps_the_champion() -> Result<()
     // A spec change whose pods crash: not the model's fault.
     let crash = ("e2e.face2simpson.io/crash", "yes");
     world.node.crash_pods_annotated(crash.0, crash.1);
-    let overrides = |value: serde_json::Value| {
-        json!({"spec": {"inference": {"podOverrides": {"annotations": {crash.0: value}}}}})
-    };
+    let overrides = |value: serde_json::Value| json!({"spec": {"inference": {"podOverrides": {"annotations": {crash.0: value}}}}});
     models
         .patch(
             MODEL,

@@ -441,11 +441,10 @@ impl Pass<'_> {
     ) {
         if let Some(template) = deployment.spec.as_ref().map(|s| &s.template) {
             let template_hash = builders::template_hash_without_model(template);
-            let unchanged = self
-                .status
-                .rollout
-                .as_ref()
-                .is_some_and(|r| r.run_id == champion.run_id && r.template_hash == template_hash);
+            let unchanged =
+                self.status.rollout.as_ref().is_some_and(|r| {
+                    r.run_id == champion.run_id && r.template_hash == template_hash
+                });
             if !unchanged {
                 self.status.rollout = Some(RolloutStatus {
                     run_id: champion.run_id.clone(),
