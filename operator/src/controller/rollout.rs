@@ -268,12 +268,14 @@ impl Pass<'_> {
         };
         let mut deployment = self.apply_deployment(&champion).await?;
         let mut state = rollout_state(&deployment);
+        let mut rolled_back = false;
         if let RolloutState::Failed(message) = &state
             && served_run(&deployment) == Some(champion.run_id.as_str())
         {
             if !self.model_alone_changed(&deployment, &champion) {
                 self.other_change_stalled(&champion, message);
             } else if self.roll_back_failed(&champion, message) {
+                rolled_back = true;
                 // Recorded before the Deployment changes, like any decision.
                 self.commit().await?;
                 if let Some(previous) = self.status.champion.clone() {
@@ -312,7 +314,9 @@ impl Pass<'_> {
                     champion.run_id,
                     champion.accuracy * 100.0
                 );
-                self.rollout_available(&deployment, &champion, &message);
+                // A rollback made in this very pass keeps its RolloutFailed for people to
+                // see; the next complete rollout clears it.
+                self.rollout_available(&deployment, &champion, &message, !rolled_back);
                 self.ready(true, "Serving", &message);
                 true
             }
@@ -431,13 +435,14 @@ impl Pass<'_> {
         self.degraded("RolloutFailed", &message);
     }
 
-    /// A rollout became available: remember its template (without the model) and clear a
-    /// RolloutFailed left by an earlier stall.
+    /// A rollout became available: remember its template (without the model) and, with
+    /// `clear_failure`, clear a RolloutFailed left by an earlier stall.
     fn rollout_available(
         &mut self,
         deployment: &Deployment,
         champion: &ChampionStatus,
         message: &str,
+        clear_failure: bool,
     ) {
         if let Some(template) = deployment.spec.as_ref().map(|s| &s.template) {
             let template_hash = builders::template_hash_without_model(template);
@@ -453,7 +458,7 @@ impl Pass<'_> {
                 });
             }
         }
-        if self.degraded_for("RolloutFailed") {
+        if clear_failure && self.degraded_for("RolloutFailed") {
             self.healthy("RolloutComplete", message);
         }
     }
