@@ -67,12 +67,13 @@ async fn page_uploads_a_photo_and_shows_the_verdict() {
             String::from_utf8_lossy(&out.stderr)
         );
         dom = String::from_utf8_lossy(&out.stdout).into_owned();
-        if dom.contains(r#"data-state="done""#) {
+        // The body's state: the model card has a data-state of its own.
+        if dom.contains(r#"<body data-state="done""#) {
             break;
         }
     }
     assert!(
-        dom.contains(r#"data-state="done""#),
+        dom.contains(r#"<body data-state="done""#),
         "the page did not finish:\n{dom}"
     );
 
