@@ -46,7 +46,7 @@ enum Unfit {
 }
 
 /// When the Job finished, as the Job controller recorded it.
-fn finished_at(job: &Job) -> Option<Timestamp> {
+pub(super) fn finished_at(job: &Job) -> Option<Timestamp> {
     let status = job.status.as_ref()?;
     if let Some(t) = &status.completion_time {
         return Some(t.0);

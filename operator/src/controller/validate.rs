@@ -17,6 +17,7 @@ use kube::ResourceExt;
 use kube::api::{Api, PostParams};
 use tracing::info;
 
+use super::evaluate::finished_at;
 use super::observe::run_id_of;
 use super::{Error, JobState, Pass, set_condition};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION, ValidationTarget};
@@ -122,20 +123,6 @@ pub(super) enum Served {
     Refused(Refusal),
     /// validation.json could not be read (the store is down) since the Job finished then.
     Unreachable { message: String, since: Timestamp },
-}
-
-/// When a Job finished, as the Job controller recorded it.
-fn finished_at(job: &Job) -> Option<Timestamp> {
-    let status = job.status.as_ref()?;
-    if let Some(t) = &status.completion_time {
-        return Some(t.0);
-    }
-    status
-        .conditions
-        .as_ref()?
-        .iter()
-        .filter(|c| c.status == "True" && (c.type_ == "Complete" || c.type_ == "Failed"))
-        .find_map(|c| c.last_transition_time.as_ref().map(|t| t.0))
 }
 
 impl Pass<'_> {
