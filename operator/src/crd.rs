@@ -624,6 +624,29 @@ pub struct RunStatus {
     pub validation: Option<RunValidation>,
 }
 
+impl RunStatus {
+    /// A run that has started and has no result yet.
+    pub fn new(run_id: &str, job_name: String, trigger: Trigger, started_at: Time) -> Self {
+        Self {
+            run_id: run_id.to_owned(),
+            job_name,
+            trigger,
+            started_at,
+            champion_run_id: None,
+            model_uri: None,
+            finished_at: None,
+            accuracy: None,
+            champion_accuracy: None,
+            decision: None,
+            reason: None,
+            summary: None,
+            comparison: None,
+            dry_run: false,
+            validation: None,
+        }
+    }
+}
+
 /// A run's served-path validation.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

@@ -276,21 +276,9 @@ impl Pass<'_> {
 
     fn run_status(&self, run_id: &str, trigger: Trigger, started_at: Timestamp) -> RunStatus {
         RunStatus {
-            run_id: run_id.to_owned(),
-            job_name: run_id.to_owned(),
-            trigger,
-            started_at: Time(started_at),
             champion_run_id: self.status.champion.as_ref().map(|c| c.run_id.clone()),
             model_uri: builders::run_weights_uri(self.sm, run_id).ok(),
-            finished_at: None,
-            accuracy: None,
-            champion_accuracy: None,
-            decision: None,
-            reason: None,
-            summary: None,
-            comparison: None,
-            dry_run: false,
-            validation: None,
+            ..RunStatus::new(run_id, run_id.to_owned(), trigger, Time(started_at))
         }
     }
 }

@@ -131,27 +131,15 @@ impl Pass<'_> {
         match self.status.last_run.clone() {
             Some(r) if r.run_id == run_id => r,
             // Status was lost or never written (operator crashed right after creating the Job).
-            _ => RunStatus {
-                run_id: run_id.to_owned(),
-                job_name: job.name_any(),
-                trigger: crate::crd::Trigger::Unknown,
-                started_at: job
-                    .metadata
+            _ => RunStatus::new(
+                run_id,
+                job.name_any(),
+                crate::crd::Trigger::Unknown,
+                job.metadata
                     .creation_timestamp
                     .clone()
                     .unwrap_or(Time(self.now)),
-                champion_run_id: None,
-                model_uri: None,
-                finished_at: None,
-                accuracy: None,
-                champion_accuracy: None,
-                decision: None,
-                reason: None,
-                summary: None,
-                comparison: None,
-                dry_run: false,
-                validation: None,
-            },
+            ),
         }
     }
 
