@@ -100,18 +100,26 @@ struct Faults {
     /// The next Pod with this label (key, value) is evicted as it starts: `Failed` with the
     /// `DisruptionTarget` condition, as after preemption or a node drain.
     evict_next: Vec<(String, String)>,
-    /// Before the next Pod carrying all these labels starts, this file is overwritten with
-    /// these bytes: a store write at an exact point of the loop (e.g. between a run's
-    /// training and its validation).
-    clobber_before: Vec<Clobber>,
+    /// Before the next Pod carrying all these labels starts, this hook runs: a store write at
+    /// an exact point of the loop (e.g. between a run's training and its validation).
+    before_pod: Vec<BeforePod>,
 }
 
-/// A file to overwrite before the next Pod with all these labels starts.
-#[derive(Debug)]
-struct Clobber {
+/// What [`Node::before_pod`] runs, once.
+type Hook = Box<dyn FnOnce() -> Result<()> + Send>;
+
+/// A hook to run before the next Pod with all these labels starts.
+struct BeforePod {
     labels: Vec<(String, String)>,
-    path: PathBuf,
-    bytes: Vec<u8>,
+    hook: Hook,
+}
+
+impl std::fmt::Debug for BeforePod {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BeforePod")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
 }
 
 /// A container the stand-in runs.
@@ -207,14 +215,27 @@ impl Node {
 
     /// Before the next Pod carrying all of `labels` starts, `path` is overwritten with `bytes`.
     pub fn clobber_before_pod(&self, labels: &[(&str, &str)], path: &Path, bytes: &[u8]) {
+        let (path, bytes) = (path.to_owned(), bytes.to_owned());
+        self.before_pod(labels, move || {
+            std::fs::write(&path, bytes)
+                .with_context(|| format!("cannot overwrite {}", path.display()))
+        });
+    }
+
+    /// Before the next Pod carrying all of `labels` starts, `hook` runs (once): it sees what
+    /// the previous steps left in the store, e.g. a run's trained model, and may rewrite it.
+    pub fn before_pod(
+        &self,
+        labels: &[(&str, &str)],
+        hook: impl FnOnce() -> Result<()> + Send + 'static,
+    ) {
         if let Ok(mut faults) = self.faults.lock() {
-            faults.clobber_before.push(Clobber {
+            faults.before_pod.push(BeforePod {
                 labels: labels
                     .iter()
                     .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                     .collect(),
-                path: path.to_owned(),
-                bytes: bytes.to_owned(),
+                hook: Box::new(hook),
             });
         }
     }
@@ -370,7 +391,7 @@ impl Kubelet {
         {
             self.bind(&namespace, &name).await?;
         }
-        self.clobber(&pod)?;
+        self.run_before_pod_hooks(&pod)?;
         if self.take_eviction(&pod) {
             let evicted = self.evict(&running, &container).await;
             self.forget(&pod);
@@ -412,21 +433,22 @@ impl Kubelet {
         hit.map(|i| faults.evict_next.remove(i)).is_some()
     }
 
-    /// Writes the files registered for this Pod by [`Node::clobber_before_pod`].
-    fn clobber(&self, pod: &Pod) -> Result<()> {
-        let Ok(mut faults) = self.faults.lock() else {
-            return Ok(());
-        };
+    /// Runs the hooks registered for this Pod by [`Node::before_pod`].
+    fn run_before_pod_hooks(&self, pod: &Pod) -> Result<()> {
         let labels = pod.labels();
-        while let Some(i) = faults
-            .clobber_before
-            .iter()
-            .position(|c| c.labels.iter().all(|(k, v)| labels.get(k) == Some(v)))
-        {
-            let Clobber { path, bytes, .. } = faults.clobber_before.remove(i);
-            tracing::info!(pod = %pod.name_any(), path = %path.display(), "overwriting a file before the pod starts (injected fault)");
-            std::fs::write(&path, bytes)
-                .with_context(|| format!("cannot overwrite {}", path.display()))?;
+        let hooks: Vec<BeforePod> = {
+            let Ok(mut faults) = self.faults.lock() else {
+                return Ok(());
+            };
+            let (hit, kept) = std::mem::take(&mut faults.before_pod)
+                .into_iter()
+                .partition(|h| h.labels.iter().all(|(k, v)| labels.get(k) == Some(v)));
+            faults.before_pod = kept;
+            hit
+        };
+        for BeforePod { hook, .. } in hooks {
+            tracing::info!(pod = %pod.name_any(), "changing the store before the pod starts (injected fault)");
+            hook()?;
         }
         Ok(())
     }

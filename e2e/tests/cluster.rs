@@ -386,6 +386,70 @@ async fn broken_candidate_fails_served_validation_and_nothing_rolls() -> Result<
     world.finish()
 }
 
+/// Issue 16: a candidate whose exported graph expects other input than the pipeline gives it
+/// (rewritten in the store, checksum and all, just before its validation pod starts) loads and
+/// answers, but not what its trainer measured: `Reject` with `TrainServeSkew`, nothing rolls.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn skewed_candidate_is_refused_as_train_serve_skew() -> Result<()> {
+    use face2simpson_operator::builders::{COMPONENT_LABEL, RUN_ID_LABEL, manual_run_id};
+    let world = World::up("skew").await?;
+    let (run1, _) = bootstrap(&world, BAD).await?;
+    let generation = deployment_generation(&world).await?;
+    let run2 = manual_run_id(MODEL, "skewed");
+    let runs = world
+        .store
+        .bucket_dir()
+        .join(STORE_PREFIX)
+        .join(artifacts::layout::model_runs(NAMESPACE, MODEL));
+    let run_dir = runs.join(&run2);
+    world.node.before_pod(
+        &[
+            (COMPONENT_LABEL, "validation"),
+            (RUN_ID_LABEL, run2.as_str()),
+        ],
+        move || skew_export(&run_dir),
+    );
+    let (run, sm) = challenge(&world, &run1, GOOD, "skewed", "Reject").await?;
+    ensure!(run.run_id == run2, "{run:?}");
+    let reason = run.reason.clone().unwrap_or_default();
+    ensure!(reason.starts_with("TrainServeSkew: "), "{reason}");
+    ensure!(champion(&sm)?.run_id == run1, "the champion changed");
+    ensure!(
+        world.events("TrainServeSkew").await? >= 1,
+        "no TrainServeSkew event"
+    );
+    ensure!(
+        deployment_generation(&world).await? == generation,
+        "the Deployment rolled"
+    );
+    world.finish()
+}
+
+/// Re-exports the run in `run_dir` with a graph that multiplies its input by zero — it sees
+/// one grey image whatever the photo, the far end of a normalisation mismatch — and re-signs
+/// `metrics.json` so that only the served answers can tell.
+fn skew_export(run_dir: &std::path::Path) -> Result<()> {
+    use sha2::Digest as _;
+    let weights = std::fs::read(run_dir.join("model.safetensors"))?;
+    let metrics_path = run_dir.join("metrics.json");
+    let mut metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(&metrics_path)?)?;
+    let image_size = metrics["hyperparameters"]["image_size"]
+        .as_u64()
+        .and_then(|s| u32::try_from(s).ok())
+        .context("metrics.json has no hyperparameters.image_size")?;
+    let onnx = model::onnx::export_with_input_transform(
+        &model::onnx::Weights::from_safetensors(&weights)?,
+        image_size,
+        [0.0; 3],
+        [0.0; 3],
+    )?;
+    metrics["onnx_sha256"] = json!(format!("sha256:{:x}", sha2::Sha256::digest(&onnx)));
+    std::fs::write(run_dir.join("model.onnx"), onnx)?;
+    std::fs::write(&metrics_path, serde_json::to_vec(&metrics)?)?;
+    Ok(())
+}
+
 /// Scenario 4: a training pod that fails leaves the champion serving and marks the model Degraded.
 #[tokio::test]
 #[ignore = "needs the control plane: make e2e"]
