@@ -354,7 +354,7 @@ pub struct PodOverrides {
     pub node_selector: BTreeMap<String, String>,
     /// Tolerations of the pods (core/v1 Toleration).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "preserved_objects")]
+    #[schemars(schema_with = "tolerations")]
     pub tolerations: Vec<Toleration>,
     /// Affinity of the pods (core/v1 Affinity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -362,7 +362,7 @@ pub struct PodOverrides {
     pub affinity: Option<Affinity>,
     /// Secrets for pulling the image from a private registry.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "preserved_objects")]
+    #[schemars(schema_with = "local_object_references")]
     pub image_pull_secrets: Vec<LocalObjectReference>,
     /// Priority class of the pods, e.g. to let training be preempted before serving.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -372,7 +372,7 @@ pub struct PodOverrides {
     pub runtime_class_name: Option<String>,
     /// Extra environment variables of the container (core/v1 EnvVar); the operator's own variables win.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "preserved_objects")]
+    #[schemars(schema_with = "env_vars")]
     pub env: Vec<EnvVar>,
     /// Extra volumes of the pods (core/v1 Volume).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -380,7 +380,7 @@ pub struct PodOverrides {
     pub volumes: Vec<Volume>,
     /// Extra volume mounts of the container (core/v1 VolumeMount).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "preserved_objects")]
+    #[schemars(schema_with = "volume_mounts")]
     pub volume_mounts: Vec<VolumeMount>,
 }
 
@@ -402,6 +402,75 @@ fn preserved_objects(_: &mut SchemaGenerator) -> Schema {
 /// One Kubernetes object, validated when the pod is created (see `preserved_objects`).
 fn preserved_object(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
+}
+
+// The small core/v1 types are spelled out, so that the API server refuses a malformed entry
+// when the SimpsonModel is applied: one the operator could not read would otherwise be stored,
+// and only the operator would find out.
+
+/// core/v1 EnvVar; `valueFrom` is validated when the pod is created.
+fn env_vars(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "value": {"type": "string"},
+                "valueFrom": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+            },
+        },
+    })
+}
+
+/// core/v1 VolumeMount.
+fn volume_mounts(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name", "mountPath"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1},
+                "mountPath": {"type": "string", "minLength": 1},
+                "readOnly": {"type": "boolean"},
+                "recursiveReadOnly": {"type": "string"},
+                "subPath": {"type": "string"},
+                "subPathExpr": {"type": "string"},
+                "mountPropagation": {"type": "string"},
+            },
+        },
+    })
+}
+
+/// core/v1 Toleration.
+fn tolerations(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "string"},
+                "operator": {"type": "string", "enum": ["", "Exists", "Equal"]},
+                "value": {"type": "string"},
+                "effect": {"type": "string", "enum": ["", "NoSchedule", "PreferNoSchedule", "NoExecute"]},
+                "tolerationSeconds": {"type": "integer", "format": "int64"},
+            },
+        },
+    })
+}
+
+/// core/v1 LocalObjectReference.
+fn local_object_references(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "required": ["name"],
+            "properties": {"name": {"type": "string", "minLength": 1}},
+        },
+    })
 }
 
 /// Defines a string-valued state enum: the variants are their wire names, `as_str` and
@@ -546,6 +615,9 @@ pub struct SimpsonModelStatus {
     /// The last handled value of the face2simpson.io/promote-run annotation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_promote_request: Option<String>,
+    /// When the last run that produced a usable model finished, whatever it was decided (anything but Failed). Exported as face2simpson_last_successful_run_timestamp_seconds on every pass, so the alert on it holds across restarts and failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_successful_run_at: Option<Time>,
     /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports Degraded=RolloutFailed until a rollout completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,

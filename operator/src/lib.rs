@@ -15,5 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod schedule;
 
-pub use controller::{Context, Error, error_policy, reconcile};
+pub use controller::{
+    Context, Error, INVALID_SPEC, error_policy, error_policy_guarded, reconcile, reconcile_guarded,
+};
 pub use crd::{SimpsonModel, SimpsonModelSpec, SimpsonModelStatus};

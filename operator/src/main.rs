@@ -11,12 +11,13 @@ use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
 use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
 use face2simpson_operator::metrics::{Metrics, ModelLabels};
-use face2simpson_operator::{Context, SimpsonModel, error_policy, reconcile};
+use face2simpson_operator::{Context, SimpsonModel, error_policy_guarded, reconcile_guarded};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ObjectReference, Service};
 use kube::api::{Api, ListParams};
+use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -145,7 +146,7 @@ where
 
 /// Drops the metrics of deleted models. Reconciles never see a deletion (there is no
 /// finalizer), so this is the only place that learns of one.
-async fn forget_deleted(models: Api<SimpsonModel>, metrics: Arc<Metrics>) {
+async fn forget_deleted(models: Api<DeserializeGuard<SimpsonModel>>, metrics: Arc<Metrics>) {
     let events = watcher(models, watcher::Config::default().any_semantic()).default_backoff();
     let mut events = std::pin::pin!(events);
     while let Some(event) = events.next().await {
@@ -210,7 +211,8 @@ async fn main() -> Result<()> {
         namespaces.into_iter().map(Some).collect()
     };
     for ns in &scopes {
-        let models: Api<SimpsonModel> = api(&client, ns.as_deref());
+        // Guarded: one unreadable model must not stop the operator from starting.
+        let models: Api<DeserializeGuard<SimpsonModel>> = api(&client, ns.as_deref());
         // Fail early and clearly when the CRD is missing instead of retrying a watch forever.
         models
             .list(&ListParams::default().limit(1))
@@ -257,8 +259,10 @@ async fn main() -> Result<()> {
         let owned =
             watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
         info!(namespace = ns.unwrap_or("<all>"), "controller starting");
+        // Guarded: an unreadable model is reported and skipped (controller::reconcile_guarded)
+        // instead of failing the watch of every model in scope.
         let controller = Controller::new(
-            api::<SimpsonModel>(&client, ns),
+            api::<DeserializeGuard<SimpsonModel>>(&client, ns),
             watcher::Config::default().any_semantic(),
         )
         .owns(api::<Job>(&client, ns), owned.clone())
@@ -270,7 +274,7 @@ async fn main() -> Result<()> {
         let ctx = ctx.clone();
         controllers.push(async move {
             controller
-                .run(reconcile, error_policy, ctx)
+                .run(reconcile_guarded, error_policy_guarded, ctx)
                 .for_each(|result| async move {
                     match result {
                         Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
@@ -280,7 +284,7 @@ async fn main() -> Result<()> {
                 .await;
         });
         forgetters.push(tokio::spawn(forget_deleted(
-            api::<SimpsonModel>(&client, ns),
+            api::<DeserializeGuard<SimpsonModel>>(&client, ns),
             metrics.clone(),
         )));
     }

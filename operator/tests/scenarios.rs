@@ -198,6 +198,10 @@ async fn not_due_serves_and_waits_then_a_second_pass_writes_nothing() {
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
 
     // Level-triggered and idempotent: the same world yields the same objects and no write.
+    // The operator restarted in between (a fresh harness): the alerting gauge comes back from
+    // status.lastSuccessfulRunAt, without waiting for the next run.
+    let mut status = status;
+    status.last_successful_run_at = Some(Time(ts("2026-11-01T01:00:00Z")));
     let h = Harness::new(
         "2026-11-02T00:00:00Z",
         vec![
@@ -209,7 +213,15 @@ async fn not_due_serves_and_waits_then_a_second_pass_writes_nothing() {
     reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
         .await
         .unwrap();
+    let text = h.metrics_text();
     h.finish().await;
+    assert!(
+        text.contains(&format!(
+            r#"face2simpson_last_successful_run_timestamp_seconds{{namespace="simpsons",model="homer"}} {}"#,
+            ts("2026-11-01T01:00:00Z").as_second()
+        )),
+        "{text}"
+    );
 }
 
 #[tokio::test]
@@ -458,6 +470,10 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         "{text}"
     );
     // Item 16: when the Job finished (created 00:00, complete two hours later).
+    assert_eq!(
+        status.last_successful_run_at.map(|t| t.0.as_second()),
+        Some(1793757600)
+    );
     assert!(
         text.contains(
             r#"face2simpson_last_successful_run_timestamp_seconds{namespace="simpsons",model="homer"} 1793757600"#
@@ -1412,6 +1428,31 @@ async fn unreachable_store_is_retried_and_blocks_new_runs() {
         Action::requeue(Duration::from_secs(600)),
         "down for five days: looked at again in ten minutes at most"
     );
+
+    // Still down a minute later: the pass looks again but writes nothing and warns no more,
+    // so an outage costs the API server no status writes (and no passes they would wake).
+    let h = Harness::new(
+        "2026-11-09T02:01:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+        ],
+    );
+    h.store_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    reconcile(
+        Arc::new(with_status(sm.clone(), status.clone())),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    h.finish().await;
 
     // The store is back: the run is decided as if nothing happened, and no warning repeats.
     h_store_back(sm, status).await;

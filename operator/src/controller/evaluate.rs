@@ -132,8 +132,8 @@ impl Pass<'_> {
                 (Verdict::Failed, message)
             }
             Ok((metrics, model_uri)) => {
-                self.effects
-                    .push(Effect::RunSucceeded(finished_at(job).unwrap_or(self.now)));
+                self.status.last_successful_run_at =
+                    Some(Time(finished_at(job).unwrap_or(self.now)));
                 run.model_uri = Some(model_uri.clone());
                 match served.as_deref() {
                     None => self.decide(&mut run, &metrics, model_uri, None),
@@ -180,6 +180,9 @@ impl Pass<'_> {
             limit.as_secs()
         );
         warn!(model = %self.name, run = %run_id, %message, "store unreachable");
+        // The first message stands for the whole outage: the store client's wording changes
+        // with every try (elapsed time, retry count), and rewriting it would make each pass a
+        // status write, and each write another pass.
         if !self.degraded_for("StorageUnreachable") {
             self.emit(
                 EventType::Warning,
@@ -187,8 +190,8 @@ impl Pass<'_> {
                 "Evaluate",
                 message.clone(),
             );
+            self.degraded("StorageUnreachable", &message);
         }
-        self.degraded("StorageUnreachable", &message);
         let left = Duration::try_from(limit - down_for).unwrap_or(Duration::ZERO);
         self.requeue_within(store_retry_delay(down_for).min(left.max(Duration::from_secs(1))));
     }

@@ -8,11 +8,14 @@
 
 mod evaluate;
 mod housekeeping;
+mod invalid;
 mod observe;
 mod record;
 mod rollout;
 mod schedule;
 mod validate;
+
+pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -309,8 +312,6 @@ enum Effect {
         note: String,
     },
     Count(Counted),
-    /// A run with a usable result finished at this time.
-    RunSucceeded(Timestamp),
     /// A gate decision for the model's `history.json` in the store (what the service's model
     /// card charts).
     History(Box<artifacts::HistoryEntry>),
@@ -403,15 +404,16 @@ impl Pass<'_> {
 
     /// Publishes the queued events and counts.
     async fn flush(&mut self) {
+        // From the status, on every pass: a restarted or newly elected operator exports it too.
+        if let Some(at) = &self.status.last_successful_run_at {
+            self.ctx
+                .metrics
+                .last_successful_run
+                .get_or_create(&self.labels())
+                .set(at.0.as_second());
+        }
         for effect in std::mem::take(&mut self.effects) {
             match effect {
-                Effect::RunSucceeded(at) => {
-                    self.ctx
-                        .metrics
-                        .last_successful_run
-                        .get_or_create(&self.labels())
-                        .set(at.as_second());
-                }
                 Effect::History(entry) => self.append_history(&entry).await,
                 Effect::Count(counted) => {
                     let m = &self.ctx.metrics;
@@ -549,6 +551,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     };
     if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
         pass.healthy("AsExpected", "");
+    }
+    if pass.degraded_for(INVALID_SPEC) {
+        pass.healthy("SpecValid", "the operator can read the spec again");
     }
 
     // Observe: the training Jobs, and the validation Jobs apart.

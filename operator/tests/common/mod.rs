@@ -503,13 +503,16 @@ impl Harness {
         let seen = opened_with.clone();
         let store_down = Arc::new(AtomicBool::new(false));
         let down = store_down.clone();
+        let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let opener: StorageOpener = Arc::new(move |url: &str, vars: Vec<(String, String)>| {
             assert_eq!(url, STORE_URL);
             seen.lock().unwrap().push(vars);
             if down.load(Ordering::Relaxed) {
+                // Different every time, as a real client's "after N retries, Xs elapsed" is.
+                let attempt = attempts.fetch_add(1, Ordering::Relaxed) + 1;
                 return Err(StorageError::InvalidUrl {
                     url: url.to_owned(),
-                    reason: "store down for the test".into(),
+                    reason: format!("store down for the test (attempt {attempt})"),
                 });
             }
             Ok(Storage::from_store(memory.clone(), "", STORE_URL))
