@@ -416,9 +416,9 @@ fn env_vars(_: &mut SchemaGenerator) -> Schema {
             "type": "object",
             "required": ["name"],
             "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "value": {"type": "string"},
-                "valueFrom": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
+                "name": {"type": "string", "minLength": 1, "description": "Name of the variable."},
+                "value": {"type": "string", "description": "Its value."},
+                "valueFrom": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "description": "Where its value comes from (core/v1 EnvVarSource), checked when the pod is created."},
             },
         },
     })
@@ -432,13 +432,13 @@ fn volume_mounts(_: &mut SchemaGenerator) -> Schema {
             "type": "object",
             "required": ["name", "mountPath"],
             "properties": {
-                "name": {"type": "string", "minLength": 1},
-                "mountPath": {"type": "string", "minLength": 1},
-                "readOnly": {"type": "boolean"},
-                "recursiveReadOnly": {"type": "string"},
-                "subPath": {"type": "string"},
-                "subPathExpr": {"type": "string"},
-                "mountPropagation": {"type": "string"},
+                "name": {"type": "string", "minLength": 1, "description": "The volume to mount (a name in volumes)."},
+                "mountPath": {"type": "string", "minLength": 1, "description": "Where in the container."},
+                "readOnly": {"type": "boolean", "description": "Mounted read-only."},
+                "recursiveReadOnly": {"type": "string", "description": "Disabled, IfPossible or Enabled."},
+                "subPath": {"type": "string", "description": "Path within the volume to mount instead of its root."},
+                "subPathExpr": {"type": "string", "description": "subPath with $(VAR) expanded from the container's environment."},
+                "mountPropagation": {"type": "string", "description": "None, HostToContainer or Bidirectional."},
             },
         },
     })
@@ -451,11 +451,11 @@ fn tolerations(_: &mut SchemaGenerator) -> Schema {
         "items": {
             "type": "object",
             "properties": {
-                "key": {"type": "string"},
-                "operator": {"type": "string", "enum": ["", "Exists", "Equal"]},
-                "value": {"type": "string"},
-                "effect": {"type": "string", "enum": ["", "NoSchedule", "PreferNoSchedule", "NoExecute"]},
-                "tolerationSeconds": {"type": "integer", "format": "int64"},
+                "key": {"type": "string", "description": "Taint key tolerated; empty with Exists tolerates every taint."},
+                "operator": {"type": "string", "enum": ["", "Exists", "Equal"], "description": "Exists or Equal (the default)."},
+                "value": {"type": "string", "description": "Taint value, for Equal."},
+                "effect": {"type": "string", "enum": ["", "NoSchedule", "PreferNoSchedule", "NoExecute"], "description": "Taint effect tolerated; empty for all."},
+                "tolerationSeconds": {"type": "integer", "format": "int64", "description": "For NoExecute: how long the pod stays bound after the taint appears."},
             },
         },
     })
@@ -468,7 +468,7 @@ fn local_object_references(_: &mut SchemaGenerator) -> Schema {
         "items": {
             "type": "object",
             "required": ["name"],
-            "properties": {"name": {"type": "string", "minLength": 1}},
+            "properties": {"name": {"type": "string", "minLength": 1, "description": "Name of the Secret."}},
         },
     })
 }

@@ -614,9 +614,12 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     let scheduled = if training {
         TRAINING_REQUEUE
     } else {
+        // An overdue run waits on what blocks it (a Job, the store, a missing champion), each
+        // of which wakes the model or sets `pass.requeue`; its time is no reason to look again.
         pass.status
             .next_run_at
             .as_ref()
+            .filter(|t| t.0 > now)
             .map(|t| Duration::try_from(t.0.duration_since(now)).unwrap_or(Duration::ZERO))
             .map_or(MAX_REQUEUE, |d| {
                 d.clamp(Duration::from_secs(1), MAX_REQUEUE)

@@ -80,7 +80,10 @@ impl Pass<'_> {
                     .filter(|v| !v.is_empty())
                     .cloned();
                 let manual = request.filter(|r| self.status.last_train_request.as_ref() != Some(r));
-                next_run_at = plan.as_ref().map(|p| p.next_run_at);
+                // A due slot that cannot start yet (a Job runs, a result is pending) is the next
+                // run, overdue: a stable time, where `now + interval` would change, and be
+                // written, on every blocked pass.
+                next_run_at = plan.as_ref().map(|p| p.due_slot.unwrap_or(p.next_run_at));
                 // A failed run is retried after a backoff, unless the schedule comes sooner.
                 let retry_at = self
                     .retry_at()
