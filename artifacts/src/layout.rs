@@ -25,6 +25,20 @@ pub const CHAMPION: &str = "champion.json";
 /// The two splits every dataset has; validation is carved out of `train`.
 pub const SPLITS: [&str; 2] = ["train", "test"];
 
+/// The image types a dataset holds, by extension (any case).
+pub const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
+
+/// Whether a file in a dataset split is an image to take, by its name alone: not hidden, and
+/// one of [`IMAGE_EXTENSIONS`]. The trainer and the served-path validator both ask this, so
+/// they score the same test split.
+pub fn is_dataset_image(file: &str) -> bool {
+    let ext = file
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    !file.starts_with('.') && IMAGE_EXTENSIONS.contains(&ext.as_str())
+}
+
 /// Where runs live when no model-specific prefix is given (and where they all lived before).
 pub const RUNS: &str = "runs";
 
@@ -155,6 +169,16 @@ pub fn validate_run_id(run_id: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dataset_images_by_name() {
+        for name in ["a.jpg", "b.JPEG", "c.png", "d.WebP"] {
+            assert!(is_dataset_image(name), "{name}");
+        }
+        for name in [".hidden.png", "notes.txt", "noext", "archive.png.gz"] {
+            assert!(!is_dataset_image(name), "{name}");
+        }
+    }
 
     #[test]
     fn keys() {

@@ -47,8 +47,6 @@ pub mod exit {
     pub const STORE: u8 = 3;
 }
 
-/// Image extensions the trainer reads from a dataset (and nothing else).
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
 /// The largest verdict body the validator reads (a prediction is a few hundred bytes).
 const MAX_ANSWER_BYTES: usize = 1 << 20;
 
@@ -151,11 +149,10 @@ async fn test_images(dataset: &Storage) -> Result<Vec<TestImage>, ValidateError>
         let ["test", class, file] = parts.as_slice() else {
             continue;
         };
-        let ext = file
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_ascii_lowercase())
-            .unwrap_or_default();
-        if file.starts_with('.') || !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        // The trainer's rule, size limit included, so both score the same test split.
+        if !artifacts::layout::is_dataset_image(file)
+            || meta.size as usize > model::preprocess::MAX_FILE_BYTES
+        {
             continue;
         }
         match class_index(class) {

@@ -17,8 +17,6 @@ use sha2::{Digest, Sha256};
 use crate::cache::{Crop, CropCache};
 use crate::face_index::FaceIndex;
 
-const IMAGE_EXTENSIONS: [&str; 4] = ["jpg", "jpeg", "png", "webp"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
     #[error(transparent)]
@@ -168,11 +166,7 @@ pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetErr
                 folder: (*class).to_owned(),
             });
         };
-        let ext = file
-            .rsplit_once('.')
-            .map(|(_, e)| e.to_ascii_lowercase())
-            .unwrap_or_default();
-        if file.starts_with('.') || !IMAGE_EXTENSIONS.contains(&ext.as_str()) {
+        if !artifacts::layout::is_dataset_image(file) {
             listing
                 .skipped
                 .push(skip("not a .jpg, .jpeg, .png or .webp file"));
