@@ -340,6 +340,32 @@ async fn a_running_job_blocks_a_second_one() {
     assert_eq!(status.last_run.unwrap().decision, None);
 }
 
+/// A Job that carries the model's labels but another owner (a model deleted and created again
+/// under the same name, its old Jobs not yet collected) is not this model's run.
+#[tokio::test]
+async fn a_job_owned_by_another_incarnation_is_not_ours() {
+    let mut foreign = job(SECOND, "2026-11-01T12:00:00Z", JobPhase::Active);
+    foreign["metadata"]["ownerReferences"][0]["uid"] = serde_json::json!("another-uid");
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![foreign]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(
+        Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
+}
+
 #[tokio::test]
 async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
     let h = Harness::new(

@@ -25,9 +25,13 @@ impl Pass<'_> {
             .list(&ListParams::default().labels(&builders::run_jobs_selector(&self.name)))
             .await
             .map_err(Error::ListJobs)?;
+        // The label names the model; only the owner reference says it is this incarnation of
+        // it (a model deleted and created again under the same name must not inherit the old
+        // one's Jobs while the garbage collector removes them).
         let mut jobs: Vec<(Job, JobState)> = list
             .items
             .into_iter()
+            .filter(|j| self.owns(j))
             .map(|j| {
                 let state = job_state(&j);
                 (j, state)
@@ -44,6 +48,13 @@ impl Pass<'_> {
                 ))
         });
         Ok(jobs)
+    }
+
+    /// Whether `obj` has this SimpsonModel (by uid) among its owners.
+    pub(super) fn owns(&self, obj: &impl ResourceExt) -> bool {
+        obj.owner_references()
+            .iter()
+            .any(|o| Some(&o.uid) == self.sm.metadata.uid.as_ref())
     }
 
     pub(super) fn already_decided(&self, run_id: &str) -> bool {

@@ -233,11 +233,7 @@ impl Pass<'_> {
                     name: run_id.clone(),
                     source,
                 })?;
-                let ours = existing
-                    .owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == self.sm.metadata.uid.as_ref());
-                if !ours {
+                if !self.owns(&existing) {
                     let message = format!(
                         "a Job named {run_id} exists that this SimpsonModel does not own; delete it to let the run start"
                     );
