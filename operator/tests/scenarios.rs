@@ -340,6 +340,30 @@ async fn a_running_job_blocks_a_second_one() {
     assert_eq!(status.last_run.unwrap().decision, None);
 }
 
+/// A model whose deletion is under way starts no run, even when one is due.
+#[tokio::test]
+async fn a_model_being_deleted_starts_nothing() {
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.metadata.deletion_timestamp = Some(Time(ts("2026-11-09T00:00:00Z")));
+    let h = Harness::new(
+        "2026-11-09T00:00:01Z", // long overdue
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_eq!(status.last_run.as_ref().unwrap().run_id, FIRST);
+}
+
 /// A Job that carries the model's labels but another owner (a model deleted and created again
 /// under the same name, its old Jobs not yet collected) is not this model's run.
 #[tokio::test]

@@ -91,7 +91,10 @@ impl Pass<'_> {
                 if let Some(at) = retry_at {
                     next_run_at = Some(at);
                 }
-                let trigger = if active || awaiting || suspended {
+                // A model being deleted (foreground deletion, or a finalizer of someone else's
+                // holding it) starts nothing that the garbage collector would have to stop.
+                let deleting = sm.metadata.deletion_timestamp.is_some();
+                let trigger = if active || awaiting || suspended || deleting {
                     None
                 } else if let Some(r) = &manual {
                     Some((builders::manual_run_id(&self.name, r), Trigger::Manual))
