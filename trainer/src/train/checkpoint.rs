@@ -20,6 +20,11 @@ pub struct Guard {
     pub dataset_fingerprint: String,
     pub hyperparameters: Hyperparameters,
     pub precision: String,
+    /// The photo→input pipeline the crops came from: a detector or crop change makes other
+    /// inputs, and a resumed run must not train on a mix. Absent in checkpoints written before
+    /// it was recorded, which therefore never match.
+    #[serde(default)]
+    pub pipeline: Option<pipeline::PipelineId>,
 }
 
 /// The training loop's progress, as saved after an epoch.

@@ -354,6 +354,7 @@ pub async fn run_in(
             dataset_fingerprint: data.fingerprint.clone(),
             hyperparameters: cfg.hyper.clone(),
             precision: crate::torch::kind_name(compute.kind).to_owned(),
+            pipeline: Some(pipeline::PipelineId::of(&cfg.detector)),
         },
         tokio::runtime::Handle::current(),
     );
