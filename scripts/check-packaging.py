@@ -41,7 +41,8 @@ RELEASE, NAMESPACE = "f2s", "face2simpson-system"
 # the mock-API scenarios in operator/tests/scenarios.rs assert those calls. Least privilege means
 # the rendered RBAC grants exactly this set: no `get` where only list/watch/patch are used.
 OPERATOR_CALLS = {
-    ("face2simpson.io", "simpsonmodels", v) for v in ("list", "watch")
+    # get: the raw status of a model the operator cannot deserialize (Degraded=InvalidSpec).
+    ("face2simpson.io", "simpsonmodels", v) for v in ("get", "list", "watch")
 } | {
     ("face2simpson.io", "simpsonmodels/status", "patch")
 } | {

@@ -393,6 +393,7 @@ fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
     };
     for (group, resource, verb) in [
         ("face2simpson.io", "simpsonmodels", "watch"),
+        ("face2simpson.io", "simpsonmodels", "get"),
         ("face2simpson.io", "simpsonmodels/status", "patch"),
         ("batch", "jobs", "list"),
         ("batch", "jobs", "get"),

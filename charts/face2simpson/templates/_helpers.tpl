@@ -46,7 +46,7 @@ into a ClusterRole or into one Role per watched namespace.
 {{- define "face2simpson.rules" -}}
 - apiGroups: ["face2simpson.io"]
   resources: ["simpsonmodels"]
-  verbs: ["list", "watch"]
+  verbs: ["get", "list", "watch"]
 - apiGroups: ["face2simpson.io"]
   resources: ["simpsonmodels/status"]
   verbs: ["patch"]
