@@ -46,8 +46,10 @@ pub fn error_policy_guarded(
     match &obj.0 {
         Ok(sm) => error_policy(Arc::new(sm.clone()), err, ctx),
         Err(invalid) => {
-            warn!(model = %key(invalid), error = %err, "cannot report an unreadable model");
-            Action::requeue(super::backoff(1))
+            let n = super::count_failure(&ctx, key(invalid));
+            let retry_in = super::backoff(n);
+            warn!(model = %key(invalid), error = %err, attempt = n, ?retry_in, "cannot report an unreadable model");
+            Action::requeue(retry_in)
         }
     }
 }
@@ -82,6 +84,7 @@ async fn report_invalid(
         invalid.metadata.generation,
         (ctx.clock)(),
     );
+    ctx.failures().remove(&key(invalid));
     if conditions == old {
         return Ok(Action::await_change());
     }

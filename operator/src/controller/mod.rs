@@ -200,6 +200,14 @@ pub fn backoff(failures: u32) -> Duration {
     Duration::from_secs(5 * (1u64 << exp)).min(Duration::from_secs(300))
 }
 
+/// One more consecutive failure of the model `key`; returns how many in a row.
+fn count_failure(ctx: &Context, key: String) -> u32 {
+    let mut failures = ctx.failures();
+    let n = failures.entry(key).or_insert(0);
+    *n += 1;
+    *n
+}
+
 fn object_key(sm: &SimpsonModel) -> String {
     format!("{}/{}", sm.namespace().unwrap_or_default(), sm.name_any())
 }
@@ -210,12 +218,7 @@ pub fn error_policy(sm: Arc<SimpsonModel>, err: &Error, ctx: Arc<Context>) -> Ac
         .reconcile_errors
         .get_or_create(&ErrorLabels { kind: err.kind() })
         .inc();
-    let n = {
-        let mut failures = ctx.failures();
-        let n = failures.entry(object_key(&sm)).or_insert(0);
-        *n += 1;
-        *n
-    };
+    let n = count_failure(&ctx, object_key(&sm));
     let delay = backoff(n);
     warn!(model = %object_key(&sm), error = %err, kind = err.kind(), attempt = n, retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
