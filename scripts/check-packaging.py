@@ -18,6 +18,7 @@ Run with the tools venv that scripts/setup-test.sh makes: .deps/tools/bin/python
 from __future__ import annotations
 
 import copy
+import json
 import pathlib
 import re
 import subprocess
@@ -33,7 +34,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "face2simpson"
 CRD_FILE = ROOT / "crds" / "simpsonmodel.yaml"
 # The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
-KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
 RELEASE, NAMESPACE = "f2s", "face2simpson-system"
 
 # Every (API group, resource, verb) the operator uses, read off its API calls (controller.rs,
@@ -93,6 +94,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "leaderElection": {"enabled": False},
         "replicas": 1,
         "watchNamespaces": ["team-a"],
+    },
+    "admission-allow-lists": {
+        "admissionPolicy": {"allowedServiceAccounts": ["trainer-irsa", "reader"],
+                            "allowedImagePrefixes": ["registry.example.com/f2s/"]},
+        "watchNamespaces": ["team-a"],
+    },
+    "no-admission-policy": {
+        "admissionPolicy": {"enabled": False},
     },
     "three-replicas-fast-failover": {
         "replicas": 3,
@@ -310,12 +319,18 @@ def check_rbac(c: Checks, name: str, objects: list[dict[str, Any]], values: dict
     else:
         c.check(not election_roles and not election_bindings, f"{name}: leader-election RBAC without leader election")
 
-    roles = of_kind(objects, "ClusterRole") + [r for r in of_kind(objects, "Role") if r not in election_roles]
+    # The <release>-edit/-view ClusterRoles are for people (aggregated into edit/admin/view),
+    # bound by nobody here and granting the operator nothing.
+    user_roles = [r for r in of_kind(objects, "ClusterRole")
+                  if any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in r["metadata"].get("labels", {}))]
+    check_user_roles(c, name, user_roles)
+    roles = [r for r in of_kind(objects, "ClusterRole") if r not in user_roles] + [
+        r for r in of_kind(objects, "Role") if r not in election_roles]
     bindings = of_kind(objects, "ClusterRoleBinding") + [b for b in of_kind(objects, "RoleBinding") if b not in election_bindings]
     namespaces = values.get("watchNamespaces", [])
     if namespaces:
-        c.check(not of_kind(objects, "ClusterRole") and not of_kind(objects, "ClusterRoleBinding"),
-                f"{name}: namespaced install grants cluster-wide rights")
+        c.check(all(r in user_roles for r in of_kind(objects, "ClusterRole")) and not of_kind(objects, "ClusterRoleBinding"),
+                f"{name}: namespaced install grants the operator cluster-wide rights")
         c.check(sorted(r["metadata"]["namespace"] for r in roles) == sorted(namespaces),
                 f"{name}: Roles in {[r['metadata'].get('namespace') for r in roles]}, want {namespaces}")
     else:
@@ -338,6 +353,61 @@ def check_rbac(c: Checks, name: str, objects: list[dict[str, Any]], values: dict
     # deploy/operator.yaml (the kubectl path) must grant the same.
     (plain,) = [d for d in docs_of((ROOT / "deploy" / "operator.yaml").read_text()) if d["kind"] == "ClusterRole"]
     c.check(grants(plain["rules"]) == OPERATOR_CALLS, "deploy/operator.yaml's ClusterRole differs from the chart's rules")
+
+
+USER_EDIT = {("face2simpson.io", "simpsonmodels", v)
+             for v in ("get", "list", "watch", "create", "update", "patch", "delete", "deletecollection")} | {
+    ("face2simpson.io", "simpsonmodels/status", v) for v in ("get", "list", "watch")}
+USER_VIEW = {("face2simpson.io", r, v) for r in ("simpsonmodels", "simpsonmodels/status") for v in ("get", "list", "watch")}
+
+
+def check_user_roles(c: Checks, name: str, roles: list[dict[str, Any]]) -> None:
+    by_name = {r["metadata"]["name"]: r for r in roles}
+    c.check(sorted(by_name) == [f"{RELEASE}-edit", f"{RELEASE}-view"], f"{name}: user ClusterRoles {sorted(by_name)}")
+    for suffix, grants_want, labels in (("edit", USER_EDIT, ("aggregate-to-edit", "aggregate-to-admin")),
+                                        ("view", USER_VIEW, ("aggregate-to-view",))):
+        role = by_name.get(f"{RELEASE}-{suffix}")
+        if role is None:
+            continue
+        got = grants(role["rules"])
+        c.check(got == grants_want, f"{name}: {suffix} role grants {sorted(got ^ grants_want)} wrongly")
+        for label in labels:
+            c.check(role["metadata"]["labels"].get(f"rbac.authorization.k8s.io/{label}") == "true",
+                    f"{name}: {suffix} role lacks {label}")
+
+
+def check_admission(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    policies = of_kind(objects, "ValidatingAdmissionPolicy")
+    bindings = of_kind(objects, "ValidatingAdmissionPolicyBinding")
+    if not values.get("admissionPolicy", {}).get("enabled", True):
+        c.check(not policies and not bindings, f"{name}: an admission policy although it is disabled")
+        return
+    c.check(len(policies) == 1 and len(bindings) == 1, f"{name}: want one policy and one binding")
+    if len(policies) != 1 or len(bindings) != 1:
+        return
+    (policy,), (binding,) = policies, bindings
+    c.check(binding["spec"]["policyName"] == policy["metadata"]["name"], f"{name}: the binding names another policy")
+    c.check(binding["spec"]["validationActions"] == ["Deny"], f"{name}: the policy does not deny")
+    rules = policy["spec"]["matchConstraints"]["resourceRules"]
+    c.check(rules == [{"apiGroups": ["face2simpson.io"], "apiVersions": ["*"],
+                       "operations": ["CREATE", "UPDATE"], "resources": ["simpsonmodels"]}],
+            f"{name}: the policy matches {rules}")
+    expressions = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    for needle in ("hostPath", "serviceAccountName", "image.startsWith"):
+        for workload in ("training", "inference"):
+            c.check(needle in expressions and f"object.spec.{workload}" in expressions,
+                    f"{name}: no {needle} check for {workload}")
+    accounts = values.get("admissionPolicy", {}).get("allowedServiceAccounts", [])
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    c.check(json.loads(variables["accounts"]) == accounts, f"{name}: accounts {variables['accounts']} != {accounts}")
+    namespaces = values.get("watchNamespaces", [])
+    selector = binding["spec"].get("matchResources", {}).get("namespaceSelector")
+    if namespaces:
+        c.check(selector == {"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In",
+                                                   "values": namespaces}]},
+                f"{name}: the binding covers {selector}, want the watched namespaces")
+    else:
+        c.check(selector is None, f"{name}: the binding is limited to {selector}, want every namespace")
 
 
 def check_metrics(c: Checks, name: str, objects: list[dict[str, Any]], values: dict[str, Any]) -> None:
@@ -507,8 +577,8 @@ def main() -> int:
         objects, notes = render(values)
         c.check(bool(notes.strip()), f"{name}: NOTES.txt rendered empty")
         check_kubernetes_schemas(c, name, objects)
-        check_hardening(c, name, objects, values)
         check_rbac(c, name, objects, values)
+        check_admission(c, name, objects, values)
         check_metrics(c, name, objects, values)
         check_crd(c, name, objects, values)
         kinds = sorted(o["kind"] for o in objects)

@@ -21,7 +21,8 @@ use crate::wait::poll;
 /// ServiceAccounts with their tokens and CA bundle, and PodDisruptionBudgets.
 const CONTROLLERS: &str = "job-controller,deployment-controller,replicaset-controller,\
 garbage-collector-controller,namespace-controller,serviceaccount-controller,\
-serviceaccount-token-controller,root-ca-certificate-publisher-controller,disruption-controller";
+serviceaccount-token-controller,root-ca-certificate-publisher-controller,disruption-controller,\
+clusterrole-aggregation-controller";
 
 /// Records every request's user and response code (Metadata level, no bodies), so a test can
 /// prove that the operator was never refused.

@@ -759,6 +759,13 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
             "spec.inference.serviceType",
         ),
         (
+            "hostPath volume (the chart's admission policy)",
+            json!({"spec": {"training": {"podOverrides": {"volumes": [
+                {"name": "node", "hostPath": {"path": "/etc"}},
+            ]}}}}),
+            "hostPath volumes are not allowed",
+        ),
+        (
             "name too long for its children",
             json!({"metadata": {"name": "a-simpsons-model-whose-name-is-far-too-long-for-children"}}),
             "at most 53 characters",
@@ -1203,7 +1210,7 @@ async fn autoscaled_inference_gets_an_hpa_and_a_pdb() -> Result<()> {
 }
 
 /// Issue 17 (isolation): the API server refuses a malformed `volumeMounts` entry up front; a
-/// model it still stores but the operator cannot read (a `volumes` entry the schema leaves
+/// model it still stores but the operator cannot read (a volume source the schema leaves
 /// open) is reported as `Degraded=InvalidSpec` with a Warning event, while the well-formed
 /// model beside it trains, is decided and serves as if the broken one did not exist.
 #[tokio::test]
@@ -1229,7 +1236,7 @@ async fn an_unreadable_model_harms_no_other_model() -> Result<()> {
     let unreadable = world.manifest_with(
         GOOD,
         &json!({"metadata": {"name": BROKEN}, "spec": {"training": {"podOverrides": {
-            "volumes": [{"name": "data", "hostPath": "not-an-object"}],
+            "volumes": [{"name": "data", "emptyDir": "not-an-object"}],
         }}}}),
     )?;
     kubectl_apply(&world.plane, &unreadable).await?;
@@ -1284,5 +1291,121 @@ async fn an_unreadable_model_harms_no_other_model() -> Result<()> {
             .all(|j| !j.name_any().starts_with(BROKEN)),
         "a Job was started for the unreadable model"
     );
+    world.finish()
+}
+
+/// Issue 17 (no escalation): a user bound to the built-in `edit` role manages SimpsonModels
+/// through the chart's aggregated `<release>-edit` role, and the chart's admission policy keeps
+/// them to what an editor may do anyway: no hostPath, only allowed ServiceAccounts.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn an_editor_manages_models_within_the_admission_policy() -> Result<()> {
+    use face2simpson_e2e::install::kubectl;
+    const ALLOWED: &str = "trainer-identity";
+    let world = World::up_with(
+        "tenancy",
+        &[("admissionPolicy.allowedServiceAccounts[0]", ALLOWED)],
+    )
+    .await?;
+    let alice = format!("system:serviceaccount:{NAMESPACE}:alice");
+    world
+        .kubectl(&["-n", NAMESPACE, "create", "serviceaccount", "alice"])
+        .await?;
+    world
+        .kubectl(&[
+            "-n",
+            NAMESPACE,
+            "create",
+            "rolebinding",
+            "alice-edit",
+            "--clusterrole=edit",
+            &format!("--serviceaccount={NAMESPACE}:alice"),
+        ])
+        .await?;
+    // The aggregation controller fills `edit` with the chart's rules shortly after install.
+    poll(
+        "edit to include SimpsonModels",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let (plane, alice) = (&world.plane, alice.clone());
+            async move {
+                let args = [
+                    "auth",
+                    "can-i",
+                    "create",
+                    "simpsonmodels.face2simpson.io",
+                    "-n",
+                    NAMESPACE,
+                    "--as",
+                    alice.as_str(),
+                ];
+                let out = kubectl(plane, &args, None).await?;
+                Ok((out.stdout.trim() == "yes").then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+
+    let as_alice = |name: &str, overrides: serde_json::Value| {
+        let manifest = world.manifest_with(
+            GOOD,
+            &json!({"metadata": {"name": name}, "spec": {
+                "schedule": {"suspend": true},
+                "training": {"podOverrides": overrides},
+            }}),
+        );
+        let (plane, alice) = (&world.plane, alice.clone());
+        async move {
+            let manifest = manifest?;
+            kubectl(
+                plane,
+                &["--as", &alice, "apply", "-f", "-"],
+                Some(&manifest),
+            )
+            .await
+        }
+    };
+    let host = as_alice(
+        "host",
+        json!({"volumes": [{"name": "node", "hostPath": {"path": "/"}}]}),
+    )
+    .await?;
+    ensure!(!host.success, "a hostPath model was accepted");
+    ensure!(
+        host.stderr.contains("hostPath volumes are not allowed"),
+        "{}",
+        host.stderr
+    );
+    let other = as_alice("other-sa", json!({"serviceAccountName": "default"})).await?;
+    ensure!(
+        !other.success,
+        "a model running as another ServiceAccount was accepted"
+    );
+    ensure!(
+        other.stderr.contains("is not among the ServiceAccounts") && other.stderr.contains(ALLOWED),
+        "{}",
+        other.stderr
+    );
+    let allowed = as_alice("allowed", json!({"serviceAccountName": ALLOWED})).await?;
+    ensure!(allowed.success, "{}", allowed.stderr);
+    let plain = as_alice("plain", json!({})).await?;
+    ensure!(plain.success, "{}", plain.stderr);
+    // The editor reads what the operator reports, and may not touch the status.
+    for (verb, extra, want) in [
+        ("get", None, "yes"),
+        ("patch", Some("--subresource=status"), "no"),
+    ] {
+        let mut args = vec!["auth", "can-i", verb, "simpsonmodels.face2simpson.io"];
+        args.extend(extra);
+        args.extend(["-n", NAMESPACE, "--as", alice.as_str()]);
+        let out = kubectl(&world.plane, &args, None).await?;
+        ensure!(
+            out.stdout.trim() == want,
+            "can-i {verb} {extra:?}: {}",
+            out.stdout
+        );
+    }
     world.finish()
 }

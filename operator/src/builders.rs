@@ -421,6 +421,7 @@ fn apply_overrides(template: &mut PodTemplateSpec, o: &PodOverrides) {
     if o.service_account_name.is_some() {
         pod.service_account_name.clone_from(&o.service_account_name);
     }
+    pod.automount_service_account_token = Some(o.automount_service_account_token.unwrap_or(false));
     if !o.node_selector.is_empty() {
         pod.node_selector
             .get_or_insert_with(BTreeMap::new)

@@ -343,6 +343,9 @@ pub struct PodOverrides {
     /// Service account of the pods, e.g. one bound to a cloud identity (IRSA, EKS Pod Identity, GKE or Azure Workload Identity).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
+    /// Mount the service account's API token into the pods. Off unless set: neither the trainer nor the service talks to the Kubernetes API, and a token in a pod is a credential an attacker in it can use. Cloud identities (IRSA, EKS Pod Identity, GKE and Azure Workload Identity) do not need it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub automount_service_account_token: Option<bool>,
     /// Labels added to the pods (the operator's own labels win).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
@@ -376,7 +379,7 @@ pub struct PodOverrides {
     pub env: Vec<EnvVar>,
     /// Extra volumes of the pods (core/v1 Volume).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "preserved_objects")]
+    #[schemars(schema_with = "volumes")]
     pub volumes: Vec<Volume>,
     /// Extra volume mounts of the container (core/v1 VolumeMount).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -390,16 +393,8 @@ impl PodOverrides {
     }
 }
 
-/// A list of Kubernetes objects validated by the API server when the pod is created, not
-/// spelled out here: their full schemas would make the CRD too large to apply.
-fn preserved_objects(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "array",
-        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true},
-    })
-}
-
-/// One Kubernetes object, validated when the pod is created (see `preserved_objects`).
+/// One Kubernetes object validated by the API server when the pod is created, not spelled out
+/// here: its full schema (core/v1 Affinity) would make the CRD too large to apply.
 fn preserved_object(_: &mut SchemaGenerator) -> Schema {
     json_schema!({"type": "object", "x-kubernetes-preserve-unknown-fields": true})
 }
@@ -419,6 +414,23 @@ fn env_vars(_: &mut SchemaGenerator) -> Schema {
                 "name": {"type": "string", "minLength": 1, "description": "Name of the variable."},
                 "value": {"type": "string", "description": "Its value."},
                 "valueFrom": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "description": "Where its value comes from (core/v1 EnvVarSource), checked when the pod is created."},
+            },
+        },
+    })
+}
+
+/// core/v1 Volume: kept open (its sources are many and large), but with the fields an admission
+/// policy reads declared, so that CEL can see them (`has(v.hostPath)`).
+fn volumes(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "items": {
+            "type": "object",
+            "x-kubernetes-preserve-unknown-fields": true,
+            "required": ["name"],
+            "properties": {
+                "name": {"type": "string", "minLength": 1, "description": "Name of the volume, for volumeMounts."},
+                "hostPath": {"type": "object", "x-kubernetes-preserve-unknown-fields": true, "description": "A directory of the node (core/v1 HostPathVolumeSource); the chart's admission policy refuses it."},
             },
         },
     })

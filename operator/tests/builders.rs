@@ -13,6 +13,11 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 fn assert_hardened(pod: &PodSpec, container: &Container) {
+    assert_eq!(
+        pod.automount_service_account_token,
+        Some(false),
+        "no API token in the pods unless the model asks"
+    );
     let psc = pod.security_context.as_ref().unwrap();
     assert_eq!(psc.run_as_non_root, Some(true));
     assert_eq!(
@@ -455,6 +460,19 @@ fn pod_overrides_reach_both_workloads() {
         );
         assert_hardened(&pod, c);
     }
+}
+
+/// Issue 17: a model that needs the API token in its pods asks for it; only then is it mounted.
+#[test]
+fn the_service_account_token_is_mounted_only_when_asked() {
+    let mut sm = model();
+    sm.spec.training.pod_overrides.automount_service_account_token = Some(true);
+    let job = training_job(&sm, "r1", None).unwrap();
+    let pod = job.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(true));
+    let d = inference_deployment(&sm, &champion("r1", 0.8)).unwrap();
+    let pod = d.spec.unwrap().template.spec.unwrap();
+    assert_eq!(pod.automount_service_account_token, Some(false));
 }
 
 /// Item 16: the served-path validation Job runs the inference image's `validate` with the

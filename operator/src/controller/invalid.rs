@@ -157,7 +157,7 @@ mod tests {
         assert!(guard.0.is_ok(), "{:?}", guard.0);
 
         // The schema lets any object through as a volume; the operator's type does not.
-        let bad = json!([{"name": "v", "hostPath": "not an object"}]);
+        let bad = json!([{"name": "v", "emptyDir": "not an object"}]);
         let guard: DeserializeGuard<SimpsonModel> = serde_json::from_value(model(bad)).unwrap();
         let invalid = guard.0.as_ref().unwrap_err();
         assert_eq!(invalid.metadata.name.as_deref(), Some("broken"));
