@@ -224,6 +224,100 @@ async fn not_due_serves_and_waits_then_a_second_pass_writes_nothing() {
     );
 }
 
+/// Issue 17: a Deployment the API server refuses (a 422 from a bad override, say) is reported
+/// where users look, and does not stop the schedule: the due run still starts.
+#[tokio::test]
+async fn a_refused_deployment_is_reported_and_the_schedule_goes_on() {
+    let h = Harness::new(
+        "2026-11-04T01:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment().failing(422, "Invalid"),
+            Step::get_secret(),
+            Step::create_job(),
+            Step::patch_status(),
+            Step::event(),
+            Step::event(),
+        ],
+    );
+    h.put_weights(FIRST_URI).await;
+    let action = reconcile(
+        Arc::new(serving(FIRST, "2026-11-01T00:00:00Z")),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = h.finish().await;
+    assert_eq!(seen[3].body["metadata"]["name"], SECOND, "the run started");
+    let status = status_of(&seen[4]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "ApplyFailed"));
+    assert_eq!(condition(&status, "Ready"), ("False", "ApplyFailed"));
+    let message = &status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap()
+        .message;
+    assert!(
+        message.contains("homer-inference") && message.contains("Invalid for the test"),
+        "{message}"
+    );
+    assert_event(&seen[5], "Warning", "ApplyFailed");
+    assert_event(&seen[6], "Normal", "TrainingStarted");
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(300)),
+        "a running Job's pace, sooner than the refusal's ten minutes"
+    );
+}
+
+/// Issue 17: a training Job the API server refuses is reported once and not retried on every
+/// pass: the next pass, with nothing changed, writes nothing.
+#[tokio::test]
+async fn a_refused_job_is_reported_once_and_not_hammered() {
+    let steps = |refused_again: bool| {
+        let mut steps = vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            Step::create_job().failing(422, "Invalid"),
+        ];
+        if !refused_again {
+            steps.extend([Step::patch_status(), Step::event()]);
+        }
+        steps
+    };
+    let h = Harness::new("2026-11-04T01:00:00Z", steps(false));
+    h.put_weights(FIRST_URI).await;
+    let sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    let action = reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    let status = status_of(&seen[5]);
+    assert_eq!(condition(&status, "Degraded"), ("True", "JobRefused"));
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+    assert_eq!(status.last_run.as_ref().unwrap().run_id, FIRST);
+    assert_event(&seen[6], "Warning", "JobRefused");
+    assert_eq!(action, Action::requeue(Duration::from_secs(600)));
+
+    let h = Harness::new("2026-11-04T01:10:00Z", steps(true));
+    h.put_weights(FIRST_URI).await;
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    h.finish().await;
+}
+
 #[tokio::test]
 async fn due_starts_one_run_named_after_its_slot() {
     let h = Harness::new(

@@ -38,6 +38,22 @@ use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
 pub const MANAGER: &str = "face2simpson-operator";
 /// Upper bound on the time between two passes over a resource, whatever the schedule says.
 const MAX_REQUEUE: Duration = Duration::from_secs(3600);
+/// How soon a refused request is tried again when nothing changes (a fix to the spec, the RBAC
+/// or a quota wakes the model through its watch sooner).
+const REFUSED_REQUEUE: Duration = Duration::from_secs(600);
+/// `Degraded` reason: the API server refused the inference Deployment, Service, HPA or PDB.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+/// `Degraded` reason: the API server refused a training or validation Job.
+pub const JOB_REFUSED: &str = "JobRefused";
+
+/// The reason that replaces a refusal's once the request is accepted again.
+fn reason_cleared(reason: &str) -> &'static str {
+    match reason {
+        APPLY_FAILED => "Applied",
+        _ => "JobAccepted",
+    }
+}
+
 /// How often a model with a running Job is looked at even without a Job event.
 const TRAINING_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -176,6 +192,17 @@ impl Error {
             | Error::ApplyAutoscaling { source, .. }
             | Error::DeleteAutoscaling { source, .. } => Some(source),
             Error::Metadata(_) => None,
+        }
+    }
+
+    /// The API server's reason when it refused the request for what it says (400 Bad Request,
+    /// 403 Forbidden, 422 Invalid): retrying the same request cannot help, only a change of
+    /// the spec, the chart's RBAC or a quota can. Conflicts, throttling, server and transport
+    /// errors are not refusals: they are retried.
+    pub fn refusal(&self) -> Option<&str> {
+        match self.api() {
+            Some(kube::Error::Api(s)) if matches!(s.code, 400 | 403 | 422) => Some(&s.message),
+            _ => None,
         }
     }
 
@@ -510,6 +537,28 @@ impl Pass<'_> {
         );
     }
 
+    /// The API server refused a request of this pass for what it says (see
+    /// [`Error::refusal`]): `Degraded=<reason>` with its message, a Warning event when the
+    /// message is new, and a look again in a while (a fix wakes the model sooner).
+    fn refused(&mut self, reason: &'static str, action: &'static str, message: &str) {
+        let known = self.status.conditions.iter().any(|c| {
+            c.type_ == "Degraded" && c.status == "True" && c.reason == reason && c.message == message
+        });
+        warn!(model = %self.name, reason, %message, "the API server refused a request");
+        if !known {
+            self.emit(EventType::Warning, reason, action, message.to_owned());
+        }
+        self.degraded(reason, message);
+        self.requeue_within(REFUSED_REQUEUE);
+    }
+
+    /// Clears `Degraded=<reason>` once the request it was about is accepted again.
+    fn accepted(&mut self, reason: &str, message: &str) {
+        if self.degraded_for(reason) {
+            self.healthy(reason_cleared(reason), message);
+        }
+    }
+
     fn ready(&mut self, ready: bool, reason: &str, message: &str) {
         let generation = self.sm.metadata.generation;
         set_condition(
@@ -591,8 +640,23 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         || pass.validations.iter().any(|(_, s)| *s == JobState::Active);
     pass.start_validation().await?;
 
-    // Roll out whoever the recorded champion is.
-    let ready = pass.serve().await?;
+    // Roll out whoever the recorded champion is. A refused apply is reported and does not stop
+    // the pass: scheduling goes on whatever serving does.
+    let ready = match pass.serve().await {
+        Ok(ready) => {
+            pass.accepted(APPLY_FAILED, "the inference objects apply again");
+            ready
+        }
+        Err(e) => {
+            let Some(reason) = e.refusal() else {
+                return Err(e);
+            };
+            let message = format!("{e} ({reason})");
+            pass.refused(APPLY_FAILED, "Serve", &message);
+            pass.ready(false, APPLY_FAILED, &message);
+            false
+        }
+    };
 
     // Schedule.
     let active = validating || jobs.iter().any(|(_, s)| *s == JobState::Active);

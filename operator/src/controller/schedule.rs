@@ -11,7 +11,7 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::observe::Presence;
-use super::{Counted, Error, JobState, Pass, job_state, set_condition};
+use super::{Counted, Error, JOB_REFUSED, JobState, Pass, job_state, set_condition};
 use crate::builders;
 use crate::crd::{RunStatus, TRAIN_REQUEST_ANNOTATION, Trigger, Verdict};
 use crate::schedule::Schedule;
@@ -259,13 +259,24 @@ impl Pass<'_> {
                 }
             }
             Err(source) => {
-                return Err(Error::CreateJob {
+                let error = Error::CreateJob {
                     name: run_id,
                     source,
-                });
+                };
+                // A Job the API server refuses (an invalid override, a quota, an admission
+                // policy) is refused again until something changes: report it, do not retry.
+                let Some(reason) = error.refusal() else {
+                    return Err(error);
+                };
+                let message = format!("{error} ({reason})");
+                self.refused(JOB_REFUSED, "Train", &message);
+                return Ok(Start::Blocked);
             }
         }
-        if self.degraded_for("ChampionMissing") || self.degraded_for("JobConflict") {
+        if self.degraded_for("ChampionMissing")
+            || self.degraded_for("JobConflict")
+            || self.degraded_for(JOB_REFUSED)
+        {
             self.healthy("TrainingStarted", "");
         }
         self.count(Counted::TrainingStarted);

@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::evaluate::finished_at;
 use super::observe::run_id_of;
-use super::{Error, JobState, Pass, set_condition};
+use super::{Error, JOB_REFUSED, JobState, Pass, set_condition};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION, ValidationTarget};
 use crate::crd::{RunStatus, RunValidation};
 
@@ -351,10 +351,21 @@ impl Pass<'_> {
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => {
                 info!(model = %self.name, job = %name, "validation Job created");
+                self.accepted(JOB_REFUSED, "the validation Job was created");
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-            Err(source) => Err(Error::CreateValidationJob { name, source }),
+            Err(source) => {
+                let error = Error::CreateValidationJob { name, source };
+                // Refused (an invalid override, a quota, a policy): reported, and built and
+                // tried again by a later pass, as long as the run waits for its validation.
+                let Some(reason) = error.refusal() else {
+                    return Err(error);
+                };
+                let message = format!("{error} ({reason})");
+                self.refused(JOB_REFUSED, "Validate", &message);
+                Ok(())
+            }
         }
     }
 }
