@@ -22,7 +22,7 @@ E2E_THREADS ?= 2
 # Run one e2e scenario: make e2e E2E=bootstrap
 E2E ?=
 
-.PHONY: help setup setup-test setup-e2e e2e build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve crds clean
+.PHONY: help setup setup-test setup-e2e e2e build demo demo-data serve test fmt fmt-check lint unit check-packaging images bench-train bench-serve bench-operator crds clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -91,6 +91,10 @@ images: setup ## build the operator, inference and trainer images with podman an
 bench-train: setup ## training throughput vs the seed's PyTorch + DataLoader stack on the same images (224 px, batch 32)
 	@scripts/setup-bench.sh train
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
+
+bench-operator: setup setup-e2e ## N SimpsonModels (30, 100, 300) on the real control plane: API requests per model at rest, RSS, CPU, spec→status latency (BENCH_MODELS=30 for one size)
+	$(CARGO) build --release --workspace --bins
+	FACE2SIMPSON_E2E_PROFILE=release $(CARGO) bench -p face2simpson-e2e --bench operator
 
 bench-serve: setup ## the service vs FastAPI+OpenCV Haar+ONNX Runtime with wrk at c=1, 8, 32, plus the batching table
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }

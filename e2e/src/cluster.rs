@@ -275,6 +275,24 @@ impl ControlPlane {
         Ok(path.to_owned())
     }
 
+    /// Every request of `username` the audit log holds so far, in order.
+    pub fn requests_of(&self, username: &str) -> Result<Vec<AuditedRequest>> {
+        let text = std::fs::read_to_string(&self.audit_log)
+            .with_context(|| format!("cannot read {}", self.audit_log.display()))?;
+        Ok(text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| event["user"]["username"] == username)
+            .filter_map(|event| {
+                Some(AuditedRequest {
+                    verb: event["verb"].as_str()?.to_owned(),
+                    uri: event["requestURI"].as_str()?.to_owned(),
+                    at: event["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                })
+            })
+            .collect())
+    }
+
     /// Requests of `username` the API server refused with 403, from the audit log
     /// ("verb uri" each).
     pub fn forbidden_requests(&self, username: &str) -> Result<Vec<String>> {
@@ -300,6 +318,25 @@ impl ControlPlane {
     /// The directory holding this cluster's logs.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+}
+
+/// One request as the API server's audit log recorded it.
+#[derive(Debug, Clone)]
+pub struct AuditedRequest {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete`…
+    pub verb: String,
+    pub uri: String,
+    pub at: jiff::Timestamp,
+}
+
+impl AuditedRequest {
+    /// Whether it changes something (or asks to): what costs etcd a write.
+    pub fn is_write(&self) -> bool {
+        matches!(
+            self.verb.as_str(),
+            "create" | "update" | "patch" | "delete" | "deletecollection"
+        )
     }
 }
 

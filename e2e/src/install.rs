@@ -120,6 +120,11 @@ pub struct Operator {
 }
 
 impl Operator {
+    /// The operator process's pid, for resource figures (`/proc/<pid>`).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.id()
+    }
+
     /// Finds the Deployment the helm release `release` created in `namespace` and starts its
     /// container.
     pub async fn from_release(

@@ -85,6 +85,11 @@ impl Process {
     }
 
     /// The log file.
+    /// The child's pid while it runs (`setpriv` execs the program: it is the program's).
+    pub fn id(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     pub fn log(&self) -> &Path {
         &self.log
     }

@@ -466,7 +466,10 @@ fn pod_overrides_reach_both_workloads() {
 #[test]
 fn the_service_account_token_is_mounted_only_when_asked() {
     let mut sm = model();
-    sm.spec.training.pod_overrides.automount_service_account_token = Some(true);
+    sm.spec
+        .training
+        .pod_overrides
+        .automount_service_account_token = Some(true);
     let job = training_job(&sm, "r1", None).unwrap();
     let pod = job.spec.unwrap().template.spec.unwrap();
     assert_eq!(pod.automount_service_account_token, Some(true));

@@ -542,7 +542,10 @@ impl Pass<'_> {
     /// message is new, and a look again in a while (a fix wakes the model sooner).
     fn refused(&mut self, reason: &'static str, action: &'static str, message: &str) {
         let known = self.status.conditions.iter().any(|c| {
-            c.type_ == "Degraded" && c.status == "True" && c.reason == reason && c.message == message
+            c.type_ == "Degraded"
+                && c.status == "True"
+                && c.reason == reason
+                && c.message == message
         });
         warn!(model = %self.name, reason, %message, "the API server refused a request");
         if !known {
