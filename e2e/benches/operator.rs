@@ -53,6 +53,8 @@ async fn main() -> Result<()> {
 struct Row {
     n: usize,
     settle_s: f64,
+    /// Leader election's Lease reads and renews, per hour: the same whatever N.
+    lease_requests_per_h: f64,
     idle_requests_per_model_h: f64,
     idle_writes_per_model_h: f64,
     pass_requests: f64,
@@ -102,6 +104,7 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     tokio::time::sleep(rest).await;
     let (cpu1, t1) = (cpu_ticks(pid)?, jiff::Timestamp::now());
     let idle = requests_between(&world, t0, t1)?;
+    let lease_per_h = lease_requests_between(&world, t0, t1)? as f64 * 3600.0 / rest.as_secs_f64();
     let hours = rest.as_secs_f64() / 3600.0;
     let per_model_h = |count: usize| count as f64 / n as f64 / hours;
     let ticks_per_s = 100.0; // USER_HZ on Linux
@@ -114,6 +117,7 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     Ok(Row {
         n,
         settle_s,
+        lease_requests_per_h: lease_per_h,
         idle_requests_per_model_h: per_model_h(idle.len()),
         idle_writes_per_model_h: per_model_h(idle.iter().filter(|r| r.is_write()).count()),
         pass_requests,
@@ -275,6 +279,17 @@ async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = requests_between(world, from, jiff::Timestamp::now())?;
     let writes = requests.iter().filter(|r| r.is_write()).count();
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &requests {
+        *kinds
+            .entry(format!("{} {}", r.verb, resource_of(&r.uri)))
+            .or_default() += 1;
+    }
+    let per_model: Vec<String> = kinds
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
+        .collect();
+    println!("N={n}: one pass per model costs {}", per_model.join(", "));
     Ok((
         requests.len() as f64 / n as f64,
         writes as f64 / n as f64,
@@ -282,9 +297,36 @@ async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> 
     ))
 }
 
-/// The operator's requests received in [from, to), long-running watches left out (they are
-/// streams opened once, not requests per model).
+/// The operator's requests about models received in [from, to). Left out: long-running
+/// watches (streams opened once, not requests per model) and leader election's Lease renews
+/// (a fixed cost whatever N, counted by [`lease_requests_between`]).
 fn requests_between(
+    world: &World,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> Result<Vec<AuditedRequest>> {
+    Ok(operator_requests(world, from, to)?
+        .into_iter()
+        .filter(|r| !is_lease(r))
+        .collect())
+}
+
+fn lease_requests_between(
+    world: &World,
+    from: jiff::Timestamp,
+    to: jiff::Timestamp,
+) -> Result<usize> {
+    Ok(operator_requests(world, from, to)?
+        .iter()
+        .filter(|r| is_lease(r))
+        .count())
+}
+
+fn is_lease(r: &AuditedRequest) -> bool {
+    r.uri.starts_with("/apis/coordination.k8s.io/")
+}
+
+fn operator_requests(
     world: &World,
     from: jiff::Timestamp,
     to: jiff::Timestamp,
@@ -295,6 +337,22 @@ fn requests_between(
         .into_iter()
         .filter(|r| r.at >= from && r.at < to && r.verb != "watch")
         .collect())
+}
+
+/// `deployments`, `simpsonmodels/status`…: the resource (and subresource) a request names.
+fn resource_of(uri: &str) -> String {
+    let path = uri.split('?').next().unwrap_or(uri);
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    match parts.iter().position(|p| *p == "namespaces") {
+        Some(i) if parts.len() > i + 2 => parts[i + 2..]
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| j % 2 == 0)
+            .map(|(_, p)| *p)
+            .collect::<Vec<_>>()
+            .join("/"),
+        _ => parts.last().copied().unwrap_or("?").to_owned(),
+    }
 }
 
 fn quantile(values: &[f64], q: f64) -> f64 {
@@ -349,12 +407,12 @@ fn env_list(name: &str, default: &[u64]) -> Result<Vec<u64>> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| N | settle s | requests/model/h at rest | writes/model/h at rest | requests per pass | writes per pass | RSS MiB | CPU % at rest | spec→status p50 s | p99 s |"
+        "| N | settle s | requests/model/h at rest | writes/model/h at rest | requests per pass | writes per pass | Lease requests/h (all models) | RSS MiB | CPU % at rest | spec→status p50 s | p99 s |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.2} (idle {:.2} + 1 pass) | {:.2} | {:.1} | {:.1} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.2} (idle {:.2} + 1 pass) | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
             r.n,
             r.settle_s,
             r.requests_per_model_h(),
@@ -362,6 +420,7 @@ fn print_table(rows: &[Row]) {
             r.writes_per_model_h(),
             r.pass_requests,
             r.pass_writes,
+            r.lease_requests_per_h,
             r.rss_mib,
             r.cpu_pct,
             r.status_p50_s,

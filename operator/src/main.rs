@@ -20,7 +20,7 @@ use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::{Predicate as _, WatchStreamExt, predicates, reflector, watcher};
 use kube::{Client, ResourceExt};
 use prometheus_client::registry::Registry;
 use tracing::{error, info, warn};
@@ -260,16 +260,28 @@ async fn main() -> Result<()> {
             watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
         info!(namespace = ns.unwrap_or("<all>"), "controller starting");
         // Guarded: an unreadable model is reported and skipped (controller::reconcile_guarded)
-        // instead of failing the watch of every model in scope.
-        let controller = Controller::new(
+        // instead of failing the watch of every model in scope. Only a change of the spec
+        // (generation) or of the annotations (run, promote and rollback requests) wakes a
+        // model: the operator's own status writes do not, so a pass that records something
+        // does not cost a second pass.
+        let (models, models_writer) = reflector::store();
+        let changes = watcher(
             api::<DeserializeGuard<SimpsonModel>>(&client, ns),
             watcher::Config::default().any_semantic(),
         )
-        .owns(api::<Job>(&client, ns), owned.clone())
-        .owns(api::<Deployment>(&client, ns), owned.clone())
-        .owns(api::<Service>(&client, ns), owned)
-        .with_config(controller::Config::default().concurrency(cli.concurrency))
-        .graceful_shutdown_on(shutdown_signal());
+        .default_backoff()
+        .reflect(models_writer)
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::annotations),
+            Default::default(),
+        );
+        let controller = Controller::for_stream(changes, models)
+            .owns(api::<Job>(&client, ns), owned.clone())
+            .owns(api::<Deployment>(&client, ns), owned.clone())
+            .owns(api::<Service>(&client, ns), owned)
+            .with_config(controller::Config::default().concurrency(cli.concurrency))
+            .graceful_shutdown_on(shutdown_signal());
         stores.push(controller.store());
         let ctx = ctx.clone();
         controllers.push(async move {
