@@ -740,6 +740,10 @@ pub fn inference_deployment(
             // Without a deadline a rollout that never becomes available is never reported
             // as failed, and the operator could not roll back on its own.
             progress_deadline_seconds: Some(inf.progress_deadline_seconds),
+            // The operator rolls back by applying the previous champion, not with the
+            // Deployment's history: three old ReplicaSets are plenty (the default keeps ten,
+            // for every model).
+            revision_history_limit: Some(3),
             selector: LabelSelector {
                 match_labels: Some(selector),
                 ..Default::default()

@@ -239,6 +239,11 @@ fn deployment_serves_the_champion_with_probes() {
     );
     let spec = d.spec.as_ref().unwrap();
     assert_eq!(spec.replicas, Some(3));
+    assert_eq!(
+        spec.revision_history_limit,
+        Some(3),
+        "few old ReplicaSets per model"
+    );
     let selector = spec.selector.match_labels.as_ref().unwrap();
     let template_labels = spec
         .template
