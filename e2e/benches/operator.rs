@@ -93,6 +93,7 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     let started = Instant::now();
     create_models(&world, n, &seed_run).await?;
     wait_all_serving(&world, n).await?;
+    wait_quiet(&world, Duration::from_secs(5)).await?;
     let settle_s = started.elapsed().as_secs_f64();
 
     // At rest.
@@ -104,6 +105,12 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     tokio::time::sleep(rest).await;
     let (cpu1, t1) = (cpu_ticks(pid)?, jiff::Timestamp::now());
     let idle = requests_between(&world, t0, t1)?;
+    if !idle.is_empty() {
+        println!(
+            "N={n}: at rest the operator still made {}",
+            breakdown(&idle, 1)
+        );
+    }
     let lease_per_h = lease_requests_between(&world, t0, t1)? as f64 * 3600.0 / rest.as_secs_f64();
     let hours = rest.as_secs_f64() / 3600.0;
     let per_model_h = |count: usize| count as f64 / n as f64 / hours;
@@ -214,6 +221,22 @@ async fn wait_all_serving(world: &World, n: usize) -> Result<()> {
     .with_context(|| world.context())
 }
 
+/// Waits until the operator has made no request about models for `quiet` (rollouts settled,
+/// every pass they set off done): the rest window starts then.
+async fn wait_quiet(world: &World, quiet: Duration) -> Result<()> {
+    poll(
+        "the operator to go quiet",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || async move {
+            let since = jiff::Timestamp::now() - jiff::SignedDuration::try_from(quiet)?;
+            let recent = requests_between(world, since, jiff::Timestamp::now())?;
+            Ok(recent.is_empty().then_some(()))
+        },
+    )
+    .await
+}
+
 /// Changes every model's spec once (a gate threshold: nothing rolls) and measures the
 /// requests that costs per model and, per model, the time until its status reflects it.
 async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> {
@@ -279,17 +302,10 @@ async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let requests = requests_between(world, from, jiff::Timestamp::now())?;
     let writes = requests.iter().filter(|r| r.is_write()).count();
-    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &requests {
-        *kinds
-            .entry(format!("{} {}", r.verb, resource_of(&r.uri)))
-            .or_default() += 1;
-    }
-    let per_model: Vec<String> = kinds
-        .iter()
-        .map(|(k, v)| format!("{k} {:.2}", *v as f64 / n as f64))
-        .collect();
-    println!("N={n}: one pass per model costs {}", per_model.join(", "));
+    println!(
+        "N={n}: one pass per model costs {}",
+        breakdown(&requests, n)
+    );
     Ok((
         requests.len() as f64 / n as f64,
         writes as f64 / n as f64,
@@ -337,6 +353,21 @@ fn operator_requests(
         .into_iter()
         .filter(|r| r.at >= from && r.at < to && r.verb != "watch")
         .collect())
+}
+
+/// "list jobs 1.00, patch deployments 1.00, …": requests by verb and resource, per `per`.
+fn breakdown(requests: &[AuditedRequest], per: usize) -> String {
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for r in requests {
+        *kinds
+            .entry(format!("{} {}", r.verb, resource_of(&r.uri)))
+            .or_default() += 1;
+    }
+    kinds
+        .iter()
+        .map(|(k, v)| format!("{k} {:.2}", *v as f64 / per as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `deployments`, `simpsonmodels/status`…: the resource (and subresource) a request names.
