@@ -21,4 +21,5 @@ pub use metrics::{
     ChampionRecord, ClassScores, EpochRecord, FacesFound, Hyperparameters, PipelineRecord,
     RunMetrics, SkippedFile, SplitCounts, TestPredictions, TrainerBuild, class_scores,
 };
+pub use object_store::ObjectMeta;
 pub use storage::{Conditional, Expect, ObjectVersion, Storage, StorageError};

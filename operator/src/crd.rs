@@ -66,6 +66,28 @@ pub struct SimpsonModelSpec {
     pub promotion: PromotionSpec,
     /// The Deployment and Service that serve the champion.
     pub inference: InferenceSpec,
+    /// How many runs stay in the store.
+    #[serde(default, skip_serializing_if = "RetentionSpec::is_default")]
+    pub retention: RetentionSpec,
+}
+
+/// Retention of old runs under the model's runs prefix in the store.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionSpec {
+    /// Runs kept, newest first (at least 2); the champion's, the previous champion's and a run in flight are kept besides. Checked once after each decided run. Unset: every run is kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i32>", range(min = 2))]
+    pub keep_runs: Option<u32>,
+    /// Only count what retention would delete (status.retention.wouldDelete); delete nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl RetentionSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// A reference to a Secret in the SimpsonModel's namespace.
@@ -630,9 +652,27 @@ pub struct SimpsonModelStatus {
     /// When the last run that produced a usable model finished, whatever it was decided (anything but Failed). Exported as face2simpson_last_successful_run_timestamp_seconds on every pass, so the alert on it holds across restarts and failovers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_successful_run_at: Option<Time>,
+    /// What retention found the last time it looked (after each decided run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention: Option<RetentionStatus>,
     /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports Degraded=RolloutFailed until a rollout completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
+}
+
+/// What retention found the last time it looked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetentionStatus {
+    /// The run after whose decision it looked; it looks again after the next one.
+    pub after_run: String,
+    /// Runs under the model's prefix when it looked, before deleting.
+    pub stored_runs: u32,
+    /// Runs it deleted then.
+    pub deleted_runs: u32,
+    /// With dryRun: the runs it would have deleted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub would_delete: Vec<String>,
 }
 
 /// An inference rollout that became available.

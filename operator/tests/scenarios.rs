@@ -2707,3 +2707,109 @@ async fn a_running_validation_keeps_the_run_pending_without_writes() {
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     h.finish().await;
 }
+
+/// Issue 17: once after a decided run, retention deletes the oldest runs under the model's
+/// prefix beyond `keepRuns`, never the champion's; the next pass does not look again. With
+/// `dryRun` it only says what it would delete.
+#[tokio::test]
+async fn retention_deletes_old_runs_once_per_decision_and_keeps_the_champion() {
+    let runs = [
+        FIRST,
+        "homer-20261104-000000",
+        "homer-20261107-000000",
+        "homer-20261110-000000",
+        "homer-20261113-000000",
+    ];
+    let prefix = artifacts::layout::model_runs("simpsons", "homer");
+    let seed = |h: &Harness| {
+        let store = h.store.clone();
+        let prefix = prefix.clone();
+        async move {
+            for run in runs {
+                for file in ["metrics.json", "model.safetensors"] {
+                    store
+                        .put(&format!("{prefix}/{run}/{file}"), vec![1u8])
+                        .await
+                        .unwrap();
+                }
+                // Distinct write times, oldest first.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            store
+                .put(&format!("{prefix}/history.json"), b"{}".to_vec())
+                .await
+                .unwrap();
+        }
+    };
+    let remaining = |h: &Harness| {
+        let store = h.store.clone();
+        let prefix = prefix.clone();
+        async move {
+            let mut runs: Vec<String> = store
+                .list(&prefix)
+                .await
+                .unwrap()
+                .iter()
+                .filter_map(|m| {
+                    let key = m.location.to_string();
+                    let rest = key.strip_prefix(&format!("{prefix}/"))?.to_owned();
+                    Some(rest.split_once('/')?.0.to_owned())
+                })
+                .collect();
+            runs.dedup();
+            runs
+        }
+    };
+    let steps = |looks: bool| {
+        let mut steps = vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+        ];
+        if looks {
+            steps.extend([Step::get_secret(), Step::patch_status()]);
+        }
+        steps
+    };
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.spec.retention.keep_runs = Some(2);
+
+    let h = Harness::new("2026-11-02T00:00:00Z", steps(true));
+    seed(&h).await;
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let kept = remaining(&h).await;
+    let status = status_of(&h.finish().await[4]);
+    assert_eq!(
+        kept,
+        [FIRST, "homer-20261110-000000", "homer-20261113-000000"],
+        "the two newest and the champion"
+    );
+    let retention = status.retention.clone().unwrap();
+    assert_eq!((retention.stored_runs, retention.deleted_runs), (5, 2));
+    assert_eq!(retention.after_run, FIRST);
+
+    // The next pass, with nothing decided since, does not list the store again.
+    let h = Harness::new("2026-11-02T01:00:00Z", steps(false));
+    reconcile(Arc::new(with_status(sm.clone(), status)), h.ctx.clone())
+        .await
+        .unwrap();
+    h.finish().await;
+
+    // Dry run: nothing deleted, the doomed runs named.
+    sm.spec.retention.dry_run = true;
+    let h = Harness::new("2026-11-02T00:00:00Z", steps(true));
+    seed(&h).await;
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    assert_eq!(remaining(&h).await.len(), 5);
+    let status = status_of(&h.finish().await[4]);
+    assert_eq!(
+        status.retention.unwrap().would_delete,
+        ["homer-20261104-000000", "homer-20261107-000000"]
+    );
+}

@@ -4,13 +4,15 @@
 //!
 //! One pass, one module per step: [`observe`] (the Jobs, the store) → [`evaluate`] (decide
 //! on a finished run) → [`record`] (history, status) → [`rollout`] (rollback request, serve
-//! the champion) → [`schedule`] (start a run if one is due) → [`housekeeping`] (old Jobs).
+//! the champion) → [`schedule`] (start a run if one is due) → [`housekeeping`] (old Jobs) →
+//! [`retention`] (old runs in the store).
 
 mod evaluate;
 mod housekeeping;
 mod invalid;
 mod observe;
 mod record;
+mod retention;
 mod rollout;
 mod schedule;
 mod validate;
@@ -665,8 +667,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     let active = validating || jobs.iter().any(|(_, s)| *s == JobState::Active);
     let training = pass.schedule(active, awaiting_result).await?;
 
-    // Housekeeping.
+    // Housekeeping: old Jobs, and old runs in the store.
     pass.housekeeping(&jobs).await?;
+    pass.retention().await?;
 
     // Record what the pass observed.
     let degraded = condition_is(&pass.status.conditions, "Degraded", "True");

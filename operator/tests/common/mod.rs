@@ -74,6 +74,7 @@ pub fn model() -> SimpsonModel {
             json!({"image": "ghcr.io/face2simpson/inference:1"}),
         )
         .unwrap(),
+        retention: Default::default(),
     };
     let mut sm = SimpsonModel::new(NAME, spec);
     sm.metadata.namespace = Some(NS.into());
