@@ -667,8 +667,10 @@ pub struct RetentionStatus {
     /// The run after whose decision it looked; it looks again after the next one.
     pub after_run: String,
     /// Runs under the model's prefix when it looked, before deleting.
+    #[schemars(with = "i32", range(min = 0))]
     pub stored_runs: u32,
     /// Runs it deleted then.
+    #[schemars(with = "i32", range(min = 0))]
     pub deleted_runs: u32,
     /// With dryRun: the runs it would have deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
