@@ -388,6 +388,26 @@ impl World {
 
     /// How often the operator reported `reason` about the model: kube's event recorder folds
     /// repeats into one Event with a series count.
+    /// [`World::events`] once there are at least `at_least` of them (or after 15 s): the
+    /// operator publishes an event right after the status write that records it, so a test
+    /// that saw the status may look a moment too early.
+    pub async fn wait_events(&self, reason: &str, at_least: i32) -> Result<i32> {
+        let counted = poll(
+            "the events",
+            Duration::from_secs(15),
+            Duration::from_millis(200),
+            || async move {
+                let n = self.events(reason).await?;
+                Ok((n >= at_least).then_some(n))
+            },
+        )
+        .await;
+        match counted {
+            Ok(n) => Ok(n),
+            Err(_) => self.events(reason).await,
+        }
+    }
+
     pub async fn events(&self, reason: &str) -> Result<i32> {
         let events: Api<Event> = Api::namespaced(self.client.clone(), NAMESPACE);
         Ok(events

@@ -173,7 +173,10 @@ async fn bootstrap_trains_and_serves_the_first_model() -> Result<()> {
             .run_id
             == run
     );
-    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
+    ensure!(
+        world.wait_events("Promoted", 1).await? == 1,
+        "one Promoted event"
+    );
     world.finish()
 }
 
@@ -221,7 +224,10 @@ async fn worse_challenger_is_rejected() -> Result<()> {
     );
     let endpoints = world.wait_serving(&run1).await?;
     world.predict(&endpoints[0]).await?;
-    ensure!(world.events("Rejected").await? == 1, "one Rejected event");
+    ensure!(
+        world.wait_events("Rejected", 1).await? == 1,
+        "one Rejected event"
+    );
     world.finish()
 }
 
@@ -310,7 +316,7 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
         "ReplicaSets {replica_sets:?} -> {after:?}"
     );
     ensure!(
-        world.events("Promoted").await? == 2,
+        world.wait_events("Promoted", 2).await? == 2,
         "FirstModel and Promote each emit Promoted"
     );
 
@@ -373,7 +379,7 @@ async fn broken_candidate_fails_served_validation_and_nothing_rolls() -> Result<
         status.conditions
     );
     ensure!(
-        world.events("InfraValidationFailed").await? >= 1,
+        world.wait_events("InfraValidationFailed", 1).await? >= 1,
         "no InfraValidationFailed event"
     );
     ensure!(
@@ -416,7 +422,7 @@ async fn skewed_candidate_is_refused_as_train_serve_skew() -> Result<()> {
     ensure!(reason.starts_with("TrainServeSkew: "), "{reason}");
     ensure!(champion(&sm)?.run_id == run1, "the champion changed");
     ensure!(
-        world.events("TrainServeSkew").await? >= 1,
+        world.wait_events("TrainServeSkew", 1).await? >= 1,
         "no TrainServeSkew event"
     );
     ensure!(
@@ -571,7 +577,10 @@ async fn operator_killed_mid_run_decides_once() -> Result<()> {
         sm.status.unwrap_or_default().history.len() == 1,
         "one decision in history"
     );
-    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
+    ensure!(
+        world.wait_events("Promoted", 1).await? == 1,
+        "one Promoted event"
+    );
     ensure!(
         deployment_generation(&world).await? == 1,
         "the Deployment was applied more than once with changes"
@@ -688,7 +697,10 @@ async fn standby_takes_over_when_the_leader_dies() -> Result<()> {
             == 1,
         "one decision in history"
     );
-    ensure!(world.events("Promoted").await? == 1, "one Promoted event");
+    ensure!(
+        world.wait_events("Promoted", 1).await? == 1,
+        "one Promoted event"
+    );
     // One LeaderElection event on the Lease per new leader, as client-go records them.
     let events: kube::Api<Event> = kube::Api::namespaced(world.client.clone(), RELEASE_NAMESPACE);
     let elections: Vec<String> = events
@@ -954,7 +966,7 @@ async fn failed_rollout_is_rolled_back_automatically() -> Result<()> {
         status.previous_champion
     );
     ensure!(
-        world.events("RolloutFailed").await? >= 1,
+        world.wait_events("RolloutFailed", 1).await? >= 1,
         "no RolloutFailed event"
     );
     let endpoints = world.wait_serving(&run1).await?;
@@ -1271,16 +1283,29 @@ async fn an_unreadable_model_harms_no_other_model() -> Result<()> {
         "{message}"
     );
     let events: Api<Event> = Api::namespaced(world.client.clone(), NAMESPACE);
-    let warned = events
-        .list(&ListParams::default())
-        .await?
-        .items
-        .iter()
-        .any(|e| {
-            e.reason.as_deref() == Some("InvalidSpec")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(BROKEN)
-        });
-    ensure!(warned, "no InvalidSpec event for {BROKEN}");
+    // Published right after the status write the test just saw.
+    poll(
+        "the InvalidSpec event",
+        Duration::from_secs(15),
+        Duration::from_millis(200),
+        || {
+            let events = events.clone();
+            async move {
+                let warned = events
+                    .list(&ListParams::default())
+                    .await?
+                    .items
+                    .iter()
+                    .any(|e| {
+                        e.reason.as_deref() == Some("InvalidSpec")
+                            && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(BROKEN)
+                    });
+                Ok(warned.then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| format!("no InvalidSpec event for {BROKEN}"))?;
     ensure!(
         world
             .jobs()
