@@ -748,6 +748,9 @@ pub struct RunStatus {
     /// The served-path validation of this run (spec.promotion.validation): its Job, and once it finished, the served accuracies the gate compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<RunValidation>,
+    /// Set when the run failed for a reason a retry cannot fix (the trainer's exit code said configuration, dataset or device, and the Job's podFailurePolicy ended it): the spec's generation then. No retry until the spec changes; the schedule's next slot still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_generation: Option<i64>,
 }
 
 impl RunStatus {
@@ -769,6 +772,7 @@ impl RunStatus {
             comparison: None,
             dry_run: false,
             validation: None,
+            retry_after_generation: None,
         }
     }
 }

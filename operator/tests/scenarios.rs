@@ -839,6 +839,60 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
     assert!(status.history[0].dry_run);
 }
 
+/// Issue 17: a run its Job's podFailurePolicy ended (the trainer's exit code said configuration,
+/// dataset or device) is not retried with the same spec: the next slot still comes, and a
+/// change of the spec brings the retry back.
+#[tokio::test]
+async fn a_permanent_failure_is_not_retried_until_the_spec_changes() {
+    let mut failed = job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed);
+    failed["status"]["conditions"][0]["reason"] = serde_json::json!("PodFailurePolicy");
+    failed["status"]["conditions"][0]["message"] = serde_json::json!(
+        "Container trainer for pod simpsons/x failed with exit code 2 matching FailJob rule at index 0"
+    );
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![failed.clone()]),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let mut sm = training_second();
+    sm.metadata.generation = Some(4);
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[5]);
+    let last = status.last_run.clone().unwrap();
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(last.retry_after_generation, Some(4));
+    assert_eq!(
+        status.next_run_at,
+        Some(Time(ts("2026-11-07T00:00:00Z"))),
+        "the next slot, not a retry in 15 minutes"
+    );
+
+    // The spec changes (say the dataset is fixed): the retry is back.
+    sm.metadata.generation = Some(5);
+    let h = Harness::new(
+        "2026-11-04T02:05:00Z",
+        vec![
+            Step::list_jobs(vec![failed]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T02:15:00Z"))));
+}
+
 #[tokio::test]
 async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() {
     let h = Harness::new(

@@ -261,6 +261,21 @@ pub enum JobState {
     Failed(String),
 }
 
+/// Whether the Job was failed by its podFailurePolicy: the trainer's exit code said that no
+/// retry can help (configuration, dataset, device).
+pub fn failed_for_good(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "Failed"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("PodFailurePolicy")
+        })
+}
+
 /// Reads a Job's outcome from its conditions, which the Job controller sets once and for all.
 pub fn job_state(job: &Job) -> JobState {
     let status = job.status.as_ref();

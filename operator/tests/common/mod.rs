@@ -111,6 +111,7 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
         comparison: None,
         dry_run: false,
         validation: None,
+        retry_after_generation: None,
     }
 }
 
