@@ -639,6 +639,12 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     // Evaluate. Only the newest Job can hold an undecided result: no run starts before the
     // previous one is decided, so older Jobs were decided (or superseded) already. It may be
     // newer than status.lastRun when the operator died right after creating it.
+    let mut jobs = jobs;
+    if let Some((job, state)) = jobs.last_mut()
+        && *state == JobState::Active
+    {
+        pass.watch_startup(job, state).await?;
+    }
     let mut awaiting_result = false;
     if let Some((job, state)) = jobs.last()
         && *state != JobState::Active
