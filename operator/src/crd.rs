@@ -204,6 +204,10 @@ pub struct TrainingSpec {
     #[serde(default = "default_active_deadline")]
     #[schemars(range(min = 1))]
     pub active_deadline_seconds: i64,
+    /// Seconds a training Job may wait for its first pod to become ready (scheduling, a GPU node scaling up, the image pull). Past it, a Job whose pod never started (an image that cannot be pulled, a missing Secret) is deleted and its run counted as failed, instead of holding a GPU until activeDeadlineSeconds.
+    #[serde(default = "default_startup_deadline")]
+    #[schemars(range(min = 60))]
+    pub startup_deadline_seconds: i64,
     /// Pod-level settings merged into the training pod: service account, placement, pull secrets, extra env and volumes.
     #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
     pub pod_overrides: PodOverrides,
@@ -748,6 +752,12 @@ pub struct RunStatus {
     /// The served-path validation of this run (spec.promotion.validation): its Job, and once it finished, the served accuracies the gate compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<RunValidation>,
+    /// Set when the run failed for a reason a retry cannot fix (the trainer's exit code said configuration, dataset or device, and the Job's podFailurePolicy ended it): the spec's generation then. No retry until the spec changes; the schedule's next slot still runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_generation: Option<i64>,
+    /// When the operator first saw a pod of the run's Job ready: from then on the startup deadline no longer applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_started_at: Option<Time>,
 }
 
 impl RunStatus {
@@ -769,6 +779,8 @@ impl RunStatus {
             comparison: None,
             dry_run: false,
             validation: None,
+            retry_after_generation: None,
+            pod_started_at: None,
         }
     }
 }
@@ -951,6 +963,9 @@ fn default_patience() -> u32 {
 }
 fn default_active_deadline() -> i64 {
     6 * 3600
+}
+fn default_startup_deadline() -> i64 {
+    30 * 60
 }
 fn default_backoff_limit() -> i32 {
     1

@@ -484,6 +484,87 @@ async fn a_job_owned_by_another_incarnation_is_not_ours() {
     assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
 }
 
+/// Issue 17: a training Job whose pod never became ready within the startup deadline (an
+/// image that cannot be pulled, a missing Secret) is deleted and its run failed, instead of
+/// holding a GPU until activeDeadlineSeconds.
+#[tokio::test]
+async fn a_job_whose_pod_never_starts_is_failed_at_the_startup_deadline() {
+    let mut stuck = job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Active);
+    stuck["status"]["ready"] = serde_json::json!(0);
+    // 20 minutes in: still within the 30-minute deadline.
+    let h = Harness::new(
+        "2026-11-04T00:20:00Z",
+        vec![
+            Step::list_jobs(vec![stuck.clone()]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let action = reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(300)));
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(status.last_run.as_ref().unwrap().decision, None);
+    assert_eq!(status.last_run.as_ref().unwrap().pod_started_at, None);
+
+    // Past the deadline: the Job goes, the run is failed and says why.
+    let h = Harness::new(
+        "2026-11-04T00:31:00Z",
+        vec![
+            Step::list_jobs(vec![stuck]),
+            Step::delete_job(SECOND),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(
+        Arc::new(with_status(training_second(), status)),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Warning", "JobFailed");
+    let status = status_of(&seen[6]);
+    let last = status.last_run.unwrap();
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Failed"));
+    assert!(
+        last.reason
+            .as_deref()
+            .unwrap()
+            .contains("startupDeadlineSeconds"),
+        "{:?}",
+        last.reason
+    );
+}
+
+/// A running Job's pod was seen ready once: the startup deadline no longer applies to it.
+#[tokio::test]
+async fn a_started_pod_is_recorded_and_the_deadline_stops() {
+    let h = Harness::new(
+        "2026-11-04T00:05:00Z",
+        vec![
+            Step::list_jobs(vec![job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Active)]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(training_second()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(
+        status.last_run.unwrap().pod_started_at,
+        Some(Time(ts("2026-11-04T00:05:00Z")))
+    );
+}
+
 #[tokio::test]
 async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
     let h = Harness::new(
@@ -837,6 +918,60 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
     );
     assert!(last.reason.unwrap().starts_with("dry run"));
     assert!(status.history[0].dry_run);
+}
+
+/// Issue 17: a run its Job's podFailurePolicy ended (the trainer's exit code said configuration,
+/// dataset or device) is not retried with the same spec: the next slot still comes, and a
+/// change of the spec brings the retry back.
+#[tokio::test]
+async fn a_permanent_failure_is_not_retried_until_the_spec_changes() {
+    let mut failed = job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed);
+    failed["status"]["conditions"][0]["reason"] = serde_json::json!("PodFailurePolicy");
+    failed["status"]["conditions"][0]["message"] = serde_json::json!(
+        "Container trainer for pod simpsons/x failed with exit code 2 matching FailJob rule at index 0"
+    );
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![failed.clone()]),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let mut sm = training_second();
+    sm.metadata.generation = Some(4);
+    reconcile(Arc::new(sm.clone()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[5]);
+    let last = status.last_run.clone().unwrap();
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(last.retry_after_generation, Some(4));
+    assert_eq!(
+        status.next_run_at,
+        Some(Time(ts("2026-11-07T00:00:00Z"))),
+        "the next slot, not a retry in 15 minutes"
+    );
+
+    // The spec changes (say the dataset is fixed): the retry is back.
+    sm.metadata.generation = Some(5);
+    let h = Harness::new(
+        "2026-11-04T02:05:00Z",
+        vec![
+            Step::list_jobs(vec![failed]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T02:15:00Z"))));
 }
 
 #[tokio::test]

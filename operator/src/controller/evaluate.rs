@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::observe::run_id_of;
 use super::validate::{Refusal, Served, served_metrics, served_summary};
-use super::{Counted, Effect, Error, JobState, Pass};
+use super::{Counted, Effect, Error, JobState, Pass, failed_for_good};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
 use crate::crd::{ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Verdict};
 
@@ -126,6 +126,9 @@ impl Pass<'_> {
             Err(Unfit::Refused(r)) => self.refuse(&mut run, &r),
             Err(Unfit::Failed(why, message)) => {
                 warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
+                if failed_for_good(job) {
+                    run.retry_after_generation = self.sm.metadata.generation;
+                }
                 self.count(Counted::FailedRun);
                 self.degraded(why, &message);
                 self.emit(EventType::Warning, why, "Evaluate", message.clone());

@@ -9,7 +9,8 @@ use tracing::info;
 use super::observe::run_id_of;
 use super::{Error, JobState, Pass};
 
-async fn delete(api: &Api<Job>, job: &Job) -> Result<(), Error> {
+/// Deletes a Job and, in the background, its pods; one already gone is fine.
+pub(super) async fn delete_job(api: &Api<Job>, job: &Job) -> Result<(), Error> {
     match api
         .delete(&job.name_any(), &DeleteParams::background())
         .await
@@ -50,7 +51,7 @@ impl Pass<'_> {
                 continue;
             }
             info!(model = %self.name, job = %job.name_any(), "deleting old training Job");
-            delete(&api, job).await?;
+            delete_job(&api, job).await?;
         }
         // A finished validation Job goes with its run's training Job.
         for (job, state) in &self.validations {
@@ -58,7 +59,7 @@ impl Pass<'_> {
                 continue;
             }
             info!(model = %self.name, job = %job.name_any(), "deleting old validation Job");
-            delete(&api, job).await?;
+            delete_job(&api, job).await?;
         }
         Ok(())
     }

@@ -261,6 +261,21 @@ pub enum JobState {
     Failed(String),
 }
 
+/// Whether the Job was failed by its podFailurePolicy: the trainer's exit code said that no
+/// retry can help (configuration, dataset, device).
+pub fn failed_for_good(job: &Job) -> bool {
+    job.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .into_iter()
+        .flatten()
+        .any(|c| {
+            c.type_ == "Failed"
+                && c.status == "True"
+                && c.reason.as_deref() == Some("PodFailurePolicy")
+        })
+}
+
 /// Reads a Job's outcome from its conditions, which the Job controller sets once and for all.
 pub fn job_state(job: &Job) -> JobState {
     let status = job.status.as_ref();
@@ -624,6 +639,12 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     // Evaluate. Only the newest Job can hold an undecided result: no run starts before the
     // previous one is decided, so older Jobs were decided (or superseded) already. It may be
     // newer than status.lastRun when the operator died right after creating it.
+    let mut jobs = jobs;
+    if let Some((job, state)) = jobs.last_mut()
+        && *state == JobState::Active
+    {
+        pass.watch_startup(job, state).await?;
+    }
     let mut awaiting_result = false;
     if let Some((job, state)) = jobs.last()
         && *state != JobState::Active

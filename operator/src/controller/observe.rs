@@ -1,10 +1,15 @@
 //! Observe: what the API server and the store say, before anything is decided.
 
+use std::time::Duration;
+
 use artifacts::{Storage, StorageError};
+use jiff::SignedDuration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::ResourceExt;
 use kube::api::{Api, ListParams};
+use tracing::warn;
 
 use super::{Error, JobState, Pass, job_state};
 use crate::builders::{self, RUN_ID_LABEL};
@@ -55,6 +60,46 @@ impl Pass<'_> {
         obj.owner_references()
             .iter()
             .any(|o| Some(&o.uid) == self.sm.metadata.uid.as_ref())
+    }
+
+    /// The startup deadline of the running training Job: records when its pod first became
+    /// ready, and if none did within `training.startupDeadlineSeconds` (an image that cannot
+    /// be pulled, a missing Secret, no node that fits), deletes the Job and turns `state`
+    /// into its failure, to be decided like any other.
+    pub(super) async fn watch_startup(
+        &mut self,
+        job: &Job,
+        state: &mut JobState,
+    ) -> Result<(), Error> {
+        let run_id = run_id_of(job);
+        let Some(run) = self.status.last_run.as_mut().filter(|r| r.run_id == run_id) else {
+            return Ok(());
+        };
+        if run.pod_started_at.is_some() {
+            return Ok(());
+        }
+        if job.status.as_ref().and_then(|s| s.ready).unwrap_or(0) > 0 {
+            run.pod_started_at = Some(Time(self.now));
+            return Ok(());
+        }
+        let deadline = self.sm.spec.training.startup_deadline_seconds;
+        let waited = self.now.duration_since(run.started_at.0);
+        if waited < SignedDuration::from_secs(deadline) {
+            let left = Duration::try_from(SignedDuration::from_secs(deadline) - waited)
+                .unwrap_or(Duration::ZERO);
+            self.requeue_within(left.max(Duration::from_secs(1)));
+            return Ok(());
+        }
+        let name = job.name_any();
+        let message = format!(
+            "no pod of Job {name} became ready within startupDeadlineSeconds ({deadline}s): see kubectl -n {} describe pods -l job-name={name}",
+            self.ns
+        );
+        warn!(model = %self.name, job = %name, "{message}; deleting the Job");
+        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+        super::housekeeping::delete_job(&api, job).await?;
+        *state = JobState::Failed(message);
+        Ok(())
     }
 
     pub(super) fn already_decided(&self, run_id: &str) -> bool {

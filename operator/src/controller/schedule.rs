@@ -155,13 +155,20 @@ impl Pass<'_> {
     }
 
     /// When a failed last run is retried: `retryBackoffSeconds` after it was decided,
-    /// doubling with each consecutive failure up to `maxRetryBackoffSeconds`.
+    /// doubling with each consecutive failure up to `maxRetryBackoffSeconds`; never while the
+    /// spec is the one a permanent failure (podFailurePolicy) ran with.
     fn retry_at(&self) -> Option<Timestamp> {
         let last = self
             .status
             .last_run
             .as_ref()
             .filter(|r| r.decision == Some(Verdict::Failed))?;
+        // A failure no retry can fix waits for a change of the spec (or the next slot).
+        if last.retry_after_generation.is_some()
+            && last.retry_after_generation == self.sm.metadata.generation
+        {
+            return None;
+        }
         let failed_at = last.finished_at.as_ref()?.0;
         let failures = self
             .status

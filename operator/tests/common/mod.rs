@@ -111,6 +111,8 @@ pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
         comparison: None,
         dry_run: false,
         validation: None,
+        retry_after_generation: None,
+        pod_started_at: None,
     }
 }
 
@@ -174,7 +176,8 @@ pub fn legacy_job(run_id: &str, created: &str, phase: JobPhase) -> Value {
             let done = (ts(created) + jiff::SignedDuration::from_hours(2)).to_string();
             json!({"conditions": conditions, "completionTime": done})
         } else {
-            json!({"conditions": conditions})
+            // Its pod runs (status.ready, as the Job controller counts it).
+            json!({"conditions": conditions, "active": 1, "ready": 1})
         },
     })
 }
