@@ -1177,7 +1177,8 @@ async fn manual_request_runs_once_and_is_echoed() {
         "the interval restarts from the manual run"
     );
 
-    // The same annotation value is not a new request.
+    // The same annotation value is not a new request: no second Job. The one status write
+    // records that the run's pod started (once per run).
     let h = Harness::new(
         "2026-11-02T10:00:00Z",
         vec![
@@ -1187,12 +1188,15 @@ async fn manual_request_runs_once_and_is_echoed() {
             ]),
             Step::apply_deployment(),
             Step::apply_service(),
+            Step::patch_status(),
         ],
     );
     reconcile(Arc::new(with_status(sm, status)), h.ctx.clone())
         .await
         .unwrap();
-    h.finish().await;
+    let status = status_of(&h.finish().await[3]);
+    assert_eq!(status.last_train_request.as_deref(), Some(request));
+    assert!(status.last_run.unwrap().pod_started_at.is_some());
 }
 
 #[tokio::test]

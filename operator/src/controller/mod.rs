@@ -33,7 +33,7 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{instrument, warn};
 
 use crate::builders::{self, MissingMetadata};
-use crate::crd::{Phase, SimpsonModel, SimpsonModelStatus};
+use crate::crd::{Phase, RunStatus, SimpsonModel, SimpsonModelStatus};
 use crate::metrics::{ErrorLabels, Metrics, ModelLabels};
 
 /// Field manager of every server-side apply the operator makes.
@@ -511,9 +511,16 @@ impl Pass<'_> {
     /// handled request. Those are recorded before anything acts on them.
     fn decided(&self) -> bool {
         let (a, b) = (&self.status, &self.saved);
+        // When a pod started is an observation, not a decision: it waits for the pass's end.
+        let observed = |r: &Option<RunStatus>| {
+            r.clone().map(|r| RunStatus {
+                pod_started_at: None,
+                ..r
+            })
+        };
         a.champion != b.champion
             || a.previous_champion != b.previous_champion
-            || a.last_run != b.last_run
+            || observed(&a.last_run) != observed(&b.last_run)
             || a.history != b.history
             || a.last_rollback_request != b.last_rollback_request
             || a.last_promote_request != b.last_promote_request
