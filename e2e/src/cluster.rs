@@ -288,6 +288,7 @@ impl ControlPlane {
                     verb: event["verb"].as_str()?.to_owned(),
                     uri: event["requestURI"].as_str()?.to_owned(),
                     at: event["requestReceivedTimestamp"].as_str()?.parse().ok()?,
+                    code: event["responseStatus"]["code"].as_i64(),
                 })
             })
             .collect())
@@ -296,22 +297,11 @@ impl ControlPlane {
     /// Requests of `username` the API server refused with 403, from the audit log
     /// ("verb uri" each).
     pub fn forbidden_requests(&self, username: &str) -> Result<Vec<String>> {
-        let text = std::fs::read_to_string(&self.audit_log)
-            .with_context(|| format!("cannot read {}", self.audit_log.display()))?;
-        Ok(text
-            .lines()
-            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter(|event| {
-                event["user"]["username"] == username
-                    && event["responseStatus"]["code"].as_i64() == Some(403)
-            })
-            .map(|event| {
-                format!(
-                    "{} {}",
-                    event["verb"].as_str().unwrap_or("?"),
-                    event["requestURI"].as_str().unwrap_or("?")
-                )
-            })
+        Ok(self
+            .requests_of(username)?
+            .into_iter()
+            .filter(|r| r.code == Some(403))
+            .map(|r| format!("{} {}", r.verb, r.uri))
             .collect())
     }
 
@@ -328,6 +318,8 @@ pub struct AuditedRequest {
     pub verb: String,
     pub uri: String,
     pub at: jiff::Timestamp,
+    /// The HTTP status it was answered with.
+    pub code: Option<i64>,
 }
 
 impl AuditedRequest {
