@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
 use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
-use face2simpson_operator::metrics::{Metrics, ModelLabels};
+use face2simpson_operator::metrics::Metrics;
 use face2simpson_operator::{Context, SimpsonModel, error_policy_guarded, reconcile_guarded};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
@@ -146,21 +146,6 @@ where
     }
 }
 
-/// Drops the metrics of deleted models. Reconciles never see a deletion (there is no
-/// finalizer), so this is the only place that learns of one.
-async fn forget_deleted(models: Api<DeserializeGuard<SimpsonModel>>, metrics: Arc<Metrics>) {
-    let events = watcher(models, watcher::Config::default().any_semantic()).default_backoff();
-    let mut events = std::pin::pin!(events);
-    while let Some(event) = events.next().await {
-        if let Ok(watcher::Event::Delete(sm)) = event {
-            metrics.forget(&ModelLabels {
-                namespace: sm.namespace().unwrap_or_default(),
-                model: sm.name_any(),
-            });
-        }
-    }
-}
-
 /// How often readiness looks at the watch caches again.
 const READY_POLL: Duration = Duration::from_millis(250);
 
@@ -254,7 +239,6 @@ async fn main() -> Result<()> {
     ));
     let mut stores = Vec::new();
     let mut controllers = Vec::new();
-    let mut forgetters = Vec::new();
     for ns in scopes {
         let ns = ns.as_deref();
         // Only our own children wake us up, not every Job in the cluster.
@@ -273,6 +257,15 @@ async fn main() -> Result<()> {
         )
         .default_backoff()
         .reflect(models_writer)
+        .inspect({
+            // Reconciles never see a deletion (there is no finalizer): the watch does.
+            let ctx = ctx.clone();
+            move |event| {
+                if let Ok(watcher::Event::Delete(sm)) = event {
+                    ctx.forget_model(&sm.namespace().unwrap_or_default(), &sm.name_any());
+                }
+            }
+        })
         .applied_objects()
         .predicate_filter(
             predicates::generation.combine(predicates::annotations),
@@ -297,10 +290,6 @@ async fn main() -> Result<()> {
                 })
                 .await;
         });
-        forgetters.push(tokio::spawn(forget_deleted(
-            api::<DeserializeGuard<SimpsonModel>>(&client, ns),
-            metrics.clone(),
-        )));
     }
     // Ready once every watch has listed what it watches: before that the operator knows
     // only part of the cluster.
@@ -337,9 +326,6 @@ async fn main() -> Result<()> {
         std::process::exit(1);
     }
     readiness.abort();
-    for f in forgetters {
-        f.abort();
-    }
     metrics.leader.set(0);
     if let Some(elector) = elector.as_mut() {
         // Only now that no reconcile runs: a standby may take over at its next try.

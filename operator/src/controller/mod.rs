@@ -56,6 +56,8 @@ fn reason_cleared(reason: &str) -> &'static str {
     }
 }
 
+/// The longest a pass may take before it is given up and retried with backoff.
+const PASS_DEADLINE: Duration = Duration::from_secs(120);
 /// How often a model with a running Job is looked at even without a Job event.
 const TRAINING_REQUEUE: Duration = Duration::from_secs(300);
 
@@ -114,6 +116,15 @@ impl Context {
                 open_store(url, vars, std::env::vars())
             }),
         )
+    }
+
+    /// Forgets a deleted model: its metrics and its failure count.
+    pub fn forget_model(&self, namespace: &str, name: &str) {
+        self.metrics.forget(&ModelLabels {
+            namespace: namespace.to_owned(),
+            model: name.to_owned(),
+        });
+        self.failures().remove(&format!("{namespace}/{name}"));
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -177,6 +188,8 @@ pub enum Error {
     PatchStatus(#[source] kube::Error),
     #[error(transparent)]
     Metadata(#[from] MissingMetadata),
+    #[error("the pass did not finish within {0:?} (a slow store or API server); it starts over")]
+    PassDeadline(Duration),
 }
 
 impl Error {
@@ -193,7 +206,7 @@ impl Error {
             | Error::ApplyService { source, .. }
             | Error::ApplyAutoscaling { source, .. }
             | Error::DeleteAutoscaling { source, .. } => Some(source),
-            Error::Metadata(_) => None,
+            Error::Metadata(_) | Error::PassDeadline(_) => None,
         }
     }
 
@@ -218,6 +231,7 @@ impl Error {
             Some(kube::Error::Api(_)) => "api_error",
             Some(kube::Error::SerdeError(_)) => "decode",
             Some(_) => "transport",
+            None if matches!(self, Error::PassDeadline(_)) => "deadline",
             None => "invalid_object",
         }
     }
@@ -604,9 +618,22 @@ impl Pass<'_> {
 #[instrument(skip_all, fields(model = %object_key(&sm)))]
 pub async fn reconcile(sm: Arc<SimpsonModel>, ctx: Arc<Context>) -> Result<Action, Error> {
     ctx.metrics.reconciles.inc();
-    let action = reconcile_inner(&sm, &ctx).await?;
+    let action = within(PASS_DEADLINE, reconcile_inner(&sm, &ctx)).await?;
     ctx.failures().remove(&object_key(&sm));
     Ok(action)
+}
+
+/// `pass`, given up after `deadline`: one slow store or API call must not hold a reconcile
+/// slot, which other models wait for, for minutes. Giving up mid-pass is as safe as a crash
+/// there: every decision is recorded before anything acts on it, and the next pass starts
+/// from what the API server and the store say.
+async fn within<T>(
+    deadline: Duration,
+    pass: impl std::future::Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(deadline, pass)
+        .await
+        .unwrap_or(Err(Error::PassDeadline(deadline)))
 }
 
 async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Error> {
@@ -755,6 +782,19 @@ mod tests {
         // …and ignored when one is.
         let secret = vec![("AWS_REGION".to_owned(), "us-east-1".to_owned())];
         assert!(open_store("s3://bucket/x", secret, ambient()).is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pass_that_hangs_is_given_up_at_its_deadline() {
+        let hung = within(
+            Duration::from_secs(120),
+            std::future::pending::<Result<(), Error>>(),
+        );
+        let err = hung.await.unwrap_err();
+        assert!(matches!(err, Error::PassDeadline(d) if d == Duration::from_secs(120)));
+        assert_eq!(err.kind(), "deadline");
+        let quick = within(Duration::from_secs(1), async { Ok::<_, Error>(7) });
+        assert_eq!(quick.await.unwrap(), 7);
     }
 
     #[test]
