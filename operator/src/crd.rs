@@ -591,6 +591,8 @@ state_enum! {
         ManualPromote,
         /// The run's rollout never became available; the previous champion was put back.
         RolloutFailed,
+        /// The champion changed while the run trained (a rollback, a manual promotion): it was compared with a model no longer in service, so it decides nothing. Not a failure: no retry, no Degraded.
+        Superseded,
     }
 }
 

@@ -1862,6 +1862,54 @@ async fn metrics_compared_with_another_champion_are_refused() {
     .await;
 }
 
+/// Issue 17: the champion changed while the run trained (here a manual promotion): the run
+/// was rightly compared with the champion of its start, so it is `Superseded`, not failed:
+/// no Degraded, no failure counted, no retry.
+#[tokio::test]
+async fn a_run_whose_champion_was_replaced_is_superseded_not_failed() {
+    const MANUAL: &str = "homer-manual-0000abcd";
+    let h = Harness::new(
+        "2026-11-04T02:00:00Z",
+        vec![
+            Step::list_jobs(vec![second_job()]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    let mut sm = training_second();
+    let status = sm.status.as_mut().unwrap();
+    status.last_run.as_mut().unwrap().champion_run_id = Some(FIRST.into());
+    status.previous_champion = status.champion.take();
+    status.champion = Some(champion(MANUAL, 0.85));
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    let text = h.metrics_text();
+    let seen = h.finish().await;
+    assert_event(&seen[3], "Normal", "Superseded");
+    let status = status_of(&seen[6]);
+    let last = status.last_run.as_ref().unwrap();
+    assert_eq!(last.decision.map(|d| d.as_str()), Some("Superseded"));
+    assert!(
+        last.reason.as_deref().unwrap().contains(MANUAL),
+        "{:?}",
+        last.reason
+    );
+    assert_eq!(status.champion.as_ref().unwrap().run_id, MANUAL);
+    assert_eq!(condition(&status, "Degraded"), ("False", "RunSuperseded"));
+    assert_eq!(status.history[0].decision.as_str(), "Superseded");
+    assert!(!text.contains("failed_runs_total{"), "{text}");
+    assert_eq!(
+        status.next_run_at,
+        Some(Time(ts("2026-11-07T00:00:00Z"))),
+        "the next slot, no retry"
+    );
+}
+
 /// Item 1: with a champion in service, metrics without a comparison cannot promote either
 /// (the gate would take them for a first model).
 #[tokio::test]

@@ -35,6 +35,8 @@ enum Outcome {
     Unreachable(String),
     /// The served-path validation refused the candidate: a `Reject`, nothing rolls.
     Refused(Refusal),
+    /// The champion changed while the run trained: `Superseded` with this reason.
+    Superseded(String),
 }
 
 /// Why a finished run is not put before the gate.
@@ -43,6 +45,8 @@ enum Unfit {
     Failed(&'static str, String),
     /// The served-path validation refused it: `Reject`.
     Refused(Refusal),
+    /// Compared with a champion no longer in service: `Superseded`.
+    Superseded(String),
 }
 
 /// When the Job finished, as the Job controller recorded it.
@@ -101,6 +105,7 @@ impl Pass<'_> {
             Outcome::Valid { metrics, model_uri } => Ok((metrics, model_uri)),
             Outcome::Refused(r) => Err(Unfit::Refused(r)),
             Outcome::Unusable(why, message) => Err(Unfit::Failed(why, message)),
+            Outcome::Superseded(message) => Err(Unfit::Superseded(message)),
             Outcome::Unreachable(message) => {
                 let finished = finished.or(finished_at(job)).unwrap_or(self.now);
                 let limit =
@@ -124,6 +129,12 @@ impl Pass<'_> {
         run.finished_at = Some(Time(self.now));
         let (decision, reason) = match result {
             Err(Unfit::Refused(r)) => self.refuse(&mut run, &r),
+            Err(Unfit::Superseded(message)) => {
+                info!(model = %self.name, run = %run_id, %message, "run superseded");
+                self.healthy("RunSuperseded", &message);
+                self.emit(EventType::Normal, "Superseded", "Evaluate", message.clone());
+                (Verdict::Superseded, message)
+            }
             Err(Unfit::Failed(why, message)) => {
                 warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
                 if failed_for_good(job) {
@@ -222,6 +233,9 @@ impl Pass<'_> {
             }
             Err(e) => return Ok(Outcome::Unreachable(e.to_string())),
         };
+        if let Some(message) = self.superseded(&metrics, run_id) {
+            return Ok(Outcome::Superseded(message));
+        }
         if let Err(message) = self.check_metrics(&metrics, job, run_id, legacy) {
             return Ok(Outcome::Unusable("MetricsInvalid", message));
         }
@@ -229,6 +243,29 @@ impl Pass<'_> {
             model_uri: store.url_of(&layout::weights_in(&prefix, run_id)),
             metrics: Box::new(metrics),
         })
+    }
+
+    /// Whether the run was compared, as it should have been, with the champion of the day it
+    /// started, and that champion has since been replaced (a rollback, a manual promotion):
+    /// then its result decides nothing, and that is no failure of the run.
+    fn superseded(&self, m: &RunMetrics, run_id: &str) -> Option<String> {
+        let started_against = self
+            .status
+            .last_run
+            .as_ref()
+            .filter(|r| r.run_id == run_id)?
+            .champion_run_id
+            .as_deref()?;
+        let champion = self.status.champion.as_ref()?;
+        (m.run_id == run_id
+            && m.champion_run_id.as_deref() == Some(started_against)
+            && champion.run_id != started_against)
+            .then(|| {
+                format!(
+                    "run {run_id} was compared with champion {started_against}, which was replaced by {} while it trained: its result decides nothing",
+                    champion.run_id
+                )
+            })
     }
 
     /// Refuses metrics that would make the gate compare the wrong things: another run's or
