@@ -149,10 +149,13 @@ async fn test_images(dataset: &Storage) -> Result<Vec<TestImage>, ValidateError>
         let ["test", class, file] = parts.as_slice() else {
             continue;
         };
-        // The trainer's rule, size limit included, so both score the same test split.
-        if !artifacts::layout::is_dataset_image(file)
-            || meta.size as usize > model::preprocess::MAX_FILE_BYTES
-        {
+        // The trainer's rule, size limit included, so both score the same test split (the
+        // trainer lists what it skipped in metrics.json).
+        if !artifacts::layout::is_dataset_image(file) {
+            continue;
+        }
+        if meta.size as usize > model::preprocess::MAX_FILE_BYTES {
+            tracing::warn!(%key, bytes = meta.size, "over the upload limit, as the trainer skips it; skipped");
             continue;
         }
         match class_index(class) {

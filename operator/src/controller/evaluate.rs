@@ -198,13 +198,7 @@ impl Pass<'_> {
         // with every try (elapsed time, retry count), and rewriting it would make each pass a
         // status write, and each write another pass.
         if !self.degraded_for("StorageUnreachable") {
-            self.emit(
-                EventType::Warning,
-                "StorageUnreachable",
-                "Evaluate",
-                message.clone(),
-            );
-            self.degraded("StorageUnreachable", &message);
+            self.warn_degraded("StorageUnreachable", "Evaluate", &message);
         }
         let left = Duration::try_from(limit - down_for).unwrap_or(Duration::ZERO);
         self.requeue_within(store_retry_delay(down_for).min(left.max(Duration::from_secs(1))));

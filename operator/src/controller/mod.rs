@@ -575,21 +575,28 @@ impl Pass<'_> {
         );
     }
 
-    /// The API server refused a request of this pass for what it says (see
-    /// [`Error::refusal`]): `Degraded=<reason>` with its message, a Warning event when the
-    /// message is new, and a look again in a while (a fix wakes the model sooner).
-    fn refused(&mut self, reason: &'static str, action: &'static str, message: &str) {
+    /// `Degraded=<reason>` with `message`, and a Warning event unless Degraded already says
+    /// exactly that: a condition that stays from pass to pass is announced once, not on every
+    /// pass (each event is a write).
+    fn warn_degraded(&mut self, reason: &'static str, action: &'static str, message: &str) {
         let known = self.status.conditions.iter().any(|c| {
             c.type_ == "Degraded"
                 && c.status == "True"
                 && c.reason == reason
                 && c.message == message
         });
-        warn!(model = %self.name, reason, %message, "the API server refused a request");
         if !known {
             self.emit(EventType::Warning, reason, action, message.to_owned());
         }
         self.degraded(reason, message);
+    }
+
+    /// The API server refused a request of this pass for what it says (see
+    /// [`Error::refusal`]): reported with [`Pass::warn_degraded`], and a look again in a
+    /// while (a fix wakes the model sooner).
+    fn refused(&mut self, reason: &'static str, action: &'static str, message: &str) {
+        warn!(model = %self.name, reason, %message, "the API server refused a request");
+        self.warn_degraded(reason, action, message);
         self.requeue_within(REFUSED_REQUEUE);
     }
 

@@ -425,14 +425,8 @@ impl Pass<'_> {
         );
         if !self.degraded_for("RolloutFailed") {
             warn!(model = %self.name, %message, "rollout stalled");
-            self.emit(
-                EventType::Warning,
-                "RolloutFailed",
-                "Rollout",
-                message.clone(),
-            );
         }
-        self.degraded("RolloutFailed", &message);
+        self.warn_degraded("RolloutFailed", "Rollout", &message);
     }
 
     /// A rollout became available: remember its template (without the model) and, with
@@ -472,15 +466,7 @@ impl Pass<'_> {
                 "the rollout of run {} failed and there is no previous champion to go back to: {why}",
                 failed.run_id
             );
-            if !self.degraded_for("RolloutFailed") {
-                self.emit(
-                    EventType::Warning,
-                    "RolloutFailed",
-                    "Rollout",
-                    message.clone(),
-                );
-            }
-            self.degraded("RolloutFailed", &message);
+            self.warn_degraded("RolloutFailed", "Rollout", &message);
             return false;
         };
         let reason = format!(

@@ -43,20 +43,7 @@ impl Pass<'_> {
         let mut started = false;
         match &schedule {
             Err(e) => {
-                let message = e.to_string();
-                // Warn once when the schedule turns invalid, not on every pass while it stays so.
-                let already = self.status.conditions.iter().any(|c| {
-                    c.type_ == "Degraded" && c.status == "True" && c.reason == "InvalidSchedule"
-                });
-                if !already {
-                    self.emit(
-                        EventType::Warning,
-                        "InvalidSchedule",
-                        "Schedule",
-                        message.clone(),
-                    );
-                }
-                self.degraded("InvalidSchedule", &message);
+                self.warn_degraded("InvalidSchedule", "Schedule", &e.to_string());
             }
             Ok(schedule) => {
                 if self
@@ -206,15 +193,7 @@ impl Pass<'_> {
                     champion.model_uri,
                     crate::crd::PROMOTE_RUN_ANNOTATION
                 );
-                if !self.degraded_for("ChampionMissing") {
-                    self.emit(
-                        EventType::Warning,
-                        "ChampionMissing",
-                        "Train",
-                        message.clone(),
-                    );
-                }
-                self.degraded("ChampionMissing", &message);
+                self.warn_degraded("ChampionMissing", "Train", &message);
                 Ok(false)
             }
             Presence::Unknown(e) => {
@@ -247,10 +226,7 @@ impl Pass<'_> {
                     let message = format!(
                         "a Job named {run_id} exists that this SimpsonModel does not own; delete it to let the run start"
                     );
-                    if !self.degraded_for("JobConflict") {
-                        self.emit(EventType::Warning, "JobConflict", "Train", message.clone());
-                    }
-                    self.degraded("JobConflict", &message);
+                    self.warn_degraded("JobConflict", "Train", &message);
                     return Ok(Start::Blocked);
                 }
                 if let Some(t) = &existing.metadata.creation_timestamp {

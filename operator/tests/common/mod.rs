@@ -96,23 +96,15 @@ pub fn champion(run_id: &str, accuracy: f64) -> ChampionStatus {
 
 pub fn run(run_id: &str, started: &str, decision: Option<&str>) -> RunStatus {
     RunStatus {
-        run_id: run_id.into(),
-        job_name: run_id.into(),
-        trigger: face2simpson_operator::crd::Trigger::Schedule,
-        started_at: Time(ts(started)),
-        champion_run_id: None,
-        model_uri: None,
         finished_at: decision.map(|_| Time(ts(started))),
-        accuracy: None,
-        champion_accuracy: None,
         decision: decision.map(|d| serde_json::from_value(json!(d)).unwrap()),
         reason: decision.map(|d| format!("{d} for the test")),
-        summary: None,
-        comparison: None,
-        dry_run: false,
-        validation: None,
-        retry_after_generation: None,
-        pod_started_at: None,
+        ..RunStatus::new(
+            run_id,
+            run_id.into(),
+            face2simpson_operator::crd::Trigger::Schedule,
+            Time(ts(started)),
+        )
     }
 }
 
