@@ -72,7 +72,7 @@ async fn report_invalid(
         ns,
         &ApiResource::erase::<SimpsonModel>(&()),
     );
-    let current = models.get(&name).await.map_err(Error::PatchStatus)?;
+    let current = models.get(&name).await.map_err(Error::GetModel)?;
     let old = status_conditions(&current);
     let mut conditions = old.clone();
     set_condition(

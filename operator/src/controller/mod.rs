@@ -186,6 +186,8 @@ pub enum Error {
     },
     #[error("cannot write the status: {0}")]
     PatchStatus(#[source] kube::Error),
+    #[error("cannot read the SimpsonModel: {0}")]
+    GetModel(#[source] kube::Error),
     #[error(transparent)]
     Metadata(#[from] MissingMetadata),
     #[error("the pass did not finish within {0:?} (a slow store or API server); it starts over")]
@@ -196,7 +198,7 @@ impl Error {
     /// The API error behind this one, if any.
     pub fn api(&self) -> Option<&kube::Error> {
         match self {
-            Error::ListJobs(e) | Error::PatchStatus(e) => Some(e),
+            Error::ListJobs(e) | Error::PatchStatus(e) | Error::GetModel(e) => Some(e),
             Error::GetSecret { source, .. }
             | Error::CreateJob { source, .. }
             | Error::CreateValidationJob { source, .. }
