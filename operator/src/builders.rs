@@ -91,6 +91,19 @@ pub fn manual_run_id(model: &str, request: &str) -> String {
     )
 }
 
+/// Run id of a run started by a change of the dataset: the new listing's fingerprint, so a
+/// restarted operator that saw the same change computes the same name and adopts the Job.
+pub fn data_run_id(model: &str, fingerprint: &str) -> String {
+    let hex = fingerprint.strip_prefix("sha256:").unwrap_or(fingerprint);
+    let short: String = hex
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .take(10)
+        .collect::<String>()
+        .to_ascii_lowercase();
+    format!("{}-data-{short}", name_prefix(model))
+}
+
 /// Name shared by the inference Deployment and Service.
 pub fn inference_name(model: &str) -> String {
     format!("{model}-inference")

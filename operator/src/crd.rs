@@ -69,6 +69,52 @@ pub struct SimpsonModelSpec {
     /// How many runs stay in the store.
     #[serde(default, skip_serializing_if = "RetentionSpec::is_default")]
     pub retention: RetentionSpec,
+    /// Runs started by what happens to the data rather than by the clock.
+    #[serde(default, skip_serializing_if = "TriggersSpec::is_default")]
+    pub triggers: TriggersSpec,
+}
+
+/// Runs started by the data.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggersSpec {
+    /// Start a run (trigger DatasetChange) when the dataset's listing differs from the one the latest run trained on and has stayed the same for settleSeconds. The operator lists the dataset prefix once per pollSeconds and fetches nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_change: Option<DatasetChangeTrigger>,
+}
+
+impl TriggersSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// When a change of the dataset starts a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetChangeTrigger {
+    /// Seconds between two listings of the dataset prefix (one LIST each).
+    #[serde(default = "default_poll_seconds")]
+    #[schemars(range(min = 10))]
+    pub poll_seconds: i64,
+    /// Seconds the new listing must stay unchanged before a run starts, so an upload in progress is trained on once it is complete, not file by file.
+    #[serde(default = "default_settle_seconds")]
+    #[schemars(range(min = 0))]
+    pub settle_seconds: i64,
+    /// Least time between the start of the previous run (of any trigger) and a run started by a data change.
+    #[serde(default = "default_min_interval_seconds")]
+    #[schemars(range(min = 0))]
+    pub min_interval_seconds: i64,
+}
+
+impl Default for DatasetChangeTrigger {
+    fn default() -> Self {
+        Self {
+            poll_seconds: default_poll_seconds(),
+            settle_seconds: default_settle_seconds(),
+            min_interval_seconds: default_min_interval_seconds(),
+        }
+    }
 }
 
 /// Retention of old runs under the model's runs prefix in the store.
@@ -135,6 +181,9 @@ pub struct ScheduleSpec {
     #[serde(default = "default_max_retry_backoff")]
     #[schemars(range(min = 1))]
     pub max_retry_backoff_seconds: i64,
+    /// Skip a schedule slot whose dataset listing is the one the champion trained on: no Job, a Skipped entry in status.history, and the next slot planned from the skipped one. Bootstrap, manual, retry and data-triggered runs are never skipped.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub skip_if_unchanged: bool,
 }
 
 impl Default for ScheduleSpec {
@@ -149,6 +198,7 @@ impl Default for ScheduleSpec {
             history_limit: default_history_limit(),
             retry_backoff_seconds: default_retry_backoff(),
             max_retry_backoff_seconds: default_max_retry_backoff(),
+            skip_if_unchanged: false,
         }
     }
 }
@@ -573,6 +623,8 @@ state_enum! {
         Retry,
         /// The face2simpson.io/train-requested-at annotation.
         Manual,
+        /// The dataset's listing changed and settled (spec.triggers.datasetChange).
+        DatasetChange,
         /// A Job adopted after the operator lost its status.
         Unknown,
     }
@@ -593,6 +645,8 @@ state_enum! {
         RolloutFailed,
         /// The champion changed while the run trained (a rollback, a manual promotion): it was compared with a model no longer in service, so it decides nothing. Not a failure: no retry, no Degraded.
         Superseded,
+        /// A schedule slot that started no run: spec.schedule.skipIfUnchanged found the dataset the champion trained on (history only).
+        Skipped,
     }
 }
 
@@ -661,6 +715,9 @@ pub struct SimpsonModelStatus {
     /// What retention found the last time it looked (after each decided run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionStatus>,
+    /// The dataset's listing as the operator last saw it, with spec.triggers.datasetChange or spec.schedule.skipIfUnchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<DatasetStatus>,
     /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports Degraded=RolloutFailed until a rollout completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
@@ -681,6 +738,22 @@ pub struct RetentionStatus {
     /// With dryRun: the runs it would have deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub would_delete: Vec<String>,
+}
+
+/// The dataset as the operator saw it. Written when the listing changes, not on every look.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    /// Fingerprint of the listing last seen: sha256 over every object's key, size and ETag, as the trainer records it in metrics.json (listing_fingerprint).
+    pub fingerprint: String,
+    /// When that listing was first seen; a change starts a run once it is settleSeconds old.
+    pub seen_since: Time,
+    /// The listing the latest run trained on: from its metrics.json once decided, as listed when it started before that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trained: Option<String>,
+    /// The latest schedule slot skipped because the data had not changed; the schedule counts from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped_slot: Option<Time>,
 }
 
 /// An inference rollout that became available.
@@ -717,7 +790,7 @@ pub struct RunStatus {
     pub run_id: String,
     /// Name of the training Job.
     pub job_name: String,
-    /// Why it started: Bootstrap, Schedule, Retry (after a failed run), Manual, or Unknown (a Job adopted after the operator lost its status).
+    /// Why it started: Bootstrap, Schedule, Retry (after a failed run), Manual, DatasetChange, or Unknown (a Job adopted after the operator lost its status).
     pub trigger: Trigger,
     /// When the Job was created.
     pub started_at: Time,
@@ -886,7 +959,7 @@ impl From<&artifacts::gate::Comparison> for ComparisonStatus {
 pub struct HistoryEntry {
     /// The run decided on (for a rollback: the run put back in service).
     pub run_id: String,
-    /// FirstModel, Promote, Reject, Failed, Rollback, ManualPromote or RolloutFailed.
+    /// FirstModel, Promote, Reject, Failed, Superseded, Rollback, ManualPromote, RolloutFailed or Skipped.
     pub decision: Verdict,
     /// A sentence explaining the decision.
     pub reason: String,
@@ -903,6 +976,15 @@ pub struct HistoryEntry {
     pub decided_at: Time,
 }
 
+fn default_poll_seconds() -> i64 {
+    300
+}
+fn default_settle_seconds() -> i64 {
+    300
+}
+fn default_min_interval_seconds() -> i64 {
+    6 * 3600
+}
 fn default_dataset() -> String {
     artifacts::layout::DEFAULT_DATASET.to_owned()
 }

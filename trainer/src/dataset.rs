@@ -75,7 +75,7 @@ pub struct Listing {
     pub test: Vec<Entry>,
     /// Files skipped from their name or size alone.
     pub skipped: Vec<SkippedFile>,
-    /// `sha256:` over every listed object's key, size and ETag (see [`listing_fingerprint`]).
+    /// `sha256:` over every listed object's key, size and ETag (see [`artifacts::listing_fingerprint`]).
     pub fingerprint: String,
 }
 
@@ -118,14 +118,14 @@ impl Dataset {
 /// Lists and validates `prefix`. Layout errors are fatal; odd files are skipped with a reason.
 pub async fn list(storage: &Storage, prefix: &str) -> Result<Listing, DatasetError> {
     let prefix = prefix.trim_matches('/');
-    let objects = storage.list(prefix).await?;
+    let objects = artifacts::listing::list_dataset(storage, prefix).await?;
     if objects.is_empty() {
         return Err(DatasetError::Missing {
             prefix: prefix.to_owned(),
         });
     }
     let mut listing = Listing {
-        fingerprint: listing_fingerprint(&objects),
+        fingerprint: artifacts::listing_fingerprint(&objects),
         ..Listing::default()
     };
     for meta in objects {
@@ -383,22 +383,6 @@ fn content_fingerprint<'a>(
         hasher.update(key.as_bytes());
         hasher.update([0]);
         hasher.update(digest);
-    }
-    format!("sha256:{}", hex(&hasher.finalize()))
-}
-
-/// `sha256:` over the key, size and ETag of every object in a listing, in key order. It changes
-/// whenever an object is added, removed or rewritten (a new ETag), without fetching a byte;
-/// rewriting identical bytes may change it too, so unequal listing fingerprints call for the
-/// content fingerprint before concluding the data differs.
-pub fn listing_fingerprint(objects: &[object_store::ObjectMeta]) -> String {
-    let mut hasher = Sha256::new();
-    for meta in objects {
-        hasher.update(meta.location.as_ref().as_bytes());
-        hasher.update([0]);
-        hasher.update(meta.size.to_le_bytes());
-        hasher.update(meta.e_tag.as_deref().unwrap_or("").as_bytes());
-        hasher.update([0]);
     }
     format!("sha256:{}", hex(&hasher.finalize()))
 }

@@ -146,6 +146,7 @@ impl Pass<'_> {
                 (Verdict::Failed, message)
             }
             Ok((metrics, model_uri)) => {
+                self.trained_on(metrics.listing_fingerprint.as_deref());
                 self.status.last_successful_run_at =
                     Some(Time(finished_at(job).unwrap_or(self.now)));
                 run.model_uri = Some(model_uri.clone());

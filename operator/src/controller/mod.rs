@@ -4,9 +4,11 @@
 //!
 //! One pass, one module per step: [`observe`] (the Jobs, the store) → [`evaluate`] (decide
 //! on a finished run) → [`record`] (history, status) → [`rollout`] (rollback request, serve
-//! the champion) → [`schedule`] (start a run if one is due) → [`housekeeping`] (old Jobs) →
+//! the champion) → [`schedule`] (start a run if one is due, with [`dataset`] for the
+//! data-aware triggers) → [`housekeeping`] (old Jobs) →
 //! [`retention`] (old runs in the store).
 
+mod dataset;
 mod evaluate;
 mod housekeeping;
 mod invalid;
@@ -77,6 +79,9 @@ pub struct Context {
     pub open_storage: StorageOpener,
     /// Consecutive failures per resource, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// When each model's dataset was last listed (`triggers.datasetChange` polls). Memory
+    /// only: a restarted operator looks once more, which costs one LIST.
+    dataset_looks: Mutex<HashMap<String, Timestamp>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -102,6 +107,7 @@ impl Context {
             clock,
             open_storage,
             failures: Mutex::default(),
+            dataset_looks: Mutex::default(),
         }
     }
 
@@ -124,15 +130,27 @@ impl Context {
             namespace: namespace.to_owned(),
             model: name.to_owned(),
         });
-        self.failures().remove(&format!("{namespace}/{name}"));
+        let key = format!("{namespace}/{name}");
+        self.failures().remove(&key);
+        lock(&self.dataset_looks).remove(&key);
+    }
+
+    fn dataset_looked(&self, key: String, at: Timestamp) {
+        lock(&self.dataset_looks).insert(key, at);
+    }
+
+    fn dataset_looked_at(&self, key: &str) -> Option<Timestamp> {
+        lock(&self.dataset_looks).get(key).copied()
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
-        // A poisoned map only loses backoff counts; keep going with what it holds.
-        self.failures
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        lock(&self.failures)
     }
+}
+
+/// A poisoned map of the context only loses counts or times; keep going with what it holds.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Opens a model's store: with the keys of its Secret when it names one, else with the

@@ -1,4 +1,5 @@
-//! Schedule: start a run when one is due (bootstrap, manual request, schedule slot).
+//! Schedule: start a run when one is due (bootstrap, manual request, schedule slot, a change
+//! of the dataset, a retry), or skip a slot whose data did not change.
 
 use std::time::Duration;
 
@@ -37,7 +38,15 @@ impl Pass<'_> {
         let now = self.now;
         let schedule = Schedule::from_spec(&sm.spec.schedule);
         let anchor = sm.metadata.creation_timestamp.as_ref().map_or(now, |t| t.0);
-        let last_start = self.status.last_run.as_ref().map(|r| r.started_at.0);
+        let last_run_start = self.status.last_run.as_ref().map(|r| r.started_at.0);
+        // A skipped slot counts as a start: the schedule goes on from it.
+        let skipped = self
+            .status
+            .dataset
+            .as_ref()
+            .and_then(|d| d.skipped_slot.as_ref())
+            .map(|t| t.0);
+        let last_start = last_run_start.max(skipped);
         let suspended = sm.spec.schedule.suspend;
         let mut next_run_at: Option<Timestamp> = None;
         let mut started = false;
@@ -81,6 +90,8 @@ impl Pass<'_> {
                 // A model being deleted (foreground deletion, or a finalizer of someone else's
                 // holding it) starts nothing that the garbage collector would have to stop.
                 let deleting = sm.metadata.deletion_timestamp.is_some();
+                // Looked at whatever else happens, so the settle clock runs while a Job does.
+                let data = self.dataset_change(last_run_start).await?;
                 let trigger = if active || awaiting || suspended || deleting {
                     None
                 } else if let Some(r) = &manual {
@@ -95,15 +106,40 @@ impl Pass<'_> {
                         builders::scheduled_run_id(&self.name, slot),
                         Trigger::Schedule,
                     ))
+                } else if let Some(fingerprint) = data {
+                    Some((
+                        builders::data_run_id(&self.name, &fingerprint),
+                        Trigger::DatasetChange,
+                    ))
                 } else {
                     retry_at
                         .filter(|at| *at <= now)
                         .map(|at| (builders::scheduled_run_id(&self.name, at), Trigger::Retry))
                 };
+                let trigger = match (trigger, plan.as_ref().and_then(|p| p.due_slot)) {
+                    (Some((run_id, Trigger::Schedule)), Some(slot))
+                        if sm.spec.schedule.skip_if_unchanged =>
+                    {
+                        match self.skip_unchanged_slot(slot, &run_id).await? {
+                            Some(false) => Some((run_id, Trigger::Schedule)),
+                            Some(true) => {
+                                next_run_at = schedule
+                                    .plan(Some(slot), anchor, now)
+                                    .ok()
+                                    .map(|p| p.next_run_at);
+                                None
+                            }
+                            // The store cannot say: the slot waits for it (a minute).
+                            None => None,
+                        }
+                    }
+                    (trigger, _) => trigger,
+                };
                 if let Some((run_id, trigger)) = trigger {
                     let outcome = self.start(run_id, trigger).await?;
                     started = outcome == Start::Running;
                     if outcome != Start::Blocked {
+                        self.training_on_seen_listing();
                         if trigger == Trigger::Manual {
                             self.status.last_train_request = manual;
                         }

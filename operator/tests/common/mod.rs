@@ -75,6 +75,7 @@ pub fn model() -> SimpsonModel {
         )
         .unwrap(),
         retention: Default::default(),
+        triggers: Default::default(),
     };
     let mut sm = SimpsonModel::new(NAME, spec);
     sm.metadata.namespace = Some(NS.into());
