@@ -18,8 +18,8 @@ use serde::{Deserialize, Serialize};
 pub const SHADOW_ASSIGNMENT: &str = "shadow.json";
 /// Upper bounds (ms) of the latency histogram's buckets; the last bucket is everything above.
 pub const LATENCY_BOUNDS_MS: [f64; 16] = [
-    1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 250.0, 400.0, 600.0, 1000.0,
-    2500.0, 10000.0,
+    1.0, 2.0, 5.0, 10.0, 20.0, 35.0, 50.0, 75.0, 100.0, 150.0, 250.0, 400.0, 600.0, 1000.0, 2500.0,
+    10000.0,
 ];
 
 /// `<runs prefix>/shadow.json`.

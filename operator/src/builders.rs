@@ -17,9 +17,9 @@ use k8s_openapi::api::batch::v1::{
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
-    HTTPGetAction, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements,
-    SeccompProfile, SecretEnvSource, SecurityContext, Service, ServicePort, ServiceSpec, Volume,
-    VolumeMount,
+    EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
+    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Service,
+    ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -152,6 +152,16 @@ pub fn run_weights_uri(sm: &SimpsonModel, run_id: &str) -> Result<String, Missin
         "{}/{}",
         sm.spec.storage_uri.trim_end_matches('/'),
         artifacts::layout::weights_in(&runs_prefix(sm)?, run_id)
+    ))
+}
+
+/// Full URL of the model's `shadow.json`, which names the candidate the inference pods score
+/// beside the champion during a shadow stage.
+pub fn shadow_assignment_uri(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
+    Ok(format!(
+        "{}/{}",
+        sm.spec.storage_uri.trim_end_matches('/'),
+        artifacts::live::shadow_assignment_in(&runs_prefix(sm)?)
     ))
 }
 
@@ -690,6 +700,35 @@ pub fn template_hash_without_model(template: &PodTemplateSpec) -> String {
     format!("sha256:{}", &hex[..16])
 }
 
+/// The inference container's environment. Each pod names its report files after itself
+/// (`POD_NAME`), and polls `SHADOW_URI` only when the model has a shadow stage.
+fn inference_env(
+    sm: &SimpsonModel,
+    champion: &ChampionStatus,
+) -> Result<Vec<EnvVar>, MissingMetadata> {
+    let mut pairs = vec![
+        ("MODEL_URI", champion.model_uri.clone()),
+        ("LISTEN_ADDR", format!("0.0.0.0:{}", sm.spec.inference.port)),
+        ("HOME", "/tmp".into()),
+    ];
+    if sm.spec.promotion.shadow.enabled {
+        pairs.push(("SHADOW_URI", shadow_assignment_uri(sm)?));
+    }
+    let mut vars = env(&pairs);
+    vars.push(EnvVar {
+        name: "POD_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "metadata.name".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    Ok(vars)
+}
+
 /// The inference Deployment serving `champion`. Changing MODEL_URI changes the pod template,
 /// which is what makes Kubernetes roll the pods.
 pub fn inference_deployment(
@@ -706,11 +745,7 @@ pub fn inference_deployment(
     let container = Container {
         name: "inference".into(),
         image: Some(inf.image.clone()),
-        env: Some(env(&[
-            ("MODEL_URI", champion.model_uri.clone()),
-            ("LISTEN_ADDR", format!("0.0.0.0:{}", inf.port)),
-            ("HOME", "/tmp".into()),
-        ])),
+        env: Some(inference_env(sm, champion)?),
         env_from: env_from(sm),
         ports: Some(vec![ContainerPort {
             name: Some("http".into()),

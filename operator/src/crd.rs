@@ -81,6 +81,47 @@ pub struct TriggersSpec {
     /// Start a run (trigger DatasetChange) when the dataset's listing differs from the one the latest run trained on and has stayed the same for settleSeconds. The operator lists the dataset prefix once per pollSeconds and fetches nothing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_change: Option<DatasetChangeTrigger>,
+    /// Start a run (trigger Drift) when the champion's live verdicts, as the inference pods report them, drift from its test-set predictions: population stability index above maxPsi over the last windowSeconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prediction_drift: Option<PredictionDriftTrigger>,
+}
+
+/// When prediction drift starts a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PredictionDriftTrigger {
+    /// Seconds of live verdicts compared (ending now).
+    #[serde(default = "default_drift_window")]
+    #[schemars(range(min = 60, max = 86400))]
+    pub window_seconds: i64,
+    /// Population stability index above which the verdicts count as drifted (0.25 is the usual "large shift").
+    #[serde(default = "default_max_psi")]
+    #[schemars(range(min = 0.0))]
+    pub max_psi: f64,
+    /// Live verdicts the window must hold before it is judged.
+    #[serde(default = "default_min_verdicts")]
+    #[schemars(with = "i64", range(min = 1))]
+    pub min_verdicts: u64,
+    /// Seconds between two looks at the pods' reports.
+    #[serde(default = "default_poll_seconds")]
+    #[schemars(range(min = 10))]
+    pub poll_seconds: i64,
+    /// Least time between the start of the previous run (of any trigger) and a run started by drift.
+    #[serde(default = "default_min_interval_seconds")]
+    #[schemars(range(min = 0))]
+    pub min_interval_seconds: i64,
+}
+
+impl Default for PredictionDriftTrigger {
+    fn default() -> Self {
+        Self {
+            window_seconds: default_drift_window(),
+            max_psi: default_max_psi(),
+            min_verdicts: default_min_verdicts(),
+            poll_seconds: default_poll_seconds(),
+            min_interval_seconds: default_min_interval_seconds(),
+        }
+    }
 }
 
 impl TriggersSpec {
@@ -301,6 +342,76 @@ pub struct PromotionSpec {
     /// Served-path validation: before anything rolls, a Job with the inference image (`face2simpson-inference validate`) loads the candidate as serving does, answers the test split through the request path, and scores the champion the same way; the gate then compares served accuracies. A candidate that fails is rejected (InfraValidationFailed, TrainServeSkew).
     #[serde(default)]
     pub validation: ValidationSpec,
+    /// Shadow stage: a candidate the gate would promote is first hot-loaded by the inference pods beside the champion and scored on sampled live requests, off the response path; it is promoted only if it holds up there (ShadowPromote) and rejected otherwise (ShadowReject). No Deployment roll, no service mesh.
+    #[serde(default, skip_serializing_if = "ShadowSpec::is_default")]
+    pub shadow: ShadowSpec,
+}
+
+/// What to do when the shadow stage ends without enough live requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+pub enum OnInconclusive {
+    /// Keep the champion (the safe default).
+    #[default]
+    Reject,
+    /// Promote on the offline gate's word.
+    Promote,
+}
+
+/// The shadow stage on live traffic before a promotion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowSpec {
+    /// Shadow every candidate the offline gate would promote before it replaces the champion.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Share (0-1) of answered requests the candidate also scores.
+    #[serde(default = "default_sample_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_rate: f64,
+    /// Live requests the candidate must have scored before a decision.
+    #[serde(default = "default_min_requests")]
+    #[schemars(with = "i64", range(min = 1))]
+    pub min_requests: u64,
+    /// Seconds the stage may last; without minRequests by then it is inconclusive (see onInconclusive).
+    #[serde(default = "default_max_shadow_seconds")]
+    #[schemars(range(min = 10))]
+    pub max_duration_seconds: i64,
+    /// Largest share (0-1) of faces on which candidate and champion may give different verdicts.
+    #[serde(default = "default_max_disagreement")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_disagreement: f64,
+    /// Largest ratio of the candidate's p95 classification time to the champion's, on the same inputs in the same pods.
+    #[serde(default = "default_max_latency_ratio")]
+    #[schemars(range(min = 0.0))]
+    pub max_latency_ratio: f64,
+    /// Largest share (0-1) of scored requests on which the candidate failed.
+    #[serde(default = "default_max_error_rate")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub max_error_rate: f64,
+    /// Reject (keep the champion) or Promote when maxDurationSeconds passes before minRequests.
+    #[serde(default)]
+    pub on_inconclusive: OnInconclusive,
+}
+
+impl Default for ShadowSpec {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            sample_rate: default_sample_rate(),
+            min_requests: default_min_requests(),
+            max_duration_seconds: default_max_shadow_seconds(),
+            max_disagreement: default_max_disagreement(),
+            max_latency_ratio: default_max_latency_ratio(),
+            max_error_rate: default_max_error_rate(),
+            on_inconclusive: OnInconclusive::Reject,
+        }
+    }
+}
+
+impl ShadowSpec {
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 /// Served-path validation of each candidate before the gate decides.
@@ -341,6 +452,7 @@ impl Default for PromotionSpec {
             dry_run: false,
             metrics_deadline_seconds: default_metrics_deadline(),
             validation: ValidationSpec::default(),
+            shadow: ShadowSpec::default(),
         }
     }
 }
@@ -605,6 +717,8 @@ state_enum! {
         RollingOut,
         /// The champion's rollout is complete.
         Serving,
+        /// A candidate is scored on live traffic beside the champion (spec.promotion.shadow).
+        Shadowing,
         /// No new runs start.
         Suspended,
         /// Something needs attention (see the Degraded condition).
@@ -625,6 +739,8 @@ state_enum! {
         Manual,
         /// The dataset's listing changed and settled (spec.triggers.datasetChange).
         DatasetChange,
+        /// The champion's live verdicts drifted from its test-set predictions (spec.triggers.predictionDrift).
+        Drift,
         /// A Job adopted after the operator lost its status.
         Unknown,
     }
@@ -645,6 +761,12 @@ state_enum! {
         RolloutFailed,
         /// The champion changed while the run trained (a rollback, a manual promotion): it was compared with a model no longer in service, so it decides nothing. Not a failure: no retry, no Degraded.
         Superseded,
+        /// The offline gate would promote the run; it is being scored on live traffic (status.candidate). Not final.
+        Shadowing,
+        /// The shadow stage on live traffic confirmed the candidate: it replaced the champion.
+        ShadowPromote,
+        /// The shadow stage found the candidate worse on live traffic (disagreement, latency, errors, or inconclusive); the champion stays.
+        ShadowReject,
         /// A schedule slot that started no run: spec.schedule.skipIfUnchanged found the dataset the champion trained on (history only).
         Skipped,
     }
@@ -715,6 +837,12 @@ pub struct SimpsonModelStatus {
     /// What retention found the last time it looked (after each decided run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention: Option<RetentionStatus>,
+    /// The run being scored on live traffic beside the champion (spec.promotion.shadow).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate: Option<CandidateStatus>,
+    /// The champion's live verdicts against its test-set predictions (spec.triggers.predictionDrift).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drift: Option<DriftStatus>,
     /// The dataset's listing as the operator last saw it, with spec.triggers.datasetChange or spec.schedule.skipIfUnchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetStatus>,
@@ -738,6 +866,73 @@ pub struct RetentionStatus {
     /// With dryRun: the runs it would have deleted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub would_delete: Vec<String>,
+}
+
+/// A candidate in its shadow stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CandidateStatus {
+    /// Its run.
+    pub run_id: String,
+    /// Full URL of its weights.
+    pub model_uri: String,
+    /// Its accuracy as the offline gate measured it (served, when validated).
+    pub accuracy: f64,
+    /// The champion it is compared with; another champion (a rollback, a manual promotion) supersedes the stage.
+    pub champion_run_id: String,
+    /// When the stage began.
+    pub started_at: Time,
+    /// What the pods reported so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
+}
+
+/// The pods' shadow reports, merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ShadowStatus {
+    /// Pods that reported.
+    #[schemars(with = "i64", range(min = 0))]
+    pub pods: u64,
+    /// Answered requests sampled for the candidate.
+    #[schemars(with = "i64", range(min = 0))]
+    pub sampled: u64,
+    /// Sampled requests the candidate scored.
+    #[schemars(with = "i64", range(min = 0))]
+    pub scored: u64,
+    /// Sampled requests dropped under load (shadow work goes first).
+    #[schemars(with = "i64", range(min = 0))]
+    pub dropped: u64,
+    /// Share (0-1) of faces where the two verdicts differ.
+    pub disagreement: f64,
+    /// Share (0-1) of scored requests the candidate failed on.
+    pub error_rate: f64,
+    /// The champion's p95 classification time (ms) on the scored requests; a bucket's upper bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub champion_p95_ms: Option<f64>,
+    /// The candidate's, on the same inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub candidate_p95_ms: Option<f64>,
+    /// Why a pod could not load the candidate, if one could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_error: Option<String>,
+}
+
+/// Prediction drift as last measured.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DriftStatus {
+    /// Population stability index of the live verdicts against the champion's test-set predictions (3 decimals).
+    pub psi: f64,
+    /// Live verdicts in the window.
+    #[schemars(with = "i64", range(min = 0))]
+    pub verdicts: u64,
+    /// The window, in seconds, ending at observedAt.
+    pub window_seconds: i64,
+    /// The champion it was measured for.
+    pub run_id: String,
+    /// When it was measured.
+    pub observed_at: Time,
 }
 
 /// The dataset as the operator saw it. Written when the listing changes, not on every look.
@@ -833,6 +1028,9 @@ pub struct RunStatus {
     /// When the operator first saw a pod of the run's Job ready: from then on the startup deadline no longer applies.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_started_at: Option<Time>,
+    /// What the shadow stage measured on live traffic, once it decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowStatus>,
 }
 
 impl RunStatus {
@@ -856,6 +1054,7 @@ impl RunStatus {
             validation: None,
             retry_after_generation: None,
             pod_started_at: None,
+            shadow: None,
         }
     }
 }
@@ -976,6 +1175,24 @@ pub struct HistoryEntry {
     pub decided_at: Time,
 }
 
+fn default_sample_rate() -> f64 {
+    1.0
+}
+fn default_min_requests() -> u64 {
+    200
+}
+fn default_max_shadow_seconds() -> i64 {
+    24 * 3600
+}
+fn default_max_disagreement() -> f64 {
+    0.2
+}
+fn default_max_latency_ratio() -> f64 {
+    1.5
+}
+fn default_max_error_rate() -> f64 {
+    0.01
+}
 fn default_poll_seconds() -> i64 {
     300
 }
@@ -984,6 +1201,15 @@ fn default_settle_seconds() -> i64 {
 }
 fn default_min_interval_seconds() -> i64 {
     6 * 3600
+}
+fn default_drift_window() -> i64 {
+    3600
+}
+fn default_max_psi() -> f64 {
+    0.25
+}
+fn default_min_verdicts() -> u64 {
+    200
 }
 fn default_dataset() -> String {
     artifacts::layout::DEFAULT_DATASET.to_owned()

@@ -276,8 +276,26 @@ fn deployment_serves_the_champion_with_probes() {
         .as_ref()
         .unwrap()
         .iter()
-        .map(|e| (e.name.clone(), e.value.clone().unwrap()))
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
         .collect();
+    // Each pod names its report files after itself.
+    let pod_name = c
+        .env
+        .as_ref()
+        .unwrap()
+        .iter()
+        .find(|e| e.name == "POD_NAME");
+    assert_eq!(
+        pod_name
+            .and_then(|e| e.value_from.as_ref())
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str()),
+        Some("metadata.name")
+    );
+    assert!(
+        !env.iter().any(|(k, _)| k == "SHADOW_URI"),
+        "no shadow stage, no polling"
+    );
     assert!(env.contains(&(
         "MODEL_URI".into(),
         "s3://bucket/models/runs/homer-20261101-000000/model.safetensors".into()

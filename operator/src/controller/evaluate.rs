@@ -15,7 +15,9 @@ use super::observe::run_id_of;
 use super::validate::{Refusal, Served, served_metrics, served_summary};
 use super::{Counted, Effect, Error, JobState, Pass, failed_for_good};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
-use crate::crd::{ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Verdict};
+use crate::crd::{
+    CandidateStatus, ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Verdict,
+};
 
 /// Clocks of the trainer's node and of the API server may disagree by this much before a
 /// metrics.json counts as older than its Job.
@@ -169,6 +171,11 @@ impl Pass<'_> {
         };
         run.decision = Some(decision);
         run.reason = Some(reason.clone());
+        // A run in its shadow stage is decided when the stage ends; the history waits for it.
+        if decision == Verdict::Shadowing {
+            self.status.last_run = Some(run);
+            return Ok(true);
+        }
         self.record(HistoryEntry {
             run_id,
             decision,
@@ -350,6 +357,7 @@ impl Pass<'_> {
         let run_id = run.run_id.clone();
         let p = &self.sm.spec.promotion;
         let dry_run = p.dry_run;
+        let shadow = p.shadow.enabled;
         let policy = PromotionPolicy {
             min_improvement: p.min_improvement,
             min_accuracy: p.min_accuracy,
@@ -389,6 +397,30 @@ impl Pass<'_> {
                     "Rejected",
                     "Evaluate",
                     format!("run {run_id}: {summary} — {reason}"),
+                );
+            }
+            (Decision::Promote(_), false) if shadow => {
+                let champion_run_id = self
+                    .status
+                    .champion
+                    .as_ref()
+                    .map(|c| c.run_id.clone())
+                    .unwrap_or_default();
+                self.begin_shadow(
+                    CandidateStatus {
+                        run_id: run_id.clone(),
+                        model_uri,
+                        accuracy: metrics.test_accuracy,
+                        champion_run_id,
+                        started_at: Time(self.now),
+                        shadow: None,
+                    },
+                    &summary,
+                );
+                info!(model = %self.name, run = %run_id, %summary, "the gate would promote: shadow stage first");
+                return (
+                    Verdict::Shadowing,
+                    format!("{reason}; in its shadow stage on live traffic"),
                 );
             }
             (_, true) => {

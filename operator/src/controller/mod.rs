@@ -17,6 +17,7 @@ mod record;
 mod retention;
 mod rollout;
 mod schedule;
+mod shadow;
 mod validate;
 
 pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
@@ -82,6 +83,9 @@ pub struct Context {
     /// When each model's dataset was last listed (`triggers.datasetChange` polls). Memory
     /// only: a restarted operator looks once more, which costs one LIST.
     dataset_looks: Mutex<HashMap<String, Timestamp>>,
+    /// What each model's shadow.json was last made to say (a candidate's run id, or none), so
+    /// it is written once per change, not on every pass. A restarted operator writes it once.
+    shadow_published: Mutex<HashMap<String, Option<String>>>,
 }
 
 impl std::fmt::Debug for Context {
@@ -108,6 +112,7 @@ impl Context {
             open_storage,
             failures: Mutex::default(),
             dataset_looks: Mutex::default(),
+            shadow_published: Mutex::default(),
         }
     }
 
@@ -133,6 +138,15 @@ impl Context {
         let key = format!("{namespace}/{name}");
         self.failures().remove(&key);
         lock(&self.dataset_looks).remove(&key);
+        lock(&self.shadow_published).remove(&key);
+    }
+
+    fn shadow_published(&self, key: &str) -> Option<Option<String>> {
+        lock(&self.shadow_published).get(key).cloned()
+    }
+
+    fn shadow_publish(&self, key: String, run_id: Option<String>) {
+        lock(&self.shadow_published).insert(key, run_id);
     }
 
     fn dataset_looked(&self, key: String, at: Timestamp) {
@@ -559,6 +573,7 @@ impl Pass<'_> {
             || a.last_rollback_request != b.last_rollback_request
             || a.last_promote_request != b.last_promote_request
             || a.last_train_request != b.last_train_request
+            || a.candidate.as_ref().map(|c| &c.run_id) != b.candidate.as_ref().map(|c| &c.run_id)
     }
 
     fn degraded(&mut self, reason: &str, message: &str) {
@@ -716,12 +731,15 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     pass.job_missing(&jobs);
     pass.promote_run().await?;
     pass.rollback();
+    // Shadow: judge a candidate on what the pods saw of live traffic.
+    pass.shadow().await?;
 
     // Record: a decision is in status before anything acts on it, so a failure after this
     // point can never decide (or announce, or count) a second time.
     if pass.decided() {
         pass.commit().await?;
     }
+    pass.publish_shadow().await;
     // Validate: the validation Job the status now names.
     let validating = pass.create_validation.is_some()
         || pass.validations.iter().any(|(_, s)| *s == JobState::Active);
@@ -747,7 +765,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
 
     // Schedule.
     let active = validating || jobs.iter().any(|(_, s)| *s == JobState::Active);
-    let training = pass.schedule(active, awaiting_result).await?;
+    // A candidate in its shadow stage is a run not yet decided: nothing new starts meanwhile.
+    let shadowing = pass.status.candidate.is_some();
+    let training = pass.schedule(active, awaiting_result || shadowing).await?;
 
     // Housekeeping: old Jobs, and old runs in the store.
     pass.housekeeping(&jobs).await?;
@@ -757,6 +777,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
     pass.status.phase = Some(match () {
         () if training => Phase::Training,
+        () if pass.status.candidate.is_some() => Phase::Shadowing,
         () if degraded => Phase::Degraded,
         () if sm.spec.schedule.suspend => Phase::Suspended,
         () if pass.status.champion.is_some() && ready => Phase::Serving,
