@@ -104,6 +104,19 @@ pub fn data_run_id(model: &str, fingerprint: &str) -> String {
     format!("{}-data-{short}", name_prefix(model))
 }
 
+/// Run id of a run started by prediction drift, from the time it was started. A restarted
+/// operator cannot start a second one meanwhile: the first one's Job is active and blocks it.
+pub fn drift_run_id(model: &str, at: Timestamp) -> String {
+    format!(
+        "{}-drift-{}",
+        name_prefix(model)
+            .chars()
+            .take(NAME_PREFIX_MAX - 6)
+            .collect::<String>(),
+        at.strftime("%Y%m%d-%H%M%S")
+    )
+}
+
 /// Name shared by the inference Deployment and Service.
 pub fn inference_name(model: &str) -> String {
     format!("{model}-inference")

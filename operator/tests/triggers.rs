@@ -382,3 +382,140 @@ async fn the_first_look_takes_the_trained_listing_from_the_last_run() {
     assert_eq!(dataset.fingerprint, changed);
     assert_eq!(dataset.trained, Some(trained));
 }
+
+/// The champion's live verdicts, as two pods report them: `per_class` verdicts of each class
+/// in the last minutes before `now`.
+async fn put_live(h: &Harness, per_class: [u64; 4], now: &str) {
+    let now: chrono::DateTime<chrono::Utc> = now.parse().unwrap();
+    for pod in ["homer-inference-a", "homer-inference-b"] {
+        let mut v = artifacts::live::LiveVerdicts {
+            pod: pod.into(),
+            run_id: FIRST.into(),
+            classes: ["homer", "marge", "bart", "lisa"]
+                .map(String::from)
+                .to_vec(),
+            updated_at: now,
+            ..Default::default()
+        };
+        for (class, n) in per_class.iter().enumerate() {
+            for i in 0..*n {
+                v.record(
+                    class,
+                    now - chrono::Duration::seconds(i64::try_from(i % 300).unwrap()),
+                );
+            }
+        }
+        let dir = artifacts::live::live_verdicts_in(artifacts::live::run_dir_of(
+            h.store.key_of(FIRST_URI).unwrap(),
+        ));
+        h.store
+            .put_json(&artifacts::live::pod_file(&dir, pod), &v)
+            .await
+            .unwrap();
+    }
+}
+
+/// The champion FIRST's metrics: on its test set it predicted every class equally often.
+async fn put_balanced_champion(h: &Harness) {
+    h.put_weights(FIRST_URI).await;
+    let mut m = run_metrics(FIRST, 0.8, None);
+    m.confusion_matrix = vec![
+        vec![10, 0, 0, 0],
+        vec![0, 10, 0, 0],
+        vec![0, 0, 10, 0],
+        vec![0, 0, 0, 10],
+    ];
+    h.put_legacy_metrics(&m).await;
+}
+
+fn drift_watching() -> SimpsonModel {
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.spec.triggers.prediction_drift = Some(face2simpson_operator::crd::PredictionDriftTrigger {
+        window_seconds: 3600,
+        max_psi: 0.25,
+        min_verdicts: 100,
+        poll_seconds: 60,
+        min_interval_seconds: 3600,
+    });
+    sm
+}
+
+#[tokio::test]
+async fn live_verdicts_of_one_class_start_a_drift_run() {
+    let now = "2026-11-02T00:00:00Z";
+    let h = Harness::new(
+        now,
+        vec![
+            Step::list_jobs(jobs()),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            Step::create_job(),
+            Step::patch_status(),
+            Step::event(),
+        ],
+    );
+    put_balanced_champion(&h).await;
+    put_live(&h, [0, 0, 150, 0], now).await;
+    reconcile(Arc::new(drift_watching()), h.ctx.clone())
+        .await
+        .unwrap();
+    let seen = h.finish().await;
+    assert_eq!(
+        seen[4].body["metadata"]["name"],
+        "homer-drift-20261102-000000"
+    );
+    let status = status_of(&seen[5]);
+    assert_eq!(status.last_run.unwrap().trigger, "Drift");
+    let drift = status.drift.unwrap();
+    assert_eq!((drift.verdicts, drift.run_id.as_str()), (300, FIRST));
+    assert!(drift.psi > 1.0, "{drift:?}");
+}
+
+#[tokio::test]
+async fn live_verdicts_like_the_test_set_start_nothing() {
+    let now = "2026-11-02T00:00:00Z";
+    let h = Harness::new(
+        now,
+        vec![
+            Step::list_jobs(jobs()),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            Step::patch_status(),
+        ],
+    );
+    put_balanced_champion(&h).await;
+    put_live(&h, [40, 35, 38, 37], now).await;
+    let action = reconcile(Arc::new(drift_watching()), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    let status = status_of(&h.finish().await[4]);
+    let drift = status.drift.unwrap();
+    assert!(drift.psi < 0.01, "{drift:?}");
+    assert_eq!(status.last_run.unwrap().run_id, FIRST, "no run");
+}
+
+#[tokio::test]
+async fn too_few_live_verdicts_are_not_judged() {
+    let now = "2026-11-02T00:00:00Z";
+    let h = Harness::new(
+        now,
+        vec![
+            Step::list_jobs(jobs()),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::get_secret(),
+            // nextRunAt only.
+            Step::patch_status(),
+        ],
+    );
+    put_balanced_champion(&h).await;
+    put_live(&h, [0, 0, 20, 0], now).await;
+    reconcile(Arc::new(drift_watching()), h.ctx.clone())
+        .await
+        .unwrap();
+    let status = status_of(&h.finish().await[4]);
+    assert_eq!(status.drift, None);
+}

@@ -9,6 +9,7 @@
 //! [`retention`] (old runs in the store).
 
 mod dataset;
+mod drift;
 mod evaluate;
 mod housekeeping;
 mod invalid;

@@ -92,6 +92,7 @@ impl Pass<'_> {
                 let deleting = sm.metadata.deletion_timestamp.is_some();
                 // Looked at whatever else happens, so the settle clock runs while a Job does.
                 let data = self.dataset_change(last_run_start).await?;
+                let drift = self.prediction_drift(last_run_start).await?;
                 let trigger = if active || awaiting || suspended || deleting {
                     None
                 } else if let Some(r) = &manual {
@@ -111,6 +112,8 @@ impl Pass<'_> {
                         builders::data_run_id(&self.name, &fingerprint),
                         Trigger::DatasetChange,
                     ))
+                } else if drift {
+                    Some((builders::drift_run_id(&self.name, now), Trigger::Drift))
                 } else {
                     retry_at
                         .filter(|at| *at <= now)
