@@ -707,7 +707,7 @@ macro_rules! state_enum {
 }
 
 state_enum! {
-    /// Where a model is in its lifecycle: Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
+    /// Where a model is in its lifecycle: Pending (no model yet), Training, Shadowing (a candidate is scored on live traffic), RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     Phase {
         /// No model has been served yet.
         Pending,
@@ -798,7 +798,7 @@ pub struct SimpsonModelStatus {
     /// Standard conditions: Ready (the champion's rollout is complete and available), Training (a Job runs), Degraded (something needs attention).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Pending (no model yet), Training, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
+    /// Pending (no model yet), Training, Shadowing, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The model in service.
