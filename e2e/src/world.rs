@@ -354,13 +354,19 @@ impl World {
 
     /// A real prediction over HTTP: the verdicts for a synthetic head from the dataset.
     pub async fn predict(&self, endpoint: &str) -> Result<Value> {
-        let image = std::fs::read(
-            self.store
-                .bucket_dir()
-                .join(STORE_PREFIX)
-                .join("datasets/current/test/homer/00000.png"),
-        )
-        .context("the dataset's first test image")?;
+        self.predict_image(endpoint, "test/homer/00000.png").await
+    }
+
+    /// Uploads the dataset image `image` (relative to the dataset) as a user would: the
+    /// service's answer.
+    pub async fn predict_image(&self, endpoint: &str, image: &str) -> Result<Value> {
+        let path = self
+            .store
+            .bucket_dir()
+            .join(STORE_PREFIX)
+            .join("datasets/current")
+            .join(image);
+        let image = std::fs::read(&path).with_context(|| format!("{}", path.display()))?;
         let response = crate::paths::http()
             .post(format!("{endpoint}/v1/predict"))
             .header("content-type", "image/png")
@@ -371,6 +377,32 @@ impl World {
         let body: Value = response.json().await?;
         ensure!(status.is_success(), "/v1/predict answered {status}: {body}");
         Ok(body)
+    }
+
+    /// `n` uploads of the test images of `class`, spread over the serving pods, one at a time
+    /// (the live traffic the shadow stage and drift detection see).
+    pub async fn upload_photos(&self, n: usize, class: &str) -> Result<()> {
+        let endpoints = self.serving_endpoints().await?;
+        ensure!(!endpoints.is_empty(), "no serving pod");
+        let dir = self
+            .store
+            .bucket_dir()
+            .join(STORE_PREFIX)
+            .join("datasets/current/test")
+            .join(class);
+        let mut images: Vec<String> = std::fs::read_dir(&dir)
+            .with_context(|| format!("{}", dir.display()))?
+            .filter_map(|e| Some(e.ok()?.file_name().to_string_lossy().into_owned()))
+            .filter(|name| !name.starts_with('.'))
+            .collect();
+        images.sort();
+        ensure!(!images.is_empty(), "no test image of {class}");
+        for i in 0..n {
+            let endpoint = &endpoints[i % endpoints.len()];
+            let image = format!("test/{class}/{}", images[i % images.len()]);
+            self.predict_image(endpoint, &image).await?;
+        }
+        Ok(())
     }
 
     /// A run's metrics.json where the operator keys the model's runs; `None` when absent.
