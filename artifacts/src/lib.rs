@@ -3,7 +3,7 @@
 //! Trainer, operator and inference never talk to each other directly: they meet in object
 //! storage. This crate owns that meeting point — where each object lives ([`layout`]), what
 //! `metrics.json` and `champion.json` contain ([`metrics`]), the decisions taken about a model's
-//! runs ([`history`]), whether a dataset changed ([`listing`]), what the served-path validation of a run found ([`validation`]), how a
+//! runs ([`history`]), whether a dataset changed ([`listing`]), what the inference pods report about live traffic ([`live`]), what the served-path validation of a run found ([`validation`]), how a
 //! store URL is opened
 //! ([`storage`]) and the rule that decides whether a new model replaces the champion
 //! ([`gate`]). It depends on neither libtorch nor Kubernetes so the operator stays small.
@@ -12,6 +12,7 @@ pub mod gate;
 pub mod history;
 pub mod layout;
 pub mod listing;
+pub mod live;
 pub mod metrics;
 pub mod storage;
 pub mod validation;
