@@ -12,8 +12,8 @@ use face2simpson_inference::faces::FaceDetector;
 use face2simpson_inference::serve::{ServeConfig, serve};
 use face2simpson_inference::validate::{self, Thresholds, ValidateConfig};
 use face2simpson_inference::{
-    AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, LoadError, RuntimeConfig, app,
-    load_detector, load_model,
+    AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, LoadError, ReportConfig,
+    RuntimeConfig, app, load_detector, load_model,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -76,6 +76,36 @@ struct ServeArgs {
     /// Seconds open connections get to finish after the listener closed.
     #[arg(long, env = "SHUTDOWN_DEADLINE_SECS", default_value_t = 10)]
     shutdown_deadline_secs: u64,
+    /// This pod's name, which its report files are named after (the operator sets it from the
+    /// downward API). Default: $HOSTNAME, else "local".
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Full store URL of the model's shadow.json (s3://…/runs/<ns>/<model>/shadow.json): the
+    /// candidate it names is loaded beside the champion and scored on sampled requests, off the
+    /// response path. Unset: no shadow stage.
+    #[arg(long, env = "SHADOW_URI")]
+    shadow_uri: Option<String>,
+    /// Seconds between polls of shadow.json and writes of this pod's report files (live
+    /// verdicts, shadow report).
+    #[arg(long, env = "REPORT_SECONDS", default_value_t = 10.0, value_parser = positive)]
+    report_seconds: f64,
+}
+
+impl ServeArgs {
+    fn reports(&self, runtime: RuntimeConfig) -> ReportConfig {
+        let pod = self
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "local".to_owned());
+        ReportConfig {
+            pod,
+            interval: Duration::from_secs_f64(self.report_seconds),
+            shadow_uri: self.shadow_uri.clone().filter(|u| !u.is_empty()),
+            runtime,
+        }
+    }
 }
 
 /// How a model is loaded and a request answered: the same for serving and `validate` (given
@@ -185,6 +215,15 @@ fn fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a positive number of seconds"))
     }
 }
 
@@ -354,6 +393,13 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
     let uri = args.model.clone().unwrap_or_default();
     let model = uri.clone();
     let image_size = common.image_size;
+    let reports = args.reports(runtime.clone());
+    tracing::info!(
+        pod = %reports.pod,
+        shadow_uri = reports.shadow_uri.as_deref(),
+        report_seconds = reports.interval.as_secs_f64(),
+        "reporting to the store"
+    );
     let loader = tokio::spawn(async move {
         tracing::info!(model = %uri, "loading model");
         let (models, info) = load_model(&uri, image_size, &runtime).await?;
@@ -367,7 +413,11 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
             "model ready"
         );
         loader_state.install(models, info, batch)?;
-        anyhow::Ok(())
+        // After the champion is in service: a candidate never competes with its loading.
+        let reporters = loader_state
+            .start_reports(&uri, reports)
+            .context("invalid SHADOW_URI")?;
+        anyhow::Ok(reporters)
     });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -389,15 +439,16 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
         shutdown_signal(),
     );
     let mut server = std::pin::pin!(server);
-    tokio::select! {
+    // Held until the server ends; dropping it stops the report tasks.
+    let _reporters = tokio::select! {
         served = &mut server => return served.context("server failed"),
         loaded = loader => match loaded {
-            Ok(Ok(())) => {}
+            Ok(Ok(reporters)) => reporters,
             // A model that cannot load is fatal: the pod restarts and the reason is in its log.
             Ok(Err(e)) => return Err(e.context(format!("cannot serve {model}"))),
             Err(e) => anyhow::bail!("model loader panicked: {e}"),
         },
-    }
+    };
     server.await.context("server failed")
 }
 
@@ -426,6 +477,8 @@ mod tests {
             cli.serve.model.as_deref(),
             Some("file:///s/runs/r1/model.safetensors")
         );
+        assert_eq!(cli.serve.report_seconds, 10.0);
+        assert!(cli.serve.shadow_uri.is_none());
         assert_eq!(cli.common.threads, Some(3));
 
         let cli = Cli::try_parse_from([
