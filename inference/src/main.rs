@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use face2simpson_inference::faces::FaceDetector;
+use face2simpson_inference::report_store::StoreFile;
 use face2simpson_inference::serve::{ServeConfig, serve};
 use face2simpson_inference::validate::{self, Thresholds, ValidateConfig};
 use face2simpson_inference::{
@@ -394,6 +395,11 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
     let model = uri.clone();
     let image_size = common.image_size;
     let reports = args.reports(runtime.clone());
+    // A SHADOW_URI that names no file in a store is a configuration error: fail before
+    // listening, so a rollout with it stops at the first pod instead of never shadowing.
+    if let Some(uri) = &reports.shadow_uri {
+        StoreFile::open(uri).with_context(|| format!("invalid SHADOW_URI {uri:?}"))?;
+    }
     tracing::info!(
         pod = %reports.pod,
         shadow_uri = reports.shadow_uri.as_deref(),
@@ -479,6 +485,26 @@ mod tests {
         );
         assert_eq!(cli.serve.report_seconds, 10.0);
         assert!(cli.serve.shadow_uri.is_none());
+
+        let shadowed = Cli::try_parse_from([
+            "face2simpson-inference",
+            "--model=s3://b/runs/ns/m/r1/model.safetensors",
+            "--pod-name=web-7d9",
+            "--shadow-uri=s3://b/runs/ns/m/shadow.json",
+            "--report-seconds=0.5",
+        ])
+        .unwrap();
+        let reports = shadowed.serve.reports(shadowed.common.runtime());
+        assert_eq!(reports.pod, "web-7d9");
+        assert_eq!(
+            reports.shadow_uri.as_deref(),
+            Some("s3://b/runs/ns/m/shadow.json")
+        );
+        assert_eq!(reports.interval, Duration::from_millis(500));
+        assert!(
+            Cli::try_parse_from(["face2simpson-inference", "--model=m", "--report-seconds=0"])
+                .is_err()
+        );
         assert_eq!(cli.common.threads, Some(3));
 
         let cli = Cli::try_parse_from([

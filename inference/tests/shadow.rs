@@ -223,6 +223,37 @@ async fn the_report_of_a_candidate_equal_to_the_champion_has_no_disagreement() {
     assert!(shadow["champion_p95_ms"].as_f64().is_some(), "{card}");
     assert!(shadow["candidate_p95_ms"].as_f64().is_some(), "{card}");
 
+    // Another pod's report is merged into the card; one from before the stage, or on another
+    // candidate, is not.
+    let other = |pod: &str, candidate: &str, ago: i64| ShadowReport {
+        pod: pod.into(),
+        candidate_run_id: candidate.into(),
+        champion_run_id: "r1".into(),
+        updated_at: chrono::Utc::now() - chrono::Duration::minutes(ago),
+        sampled: 10,
+        scored: 10,
+        faces: 10,
+        disagreements: 5,
+        ..ShadowReport::default()
+    };
+    let s = store(dir.path());
+    for (key, report) in [
+        ("runs/r2/shadow/other.json", other("other", "r2", 0)),
+        ("runs/r2/shadow/stale.json", other("stale", "r2", 60)),
+        ("runs/r2/shadow/confused.json", other("confused", "r0", 0)),
+    ] {
+        s.put_json(key, &report).await.unwrap();
+    }
+    let card = eventually("the card to merge two pods", async || {
+        let c = get_card(&state).await;
+        (c["shadow"]["pods"] == 2).then_some(c)
+    })
+    .await;
+    let shadow = &card["shadow"];
+    assert_eq!(shadow["scored"], 12, "{card}");
+    assert_eq!(shadow["disagreements"], 5, "{card}");
+    assert_eq!(shadow["disagreement_rate"], 5.0 / (10.0 + faces as f64));
+
     // The operator ends the stage: the candidate goes, and the card says nothing of it.
     store(dir.path()).delete("runs/shadow.json").await.unwrap();
     eventually("the stage to end", async || {
