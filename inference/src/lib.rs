@@ -427,9 +427,12 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "cancelled"));
     };
     // Decided before classifying, because the classifier consumes the inputs: only a sampled
-    // request pays for a copy.
+    // request pays for a copy, and not even that under pressure (it would be dropped anyway).
     let shadow = state.inner.shadow.sample();
-    let shadow_inputs = shadow.as_ref().map(|_| inputs.clone());
+    let shadow_inputs = shadow
+        .as_ref()
+        .filter(|_| !state.inner.admission.under_pressure())
+        .map(|_| inputs.clone());
     let classify_started = Instant::now();
     let probs = loaded.batcher.classify(inputs).await?;
     let champion_time = classify_started.elapsed();
@@ -463,12 +466,12 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
     resp.extensions_mut().insert(FaceCount(count));
     // Only now, with the answer built: the candidate never sees a request before the champion
     // answered it, and offering never waits.
-    if let (Some(candidate), Some(inputs)) = (shadow, shadow_inputs) {
-        let job = shadow::Job {
+    if let Some(candidate) = shadow {
+        let job = shadow_inputs.map(|inputs| shadow::Job {
             inputs,
             champion: top,
             champion_time,
-        };
+        });
         let pressure = state.inner.admission.under_pressure();
         candidate.offer(job, pressure, state.metrics());
     }

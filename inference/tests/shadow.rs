@@ -408,3 +408,51 @@ async fn live_verdicts_are_counted_per_class_and_written_when_they_change() {
     let again: LiveVerdicts = store(dir.path()).get_json(&key).await.unwrap();
     assert_eq!(again.updated_at, got.updated_at);
 }
+
+/// A candidate that answers at once.
+struct Instant;
+
+impl Forward for Instant {
+    fn forward(&mut self, _: &[f32], n: usize, _: usize) -> Result<Vec<Probabilities>, String> {
+        Ok(vec![[1.0 / CLASSES.len() as f32; CLASSES.len()]; n])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_under_pressure_drops_samples_before_copying_them() {
+    let dir = tempfile::tempdir().unwrap();
+    // One decode slot: admission's floor is 2 requests in flight.
+    let limits = face2simpson_inference::Limits {
+        max_decodes: 1,
+        ..limits()
+    };
+    let state = ready_state(dir.path(), limits).await;
+    let photo = &photos()[0];
+    let before = predict(&state, photo).await;
+    let candidate = state
+        .shadow()
+        .install(
+            assignment("r9", &url(dir.path(), "runs/r9/model.safetensors"), 1.0),
+            Box::new(Instant),
+            IMAGE_SIZE,
+        )
+        .unwrap();
+    // All admitted at once, decoded one by one: the first answers are sampled while others
+    // still wait for the decode slot.
+    let all = futures::future::join_all((0..6).map(|_| predict(&state, photo))).await;
+    assert!(all.iter().all(|a| *a == before));
+    let r = eventually("the samples to settle", async || {
+        Some(candidate.report()).filter(|r| r.scored + r.dropped == 6)
+    })
+    .await;
+    assert_eq!(r.sampled, 6);
+    // The instant candidate never had its queue full (that takes QUEUE_CAPACITY samples
+    // waiting, all scored later): every drop was the pod's pressure.
+    assert!(r.dropped >= 1 && r.scored < QUEUE_CAPACITY as u64, "{r:?}");
+    // Alone again: sampled and scored.
+    assert_eq!(predict(&state, photo).await, before);
+    eventually("a lone request to be scored", async || {
+        Some(candidate.report()).filter(|c| c.scored == r.scored + 1)
+    })
+    .await;
+}

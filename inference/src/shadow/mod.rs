@@ -121,13 +121,14 @@ impl Candidate {
         is_sampled(n, self.sample_rate())
     }
 
-    /// Hands a sampled request to the worker, or counts it dropped: never waits.
-    pub(crate) fn offer(&self, job: Job, under_pressure: bool, metrics: &Metrics) {
+    /// Hands a sampled request to the worker, or counts it dropped (`job` is `None` when the
+    /// request was already under pressure when sampled): never waits.
+    pub(crate) fn offer(&self, job: Option<Job>, under_pressure: bool, metrics: &Metrics) {
         metrics.shadow_sampled.inc();
         // Counted before the worker can see it, so a report never has more scored than sampled.
         lock(&self.report).sampled += 1;
-        let queued = match (&self.queue, under_pressure) {
-            (Some(queue), false) => match queue.try_send(job) {
+        let queued = match (&self.queue, job, under_pressure) {
+            (Some(queue), Some(job), false) => match queue.try_send(job) {
                 Ok(()) => true,
                 Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => false,
             },
