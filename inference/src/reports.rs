@@ -30,17 +30,6 @@ pub struct Reporters {
     tasks: Vec<JoinHandle<()>>,
 }
 
-impl Reporters {
-    /// Tasks running (live verdicts, shadow stage).
-    pub fn len(&self) -> usize {
-        self.tasks.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty()
-    }
-}
-
 impl Drop for Reporters {
     fn drop(&mut self) {
         for task in &self.tasks {
