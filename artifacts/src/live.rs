@@ -42,6 +42,18 @@ pub fn live_verdicts_in(run_dir: &str) -> String {
     format!("{}/live/", run_dir.trim_end_matches('/'))
 }
 
+/// Where a pod reports on the candidate whose weights are at `weights` (a key or a full URL;
+/// the result is of the same kind): `<run dir>/shadow/<pod>.json`.
+pub fn shadow_report_of(weights: &str, pod: &str) -> String {
+    pod_file(&shadow_reports_in(run_dir_of(weights)), pod)
+}
+
+/// Where a pod counts the verdicts of the champion whose weights are at `weights` (a key or a
+/// full URL): `<run dir>/live/<pod>.json`.
+pub fn live_verdicts_of(weights: &str, pod: &str) -> String {
+    pod_file(&live_verdicts_in(run_dir_of(weights)), pod)
+}
+
 /// A pod's file name: its name, reduced to what is safe in a key.
 pub fn pod_file(dir: &str, pod: &str) -> String {
     let safe: String = pod
@@ -207,6 +219,29 @@ impl LiveVerdicts {
         self.minutes.retain(|m, _| *m > oldest);
     }
 
+    /// Counts the verdicts `classes` (one per face) at `at`. Unlike calling [`Self::record`]
+    /// per face, it forgets old minutes only when a new minute starts, so the request path
+    /// pays for the retention sweep once a minute instead of on every verdict.
+    pub fn record_all(&mut self, classes: &[usize], at: DateTime<Utc>) {
+        let Some(&top) = classes.iter().max() else {
+            return;
+        };
+        let minute = at.timestamp().div_euclid(60);
+        let n = self.classes.len().max(top + 1);
+        let new_minute = !self.minutes.contains_key(&minute);
+        let counts = self.minutes.entry(minute).or_insert_with(|| vec![0; n]);
+        if counts.len() < n {
+            counts.resize(n, 0);
+        }
+        for &c in classes {
+            counts[c] += 1;
+        }
+        if new_minute {
+            let oldest = minute - LIVE_RETENTION_MINUTES;
+            self.minutes.retain(|m, _| *m > oldest);
+        }
+    }
+
     /// Verdicts per class in the minutes of `[from, to]`.
     pub fn window(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<u64> {
         let (a, b) = (
@@ -324,6 +359,38 @@ mod tests {
     }
 
     #[test]
+    fn record_all_counts_every_face_like_record() {
+        let classes = vec!["homer".into(), "marge".into(), "bart".into()];
+        let (mut one, mut all) = (
+            LiveVerdicts {
+                classes: classes.clone(),
+                ..Default::default()
+            },
+            LiveVerdicts {
+                classes,
+                ..Default::default()
+            },
+        );
+        for (faces, t) in [
+            (vec![0, 2, 2], "2026-12-01T00:00:10Z"),
+            (vec![], "2026-12-01T00:00:20Z"),
+            (vec![1], "2026-12-01T00:03:00Z"),
+            (vec![0], "2026-12-02T00:04:00Z"),
+        ] {
+            for &f in &faces {
+                one.record(f, at(t));
+            }
+            all.record_all(&faces, at(t));
+        }
+        assert_eq!(one.minutes, all.minutes);
+        assert_eq!(
+            all.minutes.len(),
+            1,
+            "a day later the first minutes are gone"
+        );
+    }
+
+    #[test]
     fn reports_merge_and_keys_are_safe() {
         let mut a = ShadowReport {
             scored: 2,
@@ -345,5 +412,13 @@ mod tests {
         );
         assert_eq!(run_dir_of("runs/ns/m/r1/model.safetensors"), "runs/ns/m/r1");
         assert_eq!(shadow_assignment_in("runs/ns/m/"), "runs/ns/m/shadow.json");
+        assert_eq!(
+            shadow_report_of("s3://b/runs/ns/m/r2/model.safetensors", "pod-1"),
+            "s3://b/runs/ns/m/r2/shadow/pod-1.json"
+        );
+        assert_eq!(
+            live_verdicts_of("runs/ns/m/r1/model.safetensors", "pod-1"),
+            "runs/ns/m/r1/live/pod-1.json"
+        );
     }
 }

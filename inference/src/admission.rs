@@ -147,6 +147,25 @@ impl Admission {
         self.lock().in_flight
     }
 
+    /// True when the service is busy enough that optional work (the shadow stage) should give
+    /// way: every decode slot is taken with as many uploads waiting behind them (`floor`), or
+    /// the other requests in flight would take more than half the queue-wait budget to drain
+    /// (admission is half way to turning newcomers away). Asked by a request in flight, which
+    /// does not count itself: a lone slow request is no pressure. Cheap: one lock.
+    pub fn under_pressure(&self) -> bool {
+        let s = self.lock();
+        if s.in_flight >= self.config.floor.min(self.config.cap) {
+            return true;
+        }
+        match (self.config.max_queue_wait, s.per_request) {
+            (Some(budget), Some(per_request)) => {
+                let others = u32::try_from(s.in_flight.saturating_sub(1)).unwrap_or(u32::MAX);
+                per_request.saturating_mul(others).saturating_mul(2) > budget
+            }
+            _ => false,
+        }
+    }
+
     /// The measured time per request, once a window of completions has been seen.
     pub fn per_request(&self) -> Option<Duration> {
         self.lock().per_request
@@ -211,6 +230,38 @@ mod tests {
         drop(tickets);
         assert_eq!(a.in_flight(), 0);
         assert!(a.try_admit_at(t).is_ok());
+    }
+
+    #[test]
+    fn pressure_starts_at_the_floor_or_at_half_the_budget() {
+        let a = Admission::new(config(2, 5, None));
+        let t = Instant::now();
+        let first = a.try_admit_at(t).unwrap();
+        assert!(!a.under_pressure());
+        let second = a.try_admit_at(t).unwrap();
+        assert!(
+            a.under_pressure(),
+            "every decode slot taken, as many waiting"
+        );
+        drop((first, second));
+        assert!(!a.under_pressure());
+
+        let a = Admission::new(config(10, 64, Some(100)));
+        let t = one_by_one(&a, Instant::now(), WINDOW, 20 * MS);
+        assert_eq!(a.per_request(), Some(20 * MS));
+        // The asking request and two others: 40 ms of 100 queued besides it.
+        let tickets: Vec<_> = (0..3).map(|_| a.try_admit_at(t).unwrap()).collect();
+        assert!(!a.under_pressure());
+        // Three others: 60 ms, more than half the budget.
+        let more = a.try_admit_at(t).unwrap();
+        assert!(a.under_pressure());
+        drop((tickets, more));
+        // A lone request is no pressure, however slow.
+        let a = Admission::new(config(10, 64, Some(100)));
+        let t = one_by_one(&a, Instant::now(), WINDOW, 500 * MS);
+        let lone = a.try_admit_at(t).unwrap();
+        assert!(!a.under_pressure());
+        drop(lone);
     }
 
     #[test]

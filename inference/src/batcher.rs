@@ -20,6 +20,14 @@ use crate::metrics::Metrics;
 /// Class probabilities for one image, in [`CLASSES`] order.
 pub type Probabilities = [f32; CLASSES.len()];
 
+/// The index of the most probable class (the last of equals, as `Iterator::max_by` picks).
+pub fn top1(p: &Probabilities) -> usize {
+    p.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct BatchConfig {
     /// Most images in one forward pass; larger requests are split.

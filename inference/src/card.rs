@@ -42,6 +42,44 @@ pub struct ModelCard {
     pub decision: Option<DecisionCard>,
     /// The last runs of this model with their decisions, oldest first (at most 20).
     pub history: Vec<HistoryPoint>,
+    /// The candidate being shadow-tested beside this model on live requests, while a shadow
+    /// stage runs (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowCard>,
+}
+
+/// A shadow stage as the card shows it: every pod's report on the candidate, merged (or this
+/// pod's own counts when the store cannot be read, `pods` 0).
+#[derive(Debug, Clone, Default, Serialize, ToSchema)]
+pub struct ShadowCard {
+    /// The candidate's run.
+    pub run_id: String,
+    /// When the operator began the stage (RFC 3339).
+    pub stage_started_at: String,
+    /// Share of answered requests also scored by the candidate.
+    pub sample_rate: f64,
+    /// Pods whose reports are merged here; 0 when only this pod's counts are shown.
+    pub pods: usize,
+    /// Answered requests sampled (scored or dropped).
+    pub sampled: u64,
+    /// Sampled requests the candidate scored.
+    pub scored: u64,
+    /// Sampled requests dropped unscored (shadow queue full, pod under pressure).
+    pub dropped: u64,
+    /// Faces both models classified.
+    pub faces: u64,
+    /// Faces whose top verdict differs.
+    pub disagreements: u64,
+    /// `disagreements / faces`; `None` before any face was scored.
+    pub disagreement_rate: Option<f64>,
+    /// Sampled requests the candidate failed on.
+    pub errors: u64,
+    /// p95 of the champion's classification time on the scored requests (bucket upper bound).
+    pub champion_p95_ms: Option<f64>,
+    /// p95 of the candidate's, on the same inputs.
+    pub candidate_p95_ms: Option<f64>,
+    /// Why the candidate could not be loaded (it then scores nothing); storage URLs removed.
+    pub load_error: Option<String>,
 }
 
 /// The served-path validation of the run (`validation.json`).
@@ -236,6 +274,7 @@ impl ModelCard {
             }),
             decision,
             history,
+            shadow: None,
         }
     }
 }

@@ -13,9 +13,13 @@ pub mod admission;
 pub mod batcher;
 pub mod card;
 pub mod error;
+pub mod live;
 pub mod load;
 pub mod metrics;
+pub mod report_store;
+pub mod reports;
 pub mod serve;
+pub mod shadow;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -38,10 +42,13 @@ use utoipa::{OpenApi, ToSchema};
 use crate::admission::{Admission, AdmissionConfig, Rejection};
 
 pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
-pub use crate::card::ModelCard;
+pub use crate::card::{ModelCard, ShadowCard};
 pub use crate::error::{ApiError, ErrorBody};
+use crate::live::VerdictCounter;
 pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
+pub use crate::reports::{ReportConfig, Reporters};
+use crate::shadow::Shadow;
 use pipeline::{FaceBox, FaceDetector};
 pub use pipeline::{faces, runtime};
 
@@ -111,6 +118,9 @@ struct Inner {
     admission: Arc<Admission>,
     decodes: Arc<Semaphore>,
     draining: AtomicBool,
+    /// The champion's verdicts, for the live verdict reports.
+    verdicts: VerdictCounter,
+    shadow: Shadow,
 }
 
 /// Shared state; starts unready and becomes ready once [`AppState::install`] is called.
@@ -129,10 +139,13 @@ impl std::fmt::Debug for AppState {
 
 impl AppState {
     pub fn new(limits: Limits, detector: Arc<FaceDetector>) -> Self {
+        let metrics = Arc::new(Metrics::default());
         Self {
             inner: Arc::new(Inner {
                 loaded: OnceLock::new(),
-                metrics: Arc::new(Metrics::default()),
+                shadow: Shadow::new(metrics.clone()),
+                verdicts: VerdictCounter::default(),
+                metrics,
                 detector,
                 limits,
                 admission: Admission::new(limits.admission()),
@@ -168,6 +181,33 @@ impl AppState {
 
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// The shadow stage (a candidate scored beside the champion on sampled requests).
+    pub fn shadow(&self) -> &Shadow {
+        &self.inner.shadow
+    }
+
+    /// The champion's run id, once loaded.
+    pub fn champion_run_id(&self) -> Option<String> {
+        self.inner.loaded.get().and_then(|l| l.info.run_id.clone())
+    }
+
+    /// The champion's input size, once loaded.
+    pub fn image_size(&self) -> Option<u32> {
+        self.inner.loaded.get().map(|l| l.info.image_size)
+    }
+
+    /// This pod's live verdict counts for the champion, as the report file holds them; `None`
+    /// until the model is loaded.
+    pub fn live_verdicts(&self, pod: &str) -> Option<artifacts::live::LiveVerdicts> {
+        let info = &self.inner.loaded.get()?.info;
+        let mut v = self.inner.verdicts.snapshot();
+        v.pod = pod.to_owned();
+        v.run_id = info.run_id.clone().unwrap_or_default();
+        v.classes.clone_from(&info.classes);
+        v.updated_at = chrono::Utc::now();
+        Some(v)
     }
 
     /// Puts a loaded, warmed-up model into service.
@@ -224,11 +264,7 @@ pub struct UploadForm {
 }
 
 fn verdict(p: &Probabilities) -> (String, BTreeMap<String, f32>) {
-    let best = p
-        .iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map_or(0, |(i, _)| i);
+    let best = batcher::top1(p);
     let map = CLASSES
         .iter()
         .zip(p)
@@ -390,7 +426,18 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
     let Prepared::Ready(boxes, inputs) = prepared else {
         return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "cancelled"));
     };
+    // Decided before classifying, because the classifier consumes the inputs: only a sampled
+    // request pays for a copy, and not even that under pressure (it would be dropped anyway).
+    let shadow = state.inner.shadow.sample();
+    let shadow_inputs = shadow
+        .as_ref()
+        .filter(|_| !state.inner.admission.under_pressure())
+        .map(|_| inputs.clone());
+    let classify_started = Instant::now();
     let probs = loaded.batcher.classify(inputs).await?;
+    let champion_time = classify_started.elapsed();
+    let top: Vec<usize> = probs.iter().map(batcher::top1).collect();
+    state.inner.verdicts.record(&top);
     let faces: Vec<Face> = boxes
         .iter()
         .zip(&probs)
@@ -417,6 +464,17 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
     })
     .into_response();
     resp.extensions_mut().insert(FaceCount(count));
+    // Only now, with the answer built: the candidate never sees a request before the champion
+    // answered it, and offering never waits.
+    if let Some(candidate) = shadow {
+        let job = shadow_inputs.map(|inputs| shadow::Job {
+            inputs,
+            champion: top,
+            champion_time,
+        });
+        let pressure = state.inner.admission.under_pressure();
+        candidate.offer(job, pressure, state.metrics());
+    }
     Ok(resp)
 }
 
@@ -436,12 +494,14 @@ async fn model_info(State(state): State<AppState>) -> Result<Json<ModelInfo>, Ap
 /// accuracies with their decisions (what the page shows under "About this model").
 #[utoipa::path(get, path = "/v1/model/card", responses((status = 200, body = ModelCard), (status = 503, description = "Model loading", body = ErrorBody)))]
 async fn model_card(State(state): State<AppState>) -> Result<Json<ModelCard>, ApiError> {
-    state
-        .inner
-        .loaded
-        .get()
-        .map(|l| Json(l.info.card.as_ref().clone()))
-        .ok_or_else(|| ApiError::busy("the model is still loading"))
+    let Some(loaded) = state.inner.loaded.get() else {
+        return Err(ApiError::busy("the model is still loading"));
+    };
+    let mut card = loaded.info.card.as_ref().clone();
+    if let Some(candidate) = state.inner.shadow.current() {
+        card.shadow = Some(state.inner.shadow.card.get(&candidate).await);
+    }
+    Ok(Json(card))
 }
 
 /// Liveness: 200 while the process can serve; 503 once every model worker has died.
@@ -505,6 +565,7 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         card::PipelineCard,
         card::DecisionCard,
         card::HistoryPoint,
+        card::ShadowCard,
         ErrorBody,
         UploadForm
     ))

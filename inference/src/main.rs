@@ -9,11 +9,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use face2simpson_inference::faces::FaceDetector;
+use face2simpson_inference::report_store::StoreFile;
 use face2simpson_inference::serve::{ServeConfig, serve};
 use face2simpson_inference::validate::{self, Thresholds, ValidateConfig};
 use face2simpson_inference::{
-    AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, LoadError, RuntimeConfig, app,
-    load_detector, load_model,
+    AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, LoadError, ReportConfig,
+    RuntimeConfig, app, load_detector, load_model,
 };
 use tracing_subscriber::EnvFilter;
 
@@ -76,6 +77,36 @@ struct ServeArgs {
     /// Seconds open connections get to finish after the listener closed.
     #[arg(long, env = "SHUTDOWN_DEADLINE_SECS", default_value_t = 10)]
     shutdown_deadline_secs: u64,
+    /// This pod's name, which its report files are named after (the operator sets it from the
+    /// downward API). Default: $HOSTNAME, else "local".
+    #[arg(long, env = "POD_NAME")]
+    pod_name: Option<String>,
+    /// Full store URL of the model's shadow.json (s3://…/runs/<ns>/<model>/shadow.json): the
+    /// candidate it names is loaded beside the champion and scored on sampled requests, off the
+    /// response path. Unset: no shadow stage.
+    #[arg(long, env = "SHADOW_URI")]
+    shadow_uri: Option<String>,
+    /// Seconds between polls of shadow.json and writes of this pod's report files (live
+    /// verdicts, shadow report).
+    #[arg(long, env = "REPORT_SECONDS", default_value_t = 10.0, value_parser = positive)]
+    report_seconds: f64,
+}
+
+impl ServeArgs {
+    fn reports(&self, runtime: RuntimeConfig) -> ReportConfig {
+        let pod = self
+            .pod_name
+            .clone()
+            .or_else(|| std::env::var("HOSTNAME").ok())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "local".to_owned());
+        ReportConfig {
+            pod,
+            interval: Duration::from_secs_f64(self.report_seconds),
+            shadow_uri: self.shadow_uri.clone().filter(|u| !u.is_empty()),
+            runtime,
+        }
+    }
 }
 
 /// How a model is loaded and a request answered: the same for serving and `validate` (given
@@ -185,6 +216,15 @@ fn fraction(s: &str) -> Result<f64, String> {
         Ok(v)
     } else {
         Err(format!("{v} is not between 0 and 1"))
+    }
+}
+
+fn positive(s: &str) -> Result<f64, String> {
+    let v: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if v.is_finite() && v > 0.0 && v < 1e9 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is not a positive number of seconds"))
     }
 }
 
@@ -354,6 +394,18 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
     let uri = args.model.clone().unwrap_or_default();
     let model = uri.clone();
     let image_size = common.image_size;
+    let reports = args.reports(runtime.clone());
+    // A SHADOW_URI that names no file in a store is a configuration error: fail before
+    // listening, so a rollout with it stops at the first pod instead of never shadowing.
+    if let Some(uri) = &reports.shadow_uri {
+        StoreFile::open(uri).with_context(|| format!("invalid SHADOW_URI {uri:?}"))?;
+    }
+    tracing::info!(
+        pod = %reports.pod,
+        shadow_uri = reports.shadow_uri.as_deref(),
+        report_seconds = reports.interval.as_secs_f64(),
+        "reporting to the store"
+    );
     let loader = tokio::spawn(async move {
         tracing::info!(model = %uri, "loading model");
         let (models, info) = load_model(&uri, image_size, &runtime).await?;
@@ -367,7 +419,11 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
             "model ready"
         );
         loader_state.install(models, info, batch)?;
-        anyhow::Ok(())
+        // After the champion is in service: a candidate never competes with its loading.
+        let reporters = loader_state
+            .start_reports(&uri, reports)
+            .context("invalid SHADOW_URI")?;
+        anyhow::Ok(reporters)
     });
 
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -389,15 +445,16 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
         shutdown_signal(),
     );
     let mut server = std::pin::pin!(server);
-    tokio::select! {
+    // Held until the server ends; dropping it stops the report tasks.
+    let _reporters = tokio::select! {
         served = &mut server => return served.context("server failed"),
         loaded = loader => match loaded {
-            Ok(Ok(())) => {}
+            Ok(Ok(reporters)) => reporters,
             // A model that cannot load is fatal: the pod restarts and the reason is in its log.
             Ok(Err(e)) => return Err(e.context(format!("cannot serve {model}"))),
             Err(e) => anyhow::bail!("model loader panicked: {e}"),
         },
-    }
+    };
     server.await.context("server failed")
 }
 
@@ -425,6 +482,28 @@ mod tests {
         assert_eq!(
             cli.serve.model.as_deref(),
             Some("file:///s/runs/r1/model.safetensors")
+        );
+        assert_eq!(cli.serve.report_seconds, 10.0);
+        assert!(cli.serve.shadow_uri.is_none());
+
+        let shadowed = Cli::try_parse_from([
+            "face2simpson-inference",
+            "--model=s3://b/runs/ns/m/r1/model.safetensors",
+            "--pod-name=web-7d9",
+            "--shadow-uri=s3://b/runs/ns/m/shadow.json",
+            "--report-seconds=0.5",
+        ])
+        .unwrap();
+        let reports = shadowed.serve.reports(shadowed.common.runtime());
+        assert_eq!(reports.pod, "web-7d9");
+        assert_eq!(
+            reports.shadow_uri.as_deref(),
+            Some("s3://b/runs/ns/m/shadow.json")
+        );
+        assert_eq!(reports.interval, Duration::from_millis(500));
+        assert!(
+            Cli::try_parse_from(["face2simpson-inference", "--model=m", "--report-seconds=0"])
+                .is_err()
         );
         assert_eq!(cli.common.threads, Some(3));
 

@@ -30,6 +30,14 @@ pub struct Metrics {
     /// Set from the admission controller when scraped (nothing on the request path).
     pub in_flight: Gauge,
     pub request_cost: Gauge<f64, AtomicU64>,
+    /// The shadow stage (see `shadow`): answered requests sampled for the candidate, those it
+    /// scored, those dropped unscored (queue full, pod under pressure), those it failed on.
+    pub shadow_sampled: Counter,
+    pub shadow_scored: Counter,
+    pub shadow_dropped: Counter,
+    pub shadow_errors: Counter,
+    /// 1 while a candidate is loaded and scored beside the champion.
+    pub shadow_loaded: Gauge,
     registry: Registry,
 }
 
@@ -70,6 +78,8 @@ impl Default for Metrics {
             "Measured busy time per answered prediction; admission turns a newcomer away when this times the requests in flight exceeds the queue-wait budget (0 until measured)",
             request_cost.clone(),
         );
+        let shadow = ShadowMetrics::default();
+        shadow.register(&mut registry);
         Self {
             requests,
             latency,
@@ -77,8 +87,52 @@ impl Default for Metrics {
             queue_depth,
             in_flight,
             request_cost,
+            shadow_sampled: shadow.sampled,
+            shadow_scored: shadow.scored,
+            shadow_dropped: shadow.dropped,
+            shadow_errors: shadow.errors,
+            shadow_loaded: shadow.loaded,
             registry,
         }
+    }
+}
+
+#[derive(Default)]
+struct ShadowMetrics {
+    sampled: Counter,
+    scored: Counter,
+    dropped: Counter,
+    errors: Counter,
+    loaded: Gauge,
+}
+
+impl ShadowMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "shadow_sampled",
+            "Answered predictions sampled for the shadow candidate (scored or dropped)",
+            self.sampled.clone(),
+        );
+        registry.register(
+            "shadow_scored",
+            "Sampled predictions the shadow candidate scored",
+            self.scored.clone(),
+        );
+        registry.register(
+            "shadow_dropped",
+            "Sampled predictions dropped unscored because the shadow queue was full or the pod under pressure",
+            self.dropped.clone(),
+        );
+        registry.register(
+            "shadow_errors",
+            "Sampled predictions the shadow candidate failed on",
+            self.errors.clone(),
+        );
+        registry.register(
+            "shadow_candidate_loaded",
+            "1 while a shadow candidate is loaded beside the champion",
+            self.loaded.clone(),
+        );
     }
 }
 

@@ -301,3 +301,70 @@ async fn about_this_model_draws_the_card_as_svg() {
         png.display()
     );
 }
+
+/// A candidate that gives every class the same probability.
+struct Undecided;
+
+impl face2simpson_inference::Forward for Undecided {
+    fn forward(
+        &mut self,
+        _: &[f32],
+        n: usize,
+        _: usize,
+    ) -> Result<Vec<face2simpson_inference::Probabilities>, String> {
+        Ok(vec![[0.25; 4]; n])
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn about_this_model_shows_a_running_shadow_test() {
+    use tower::ServiceExt;
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state_with_card(dir.path(), limits()).await;
+    let assignment = artifacts::live::ShadowAssignment {
+        run_id: "r9".into(),
+        model_uri: format!("file://{}/runs/r9/model.safetensors", dir.path().display()),
+        sample_rate: 1.0,
+        started_at: chrono::Utc::now(),
+    };
+    let candidate = state
+        .shadow()
+        .install(assignment, Box::new(Undecided), common::IMAGE_SIZE)
+        .unwrap();
+    let req = axum::http::Request::post("/v1/predict")
+        .header("content-type", "image/png")
+        .body(axum::body::Body::from(ASTRONAUT))
+        .unwrap();
+    assert!(
+        app(state.clone())
+            .oneshot(req)
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    for _ in 0..100 {
+        if candidate.report().scored == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(candidate.report().scored, 1);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app(state)).await.unwrap() });
+    let url = format!("http://{addr}/?about");
+    let mut dom = String::new();
+    for _ in 0..3 {
+        dom = String::from_utf8_lossy(&headless(&["--dump-dom"], &url).await.stdout).into_owned();
+        if dom.contains(r#"id="card" data-state="done""#) {
+            break;
+        }
+    }
+    // No other pod's report in the store: this pod's own counts are shown.
+    assert!(
+        dom.contains(r#"<dd id="card-shadow">Shadow test of r9: 1 requests seen, "#),
+        "{dom}"
+    );
+    assert!(dom.contains("% disagreement, p95 "), "{dom}");
+}
