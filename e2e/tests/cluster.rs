@@ -1595,19 +1595,20 @@ async fn unchanged_data_skips_the_schedule_slot() -> Result<()> {
 /// A shadow stage that decides quickly on the e2e traffic: every request sampled, 20 scored
 /// requests enough. The BAD champion and a GOOD challenger disagree on most faces, so the
 /// disagreement limit is off here (the decision table has its unit tests).
-fn shadow_spec(max_latency_ratio: f64) -> serde_json::Value {
+fn shadow_spec(min_requests: u64, max_latency_ratio: f64) -> serde_json::Value {
     json!({"spec": {"promotion": {"shadow": {
-        "enabled": true, "sampleRate": 1.0, "minRequests": 20, "maxDurationSeconds": 600,
+        "enabled": true, "sampleRate": 1.0, "minRequests": min_requests, "maxDurationSeconds": 600,
         "maxDisagreement": 1.0, "maxLatencyRatio": max_latency_ratio, "maxErrorRate": 0.05,
     }}}})
 }
 
-/// Live traffic: uploads photos of `class`, five at a time, until `done` holds for the model
-/// (pods pick up a candidate and flush their reports every few seconds, the operator looks
-/// every 15 s: a fixed number of uploads could all land before a pod loaded the candidate).
+/// Live traffic: uploads photos of `class`, `batch` at a time with `pause` between batches,
+/// until `done` holds for the model (pods pick up a candidate and flush their reports every
+/// few seconds, the operator looks every 15 s: a fixed number of uploads could all land
+/// before a pod loaded the candidate).
 async fn upload_until(
     world: &World,
-    class: &str,
+    (class, batch, pause): (&str, usize, Duration),
     what: &str,
     done: impl Fn(&SimpsonModel) -> bool,
 ) -> Result<SimpsonModel> {
@@ -1623,8 +1624,8 @@ async fn upload_until(
             sm.status,
             world.context()
         );
-        world.upload_photos(5, class).await?;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        world.upload_photos(batch, class).await?;
+        tokio::time::sleep(pause).await;
     }
 }
 
@@ -1653,7 +1654,7 @@ fn shadow_scored(sm: &SimpsonModel) -> bool {
 #[ignore = "needs the control plane: make e2e"]
 async fn better_challenger_is_shadowed_then_promoted_once() -> Result<()> {
     let mut world = World::up("shadow-promote").await?;
-    let (run1, _) = bootstrap_with(&world, BAD, &shadow_spec(50.0)).await?;
+    let (run1, _) = bootstrap_with(&world, BAD, &shadow_spec(60, 50.0)).await?;
     let generation = deployment_generation(&world).await?;
 
     let (run2, sm) = challenge(&world, &run1, GOOD, "better", "Shadowing").await?;
@@ -1669,9 +1670,10 @@ async fn better_challenger_is_shadowed_then_promoted_once() -> Result<()> {
         "one ShadowStarted event"
     );
 
-    // Traffic until the operator has seen the pods score the candidate; then it dies, and the
-    // pods go on shadowing without it.
-    upload_until(&world, "homer", "scored request", shadow_scored).await?;
+    // A trickle of traffic until the operator has seen the pods score the candidate (far from
+    // minRequests); then it dies, and the pods go on shadowing without it.
+    let trickle = ("homer", 2, Duration::from_secs(3));
+    upload_until(&world, trickle, "scored request", shadow_scored).await?;
     world.operator.kill().await?;
     world.upload_photos(10, "marge").await?;
     ensure!(
@@ -1679,17 +1681,12 @@ async fn better_challenger_is_shadowed_then_promoted_once() -> Result<()> {
         "the Deployment rolled during the shadow stage"
     );
     world.operator.restart().await?;
-    let sm = upload_until(
-        &world,
-        "marge",
-        "ShadowPromote",
-        decided_as("ShadowPromote"),
-    )
-    .await?;
+    let busy = ("marge", 5, Duration::from_millis(500));
+    let sm = upload_until(&world, busy, "ShadowPromote", decided_as("ShadowPromote")).await?;
     let run = last_run(&sm)?;
     let shadow = run.shadow.clone().context("no lastRun.shadow")?;
     ensure!(
-        shadow.scored >= 20 && shadow.pods >= 1,
+        shadow.scored >= 60 && shadow.pods >= 1,
         "what the pods reported: {shadow:?}"
     );
     ensure!(champion(&sm)?.run_id == run2.run_id);
@@ -1716,10 +1713,11 @@ async fn better_challenger_is_shadowed_then_promoted_once() -> Result<()> {
 #[ignore = "needs the control plane: make e2e"]
 async fn a_candidate_over_its_latency_budget_is_shadow_rejected() -> Result<()> {
     let world = World::up("shadow-reject").await?;
-    let (run1, _) = bootstrap_with(&world, BAD, &shadow_spec(0.01)).await?;
+    let (run1, _) = bootstrap_with(&world, BAD, &shadow_spec(20, 0.01)).await?;
     let replica_sets = world.replica_sets().await?;
     challenge(&world, &run1, GOOD, "slow", "Shadowing").await?;
-    let sm = upload_until(&world, "bart", "ShadowReject", decided_as("ShadowReject")).await?;
+    let busy = ("bart", 5, Duration::from_millis(500));
+    let sm = upload_until(&world, busy, "ShadowReject", decided_as("ShadowReject")).await?;
     let run = last_run(&sm)?;
     ensure!(
         run.reason
@@ -1755,7 +1753,8 @@ async fn a_burst_of_one_character_starts_a_drift_run() -> Result<()> {
         "minIntervalSeconds": 0,
     }}}});
     let (run1, _) = bootstrap_with(&world, GOOD, &drift).await?;
-    let sm = upload_until(&world, "bart", "run started by drift", |sm| {
+    let busy = ("bart", 5, Duration::from_millis(500));
+    let sm = upload_until(&world, busy, "run started by drift", |sm| {
         sm.status
             .as_ref()
             .and_then(|s| s.last_run.as_ref())
