@@ -189,6 +189,15 @@ pub fn run_jobs_selector(model: &str) -> String {
 }
 
 /// Whether a Job of the model is a served-path validation Job (else a training Job).
+/// Whether `job` is a training or validation Job of `model` (what `run_jobs_selector` selects).
+pub fn is_run_job_of(job: &Job, model: &str) -> bool {
+    let labels = job.labels();
+    labels.get(MODEL_LABEL).map(String::as_str) == Some(model)
+        && labels
+            .get(COMPONENT_LABEL)
+            .is_some_and(|c| c == TRAINING || c == VALIDATION)
+}
+
 pub fn is_validation_job(job: &Job) -> bool {
     job.labels().get(COMPONENT_LABEL).map(String::as_str) == Some(VALIDATION)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
+use face2simpson_operator::controller::Scope;
 use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
 use face2simpson_operator::metrics::Metrics;
 use face2simpson_operator::{Context, SimpsonModel, error_policy_guarded, reconcile_guarded};
@@ -271,10 +272,25 @@ async fn main() -> Result<()> {
             predicates::generation.combine(predicates::annotations),
             Default::default(),
         );
+        // The children's watches wake their model and fill the caches a pass reads instead of
+        // the API server (controller::Caches).
+        let (jobs, jobs_writer) = reflector::store();
+        let (deployments, deployments_writer) = reflector::store();
+        let (services, services_writer) = reflector::store();
+        ctx.caches.add(Scope {
+            namespace: ns.map(str::to_owned),
+            jobs,
+            deployments,
+            services,
+        });
         let controller = Controller::for_stream(changes, models)
-            .owns(api::<Job>(&client, ns), owned.clone())
-            .owns(api::<Deployment>(&client, ns), owned.clone())
-            .owns(api::<Service>(&client, ns), owned)
+            .owns_stream(cached(jobs_writer, api::<Job>(&client, ns), &owned))
+            .owns_stream(cached(
+                deployments_writer,
+                api::<Deployment>(&client, ns),
+                &owned,
+            ))
+            .owns_stream(cached(services_writer, api::<Service>(&client, ns), &owned))
             .with_config(controller::Config::default().concurrency(cli.concurrency))
             .graceful_shutdown_on(shutdown_signal());
         stores.push(controller.store());
@@ -432,4 +448,25 @@ async fn stop_admin(
         Err(_) => warn!("admin server did not stop in time"),
     }
     Ok(())
+}
+
+/// A watch of the children of kind `K` that fills `writer`'s cache and yields what changed.
+fn cached<K>(
+    writer: reflector::store::Writer<K>,
+    api: Api<K>,
+    config: &watcher::Config,
+) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    watcher(api, config.clone())
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects()
 }

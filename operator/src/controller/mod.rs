@@ -8,6 +8,7 @@
 //! data-aware triggers) → [`housekeeping`] (old Jobs) →
 //! [`retention`] (old runs in the store).
 
+mod cache;
 mod dataset;
 mod drift;
 mod evaluate;
@@ -21,6 +22,7 @@ mod schedule;
 mod shadow;
 mod validate;
 
+pub use cache::{Caches, Scope};
 pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
 
 use std::collections::HashMap;
@@ -79,6 +81,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub clock: Clock,
     pub open_storage: StorageOpener,
+    /// Watch caches of the children (empty: every read and apply goes to the API server).
+    pub caches: Caches,
     /// Consecutive failures per resource, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// When each model's dataset was last listed (`triggers.datasetChange` polls). Memory
@@ -111,6 +115,7 @@ impl Context {
             metrics,
             clock,
             open_storage,
+            caches: Caches::default(),
             failures: Mutex::default(),
             dataset_looks: Mutex::default(),
             shadow_published: Mutex::default(),
@@ -140,6 +145,8 @@ impl Context {
         self.failures().remove(&key);
         lock(&self.dataset_looks).remove(&key);
         lock(&self.shadow_published).remove(&key);
+        self.caches
+            .forget(namespace, &builders::inference_name(name));
     }
 
     fn shadow_published(&self, key: &str) -> Option<Option<String>> {

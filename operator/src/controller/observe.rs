@@ -25,16 +25,20 @@ pub(super) fn run_id_of(job: &Job) -> String {
 impl Pass<'_> {
     /// The model's training and validation Jobs, oldest first: the truth about runs in flight.
     pub(super) async fn list_jobs(&self) -> Result<Vec<(Job, JobState)>, Error> {
-        let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
-        let list = api
-            .list(&ListParams::default().labels(&builders::run_jobs_selector(&self.name)))
-            .await
-            .map_err(Error::ListJobs)?;
+        let items = match self.cached_jobs() {
+            Some(jobs) => jobs,
+            None => {
+                let api: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
+                api.list(&ListParams::default().labels(&builders::run_jobs_selector(&self.name)))
+                    .await
+                    .map_err(Error::ListJobs)?
+                    .items
+            }
+        };
         // The label names the model; only the owner reference says it is this incarnation of
         // it (a model deleted and created again under the same name must not inherit the old
         // one's Jobs while the garbage collector removes them).
-        let mut jobs: Vec<(Job, JobState)> = list
-            .items
+        let mut jobs: Vec<(Job, JobState)> = items
             .into_iter()
             .filter(|j| self.owns(j))
             .map(|j| {
@@ -53,6 +57,25 @@ impl Pass<'_> {
                 ))
         });
         Ok(jobs)
+    }
+
+    /// The model's Jobs from the watch cache, when it has listed and holds the Job of the run
+    /// in progress. A Job this operator created a moment ago may not have reached the cache
+    /// yet: then the API server is asked, so a fresh Job is never taken for a vanished one.
+    fn cached_jobs(&self) -> Option<Vec<Job>> {
+        let jobs = self
+            .ctx
+            .caches
+            .jobs(&self.ns, |j| builders::is_run_job_of(j, &self.name))?;
+        let in_progress = self
+            .status
+            .last_run
+            .as_ref()
+            .filter(|r| r.decision.is_none())
+            .map(|r| r.run_id.as_str());
+        in_progress
+            .is_none_or(|id| jobs.iter().any(|j| run_id_of(j) == id))
+            .then_some(jobs)
     }
 
     /// Whether `obj` has this SimpsonModel (by uid) among its owners.

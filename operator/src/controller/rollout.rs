@@ -284,19 +284,7 @@ impl Pass<'_> {
                 }
             }
         }
-        let service = builders::inference_service(self.sm)?;
-        let name = builders::inference_name(&self.name);
-        Api::<Service>::namespaced(self.ctx.client.clone(), &self.ns)
-            .patch(
-                &name,
-                &PatchParams::apply(MANAGER).force(),
-                &Patch::Apply(&service),
-            )
-            .await
-            .map_err(|source| Error::ApplyService {
-                name: name.clone(),
-                source,
-            })?;
+        self.apply_service().await?;
         self.autoscale().await?;
 
         let Some(champion) = self.status.champion.clone() else {
@@ -388,17 +376,45 @@ impl Pass<'_> {
         Ok(())
     }
 
+    /// Applies the Deployment serving `champion`, unless the watch cache shows it exactly as
+    /// this process last applied it (then the cached object, status included, is the answer).
     async fn apply_deployment(&self, champion: &ChampionStatus) -> Result<Deployment, Error> {
         let deployment = builders::inference_deployment(self.sm, champion)?;
+        let caches = &self.ctx.caches;
+        if let Some(cached) = caches.unchanged_deployment(&self.ns, &deployment) {
+            return Ok(cached);
+        }
         let name = builders::inference_name(&self.name);
-        Api::<Deployment>::namespaced(self.ctx.client.clone(), &self.ns)
+        let applied = Api::<Deployment>::namespaced(self.ctx.client.clone(), &self.ns)
             .patch(
                 &name,
                 &PatchParams::apply(MANAGER).force(),
                 &Patch::Apply(&deployment),
             )
             .await
-            .map_err(|source| Error::ApplyDeployment { name, source })
+            .map_err(|source| Error::ApplyDeployment { name, source })?;
+        caches.applied("Deployment", &deployment, &applied);
+        Ok(applied)
+    }
+
+    /// Applies the inference Service, unless it is unchanged since this process applied it.
+    async fn apply_service(&self) -> Result<(), Error> {
+        let service = builders::inference_service(self.sm)?;
+        let caches = &self.ctx.caches;
+        if caches.unchanged_service(&self.ns, &service) {
+            return Ok(());
+        }
+        let name = builders::inference_name(&self.name);
+        let applied = Api::<Service>::namespaced(self.ctx.client.clone(), &self.ns)
+            .patch(
+                &name,
+                &PatchParams::apply(MANAGER).force(),
+                &Patch::Apply(&service),
+            )
+            .await
+            .map_err(|source| Error::ApplyService { name, source })?;
+        caches.applied("Service", &service, &applied);
+        Ok(())
     }
 
     /// Whether a stalled rollout of the champion differs from the last one that became
