@@ -16,6 +16,7 @@ pub mod error;
 pub mod live;
 pub mod load;
 pub mod metrics;
+pub mod oip;
 pub mod report_store;
 pub mod reports;
 pub mod serve;
@@ -47,6 +48,7 @@ pub use crate::error::{ApiError, ErrorBody};
 use crate::live::VerdictCounter;
 pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
+use crate::oip::OipPaths;
 pub use crate::reports::{ReportConfig, Reporters};
 use crate::shadow::Shadow;
 use pipeline::{FaceBox, FaceDetector};
@@ -121,6 +123,8 @@ struct Inner {
     /// The champion's verdicts, for the live verdict reports.
     verdicts: VerdictCounter,
     shadow: Shadow,
+    /// The name the v2 (Open Inference Protocol) routes answer to; see [`oip`].
+    model_name: OnceLock<String>,
 }
 
 /// Shared state; starts unready and becomes ready once [`AppState::install`] is called.
@@ -151,6 +155,7 @@ impl AppState {
                 admission: Admission::new(limits.admission()),
                 decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
                 draining: AtomicBool::new(false),
+                model_name: OnceLock::new(),
             }),
         }
     }
@@ -568,7 +573,8 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         card::ShadowCard,
         ErrorBody,
         UploadForm
-    ))
+    )),
+    modifiers(&OipPaths)
 )]
 pub struct ApiDoc;
 
@@ -680,6 +686,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi))
+        .merge(oip::routes())
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
