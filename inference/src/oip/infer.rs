@@ -122,13 +122,14 @@ async fn run(
             ),
             s => ApiError::new(s, e.body_text()),
         })?;
-    let (request, binary) = wire::split(&headers, body)?;
-    let [input] = request.inputs.as_slice() else {
+    let (mut request, binary) = wire::split(&headers, body)?;
+    let [input] = request.inputs.as_mut_slice() else {
         return Err(bad(format!(
             "send exactly one input, {IMAGE_INPUT:?} (BYTES) or {TENSOR_INPUT:?} (FP32)"
         )));
     };
-    let rows = match (input.name.as_str(), wire::elements(input, binary)?) {
+    let elements = wire::elements(input, binary)?;
+    let rows = match (input.name.as_str(), elements) {
         (IMAGE_INPUT, Elements::Bytes(photos)) => {
             photo(&state, &input.shape, photos, extensions).await?
         }

@@ -111,8 +111,9 @@ pub fn split(headers: &HeaderMap, body: Bytes) -> Result<(InferRequest, Bytes), 
     Ok((request, binary))
 }
 
-/// The one input's elements, from its JSON `data` or from the binary data after the header.
-pub fn elements(input: &RequestInput, binary: Bytes) -> Result<Elements, ApiError> {
+/// The one input's elements, from its JSON `data` (taken, so a base64 photo is not held twice
+/// while it is classified) or from the binary data after the header.
+pub fn elements(input: &mut RequestInput, binary: Bytes) -> Result<Elements, ApiError> {
     let raw = match input.parameters.get("binary_data_size") {
         Some(size) => {
             let size = size
@@ -129,7 +130,7 @@ pub fn elements(input: &RequestInput, binary: Bytes) -> Result<Elements, ApiErro
         }
         None => None,
     };
-    match (input.datatype.as_str(), raw, &input.data) {
+    match (input.datatype.as_str(), raw, &input.data.take()) {
         ("BYTES", Some(raw), _) => Ok(Elements::Bytes(bytes_from_binary(&raw)?)),
         ("BYTES", None, Some(data)) => Ok(Elements::Bytes(bytes_from_json(data)?)),
         ("FP32", Some(raw), _) => fp32_from_binary(&raw).map(Elements::Fp32),
