@@ -76,7 +76,7 @@ e2e: setup setup-e2e ## scenarios against a real API server and controllers (E2E
 	$(CARGO) test --workspace --no-run
 	$(CARGO) test --workspace --test cluster -- --ignored --test-threads=$(E2E_THREADS) $(E2E)
 
-setup-test: ## what tests need beyond setup: Chromium for the page test, helm/kubernetes-validate/hadolint
+setup-test: ## what tests need beyond setup: Chromium for the page test, helm/kubernetes-validate/hadolint, tritonclient for the OIP test
 	@scripts/setup-test.sh
 
 check-packaging: ## helm lint + template, Kubernetes schema, RBAC, example and hadolint checks

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# What the test suite needs beyond `make setup`: the packaging tools (scripts/setup-tools.sh)
+# What the test suite needs beyond `make setup`: the Python tools venv (scripts/setup-tools.sh:
+# packaging checks, tritonclient for inference/tests/oip.rs)
 # and Debian's Chromium, for the web page test. Idempotent.
 set -euo pipefail
 

