@@ -8,11 +8,13 @@
 //! Once every model serves, the bench measures
 //! - **at rest** (`BENCH_REST_SECONDS`, default 60): the operator's requests in that window,
 //!   its CPU and RSS;
+//! - **one pass per model with nothing to do**: every model woken by an annotation no step reads
+//!   (what the hourly requeue of a model at rest amounts to), the requests that costs;
 //! - **one pass per model**: a spec change on every model, the requests it costs per model,
 //!   and the time from each change to the status that reflects it (p50/p99).
 //!
 //! At rest a model is looked at once an hour (`MAX_REQUEUE`) besides what wakes it, so its
-//! hourly cost is the idle window's rate plus one pass.
+//! hourly cost is the idle window's rate plus one pass with nothing to do.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -57,6 +59,9 @@ struct Row {
     lease_requests_per_h: f64,
     idle_requests_per_model_h: f64,
     idle_writes_per_model_h: f64,
+    /// A pass with nothing to do: the hourly look at a model at rest.
+    noop_requests: f64,
+    noop_writes: f64,
     pass_requests: f64,
     pass_writes: f64,
     rss_mib: f64,
@@ -67,11 +72,11 @@ struct Row {
 
 impl Row {
     fn requests_per_model_h(&self) -> f64 {
-        self.idle_requests_per_model_h + PASSES_PER_HOUR_AT_REST * self.pass_requests
+        self.idle_requests_per_model_h + PASSES_PER_HOUR_AT_REST * self.noop_requests
     }
 
     fn writes_per_model_h(&self) -> f64 {
-        self.idle_writes_per_model_h + PASSES_PER_HOUR_AT_REST * self.pass_writes
+        self.idle_writes_per_model_h + PASSES_PER_HOUR_AT_REST * self.noop_writes
     }
 
     fn summary(&self) -> String {
@@ -118,7 +123,8 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     let cpu_pct = (cpu1 - cpu0) as f64 / ticks_per_s / rest.as_secs_f64() * 100.0;
     let rss_mib = rss_kib(pid)? as f64 / 1024.0;
 
-    // One pass per model, each woken by a spec change.
+    // One pass per model with nothing to do, then one woken by a spec change.
+    let (noop_requests, noop_writes) = noop_pass_each(&world, n).await?;
     let (pass_requests, pass_writes, latencies) = one_pass_each(&world, n).await?;
     world.finish()?;
     Ok(Row {
@@ -127,6 +133,8 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
         lease_requests_per_h: lease_per_h,
         idle_requests_per_model_h: per_model_h(idle.len()),
         idle_writes_per_model_h: per_model_h(idle.iter().filter(|r| r.is_write()).count()),
+        noop_requests,
+        noop_writes,
         pass_requests,
         pass_writes,
         rss_mib,
@@ -237,6 +245,49 @@ async fn wait_quiet(world: &World, quiet: Duration) -> Result<()> {
     .await
 }
 
+/// The models' names: the seed model, then m0001…
+fn names(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| {
+            if i == 0 {
+                MODEL.to_owned()
+            } else {
+                model_name(i)
+            }
+        })
+        .collect()
+}
+
+/// Wakes every model with an annotation no step reads (a pass that finds nothing to do, as
+/// the hourly requeue of a model at rest does) and counts the requests that costs per model.
+async fn noop_pass_each(world: &World, n: usize) -> Result<(f64, f64)> {
+    let models = world.models();
+    let from = jiff::Timestamp::now();
+    for name in names(n) {
+        let patch =
+            json!({"metadata": {"annotations": {"bench.face2simpson.io/poke": from.to_string()}}});
+        models
+            .patch(&name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    // Every pass is done once nothing more comes (or, with caches, nothing comes at all).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    wait_quiet(world, Duration::from_secs(3)).await?;
+    let requests = requests_between(world, from, jiff::Timestamp::now())?;
+    // The bench's own annotation patches are not the operator's: requests_between counts
+    // the operator's user only.
+    let writes = requests.iter().filter(|r| r.is_write()).count();
+    println!(
+        "N={n}: one pass per model with nothing to do costs {}",
+        if requests.is_empty() {
+            "nothing".to_owned()
+        } else {
+            breakdown(&requests, n)
+        }
+    );
+    Ok((requests.len() as f64 / n as f64, writes as f64 / n as f64))
+}
+
 /// Changes every model's spec once (a gate threshold: nothing rolls) and measures the
 /// requests that costs per model and, per model, the time until its status reflects it.
 async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> {
@@ -258,16 +309,7 @@ async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> 
     });
     let from = jiff::Timestamp::now();
     let mut changed: BTreeMap<String, (i64, Instant)> = BTreeMap::new();
-    let names: Vec<String> = (0..n)
-        .map(|i| {
-            if i == 0 {
-                MODEL.to_owned()
-            } else {
-                model_name(i)
-            }
-        })
-        .collect();
-    for name in &names {
+    for name in &names(n) {
         let patch = json!({"spec": {"promotion": {"minAccuracy": 0.01}}});
         let sm = models
             .patch(name, &PatchParams::default(), &Patch::Merge(patch))
@@ -438,16 +480,17 @@ fn env_list(name: &str, default: &[u64]) -> Result<Vec<u64>> {
 fn print_table(rows: &[Row]) {
     println!();
     println!(
-        "| N | settle s | requests/model/h at rest | writes/model/h at rest | requests per pass | writes per pass | Lease requests/h (all models) | RSS MiB | CPU % at rest | spec→status p50 s | p99 s |"
+        "| N | settle s | requests/model/h at rest | writes/model/h at rest | requests per spec-change pass | writes per spec-change pass | Lease requests/h (all models) | RSS MiB | CPU % at rest | spec→status p50 s | p99 s |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
         println!(
-            "| {} | {:.0} | {:.2} (idle {:.2} + 1 pass) | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
+            "| {} | {:.0} | {:.2} (idle {:.2} + hourly pass {:.2}) | {:.2} | {:.1} | {:.1} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
             r.n,
             r.settle_s,
             r.requests_per_model_h(),
             r.idle_requests_per_model_h,
+            r.noop_requests,
             r.writes_per_model_h(),
             r.pass_requests,
             r.pass_writes,
