@@ -68,10 +68,6 @@ fn cgroup_memory(root: &Path) -> Option<u64> {
     text.trim().parse().ok().filter(|&b| b > 0)
 }
 
-fn parse_positive(value: Option<String>) -> Option<u64> {
-    value?.trim().parse().ok().filter(|&v| v > 0)
-}
-
 fn machine_cpus() -> f64 {
     std::thread::available_parallelism().map_or(2, |n| n.get()) as f64
 }
@@ -97,15 +93,6 @@ impl PodResources {
             memory,
             memory_from,
         }
-    }
-
-    /// [`PodResources::detect`] from `CPU_REQUEST` and `MEMORY_LIMIT` in the environment.
-    pub fn detect_from_env(root: &Path) -> Self {
-        Self::detect(
-            root,
-            parse_positive(std::env::var("CPU_REQUEST").ok()),
-            parse_positive(std::env::var("MEMORY_LIMIT").ok()),
-        )
     }
 
     /// Whole cores to run on: a fraction still gets one thread, and 1.5 CPUs get one, not two
