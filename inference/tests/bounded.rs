@@ -237,3 +237,46 @@ async fn a_model_that_fails_every_pass_turns_readiness_red() {
     assert_eq!(call(&state, readyz()).await.0, StatusCode::OK);
     assert_eq!(timed(&state).await.0, StatusCode::OK);
 }
+
+/// Over a real socket: the 413 for an oversized Content-Length arrives while the client has
+/// sent only its headers, and the server then closes the connection (hyper honours the
+/// answer's `Connection: close`), so the client is not left pushing a body nobody reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_early_refusal_closes_the_connection() {
+    use face2simpson_inference::serve::{ServeConfig, serve};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let state = ready_state(dir.path(), limits()).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(
+        listener,
+        app(state.clone()),
+        state,
+        ServeConfig::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        limits().max_body_bytes + 1
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut answer))
+        .await
+        .expect("the connection was left open")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    let _ = stop.send(());
+    server.await.unwrap().unwrap();
+}
