@@ -5,7 +5,10 @@
 use std::collections::BTreeMap;
 
 use anyhow::{Context as _, Result, bail};
-use k8s_openapi::api::core::v1::{ConfigMap, Container, EnvVar, Pod, Secret};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Container, EnvVar, Pod, ResourceFieldSelector, Secret,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
 use kube::{Client, ResourceExt};
 
@@ -84,6 +87,72 @@ fn field(pod: &Pod, path: &str) -> Result<String> {
     })
 }
 
+/// What the stand-in node has to give, which an unset limit resolves to (as the kubelet
+/// resolves it to the node's allocatable).
+const NODE_ALLOCATABLE_CPU: &str = "2";
+const NODE_ALLOCATABLE_MEMORY: &str = "8Gi";
+
+/// A quantity (`250m`, `2`, `512Mi`, `1G`, `1.5`) as a number of base units.
+fn quantity(q: &str) -> Result<f64> {
+    const SUFFIXES: [(&str, f64); 13] = [
+        ("Ki", 1024.0),
+        ("Mi", 1048576.0),
+        ("Gi", 1073741824.0),
+        ("Ti", 1099511627776.0),
+        ("Pi", 1125899906842624.0),
+        ("Ei", 1152921504606846976.0),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let q = q.trim();
+    let (number, scale) = SUFFIXES
+        .iter()
+        .find_map(|(s, f)| q.strip_suffix(s).map(|n| (n, *f)))
+        .unwrap_or((q, 1.0));
+    let n: f64 = number
+        .parse()
+        .with_context(|| format!("not a quantity: {q:?}"))?;
+    Ok(n * scale)
+}
+
+/// `resourceFieldRef`: the container's request or limit in units of the divisor, rounded up
+/// as the kubelet does; an unset limit is the node's allocatable, an unset request the limit.
+fn resource_field(pod: &Pod, r: &ResourceFieldSelector) -> Result<String> {
+    let spec = pod.spec.as_ref().context("pod without spec")?;
+    let container = spec
+        .containers
+        .iter()
+        .find(|c| r.container_name.as_deref().is_none_or(|n| n == c.name))
+        .with_context(|| format!("no container {:?}", r.container_name))?;
+    let resources = container.resources.clone().unwrap_or_default();
+    let get = |map: &Option<BTreeMap<String, Quantity>>, name: &str| {
+        map.as_ref().and_then(|m| m.get(name)).map(|q| q.0.clone())
+    };
+    let (kind, name) = r
+        .resource
+        .split_once('.')
+        .with_context(|| format!("unsupported resourceFieldRef {}", r.resource))?;
+    let allocatable = match name {
+        "cpu" => NODE_ALLOCATABLE_CPU,
+        "memory" => NODE_ALLOCATABLE_MEMORY,
+        other => bail!("the node stand-in does not support resourceFieldRef {kind}.{other}"),
+    };
+    let limit = get(&resources.limits, name).unwrap_or_else(|| allocatable.to_owned());
+    let value = match kind {
+        "limits" => limit,
+        "requests" => get(&resources.requests, name).unwrap_or(limit),
+        other => bail!("the node stand-in does not support resourceFieldRef {other}.{name}"),
+    };
+    let divisor = r.divisor.as_ref().map_or("1", |d| d.0.as_str());
+    let units = quantity(&value)? / quantity(divisor)?;
+    Ok(format!("{}", units.ceil() as u64))
+}
+
 async fn value_of(
     client: &Client,
     pod: &Pod,
@@ -114,6 +183,9 @@ async fn value_of(
     }
     if let Some(r) = &from.field_ref {
         return field(pod, &r.field_path).map(Some);
+    }
+    if let Some(r) = &from.resource_field_ref {
+        return resource_field(pod, r).map(Some);
     }
     bail!(
         "the node stand-in does not support env {}'s valueFrom",
@@ -174,7 +246,48 @@ pub async fn resolve(
 
 #[cfg(test)]
 mod tests {
-    use super::expand;
+    use super::*;
+    use k8s_openapi::api::core::v1::{PodSpec, ResourceRequirements};
+
+    fn pod(resources: ResourceRequirements) -> Pod {
+        Pod {
+            spec: Some(PodSpec {
+                containers: vec![Container {
+                    name: "inference".into(),
+                    resources: Some(resources),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    fn selector(resource: &str, divisor: &str) -> ResourceFieldSelector {
+        ResourceFieldSelector {
+            container_name: Some("inference".into()),
+            resource: resource.into(),
+            divisor: Some(Quantity(divisor.into())),
+        }
+    }
+
+    #[test]
+    fn resource_fields_resolve_like_the_kubelet() {
+        let q = |s: &str| Quantity(s.into());
+        let p = pod(ResourceRequirements {
+            requests: Some([("cpu".into(), q("250m")), ("memory".into(), q("512Mi"))].into()),
+            ..Default::default()
+        });
+        let get = |r, d| resource_field(&p, &selector(r, d)).unwrap();
+        assert_eq!(get("requests.cpu", "1m"), "250");
+        assert_eq!(get("requests.memory", "1"), "536870912");
+        // No limits: the node's allocatable.
+        assert_eq!(get("limits.cpu", "1m"), "2000");
+        assert_eq!(get("limits.memory", "1"), "8589934592");
+        // Rounded up to the divisor.
+        assert_eq!(get("requests.cpu", "1"), "1");
+        assert!(resource_field(&p, &selector("requests.storage", "1")).is_err());
+    }
 
     fn env() -> Vec<(String, String)> {
         vec![("A".into(), "1".into()), ("B".into(), "two".into())]

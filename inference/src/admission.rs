@@ -14,6 +14,11 @@
 //! overestimates (it is the latency of a lone request), which only errs on the side of caution
 //! where there is nothing to shed anyway.
 //!
+//! The budget is what a user would accept as a wait (a couple of seconds by default), not a
+//! latency target: a closed loop of clients each waiting for its own answer can never queue
+//! more than its own size and must never be refused, while a burst far beyond what the pod
+//! drains in the budget is refused in part.
+//!
 //! Two bounds keep the estimate from doing harm: below `floor` requests in flight everything is
 //! admitted (every decode slot busy with one upload queued behind it, so the pipeline never idles
 //! for want of admitted work, and a stale estimate can never lock the service out), and above
@@ -100,7 +105,9 @@ impl Admission {
     /// Admits a request arriving at `now`, or says why not.
     pub fn try_admit_at(self: &Arc<Self>, now: Instant) -> Result<Ticket, Rejection> {
         let mut s = self.lock();
-        self.verdict(&s)?;
+        if let Some(rejection) = self.refusal(&s) {
+            return Err(rejection);
+        }
         if s.in_flight == 0 {
             s.since = Some(now);
         }
@@ -110,16 +117,15 @@ impl Admission {
         })
     }
 
-    /// Whether a request arriving now would be admitted, without admitting it. For routes that
-    /// must read their body before they reach the admitting code (the v2 infer route carries
-    /// the photo inside JSON): a saturated service then refuses before reading, not after.
-    pub fn would_admit(&self) -> Result<(), Rejection> {
-        self.verdict(&self.lock())
+    /// Whether a request arriving now would be turned away, without admitting it: asked before
+    /// an upload is read, so a saturated pod refuses it without receiving the body.
+    pub fn check(&self) -> Result<(), Rejection> {
+        self.refusal(&self.lock()).map_or(Ok(()), Err)
     }
 
-    fn verdict(&self, s: &State) -> Result<(), Rejection> {
+    fn refusal(&self, s: &State) -> Option<Rejection> {
         if s.in_flight >= self.config.cap {
-            return Err(Rejection::Full);
+            return Some(Rejection::Full);
         }
         if s.in_flight >= self.config.floor
             && let (Some(budget), Some(per_request)) = (self.config.max_queue_wait, s.per_request)
@@ -127,10 +133,19 @@ impl Admission {
             let ahead = u32::try_from(s.in_flight).unwrap_or(u32::MAX);
             let expected = per_request.saturating_mul(ahead);
             if expected > budget {
-                return Err(Rejection::TooLong { expected });
+                return Some(Rejection::TooLong { expected });
             }
         }
-        Ok(())
+        None
+    }
+
+    /// How long the requests in flight are expected to take to drain (what a client turned
+    /// away should wait); a second while nothing has been measured.
+    pub fn drain_time(&self) -> Duration {
+        let s = self.lock();
+        let ahead = u32::try_from(s.in_flight).unwrap_or(u32::MAX);
+        s.per_request
+            .map_or(Duration::from_secs(1), |p| p.saturating_mul(ahead))
     }
 
     fn complete(&self, now: Instant) {
@@ -352,6 +367,55 @@ mod tests {
         let t = one_by_one(&a, t, WINDOW, Duration::from_micros(1));
         let _held: Vec<_> = (0..6).map(|_| a.try_admit_at(t).unwrap()).collect();
         assert_eq!(a.try_admit_at(t).unwrap_err(), Rejection::Full);
+    }
+
+    /// The defaults for a two-core pod (2 decode slots, 64 waiting, the default budget).
+    fn default_config() -> AdmissionConfig {
+        crate::Limits {
+            max_decodes: 2,
+            ..crate::Limits::default()
+        }
+        .admission()
+    }
+
+    /// 8 clients, each sending its next request when its answer arrives, on a pod that answers
+    /// one request every 40 ms when saturated (a slow pod: 320 ms for the whole line): nobody
+    /// is ever turned away, whatever the order of answers.
+    #[test]
+    fn a_closed_loop_of_eight_clients_is_never_refused() {
+        let a = Admission::new(default_config());
+        let mut t = Instant::now();
+        let mut line: std::collections::VecDeque<_> =
+            (0..8).map(|_| a.try_admit_at(t).unwrap()).collect();
+        for _ in 0..10 * WINDOW {
+            t += 40 * MS;
+            line.pop_front().unwrap().finish_at(t);
+            assert_eq!(a.check(), Ok(()));
+            line.push_back(a.try_admit_at(t).expect("a closed loop was refused"));
+        }
+        assert_eq!(a.per_request(), Some(40 * MS));
+        assert_eq!(a.in_flight(), 8);
+    }
+
+    /// The same pod hit by a burst of 200 at once is refused in part: what drains within the
+    /// budget is admitted, the rest is told to come back.
+    #[test]
+    fn a_burst_of_two_hundred_is_refused_in_part() {
+        let a = Admission::new(AdmissionConfig {
+            cap: 1000,
+            ..default_config()
+        });
+        let t = one_by_one(&a, Instant::now(), WINDOW, 40 * MS);
+        let results: Vec<_> = (0..200).map(|_| a.try_admit_at(t)).collect();
+        let admitted = results.iter().filter(|r| r.is_ok()).count();
+        let budget = crate::DEFAULT_MAX_QUEUE_WAIT.as_millis() as usize;
+        assert_eq!(admitted, budget / 40 + 1, "admitted {admitted}");
+        assert!(matches!(a.check(), Err(Rejection::TooLong { .. })));
+        assert!(a.drain_time() > crate::DEFAULT_MAX_QUEUE_WAIT);
+        // With the count limit of the defaults, too, and before anything was measured.
+        let a = Admission::new(default_config());
+        let results: Vec<_> = (0..200).map(|_| a.try_admit_at(t)).collect();
+        assert_eq!(results.iter().filter(|r| r.is_ok()).count(), 66);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use utoipa::ToSchema;
 
 use crate::batcher::BatchError;
 
-/// Seconds a client is told to wait after a 503.
+/// Seconds a client is told to wait after a 503 that says nothing better.
 pub const RETRY_AFTER_SECS: u32 = 1;
 
 /// An error answer: a status and `{"error": "..."}`.
@@ -21,6 +21,12 @@ pub const RETRY_AFTER_SECS: u32 = 1;
 pub struct ApiError {
     pub status: StatusCode,
     pub message: String,
+    /// Retry-After in whole seconds, when the server knows better than [`RETRY_AFTER_SECS`].
+    pub retry_after: Option<u64>,
+    /// Answer with `Connection: close`: the body was not read, and a client still sending it
+    /// should see the connection end after this answer rather than a reset mid-upload on the
+    /// next request.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -28,12 +34,41 @@ impl ApiError {
         Self {
             status,
             message: message.into(),
+            retry_after: None,
+            close: false,
         }
     }
 
     pub fn busy(message: impl Into<String>) -> Self {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, message)
     }
+
+    /// A refusal before the body was read: the connection is closed after the answer.
+    pub fn early(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Retry-After from the expected drain time, plus up to a quarter more so that clients
+    /// turned away together do not all come back in the same second.
+    pub fn retry_in(mut self, drain: std::time::Duration) -> Self {
+        self.retry_after = Some(retry_after_secs(drain, jitter()));
+        self
+    }
+}
+
+/// Whole seconds (at least 1) for a drain time scaled by `1 + jitter` (jitter in 0..=0.25).
+pub fn retry_after_secs(drain: std::time::Duration, jitter: f64) -> u64 {
+    let secs = drain.as_secs_f64() * (1.0 + jitter.clamp(0.0, 0.25));
+    (secs.ceil() as u64).max(1)
+}
+
+/// A cheap value in 0..0.25 that differs between calls; no need for a random generator.
+fn jitter() -> f64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+    (n >> 40) as f64 / (1u64 << 24) as f64 * 0.25
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -42,7 +77,9 @@ pub struct ErrorBody {
 }
 
 fn with_retry_after(mut resp: Response) -> Response {
-    if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+    if resp.status() == StatusCode::SERVICE_UNAVAILABLE
+        && !resp.headers().contains_key(header::RETRY_AFTER)
+    {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS));
     }
@@ -51,15 +88,22 @@ fn with_retry_after(mut resp: Response) -> Response {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        with_retry_after(
-            (
-                self.status,
-                Json(ErrorBody {
-                    error: self.message,
-                }),
-            )
-                .into_response(),
+        let mut resp = (
+            self.status,
+            Json(ErrorBody {
+                error: self.message,
+            }),
         )
+            .into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        with_retry_after(resp)
     }
 }
 

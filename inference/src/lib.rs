@@ -3,17 +3,20 @@
 //! does not link libtorch. [`app`] builds the router; [`serve`] runs it with connection limits
 //! and a drain phase; `main.rs` only parses flags, loads the model in the background and serves.
 //!
-//! Work is bounded at every step: at most `max_decodes` uploads are read and decoded at once
-//! (the rest wait), requests are admitted only while the ones ahead would drain within
-//! `max_queue_wait` (the rest get 503 before their body is read, see [`admission`]), decoded
-//! pixels are capped, faces per image are capped, forward passes never exceed `max_batch`, and
-//! the model queue is bounded.
+//! Work is bounded at every step: upload bodies are read apart from decoding, within a byte
+//! budget and a deadline ([`upload`]); at most `max_decodes` uploads are decoded at once (the
+//! rest wait); requests are admitted only while the ones ahead would drain within
+//! `max_queue_wait` (the rest get 503, before their body is read when the pod is already
+//! saturated, see [`admission`]); decoded pixels are reserved on a budget from the image header
+//! before decoding; faces per image are capped, forward passes never exceed `max_batch`, and
+//! the model queue is bounded. The defaults are sized by the pod ([`sizing`]).
 
 pub mod access;
 pub mod admission;
 pub mod batcher;
 pub mod card;
 pub mod error;
+pub mod health;
 pub mod live;
 pub mod load;
 pub mod metrics;
@@ -22,6 +25,8 @@ pub mod report_store;
 pub mod reports;
 pub mod serve;
 pub mod shadow;
+pub mod sizing;
+pub mod upload;
 pub mod validate;
 
 use std::collections::BTreeMap;
@@ -29,8 +34,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, FromRequest, MatchedPath, Multipart, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
@@ -42,6 +48,8 @@ use tokio::sync::Semaphore;
 use utoipa::{OpenApi, ToSchema};
 
 use crate::admission::{Admission, AdmissionConfig, Rejection};
+use crate::health::{Health, HealthConfig};
+use crate::upload::BodyLimits;
 
 pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilities};
 pub use crate::card::{ModelCard, ShadowCard};
@@ -63,21 +71,33 @@ const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-sr
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub max_body_bytes: usize,
+    /// The whole request, queue included; past it a request still sending its body gets 408,
+    /// one the server kept waiting 504.
     pub request_timeout: Duration,
-    /// Uploads read, decoded and preprocessed at once. Decoding is the memory-hungry step (a
-    /// 12 MP photo is 36 MB of pixels).
+    /// Uploads decoded and preprocessed at once. Decoding is the CPU- and memory-hungry step
+    /// (a 12 MP photo is 36 MB of pixels). Bodies are read without a slot.
     pub max_decodes: usize,
-    /// Uploads that may wait for a decode slot, their bodies unread, at most; beyond that,
-    /// requests are answered 503 + Retry-After at once. The hard bound on memory.
+    /// Uploads that may wait for a decode slot (bodies read) at most; beyond that, requests are
+    /// answered 503 + Retry-After at once.
     pub max_waiting: usize,
+    /// Upload bytes held at once, bodies being read or waiting for their decode; an upload that
+    /// does not fit gets 503. Never below `max_body_bytes`.
+    pub upload_budget_bytes: u64,
+    /// Time a body gets to arrive, whatever its size; a stalled body gets 408.
+    pub body_timeout: Duration,
+    /// Bytes per second a body must keep up beyond `body_timeout` (0: `body_timeout` only).
+    pub min_body_rate: u64,
+    /// Decoded pixel bytes held at once, reserved from the image header before decoding; an
+    /// image larger than the whole budget gets 413, others wait their turn.
+    pub pixel_budget_bytes: u64,
     /// Longest the requests already in flight may take to drain (measured time per request ×
     /// requests in flight) for a newcomer to be admitted; `None` admits up to the count limits.
     /// The bound on latency: see [`admission`].
     pub max_queue_wait: Option<Duration>,
 }
 
-/// The default queue-wait budget in milliseconds; docs/inference.md says why 75 ms.
-pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 75;
+/// The default queue-wait budget in milliseconds: a wait a user accepts (docs/inference.md).
+pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 2000;
 pub const DEFAULT_MAX_QUEUE_WAIT: Duration = Duration::from_millis(DEFAULT_MAX_QUEUE_WAIT_MS);
 
 impl Limits {
@@ -102,8 +122,29 @@ impl Default for Limits {
             max_decodes: std::thread::available_parallelism().map_or(2, |n| n.get()),
             max_waiting: 64,
             max_queue_wait: Some(DEFAULT_MAX_QUEUE_WAIT),
+            upload_budget_bytes: 256 << 20,
+            body_timeout: Duration::from_secs(10),
+            min_body_rate: 64 << 10,
+            pixel_budget_bytes: 1 << 30,
         }
     }
+}
+
+impl Limits {
+    fn body(&self) -> BodyLimits {
+        BodyLimits {
+            max_bytes: self.max_body_bytes,
+            timeout: self.body_timeout,
+            min_rate: self.min_body_rate,
+        }
+    }
+}
+
+/// A semaphore of `n` units; tokio caps the count far above any memory size.
+fn budget(n: u64) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(
+        usize::try_from(n).map_or(Semaphore::MAX_PERMITS, |n| n.min(Semaphore::MAX_PERMITS)),
+    ))
 }
 
 struct Loaded {
@@ -120,6 +161,9 @@ struct Inner {
     /// Requests admitted and not yet answered.
     admission: Arc<Admission>,
     decodes: Arc<Semaphore>,
+    upload_bytes: Arc<Semaphore>,
+    pixel_bytes: Arc<Semaphore>,
+    health: Health,
     draining: AtomicBool,
     /// The champion's verdicts, for the live verdict reports.
     verdicts: VerdictCounter,
@@ -155,13 +199,16 @@ impl AppState {
                 limits,
                 admission: Admission::new(limits.admission()),
                 decodes: Arc::new(Semaphore::new(limits.max_decodes.max(1))),
+                upload_bytes: budget(limits.upload_budget_bytes.max(limits.max_body_bytes as u64)),
+                pixel_bytes: budget(limits.pixel_budget_bytes),
+                health: Health::new(HealthConfig::default()),
                 draining: AtomicBool::new(false),
                 model_name: OnceLock::new(),
             }),
         }
     }
 
-    /// Loaded, a model worker alive, and not draining.
+    /// Loaded, a model worker alive, the model's passes succeeding, and not draining.
     pub fn is_ready(&self) -> bool {
         !self.inner.draining.load(Ordering::SeqCst)
             && self
@@ -169,6 +216,7 @@ impl AppState {
                 .loaded
                 .get()
                 .is_some_and(|l| l.batcher.alive() > 0)
+            && self.inner.health.check().is_ok()
     }
 
     /// False once the model was loaded and every model worker has died: the process cannot
@@ -285,57 +333,88 @@ fn verdict(p: &Probabilities) -> (String, BTreeMap<String, f32>) {
     (CLASSES[best].to_owned(), map)
 }
 
-/// Reads the upload: a multipart field `image`, or a raw body with an image content type.
-async fn upload(state: &AppState, req: Request) -> Result<Bytes, ApiError> {
-    let content_type = req
-        .headers()
+/// How the photo is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadKind {
+    Multipart,
+    Raw,
+}
+
+/// The upload's kind from its content type, before anything of the body is read.
+fn upload_kind(parts: &Parts) -> Result<UploadKind, ApiError> {
+    let content_type = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_ascii_lowercase();
-    let too_large = |e: &dyn std::fmt::Display| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+    if content_type.starts_with("multipart/form-data") {
+        Ok(UploadKind::Multipart)
+    } else if content_type.starts_with("image/") || content_type == "application/octet-stream" {
+        Ok(UploadKind::Raw)
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
             format!(
-                "upload over the {}-byte limit: {e}",
-                state.inner.limits.max_body_bytes
+                "send multipart/form-data with a field `image`, or a raw image/* body (got {content_type:?})"
             ),
         )
-    };
-    if content_type.starts_with("multipart/form-data") {
-        let mut form = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
-        while let Some(field) = form.next_field().await.map_err(|e| match e.status() {
-            StatusCode::PAYLOAD_TOO_LARGE => too_large(&e),
-            s => ApiError::new(s, e.body_text()),
-        })? {
-            if field.name() == Some("image") {
-                return field.bytes().await.map_err(|e| match e.status() {
-                    StatusCode::PAYLOAD_TOO_LARGE => too_large(&e),
-                    s => ApiError::new(s, e.body_text()),
-                });
-            }
-        }
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "multipart form has no field named `image`",
-        ));
+        .early())
     }
-    if content_type.starts_with("image/") || content_type == "application/octet-stream" {
-        return Bytes::from_request(req, &())
-            .await
-            .map_err(|e| match e.status() {
-                StatusCode::PAYLOAD_TOO_LARGE => too_large(&e),
-                s => ApiError::new(s, e.body_text()),
-            });
+}
+
+fn content_length(parts: &Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// The photo in a body already read: the body itself, or the multipart field `image`.
+async fn image_bytes(kind: UploadKind, parts: Parts, body: Bytes) -> Result<Bytes, ApiError> {
+    if kind == UploadKind::Raw {
+        return Ok(body);
+    }
+    let req = Request::from_parts(parts, Body::from(body));
+    let mut form = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    while let Some(field) = form
+        .next_field()
+        .await
+        .map_err(|e| ApiError::new(e.status(), e.body_text()))?
+    {
+        if field.name() == Some("image") {
+            return field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::new(e.status(), e.body_text()));
+        }
     }
     Err(ApiError::new(
-        StatusCode::UNSUPPORTED_MEDIA_TYPE,
-        format!(
-            "send multipart/form-data with a field `image`, or a raw image/* body (got {content_type:?})"
-        ),
+        StatusCode::BAD_REQUEST,
+        "multipart form has no field named `image`",
     ))
+}
+
+/// Whether the request is still sending its body, for the request deadline: a client that is
+/// slow to send gets 408, a request the server kept waiting gets 504.
+#[derive(Debug, Clone, Default)]
+struct ReadingBody(Arc<AtomicBool>);
+
+fn busy(admission: &Admission, rejection: Rejection) -> ApiError {
+    tracing::debug!(?rejection, "turned away");
+    ApiError::busy(match rejection {
+        Rejection::Full => "too many uploads in progress; retry shortly".to_owned(),
+        Rejection::TooLong { expected } => format!(
+            "the server is saturated (about {} ms of work queued); retry shortly",
+            expected.as_millis()
+        ),
+    })
+    .retry_in(admission.drain_time())
 }
 
 /// Set when the request's future is dropped (timeout, client gone), so the blocking decode
@@ -374,48 +453,89 @@ enum Prepared {
     responses(
         (status = 200, description = "A verdict per face", body = Prediction),
         (status = 400, description = "Empty or malformed upload", body = ErrorBody),
-        (status = 408, description = "The request took longer than the server's timeout", body = ErrorBody),
-        (status = 413, description = "Upload over the byte limit, or image over the pixel limit", body = ErrorBody),
+        (status = 408, description = "The upload stalled: its body did not arrive within the body deadline", body = ErrorBody),
+        (status = 413, description = "Upload over the byte limit (from Content-Length, before the body is read), or image over the pixel limit or pixel budget (from its header, before decoding)", body = ErrorBody),
         (status = 415, description = "Not a supported image or content type", body = ErrorBody),
         (status = 422, description = "Corrupt, truncated or oversized (per side) image", body = ErrorBody),
         (status = 500, description = "Inference failed", body = ErrorBody),
-        (status = 503, description = "Model loading, server busy or draining; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Model loading, server saturated, upload budget spent or draining; see Retry-After", body = ErrorBody),
+        (status = 504, description = "The server could not answer within the request deadline", body = ErrorBody),
     )
 )]
 async fn predict(State(state): State<AppState>, req: Request) -> Result<Response, ApiError> {
     let Some(loaded) = state.inner.loaded.get() else {
-        return Err(ApiError::busy("the model is still loading"));
+        return Err(ApiError::busy("the model is still loading").early());
     };
-    // Admission comes first: a request the service cannot answer within its queue-wait budget,
-    // or beyond the count limits, is turned away before its body is read, so a burst costs
-    // neither memory nor CPU nor the latency of the requests already admitted. Bodies are read
-    // only once a decode slot is held; slots are granted in arrival order (tokio's semaphore is
-    // fair), so nobody is overtaken and the tail stays near the median.
-    // The ticket is held until the answer is ready, whatever path leads there.
-    let _ticket = state.inner.admission.try_admit().map_err(|rejection| {
-        tracing::debug!(?rejection, "turned away");
-        ApiError::busy(match rejection {
-            Rejection::Full => "too many uploads in progress; retry shortly".to_owned(),
-            Rejection::TooLong { expected } => format!(
-                "the server is saturated (about {} ms of work queued); retry shortly",
-                expected.as_millis()
+    let inner = &state.inner;
+    let reading = req.extensions().get::<ReadingBody>().cloned();
+    let (parts, body) = req.into_parts();
+    // Refusals that need no body come first, so a big upload costs nothing to turn away.
+    let kind = upload_kind(&parts)?;
+    if let Some(len) = content_length(&parts)
+        && len > inner.limits.max_body_bytes as u64
+    {
+        return Err(upload::too_large(
+            inner.limits.max_body_bytes,
+            format!("Content-Length {len}"),
+        ));
+    }
+    // A pod already saturated refuses before receiving the body; the ticket itself is taken
+    // once the body is in, so a slow sender never counts as work queued.
+    inner
+        .admission
+        .check()
+        .map_err(|r| busy(&inner.admission, r).early())?;
+    if let Some(r) = &reading {
+        r.0.store(true, Ordering::SeqCst);
+    }
+    let upload = upload::read(
+        body,
+        content_length(&parts),
+        &inner.limits.body(),
+        &inner.upload_bytes,
+    )
+    .await?;
+    if let Some(r) = &reading {
+        r.0.store(false, Ordering::SeqCst);
+    }
+    let reservation = upload.reservation;
+    let bytes = image_bytes(kind, parts, upload.bytes).await?;
+    // Held until the answer is ready, whatever path leads there. Decode slots are granted in
+    // arrival order (tokio's semaphore is fair), so nobody is overtaken.
+    let _ticket = inner
+        .admission
+        .try_admit()
+        .map_err(|r| busy(&inner.admission, r))?;
+    let cost = upload::decoded_cost(&bytes).unwrap_or(0);
+    if cost > inner.limits.pixel_budget_bytes {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the image would take {cost} bytes decoded, over the {}-byte pixel budget; send a smaller photo",
+                inner.limits.pixel_budget_bytes
             ),
-        })
-    })?;
-    let permit = state
-        .inner
+        ));
+    }
+    let permit = inner
         .decodes
         .clone()
         .acquire_owned()
         .await
         .map_err(|_| ApiError::busy("shutting down"))?;
-    let bytes = upload(&state, req).await?;
+    // Reserved after the slot: whoever holds pixels is decoding, so waiting here never waits
+    // on someone who waits for a slot.
+    let pixels = inner
+        .pixel_bytes
+        .clone()
+        .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
+        .await
+        .map_err(|_| ApiError::busy("shutting down"))?;
     let pre = loaded.pre;
-    let detector = state.inner.detector.clone();
+    let detector = inner.detector.clone();
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancelled.clone());
     let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
-        let _permit = permit;
+        let _held = (permit, pixels, reservation);
         let img = model::decode(&bytes)?;
         drop(bytes);
         if cancelled.load(Ordering::SeqCst) {
@@ -435,9 +555,14 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         Ok(Prepared::Ready(boxes, inputs))
     })
     .await
-    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))??;
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    .inspect_err(|e| {
+        if e.status == StatusCode::INTERNAL_SERVER_ERROR {
+            inner.health.failure(&e.message);
+        }
+    })?;
     let Prepared::Ready(boxes, inputs) = prepared else {
-        return Err(ApiError::new(StatusCode::REQUEST_TIMEOUT, "cancelled"));
+        return Err(ApiError::new(StatusCode::GATEWAY_TIMEOUT, "cancelled"));
     };
     // Decided before classifying, because the classifier consumes the inputs: only a sampled
     // request pays for a copy, and not even that under pressure (it would be dropped anyway).
@@ -447,7 +572,16 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         .filter(|_| !state.inner.admission.under_pressure())
         .map(|_| inputs.clone());
     let classify_started = Instant::now();
-    let probs = loaded.batcher.classify(inputs).await?;
+    let probs = loaded
+        .batcher
+        .classify(inputs)
+        .await
+        .inspect(|_| inner.health.success())
+        .inspect_err(|e| {
+            if let BatchError::Failed(why) = e {
+                inner.health.failure(why);
+            }
+        })?;
     let champion_time = classify_started.elapsed();
     let top: Vec<usize> = probs.iter().map(batcher::top1).collect();
     state.inner.verdicts.record(&top);
@@ -527,18 +661,39 @@ async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError
     }
 }
 
-/// Readiness: 200 only once the model is loaded and warmed up, a worker is alive, and the
-/// server is not draining.
-#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "loading, dead or draining", body = ErrorBody)))]
+/// Readiness: 200 only once the model is loaded and warmed up, a worker is alive, its passes
+/// succeed, and the server is not draining.
+#[utoipa::path(get, path = "/readyz", responses((status = 200, description = "ready"), (status = 503, description = "loading, dead, failing or draining", body = ErrorBody)))]
 async fn readyz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    if state.is_ready() {
-        Ok("ready")
-    } else if state.inner.draining.load(Ordering::SeqCst) {
-        Err(ApiError::busy("draining"))
-    } else if !state.is_alive() {
-        Err(ApiError::busy("every model worker has stopped"))
-    } else {
-        Err(ApiError::busy("loading"))
+    if state.inner.draining.load(Ordering::SeqCst) {
+        return Err(ApiError::busy("draining"));
+    }
+    let Some(loaded) = state.inner.loaded.get() else {
+        return Err(ApiError::busy("loading"));
+    };
+    if !state.is_alive() {
+        return Err(ApiError::busy("every model worker has stopped"));
+    }
+    if state.inner.health.check().is_err() {
+        probe(&state.inner.health, loaded).await;
+    }
+    state.inner.health.check().map_err(ApiError::busy)?;
+    Ok("ready")
+}
+
+/// One pass on a blank input while readiness is red: a pod out of rotation gets no requests,
+/// so this is how it finds out that the model works again.
+async fn probe(health: &Health, loaded: &Loaded) {
+    let size = loaded.info.image_size as usize;
+    let pass = tokio::time::timeout(
+        Duration::from_secs(2),
+        loaded.batcher.classify(vec![vec![0.0; 3 * size * size]]),
+    )
+    .await;
+    match pass {
+        Ok(Ok(_)) => health.success(),
+        Ok(Err(BatchError::Failed(why))) => health.failure(&why),
+        Ok(Err(_)) | Err(_) => {}
     }
 }
 
@@ -682,15 +837,28 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// The request deadline: past it the handler's future is dropped (which cancels its blocking
-/// work, see [`CancelOnDrop`]) and the client gets a JSON 408.
-async fn deadline(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(state.inner.limits.request_timeout, next.run(req)).await {
+/// work, see [`CancelOnDrop`]). The client gets a JSON 408 when it was still sending its body
+/// (its fault), 504 when the server kept it waiting (ours).
+async fn deadline(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let reading = ReadingBody::default();
+    req.extensions_mut().insert(reading.clone());
+    let limit = state.inner.limits.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
-        Err(_) => ApiError::new(
+        Err(_) if reading.0.load(Ordering::SeqCst) => ApiError::new(
             StatusCode::REQUEST_TIMEOUT,
             format!(
-                "the request took longer than {} s",
-                state.inner.limits.request_timeout.as_secs_f64()
+                "the upload took longer than {} s to arrive",
+                limit.as_secs_f64()
+            ),
+        )
+        .early()
+        .into_response(),
+        Err(_) => ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "the server could not answer within {} s; retry later",
+                limit.as_secs_f64()
             ),
         )
         .into_response(),

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use face2simpson_inference::faces::FaceDetector;
 use face2simpson_inference::report_store::StoreFile;
 use face2simpson_inference::serve::{ServeConfig, serve};
+use face2simpson_inference::sizing::{self, PodResources, Sizing};
 use face2simpson_inference::validate::{self, Thresholds, ValidateConfig};
 use face2simpson_inference::{
     AppState, BatchConfig, DEFAULT_MAX_QUEUE_WAIT_MS, Limits, LoadError, ReportConfig,
@@ -22,10 +23,6 @@ use tracing_subscriber::EnvFilter;
 // decodes resident long after it ended.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-fn cores() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
-}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -138,7 +135,7 @@ struct CommonArgs {
     /// Model sessions, each on its own thread, sharing the batch queue.
     #[arg(long, env = "MODEL_WORKERS", default_value_t = 1, global = true)]
     workers: usize,
-    /// Intra-op threads per model session (default: all cores).
+    /// Intra-op threads per model session (default: the pod's whole CPUs, see --cpu-request).
     #[arg(long, env = "MODEL_THREADS", global = true)]
     threads: Option<usize>,
     /// Most images per forward pass; larger requests are split.
@@ -150,11 +147,11 @@ struct CommonArgs {
     /// Requests queued for the model at most; more get 503 with Retry-After.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 64, global = true)]
     queue_capacity: usize,
-    /// Uploads decoded at once (default: the number of cores); more wait (see
-    /// --max-waiting), their bodies unread.
+    /// Uploads decoded at once, and face detector sessions (default: the pod's whole CPUs, see
+    /// --cpu-request); more wait (see --max-waiting), their bodies read.
     #[arg(long, env = "MAX_DECODES", global = true)]
     max_decodes: Option<usize>,
-    /// Uploads that may wait for a decode slot (bodies unread) at most; more get 503 at once.
+    /// Uploads that may wait for a decode slot (bodies read) at most; more get 503 at once.
     #[arg(long, env = "MAX_WAITING_UPLOADS", default_value_t = 64, global = true)]
     max_waiting: usize,
     /// Milliseconds the requests in flight may take to drain (measured time per request ×
@@ -176,9 +173,53 @@ struct CommonArgs {
         global = true
     )]
     request_timeout_secs: u64,
+    #[command(flatten)]
+    sizing: SizingArgs,
     /// Log format: text or json.
     #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"], global = true)]
     log_format: String,
+}
+
+/// What the pod may use, and the budgets sized from it (docs/inference.md, *Limits*).
+#[derive(Debug, Args)]
+struct SizingArgs {
+    /// Where cgroup v2 is mounted: cpu.max and memory.max there, when set, are the pod's CPUs
+    /// and memory.
+    #[arg(long, env = "CGROUP_ROOT", default_value = sizing::CGROUP_ROOT, global = true)]
+    cgroup_root: PathBuf,
+    /// The pod's CPU request in millicores (downward API requests.cpu, divisor 1m), used when
+    /// the cgroup sets no CPU limit; else the machine's cores.
+    #[arg(long, env = "CPU_REQUEST", global = true)]
+    cpu_request: Option<u64>,
+    /// The pod's memory limit in bytes (downward API limits.memory), used when the cgroup sets
+    /// none; else the budgets assume no bound.
+    #[arg(long, env = "MEMORY_LIMIT", global = true)]
+    memory_limit: Option<u64>,
+    /// Upload bytes held at once, bodies being read or waiting for a decode (default: a quarter
+    /// of the memory above the baseline; 256 MiB when unknown); more get 503.
+    #[arg(long, env = "UPLOAD_BUDGET_BYTES", global = true)]
+    upload_budget_bytes: Option<u64>,
+    /// Decoded pixel bytes held at once (default: half the memory above the baseline; 160 MiB
+    /// per decode slot when unknown); a larger image gets 413, others wait.
+    #[arg(long, env = "PIXEL_BUDGET_BYTES", global = true)]
+    pixel_budget_bytes: Option<u64>,
+    /// Seconds every upload body gets to arrive; a body still incomplete then (plus its size at
+    /// --min-body-rate) gets 408.
+    #[arg(long, env = "BODY_TIMEOUT_SECS", default_value_t = 10.0, value_parser = positive, global = true)]
+    body_timeout_secs: f64,
+    /// Bytes per second a body must keep up beyond --body-timeout-secs; 0: the timeout alone.
+    #[arg(long, env = "MIN_BODY_RATE", default_value_t = 64 << 10, global = true)]
+    min_body_rate: u64,
+}
+
+impl SizingArgs {
+    fn resources(&self) -> PodResources {
+        PodResources::detect(&self.cgroup_root, self.cpu_request, self.memory_limit)
+    }
+
+    fn sizing(&self) -> Sizing {
+        self.resources().sizing()
+    }
 }
 
 /// Flags of `validate`.
@@ -242,11 +283,21 @@ fn non_negative(s: &str) -> Result<f64, String> {
 
 impl CommonArgs {
     fn max_decodes(&self) -> usize {
-        self.max_decodes.unwrap_or_else(cores).max(1)
+        self.max_decodes
+            .unwrap_or_else(|| self.sizing.sizing().decodes)
+            .max(1)
     }
 
     fn limits(&self) -> Limits {
+        let sized = self.sizing.sizing();
         Limits {
+            upload_budget_bytes: self
+                .sizing
+                .upload_budget_bytes
+                .unwrap_or(sized.upload_budget),
+            pixel_budget_bytes: self.sizing.pixel_budget_bytes.unwrap_or(sized.pixel_budget),
+            body_timeout: Duration::from_secs_f64(self.sizing.body_timeout_secs),
+            min_body_rate: self.sizing.min_body_rate,
             max_body_bytes: self.max_body_bytes,
             request_timeout: Duration::from_secs(self.request_timeout_secs),
             max_decodes: self.max_decodes(),
@@ -268,7 +319,10 @@ impl CommonArgs {
         RuntimeConfig {
             library: self.ort_library.clone(),
             workers: self.workers.max(1),
-            threads: self.threads.unwrap_or_else(cores).max(1),
+            threads: self
+                .threads
+                .unwrap_or_else(|| self.sizing.sizing().ort_threads)
+                .max(1),
         }
     }
 
@@ -310,6 +364,7 @@ fn main() -> Result<()> {
     } else {
         fmt.init()
     }
+    log_sizing(&cli.common);
     let max_decodes = cli.common.max_decodes();
     // Blocking threads only ever run admitted decodes (and file reads): no thread explosion
     // under a burst.
@@ -334,6 +389,24 @@ fn main() -> Result<()> {
         std::process::exit(i32::from(load.exit_code()));
     }
     served
+}
+
+/// What the pod was found to have and what was sized from it, once at start.
+fn log_sizing(common: &CommonArgs) {
+    let r = common.sizing.resources();
+    let limits = common.limits();
+    tracing::info!(
+        cpus = r.cpus,
+        cpus_from = ?r.cpus_from,
+        memory_bytes = r.memory,
+        memory_from = ?r.memory_from,
+        decodes = limits.max_decodes,
+        detector_sessions = limits.max_decodes,
+        ort_threads = common.runtime().threads,
+        upload_budget_bytes = limits.upload_budget_bytes,
+        pixel_budget_bytes = limits.pixel_budget_bytes,
+        "sized for this pod"
+    );
 }
 
 /// `validate`: the verdict's exit code (docs/inference.md, *Served-path validation*).
@@ -389,7 +462,9 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
     let batch = common.batch();
     let runtime = common.runtime();
     // The detector is small and local: load it before listening, so a bad path fails at once.
-    let detector = common.detector().context("loading the face detector")?;
+    let detector = common.detector().inspect_err(|e| {
+        tracing::error!(error = %e, path = %common.face_detector.display(), "cannot load the face detector (FACE_DETECTOR); not serving");
+    }).context("loading the face detector")?;
     let state = AppState::new(limits, Arc::new(detector));
     state.set_model_name(&args.model_name);
 

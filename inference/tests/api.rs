@@ -180,6 +180,7 @@ async fn bad_input_gets_a_clear_answer_and_the_server_stays_ready() {
         max_decodes: 4,
         max_waiting: 4,
         max_queue_wait: None,
+        ..Limits::default()
     };
     let state = ready_state(dir.path(), limits).await;
     let good = flat_image();
@@ -383,10 +384,11 @@ async fn predictions_are_never_cached_and_never_sniffed() {
     assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
 }
 
-/// Admission comes before the body is read: with every decode slot and waiting place taken,
-/// the next upload is turned away at once with 503 and Retry-After.
+/// A refusal from admission comes before the body is read: with every place taken (one
+/// request held in the model), the next upload is turned away at once with 503, Retry-After
+/// and Connection: close, although its body never arrives.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn uploads_beyond_the_decode_slots_are_turned_away_before_decoding() {
+async fn uploads_beyond_the_admission_cap_are_turned_away_before_their_body_is_read() {
     let dir = tempfile::tempdir().unwrap();
     let limits = Limits {
         max_decodes: 1,
@@ -394,39 +396,49 @@ async fn uploads_beyond_the_decode_slots_are_turned_away_before_decoding() {
         request_timeout: Duration::from_secs(5),
         ..Limits::default()
     };
-    let state = ready_state(dir.path(), limits).await;
-    // Holds the only slot: its body never finishes.
+    let (state, script) = common::scripted_state(dir.path(), limits).await;
+    script.set_hold(true);
     let holder = {
         let state = state.clone();
-        tokio::spawn(async move {
-            let req = Request::post("/v1/predict")
-                .header(header::CONTENT_TYPE, "image/png")
-                .body(futures_stall())
-                .unwrap();
-            call(&state, req).await.0
-        })
+        tokio::spawn(async move { call(&state, raw(flat_image(), "image/png")).await.0 })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let start = std::time::Instant::now();
-    let (status, headers, body) = call(&state, raw(flat_image(), "image/png")).await;
+    let stalled = Request::post("/v1/predict")
+        .header(header::CONTENT_TYPE, "image/png")
+        .body(futures_stall())
+        .unwrap();
+    let (status, headers, body) = call(&state, stalled).await;
     assert_eq!(
         status,
         StatusCode::SERVICE_UNAVAILABLE,
         "{}",
         String::from_utf8_lossy(&body)
     );
-    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_retry_after_about_a_second(&headers);
+    assert_eq!(headers[header::CONNECTION], "close");
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "not turned away at once"
     );
-    holder.abort();
-    // The slot comes back once the holder is gone.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The place comes back once the holder is answered.
+    script.set_hold(false);
+    assert_eq!(holder.await.unwrap(), StatusCode::OK);
     assert_eq!(
         call(&state, raw(flat_image(), "image/png")).await.0,
         StatusCode::OK
     );
+}
+
+/// Retry-After is the expected drain time (a second while nothing was measured) plus a little
+/// jitter.
+fn assert_retry_after_about_a_second(headers: &axum::http::HeaderMap) {
+    let secs: u64 = headers[header::RETRY_AFTER]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&secs), "Retry-After {secs}");
 }
 
 /// The astronaut's face box, rotated by EXIF orientation 6 the way a phone stores a portrait:
@@ -480,8 +492,8 @@ async fn faces_per_image_are_capped() {
 
 /// Backpressure: once the service has measured its time per request, a newcomer whose queue
 /// would take longer than `max_queue_wait` to drain is turned away at once, before its body is
-/// read, although the count limits would still take it. (With the count limits alone it would
-/// wait behind the two stalled uploads until their deadlines freed the decode slot.)
+/// read, although the count limits would still take it. Requests the server then keeps
+/// waiting past their deadline get 504, not 408: the wait was the server's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_newcomer_beyond_the_queue_wait_budget_is_turned_away_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -491,37 +503,37 @@ async fn a_newcomer_beyond_the_queue_wait_budget_is_turned_away_at_once() {
         // Any measured queue is too long: everything beyond the floor (2 × max_decodes) is
         // turned away once a window of completions has been measured.
         max_queue_wait: Some(Duration::ZERO),
-        request_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(2),
         ..Limits::default()
     };
-    let state = ready_state(dir.path(), limits).await;
+    let (state, script) = common::scripted_state(dir.path(), limits).await;
     // One window of answered requests gives the service its time per request.
     for _ in 0..face2simpson_inference::admission::WINDOW {
         let (status, _, body) = call(&state, raw(flat_image(), "image/png")).await;
         assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
     }
-    // The floor: two uploads in flight (one decoding, one queued) are always admitted.
+    // The floor: two uploads in flight (held in the model) are always admitted.
+    script.set_hold(true);
     let holders: Vec<_> = (0..2)
         .map(|_| {
             let state = state.clone();
-            tokio::spawn(async move {
-                let req = Request::post("/v1/predict")
-                    .header(header::CONTENT_TYPE, "image/png")
-                    .body(futures_stall())
-                    .unwrap();
-                call(&state, req).await.0
-            })
+            tokio::spawn(async move { call(&state, raw(flat_image(), "image/png")).await.0 })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (status, headers, body) = call(&state, raw(flat_image(), "image/png")).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stalled = Request::post("/v1/predict")
+        .header(header::CONTENT_TYPE, "image/png")
+        .body(futures_stall())
+        .unwrap();
+    let (status, headers, body) = call(&state, stalled).await;
     let body = String::from_utf8_lossy(&body);
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert!(body.contains("saturated"), "{body}");
-    assert_eq!(headers[header::RETRY_AFTER], "1");
+    assert_retry_after_about_a_second(&headers);
     for h in holders {
-        h.abort();
+        assert_eq!(h.await.unwrap(), StatusCode::GATEWAY_TIMEOUT);
     }
+    script.set_hold(false);
 }
 
 /// Below the admission limit nobody is turned away: uploads wait for a decode slot instead.

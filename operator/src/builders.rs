@@ -18,8 +18,8 @@ use k8s_openapi::api::batch::v1::{
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
     EnvVarSource, HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec,
-    Probe, ResourceRequirements, SeccompProfile, SecretEnvSource, SecurityContext, Service,
-    ServicePort, ServiceSpec, Volume, VolumeMount,
+    Probe, ResourceFieldSelector, ResourceRequirements, SeccompProfile, SecretEnvSource,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -748,7 +748,48 @@ fn inference_env(
         }),
         ..Default::default()
     });
+    vars.extend(sizing_env(&inference_resources(sm)));
     Ok(vars)
+}
+
+/// The inference container's resources: the spec's, with default requests.
+fn inference_resources(sm: &SimpsonModel) -> ResourceRequirements {
+    with_default_requests(sm.spec.inference.resources.as_ref(), &INFERENCE_REQUESTS)
+}
+
+/// `CPU_REQUEST` (millicores) and `MEMORY_LIMIT` (bytes) from the downward API: without a CPU
+/// limit the server would see the node's cores and size its pools for them, so it is told what
+/// the pod was given. The memory limit is what the kernel enforces; without one the request is
+/// the best guess of what the pod may use.
+fn sizing_env(resources: &ResourceRequirements) -> Vec<EnvVar> {
+    let has_memory_limit = resources
+        .limits
+        .as_ref()
+        .is_some_and(|l| l.contains_key("memory"));
+    let memory = if has_memory_limit {
+        "limits.memory"
+    } else {
+        "requests.memory"
+    };
+    vec![
+        resource_env("CPU_REQUEST", "requests.cpu", "1m"),
+        resource_env("MEMORY_LIMIT", memory, "1"),
+    ]
+}
+
+fn resource_env(name: &str, resource: &str, divisor: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            resource_field_ref: Some(ResourceFieldSelector {
+                container_name: Some("inference".into()),
+                resource: resource.into(),
+                divisor: Some(Quantity(divisor.into())),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
 }
 
 /// The inference Deployment serving `champion`. Changing MODEL_URI changes the pod template,
@@ -775,10 +816,7 @@ pub fn inference_deployment(
             protocol: Some("TCP".into()),
             ..Default::default()
         }]),
-        resources: Some(with_default_requests(
-            inf.resources.as_ref(),
-            &INFERENCE_REQUESTS,
-        )),
+        resources: Some(inference_resources(sm)),
         // Loading weights from object storage can take a while: readiness gates traffic,
         // liveness only restarts a pod that stopped answering at all.
         readiness_probe: Some(http_probe("/readyz", 5, 3)),

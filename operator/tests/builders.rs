@@ -204,6 +204,44 @@ fn inference_gets_default_requests() {
     );
 }
 
+/// The server sizes its pools from the pod's CPU request and memory limit (the node's core
+/// count is not the pod's): both come from the downward API, the memory request standing in
+/// when no limit is set.
+#[test]
+fn inference_is_told_its_cpu_request_and_memory_limit() {
+    let source = |c: &Container, name: &str| {
+        let var = c.env.iter().flatten().find(|v| v.name == name).unwrap();
+        let r = var
+            .value_from
+            .as_ref()
+            .unwrap()
+            .resource_field_ref
+            .clone()
+            .unwrap();
+        (r.container_name.unwrap(), r.resource, r.divisor.unwrap().0)
+    };
+    let d = inference_deployment(&model(), &champion("r1", 0.8)).unwrap();
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(c.name, "inference");
+    assert_eq!(
+        source(c, "CPU_REQUEST"),
+        ("inference".into(), "requests.cpu".into(), "1m".into())
+    );
+    assert_eq!(
+        source(c, "MEMORY_LIMIT"),
+        ("inference".into(), "requests.memory".into(), "1".into())
+    );
+
+    let mut sm = model();
+    sm.spec.inference.resources = Some(k8s_openapi::api::core::v1::ResourceRequirements {
+        limits: Some([("memory".to_owned(), Quantity("1Gi".into()))].into()),
+        ..Default::default()
+    });
+    let d = inference_deployment(&sm, &champion("r1", 0.8)).unwrap();
+    let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(source(c, "MEMORY_LIMIT").1, "limits.memory");
+}
+
 #[test]
 fn training_job_without_secret_or_champion() {
     let mut sm = model();

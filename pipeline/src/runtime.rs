@@ -53,6 +53,10 @@ pub fn session(env: &Environment, model: &[u8], threads: usize) -> Result<Sessio
         .map_err(ort::Error::from)?
         .with_intra_threads(threads.max(1))
         .map_err(ort::Error::from)?
+        // Idle pool threads would otherwise spin-wait for the next op, burning the CPU the
+        // decoders beside them need on a pod with one or two cores.
+        .with_intra_op_spinning(false)
+        .map_err(ort::Error::from)?
         .with_inter_threads(1)
         .map_err(ort::Error::from)?
         .commit_from_memory(model)?)

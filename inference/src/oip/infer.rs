@@ -108,7 +108,7 @@ async fn run(
     let loaded = resolve(&state, name, version)?;
     // The photo is inside the body, so the body is read before `/v1/predict` admits it; a
     // saturated server still refuses before reading anything.
-    state.inner.admission.would_admit().map_err(rejected)?;
+    state.inner.admission.check().map_err(rejected)?;
     let headers = req.headers().clone();
     let extensions = req.extensions().clone();
     let limit = state.inner.limits.max_body_bytes;

@@ -220,3 +220,62 @@ pub async fn ready_state_with_card(dir: &Path, limits: Limits) -> AppState {
     state.install(models, info, batch_config()).unwrap();
     state
 }
+
+/// A model whose passes can be held (they wait while `hold` is set) or made to fail (while
+/// `fail` is set), to put requests in flight or break the model on purpose.
+#[derive(Debug)]
+pub struct Scripted {
+    pub hold: Arc<std::sync::atomic::AtomicBool>,
+    pub fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl face2simpson_inference::Forward for Scripted {
+    fn forward(
+        &mut self,
+        _batch: &[f32],
+        n: usize,
+        _size: usize,
+    ) -> Result<Vec<face2simpson_inference::Probabilities>, String> {
+        use std::sync::atomic::Ordering;
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if self.fail.load(Ordering::SeqCst) {
+            return Err("the model is broken".into());
+        }
+        Ok(vec![[0.25; model::CLASSES.len()]; n])
+    }
+}
+
+/// Switches for a [`Scripted`] model.
+#[derive(Debug, Clone, Default)]
+pub struct Script {
+    pub hold: Arc<std::sync::atomic::AtomicBool>,
+    pub fail: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Script {
+    pub fn set_hold(&self, on: bool) {
+        self.hold.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    pub fn set_fail(&self, on: bool) {
+        self.fail.store(on, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A ready service whose model is [`Scripted`] (the test model's info, the real detector).
+pub async fn scripted_state(dir: &Path, limits: Limits) -> (AppState, Script) {
+    let uri = model_uri(dir).await;
+    let (_, info) = load_model(&uri, 224, &runtime()).await.unwrap();
+    let script = Script::default();
+    let state = AppState::new(limits, detector(8));
+    let model = Scripted {
+        hold: script.hold.clone(),
+        fail: script.fail.clone(),
+    };
+    state
+        .install(vec![Box::new(model)], info, batch_config())
+        .unwrap();
+    (state, script)
+}
