@@ -34,6 +34,9 @@ import cv2
 import numpy as np
 import onnxruntime as ort
 
+# Quiet: the detector file has unused initializers ONNX Runtime warns about at every load.
+ort.set_default_logger_severity(3)
+
 CLASSES = ["homer", "marge", "bart", "lisa"]
 MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
