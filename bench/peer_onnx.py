@@ -53,6 +53,9 @@ CROP_MARGIN = 1.8
 MAX_FACES = 8
 
 
+F32 = np.float32
+
+
 def rust_round(v: float) -> int:
     """Rust's `f32::round` (half away from zero); Python's round() rounds half to even."""
     return int(math.floor(v + 0.5)) if v >= 0 else -int(math.floor(-v + 0.5))
@@ -94,9 +97,10 @@ def regions(w: int, h: int) -> list[tuple[int, int, int]]:
     long, short = max(w, h), min(w, h)
     if long > short * TILE_ASPECT:
         tiles = min(max(-(-2 * long // short) - 1, 2), MAX_TILES)
-        stride = (long - short) / (tiles - 1)
+        # f32 arithmetic, as faces.rs does it, so the tiles land on the same pixels.
+        stride = F32(long - short) / F32(tiles - 1)
         for t in range(tiles):
-            off = rust_round(t * stride)
+            off = rust_round(float(F32(t) * stride))
             out.append((off, 0, short) if w >= h else (0, off, short))
     return out
 
@@ -106,9 +110,9 @@ def square_input(rgb: np.ndarray, region: tuple[int, int, int]) -> np.ndarray:
     x, y, side = region
     h, w = rgb.shape[:2]
     cw, ch = min(side, w - x), min(side, h - y)
-    scale = INPUT / side
-    sw = min(max(rust_round(cw * scale), 1), INPUT)
-    sh = min(max(rust_round(ch * scale), 1), INPUT)
+    scale = F32(INPUT) / F32(side)
+    sw = min(max(rust_round(float(F32(cw) * scale)), 1), INPUT)
+    sh = min(max(rust_round(float(F32(ch) * scale)), 1), INPUT)
     small = resize(rgb[y : y + ch, x : x + cw], sw, sh, box=cw > 4 * INPUT or ch > 4 * INPUT)
     out = np.full((INPUT, INPUT, 3), -1.0, dtype=np.float32)
     out[:sh, :sw] = small.astype(np.float32) / 127.5 - 1.0
@@ -188,7 +192,7 @@ def clamp(d: np.ndarray, w: int, h: int) -> dict | None:
 def crop_with_margin(rgb: np.ndarray, face: dict) -> np.ndarray:
     """faces.rs `crop_with_margin`: a square 1.8x the face, centred a quarter face higher."""
     h, w = rgb.shape[:2]
-    side = int(max(face["w"], face["h"]) * CROP_MARGIN)
+    side = int(F32(max(face["w"], face["h"])) * F32(CROP_MARGIN))
     cx = face["x"] + face["w"] // 2
     cy = face["y"] + face["h"] // 2 - face["h"] // 4
     side = max(min(side, w, h), 1)

@@ -235,7 +235,12 @@ fn verify(
             faces_of(a)
         );
     };
-    println!("check: {}", upload.name);
+    let (w, h) = upload.dimensions;
+    println!(
+        "check: {} ({w}x{h}, {} bytes)",
+        upload.name,
+        upload.bytes.len()
+    );
     show("face2simpson", ours);
     if let Some(p) = peer {
         show("peer_onnx.py", p);
@@ -261,6 +266,7 @@ fn verify(
 type Row = Vec<WrkResult>;
 
 fn load(url: &str, upload: &Upload, cfg: &Config) -> anyhow::Result<Row> {
+    eprintln!("load: {url}, {}", upload.name);
     let script = wrk::script_for(&upload.path)?;
     cfg.levels
         .iter()
@@ -443,6 +449,7 @@ fn main() -> anyhow::Result<()> {
     let mut our_stages = Vec::new();
     let mut peer_stages = Vec::new();
     for u in &uploads {
+        eprintln!("stages: {}", u.name);
         our_stages.push(bench.measure(&rt, &u.bytes, cfg.batch())?);
         let peer = setup
             .as_ref()
@@ -458,8 +465,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(setup) = &setup {
         for (k, kind) in [Kind::Onnx, Kind::Afternoon].into_iter().enumerate() {
             // One peer at a time: both uploads against it, then it is stopped.
-            let _peer = setup.start(kind, 18_090 + k as u16)?;
-            let peer_url = format!("http://127.0.0.1:{}/v1/predict", 18_090 + k);
+            eprintln!("starting {}", kind.label());
+            let port = peers::free_port()?;
+            let _peer = setup.start(kind, port)?;
+            let peer_url = format!("http://127.0.0.1:{port}/v1/predict");
             for (i, u) in uploads.iter().enumerate() {
                 peer_rows[i][k] = load(&peer_url, u, &cfg)?;
             }

@@ -113,21 +113,35 @@ impl Drop for Peer {
     fn drop(&mut self) {
         // The group id is the child's pid (process_group(0)): SIGTERM reaches uvicorn's
         // supervisor and its workers alike, which a kill of the child alone would orphan.
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{}", self.0.id())])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(10);
+        signal_group(self.0.id(), "TERM");
+        // A peer that blocks its event loop (peer.py) may still be working through queued
+        // requests; it gets a few seconds, then the whole group is killed.
+        let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0.id())])
-            .status();
+        signal_group(self.0.id(), "KILL");
+        let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `kill -s SIG -- -PGID`: without the `--`, kill reads the negative group id as an option.
+fn signal_group(pgid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, "--", &format!("-{pgid}")])
+        .status();
+}
+
+/// A loopback port nobody listens on now: the OS picks it, and it is released at once for the
+/// peer to bind (a fixed port could meet a peer left over from an interrupted run).
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// POSTs `upload` to `url` once and returns the JSON answer.

@@ -198,7 +198,10 @@ impl Bench<'_> {
             .map_err(anyhow::Error::msg)?;
         let (w, h) = img.dimensions();
 
-        let stage = |name, ms| Stage { name, ms };
+        let stage = |name, ms| {
+            eprintln!("  {name}: {ms:.2} ms");
+            Stage { name, ms }
+        };
         let rows = vec![
             stage("read body (in memory)", self.read_ms(rt, bytes)),
             stage(
