@@ -96,10 +96,10 @@ bench-operator: setup setup-e2e ## N SimpsonModels (30, 100, 300) on the real co
 	$(CARGO) build --release --workspace --bins
 	FACE2SIMPSON_E2E_PROFILE=release $(CARGO) bench -p face2simpson-e2e --bench operator
 
-bench-serve: setup ## the service vs FastAPI+OpenCV Haar+ONNX Runtime with wrk at c=1, 8, 32, plus the batching table
+bench-serve: setup ## the service vs two Python peers (our pipeline ported on uvicorn workers; FastAPI+Haar) with wrk at c=1, 8, 32 on a portrait and a group photo, plus per-stage and batching tables
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
 	@scripts/setup-bench.sh
-	$(CARGO) bench -p face2simpson-inference --bench serve
+	BENCH_PEER_PYTHON=$${BENCH_PEER_PYTHON-$(DEPS)/bench-venv/bin/python} $(CARGO) bench -p face2simpson-inference --bench serve
 
 clean: ## remove build output, demo store and fetched dependencies
 	$(CARGO) clean

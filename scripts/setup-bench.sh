@@ -2,8 +2,10 @@
 # The Python peers of the benchmarks, each in a virtual environment under .deps/ built from a
 # pinned requirements file. Idempotent: a stamp records the requirements it was built from.
 #
-#   scripts/setup-bench.sh          bench/peer.py (FastAPI + OpenCV Haar + ONNX Runtime) for
-#                                   `make bench-serve`, in .deps/bench-venv
+#   scripts/setup-bench.sh          the two peers of `make bench-serve`, in .deps/bench-venv:
+#                                   bench/peer_onnx.py (our pipeline on ONNX Runtime, uvicorn
+#                                   with uvloop + httptools) and bench/peer.py (FastAPI + OpenCV
+#                                   Haar + ONNX Runtime)
 #   scripts/setup-bench.sh train    bench/train_peer.py (the seed's PyTorch + torchvision stack)
 #                                   for `make bench-train`, in .deps/train-bench-venv. PyPI's
 #                                   torch wheel for Linux is the CUDA build and pulls NVIDIA's

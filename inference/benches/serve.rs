@@ -1,159 +1,146 @@
-//! `make bench-serve`: the service against its peer, side by side, on the same machine, model
-//! and upload, with a real load generator (Debian's `wrk`) at concurrency 1, 8 and 32.
+//! `make bench-serve`: the service against two Python peers, side by side, on the same machine,
+//! models and uploads, with a real load generator (Debian's `wrk`).
 //!
-//! * The service: the real server (`serve` + `app`) on loopback with a 224 px MobileNetV2 ONNX
-//!   model (seeded random weights: cost does not depend on their values), BlazeFace, batching.
-//! * The peer: `bench/peer.py`, FastAPI + OpenCV Haar cascade + ONNX Runtime serving the same
-//!   model.onnx, from the virtual environment `scripts/setup-bench.sh` makes.
-//! * Before that, the batching table: per-image model cost at batch 1, 2, 4, 8 with 1 and 2
-//!   intra-op threads, the measurement behind the serving defaults.
+//! * The service: the real server (`serve` + `app`) on loopback, configured as `main.rs` sizes
+//!   itself for the pod (`sizing::PodResources`: cgroup, else `CPU_REQUEST`, else the machine;
+//!   on a 2-core machine 2 decode slots and detector sessions, 1 model worker with 2 ORT
+//!   threads), a 224 px MobileNetV2 ONNX model (seeded random weights: cost does not depend on
+//!   their values), BlazeFace, the dynamic batcher.
+//! * The strongest Python peer, `bench/peer_onnx.py`: our pipeline ported to Python (the same
+//!   BlazeFace file and model.onnx on ONNX Runtime, OpenCV decode, the same crop rule), a sync
+//!   FastAPI endpoint, uvicorn with uvloop + httptools, one worker per core, one ORT thread each.
+//! * The afternoon peer, `bench/peer.py`: async endpoint, OpenCV Haar cascade, one process.
 //!
-//! Every request uploads the same 256 px JPEG portrait (one face). The clients behave like real
-//! ones: after a 503 a connection waits as long as Retry-After says before it sends again, and
-//! the latencies reported are those of the 2xx answers (timed in wrk's Lua, one connection per
-//! wrk thread), so turning requests away at once cannot flatter the percentiles; the non-2xx
-//! answers are counted beside them.
+//! Two uploads (`serve/uploads.rs`): the 256 px JPEG portrait (one face) and a 1280×886 JPEG
+//! composite of four astronaut heads. Before the load, the bench checks that the service and
+//! peer_onnx.py find the same faces and classes, and times the service's stages in process
+//! (`serve/stages.rs`) beside peer_onnx.py's. It also keeps the batching table (per-image
+//! model cost at batch 1–8 with 1 and 2 threads), the measurement behind the batcher defaults.
 //!
-//! Tunables (env): BENCH_SECONDS (per level, default 10), BENCH_WORKERS / BENCH_THREADS /
-//! BENCH_MAX_BATCH / BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS (the service's configuration,
-//! default 1 / all cores / 8 / 64 / the service's default; 0 turns the queue-wait limit off),
-//! BENCH_PEER_PYTHON
-//! (default .deps/bench-venv/bin/python; set it empty to skip the peer).
+//! The clients behave like real ones: after a 503 a connection waits as long as Retry-After
+//! says; the latencies reported are those of the 2xx answers and only 2xx answers count toward
+//! req/s (`serve/wrk.rs`); the non-2xx answers are counted beside them.
+//!
+//! Tunables (env): BENCH_SECONDS (per level, default 10), BENCH_LEVELS (default 1,8,32),
+//! BENCH_STAGE_RUNS (default 50), BENCH_WORKERS / BENCH_THREADS / BENCH_MAX_BATCH /
+//! BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS (override the service's sized configuration),
+//! BENCH_PEER_PYTHON (default .deps/bench-venv/bin/python; set it empty to skip the peers),
+//! CPU_REQUEST / MEMORY_LIMIT (as the service reads them).
+
+#[path = "serve/peers.rs"]
+mod peers;
+#[path = "serve/stages.rs"]
+mod stages;
+#[path = "serve/uploads.rs"]
+mod uploads;
+#[path = "serve/wrk.rs"]
+mod wrk;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use face2simpson_inference::serve::{ServeConfig, serve};
+use face2simpson_inference::sizing::{self, PodResources, Sizing};
 use face2simpson_inference::{
     AppState, BatchConfig, Forward, Limits, RuntimeConfig, app, load_detector, load_model,
 };
+use peers::Kind;
+use pipeline::FaceDetector;
+use uploads::Upload;
+use wrk::WrkResult;
 
 const IMAGE_SIZE: u32 = 224;
-const PORTRAIT: &[u8] = include_bytes!("../tests/fixtures/astronaut.png");
-
-/// One load level, as the Lua script's `done` reports it: 2xx answers per second and their
-/// latency percentiles, and how many answers were not 2xx.
-#[derive(Debug, Clone, Copy)]
-struct WrkResult {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    non_2xx: u64,
-}
-
-impl Default for WrkResult {
-    fn default() -> Self {
-        Self {
-            rps: f64::NAN,
-            p50_ms: f64::NAN,
-            p99_ms: f64::NAN,
-            non_2xx: 0,
-        }
-    }
-}
-
-/// The load script. wrk runs one Lua state per thread; with one connection per thread,
-/// `request` and `response` alternate, so each answer is timed here (LuaJIT's FFI gives the
-/// monotonic clock) and only 2xx answers enter the percentiles. After a 503 the connection
-/// honours Retry-After. `done` merges the threads and prints one `F2S` line.
-const LUA: &str = r#"
-local ffi = require("ffi")
-ffi.cdef[[
-typedef struct { long tv_sec; long tv_nsec; } f2s_timespec;
-int clock_gettime(int clk_id, f2s_timespec *tp);
-]]
-local ts = ffi.new("f2s_timespec")
-local function now_ms()
-  ffi.C.clock_gettime(1, ts) -- CLOCK_MONOTONIC
-  return tonumber(ts.tv_sec) * 1000 + tonumber(ts.tv_nsec) / 1e6
-end
-
-local f = io.open(UPLOAD, "rb")
-wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
-wrk.headers["Content-Type"] = "image/jpeg"
-
-local threads = {}
-function setup(thread) table.insert(threads, thread) end
-
-local started, backoff = 0, 0
-ok_ms = {}
-non2xx = 0
-function delay() local d = backoff; backoff = 0; return d end
-function request() started = now_ms(); return wrk.format() end
-function response(status, headers, body)
-  if status >= 200 and status < 300 then
-    ok_ms[#ok_ms + 1] = now_ms() - started
-  else
-    non2xx = non2xx + 1
-    if status == 503 then
-      local after = headers["Retry-After"] or headers["retry-after"]
-      backoff = (tonumber(after) or 1) * 1000
-    end
-  end
-end
-function done(summary, latency, requests)
-  local all, bad = {}, 0
-  for _, t in ipairs(threads) do
-    for _, v in ipairs(t:get("ok_ms")) do all[#all + 1] = v end
-    bad = bad + t:get("non2xx")
-  end
-  table.sort(all)
-  local function pct(p)
-    if #all == 0 then return 0 / 0 end
-    return all[math.max(1, math.ceil(#all * p))]
-  end
-  io.write(string.format("F2S ok=%d non2xx=%d seconds=%.3f p50_ms=%.3f p99_ms=%.3f\n",
-    #all, bad, summary.duration / 1e6, pct(0.5), pct(0.99)))
-end
-"#;
-
-/// Reads the `F2S key=value …` line the Lua script prints.
-fn parse_wrk(out: &str) -> WrkResult {
-    let mut r = WrkResult::default();
-    let Some(line) = out.lines().find_map(|l| l.trim().strip_prefix("F2S ")) else {
-        return r;
-    };
-    let field = |key: &str| -> f64 {
-        line.split_whitespace()
-            .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-    r.rps = field("ok") / field("seconds");
-    r.p50_ms = field("p50_ms");
-    r.p99_ms = field("p99_ms");
-    r.non_2xx = field("non2xx") as u64;
-    r
-}
-
-fn wrk(script: &Path, url: &str, c: usize, seconds: u64) -> anyhow::Result<WrkResult> {
-    let out = Command::new("wrk")
-        // One connection per thread: the Lua script times each answer (see LUA).
-        .args(["-t", &c.to_string(), "-c", &c.to_string()])
-        .args(["-d", &format!("{seconds}s"), "--latency", "-s"])
-        .arg(script)
-        .arg(url)
-        .output()?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r = parse_wrk(&stdout);
-    if r.rps.is_nan() {
-        anyhow::bail!(
-            "wrk printed no F2S line: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(r)
-}
+/// Faces per image at most, the service's default (`MAX_FACES`).
+const MAX_FACES: usize = 8;
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// What the run measures and how the service is configured.
+struct Config {
+    seconds: u64,
+    levels: Vec<usize>,
+    stage_runs: usize,
+    cores: usize,
+    /// The CPUs the service sized itself for, as `main.rs` reads them.
+    pod_cpus: f64,
+    sized: Sizing,
+    workers: usize,
+    threads: usize,
+    max_batch: usize,
+    max_waiting: usize,
+    max_queue_wait_ms: u64,
+    python: Option<PathBuf>,
+}
+
+impl Config {
+    fn from_env() -> Self {
+        // The service's own defaults (main.rs): sized from the cgroup, CPU_REQUEST, the machine.
+        let pod = PodResources::detect(
+            Path::new(sizing::CGROUP_ROOT),
+            std::env::var("CPU_REQUEST")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            std::env::var("MEMORY_LIMIT")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+        );
+        let sized = pod.sizing();
+        let levels = std::env::var("BENCH_LEVELS")
+            .unwrap_or_else(|_| "1,8,32".into())
+            .split(',')
+            .filter_map(|c| c.trim().parse().ok())
+            .collect();
+        let python = std::env::var("BENCH_PEER_PYTHON").unwrap_or_else(|_| {
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../.deps/bench-venv/bin/python"
+            )
+            .to_owned()
+        });
+        Self {
+            seconds: env_or("BENCH_SECONDS", 10),
+            levels,
+            stage_runs: env_or("BENCH_STAGE_RUNS", 50),
+            cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            pod_cpus: pod.cpus,
+            sized,
+            workers: env_or("BENCH_WORKERS", 1),
+            threads: env_or("BENCH_THREADS", sized.ort_threads),
+            max_batch: env_or("BENCH_MAX_BATCH", 8),
+            max_waiting: env_or("BENCH_MAX_WAITING", 64),
+            max_queue_wait_ms: env_or(
+                "BENCH_MAX_QUEUE_WAIT_MS",
+                face2simpson_inference::DEFAULT_MAX_QUEUE_WAIT_MS,
+            ),
+            python: Some(PathBuf::from(&python)).filter(|p| !python.is_empty() && p.exists()),
+        }
+    }
+
+    fn batch(&self) -> BatchConfig {
+        BatchConfig {
+            max_batch: self.max_batch,
+            max_wait: Duration::from_millis(2),
+            queue_capacity: 64,
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_decodes: self.sized.decodes,
+            max_waiting: self.max_waiting,
+            upload_budget_bytes: self.sized.upload_budget,
+            pixel_budget_bytes: self.sized.pixel_budget,
+            max_queue_wait: (self.max_queue_wait_ms > 0)
+                .then(|| Duration::from_millis(self.max_queue_wait_ms)),
+            ..Limits::default()
+        }
+    }
 }
 
 /// Per-image model cost at each batch size and thread count.
@@ -188,116 +175,23 @@ fn batching_table(onnx: &[u8], library: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-struct Peer(Child);
-
-impl Drop for Peer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_peer(python: &Path, model: &Path, port: u16) -> anyhow::Result<Peer> {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/peer.py");
-    let child = Command::new(python)
-        .arg(script)
-        .args(["--model"])
-        .arg(model)
-        .args([
-            "--port",
-            &port.to_string(),
-            "--image-size",
-            &IMAGE_SIZE.to_string(),
-        ])
-        .stdout(Stdio::null())
-        .spawn()?;
-    let peer = Peer(child);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Ok(peer);
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    anyhow::bail!("the peer did not start listening on port {port}")
-}
-
-fn main() -> anyhow::Result<()> {
-    let seconds: u64 = env_or("BENCH_SECONDS", 10);
-    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let workers: usize = env_or("BENCH_WORKERS", 1);
-    let threads: usize = env_or("BENCH_THREADS", cores);
-    let max_batch: usize = env_or("BENCH_MAX_BATCH", 8);
-    let max_queue_wait_ms: u64 = env_or(
-        "BENCH_MAX_QUEUE_WAIT_MS",
-        face2simpson_inference::DEFAULT_MAX_QUEUE_WAIT_MS,
-    );
-    let library = PathBuf::from(env!("ORT_DYLIB_PATH"));
-    let python = std::env::var("BENCH_PEER_PYTHON").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../.deps/bench-venv/bin/python"
-        )
-        .to_owned()
-    });
-    if Command::new("wrk").arg("--version").output().is_err() {
-        anyhow::bail!("wrk is not installed: `make bench-serve` installs Debian's wrk");
-    }
-
-    let dir = tempfile::tempdir()?;
-    let onnx = model::onnx::export(&model::onnx::Weights::random(0, 4), IMAGE_SIZE)?;
-    let onnx_path = dir.path().join("runs/bench/model.onnx");
-    std::fs::create_dir_all(onnx_path.parent().unwrap_or(dir.path()))?;
-    std::fs::write(&onnx_path, &onnx)?;
-    batching_table(&onnx, &library)?;
-
-    // The upload: the portrait at 256 px as JPEG.
-    let img = image::load_from_memory(PORTRAIT)?.resize_exact(
-        256,
-        256,
-        image::imageops::FilterType::Triangle,
-    );
-    let upload = dir.path().join("upload.jpg");
-    img.to_rgb8()
-        .save_with_format(&upload, image::ImageFormat::Jpeg)?;
-    let script = dir.path().join("post.lua");
-    std::fs::write(
-        &script,
-        format!("local UPLOAD = {:?}\n{LUA}", upload.display().to_string()),
-    )?;
-
-    let rt = tokio::runtime::Runtime::new()?;
-    let addr = rt.block_on(async {
+/// Starts the real server on a free loopback port.
+fn start_service(
+    rt: &tokio::runtime::Runtime,
+    cfg: &Config,
+    dir: &Path,
+    detector: Arc<FaceDetector>,
+) -> anyhow::Result<std::net::SocketAddr> {
+    rt.block_on(async {
         let runtime = RuntimeConfig {
-            library: library.clone(),
-            workers,
-            threads,
+            library: PathBuf::from(env!("ORT_DYLIB_PATH")),
+            workers: cfg.workers,
+            threads: cfg.threads,
         };
-        let uri = format!(
-            "file://{}/runs/bench/model.safetensors",
-            dir.path().display()
-        );
+        let uri = format!("file://{}/runs/bench/model.safetensors", dir.display());
         let (models, info) = load_model(&uri, IMAGE_SIZE, &runtime).await?;
-        let detector = load_detector(
-            &library,
-            Path::new(env!("FACE2SIMPSON_BLAZEFACE")),
-            cores,
-            8,
-        )?;
-        let limits = Limits {
-            max_decodes: cores,
-            max_waiting: env_or("BENCH_MAX_WAITING", 64),
-            max_queue_wait: (max_queue_wait_ms > 0)
-                .then(|| Duration::from_millis(max_queue_wait_ms)),
-            ..Limits::default()
-        };
-        let state = AppState::new(limits, Arc::new(detector));
-        let batch = BatchConfig {
-            max_batch,
-            max_wait: Duration::from_millis(2),
-            queue_capacity: 64,
-        };
-        state.install(models, info, batch)?;
+        let state = AppState::new(cfg.limits(), detector);
+        state.install(models, info, cfg.batch())?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         tokio::spawn(serve(
@@ -308,70 +202,297 @@ fn main() -> anyhow::Result<()> {
             std::future::pending(),
         ));
         anyhow::Ok(addr)
-    })?;
+    })
+}
 
-    let levels = [1usize, 8, 32];
-    let mut ours = Vec::new();
-    for c in levels {
-        ours.push(wrk(
-            &script,
-            &format!("http://{addr}/v1/predict"),
-            c,
-            seconds,
-        )?);
-    }
-    let mut peer = Vec::new();
-    if !python.is_empty() && Path::new(&python).exists() {
-        let port = 18_090;
-        let _peer = start_peer(Path::new(&python), &onnx_path, port)?;
-        for c in levels {
-            peer.push(wrk(
-                &script,
-                &format!("http://127.0.0.1:{port}/v1/predict"),
-                c,
-                seconds,
-            )?);
-        }
-    } else {
-        println!("(peer skipped: no Python at {python}; `make bench-serve` creates it)");
-    }
+/// Boxes and top-1 classes of an answer, `(x,y,w,h) class` per face, for the check below.
+fn faces_of(answer: &serde_json::Value) -> Vec<(Vec<i64>, String)> {
+    let faces = answer["faces"].as_array().cloned().unwrap_or_default();
+    faces
+        .iter()
+        .map(|f| {
+            let b = &f["box"];
+            let xywh = ["x", "y", "w", "h"].map(|k| b[k].as_i64().unwrap_or(-1));
+            (
+                xywh.to_vec(),
+                f["character"].as_str().unwrap_or("?").to_owned(),
+            )
+        })
+        .collect()
+}
 
-    println!(
-        "\nserving: {IMAGE_SIZE} px model, 256 px JPEG portrait, {seconds} s per level, {cores} cores; service: {workers} worker(s) x {threads} thread(s), max batch {max_batch}, max queue wait {max_queue_wait_ms} ms"
-    );
-    println!("  req/s and percentiles are of 2xx answers; clients honour Retry-After after a 503");
-    println!(
-        "  {:>3} | {:>28} | {:>31} | {:>7}   non-2xx ours / peer",
-        "c", "face2simpson req/s p50 p99", "FastAPI+Haar+ORT req/s p50 p99", "ratio"
-    );
-    for (i, c) in levels.iter().enumerate() {
-        let o = ours[i];
-        let line = format!(
-            "  {c:>3} | {:>8.1} {:>8.1} {:>8.1} ms",
-            o.rps, o.p50_ms, o.p99_ms
-        );
-        match peer.get(i) {
-            Some(p) => println!(
-                "{line} | {:>8.1} {:>8.1} {:>8.1} ms | {:>6.2}x   {} / {}",
-                p.rps,
-                p.p50_ms,
-                p.p99_ms,
-                o.rps / p.rps,
-                o.non_2xx,
-                p.non_2xx
-            ),
-            None => println!("{line}   non-2xx {}", o.non_2xx),
-        }
-    }
-    if let (Some(c8), Some(c32)) = (ours.get(1), ours.get(2)) {
+/// The service's answer and peer_onnx.py's for one upload, side by side; the service must find
+/// the faces the upload was built with (at least 3 on the composite).
+fn verify(
+    upload: &Upload,
+    ours: &serde_json::Value,
+    peer: Option<&serde_json::Value>,
+) -> anyhow::Result<()> {
+    let show = |who: &str, a: &serde_json::Value| {
         println!(
-            "  p99 at c=32 / p50 at c=8 = {:.2} (target <= 4: backpressure, not collapse); non-2xx at c=1, 8, 32: {} / {} / {} (target 0 at c=1 and c=8)",
-            c32.p99_ms / c8.p50_ms,
-            ours[0].non_2xx,
-            c8.non_2xx,
-            c32.non_2xx
+            "  {who:<13} headline {:<6} faces {:?}",
+            a["character"].as_str().unwrap_or("?"),
+            faces_of(a)
+        );
+    };
+    let (w, h) = upload.dimensions;
+    println!(
+        "check: {} ({w}x{h}, {} bytes)",
+        upload.name,
+        upload.bytes.len()
+    );
+    show("face2simpson", ours);
+    if let Some(p) = peer {
+        show("peer_onnx.py", p);
+        let top = |a: &serde_json::Value| a["probabilities"].clone();
+        println!("  probabilities ours {} / peer {}", top(ours), top(p));
+    }
+    let want = if upload.name.contains("composite") {
+        3
+    } else {
+        1
+    };
+    let found = faces_of(ours).len();
+    if found < want {
+        anyhow::bail!(
+            "the service found {found} face(s) on the {}, expected >= {want}",
+            upload.name
         );
     }
+    Ok(())
+}
+
+/// One server's results at every level for one upload.
+type Row = Vec<WrkResult>;
+
+fn load(url: &str, upload: &Upload, cfg: &Config) -> anyhow::Result<Row> {
+    eprintln!("load: {url}, {}", upload.name);
+    let script = wrk::script_for(&upload.path)?;
+    cfg.levels
+        .iter()
+        .map(|&c| wrk::run(&script, url, c, cfg.seconds))
+        .collect()
+}
+
+fn cell(r: Option<&WrkResult>) -> String {
+    match r {
+        Some(r) => format!(
+            "{:.1} | {:.1} | {:.1} | {}",
+            r.rps, r.p50_ms, r.p99_ms, r.non_2xx
+        ),
+        None => "— | — | — | —".into(),
+    }
+}
+
+fn ratio(ours: &WrkResult, peer: Option<&WrkResult>) -> String {
+    peer.map_or("—".into(), |p| format!("**{:.2}×**", ours.rps / p.rps))
+}
+
+/// One markdown table per upload: every server at every level, and our req/s over each peer's.
+fn print_load_table(cfg: &Config, upload: &Upload, ours: &Row, onnx: &Row, afternoon: &Row) {
+    println!(
+        "\nserving: {}, {IMAGE_SIZE} px model, {} s per level, {} cores; 2xx only (req/s, p50/p99 ms of 2xx), clients honour Retry-After",
+        upload.name, cfg.seconds, cfg.cores
+    );
+    println!(
+        "| c | face2simpson req/s | p50 | p99 | non-2xx | peer_onnx req/s | p50 | p99 | non-2xx | peer.py req/s | p50 | p99 | non-2xx | ours / peer_onnx | ours / peer.py |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for (i, c) in cfg.levels.iter().enumerate() {
+        let o = &ours[i];
+        println!(
+            "| {c} | {} | {} | {} | {} | {} |",
+            cell(Some(o)),
+            cell(onnx.get(i)),
+            cell(afternoon.get(i)),
+            ratio(o, onnx.get(i)),
+            ratio(o, afternoon.get(i))
+        );
+    }
+}
+
+/// peer_onnx.py's median for the stage the service's row `name` corresponds to.
+fn peer_stage(peer: Option<&serde_json::Value>, name: &str) -> String {
+    let key = match name {
+        "decode + orient (model::decode)" => "decode+orient",
+        "detect (BlazeFace)" => "detect",
+        "crop + fit" => "crop+fit",
+        "  of which forward pass" => "classify",
+        "serialize" => "serialize",
+        _ => return "—".into(),
+    };
+    peer.and_then(|p| p[key].as_f64())
+        .map_or("—".into(), |ms| format!("{ms:.2}"))
+}
+
+/// The per-stage table: the service's stages on both uploads, peer_onnx.py's beside them, and
+/// what the stages leave out of a c=1 request (HTTP, admission, hand-offs).
+fn print_stage_table(
+    cfg: &Config,
+    uploads: &[Upload],
+    ours: &[stages::Stages],
+    peer: &[Option<serde_json::Value>],
+    c1_p50: &[Option<f64>],
+) {
+    println!(
+        "\nstages: one request at a time, in process, median of {} runs, ms (peer_onnx.py: its own stages, timed inside it; crop+fit includes its normalisation, its classify is the forward pass)",
+        cfg.stage_runs
+    );
+    print!("| stage |");
+    for u in uploads {
+        print!(" ours, {} | peer_onnx |", u.name);
+    }
+    println!("\n|---|{}", "---|---|".repeat(uploads.len()));
+    let passes: Vec<String> = ours
+        .iter()
+        .zip(peer)
+        .map(|(o, p)| {
+            let pp = p.as_ref().map_or("—".into(), |p| {
+                format!("{} / {}", p["faces"], p["detector_passes"])
+            });
+            format!(" {} / {} | {pp} |", o.faces, o.passes)
+        })
+        .collect();
+    println!("| faces / detector passes |{}", passes.concat());
+    for (i, row) in ours[0].rows.iter().enumerate() {
+        print!("| {} |", row.name.replace("  ", "… "));
+        for (o, p) in ours.iter().zip(peer) {
+            print!(
+                " {:.2} | {} |",
+                o.rows[i].ms,
+                peer_stage(p.as_ref(), row.name)
+            );
+        }
+        println!();
+    }
+    print!("| sum of the stages |");
+    for (o, p) in ours.iter().zip(peer) {
+        let peer_sum = p.as_ref().map_or("—".into(), |p| {
+            let keys = [
+                "decode+orient",
+                "detect",
+                "crop+fit",
+                "classify",
+                "serialize",
+            ];
+            format!(
+                "{:.2}",
+                keys.iter().filter_map(|k| p[*k].as_f64()).sum::<f64>()
+            )
+        });
+        print!(" {:.2} | {peer_sum} |", o.total_ms());
+    }
+    print!("\n| c=1 p50 over HTTP (load table) |");
+    for p50 in c1_p50 {
+        let p50 = p50.map_or("—".into(), |v| format!("{v:.2}"));
+        print!(" {p50} | |");
+    }
+    print!("\n| … HTTP, admission, hand-offs (difference) |");
+    for (o, p50) in ours.iter().zip(c1_p50) {
+        let d = p50.map_or("—".into(), |v| format!("{:.2}", v - o.total_ms()));
+        print!(" {d} | |");
+    }
+    println!();
+}
+
+fn main() -> anyhow::Result<()> {
+    let cfg = Config::from_env();
+    wrk::check_installed()?;
+    let library = PathBuf::from(env!("ORT_DYLIB_PATH"));
+    let blazeface = PathBuf::from(env!("FACE2SIMPSON_BLAZEFACE"));
+
+    let dir = tempfile::tempdir()?;
+    let onnx = model::onnx::export(&model::onnx::Weights::random(0, 4), IMAGE_SIZE)?;
+    let onnx_path = dir.path().join("runs/bench/model.onnx");
+    std::fs::create_dir_all(onnx_path.parent().unwrap_or(dir.path()))?;
+    std::fs::write(&onnx_path, &onnx)?;
+    batching_table(&onnx, &library)?;
+
+    let uploads = [uploads::portrait(dir.path())?, uploads::group(dir.path())?];
+    let detector = Arc::new(load_detector(
+        &library,
+        &blazeface,
+        cfg.sized.decodes,
+        MAX_FACES,
+    )?);
+    let rt = tokio::runtime::Runtime::new()?;
+    let addr = start_service(&rt, &cfg, dir.path(), detector.clone())?;
+    let url = format!("http://{addr}/v1/predict");
+    let setup = cfg.python.as_ref().map(|python| peers::Setup {
+        python: python.clone(),
+        model: onnx_path.clone(),
+        detector: blazeface.clone(),
+        image_size: IMAGE_SIZE,
+        workers: cfg.cores,
+    });
+    if setup.is_none() {
+        println!("(peers skipped: no Python; `make bench-serve` creates .deps/bench-venv)");
+    }
+
+    // Same faces, same classes, before anything is timed.
+    for u in &uploads {
+        let peer = setup
+            .as_ref()
+            .map(|s| s.onnx_offline(&u.path, 0))
+            .transpose()?;
+        verify(u, &peers::post(&url, &u.path)?, peer.as_ref())?;
+    }
+
+    let bench = stages::Bench {
+        detector: &detector,
+        onnx: &onnx,
+        library: &library,
+        ort_threads: cfg.threads,
+        pre: model::Preprocessor::new(IMAGE_SIZE),
+        runs: cfg.stage_runs,
+    };
+    let mut our_stages = Vec::new();
+    let mut peer_stages = Vec::new();
+    for u in &uploads {
+        eprintln!("stages: {}", u.name);
+        our_stages.push(bench.measure(&rt, &u.bytes, cfg.batch())?);
+        let peer = setup
+            .as_ref()
+            .map(|s| s.onnx_offline(&u.path, cfg.stage_runs));
+        peer_stages.push(peer.transpose()?);
+    }
+
+    let mut ours = Vec::new();
+    for u in &uploads {
+        ours.push(load(&url, u, &cfg)?);
+    }
+    let mut peer_rows: Vec<[Row; 2]> = uploads.iter().map(|_| [Vec::new(), Vec::new()]).collect();
+    if let Some(setup) = &setup {
+        for (k, kind) in [Kind::Onnx, Kind::Afternoon].into_iter().enumerate() {
+            // One peer at a time: both uploads against it, then it is stopped.
+            eprintln!("starting {}", kind.label());
+            let port = peers::free_port()?;
+            let _peer = setup.start(kind, port)?;
+            let peer_url = format!("http://127.0.0.1:{port}/v1/predict");
+            for (i, u) in uploads.iter().enumerate() {
+                peer_rows[i][k] = load(&peer_url, u, &cfg)?;
+            }
+        }
+    }
+
+    println!(
+        "\nface2simpson: {} model worker(s) x {} ORT thread(s), {} decode slot(s) and detector sessions (sized from {:?} CPUs), max batch {}, max queue wait {} ms; peer_onnx.py: {} uvicorn worker(s) x 1 ORT thread, sync endpoint; peer.py: 1 process, async endpoint",
+        cfg.workers,
+        cfg.threads,
+        cfg.sized.decodes,
+        cfg.pod_cpus,
+        cfg.max_batch,
+        cfg.max_queue_wait_ms,
+        cfg.cores
+    );
+    for (i, u) in uploads.iter().enumerate() {
+        print_load_table(&cfg, u, &ours[i], &peer_rows[i][0], &peer_rows[i][1]);
+    }
+    let c1: Vec<Option<f64>> = ours
+        .iter()
+        .map(|r| cfg.levels.iter().position(|&c| c == 1).map(|i| r[i].p50_ms))
+        .collect();
+    print_stage_table(&cfg, &uploads, &our_stages, &peer_stages, &c1);
     rt.shutdown_timeout(Duration::from_secs(2));
     Ok(())
 }

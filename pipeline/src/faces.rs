@@ -235,6 +235,13 @@ impl FaceDetector {
     }
 }
 
+/// How many detector passes (one 128×128 network run each) a `w`×`h` photo costs: one for the
+/// whole image, plus the tiles of a wide or tall one. Benchmarks report it beside the detect
+/// stage's time.
+pub fn detector_passes(w: u32, h: u32) -> usize {
+    regions(w, h).len()
+}
+
 /// Square regions `(x, y, side)` to look at: the whole image (letterboxed to a square), and for
 /// wide or tall photos overlapping squares of the short side along the long one.
 fn regions(w: u32, h: u32) -> Vec<(u32, u32, u32)> {

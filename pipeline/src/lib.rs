@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use faces::{
     CROP_MARGIN, DetectError, DetectorLoadError, FaceBox, FaceDetector, crop_with_margin,
+    detector_passes,
 };
 
 /// Version of the bytes → input contract. 1: decode, EXIF orientation, BlazeFace, the largest
