@@ -405,7 +405,9 @@ async fn image_bytes(kind: UploadKind, parts: Parts, body: Bytes) -> Result<Byte
 #[derive(Debug, Clone, Default)]
 struct ReadingBody(Arc<AtomicBool>);
 
-fn busy(admission: &Admission, rejection: Rejection) -> ApiError {
+/// The answer to a request admission turns away: 503 with a Retry-After of the expected
+/// drain time (the v1 and v2 routes alike).
+pub(crate) fn busy(admission: &Admission, rejection: Rejection) -> ApiError {
     tracing::debug!(?rejection, "turned away");
     ApiError::busy(match rejection {
         Rejection::Full => "too many uploads in progress; retry shortly".to_owned(),

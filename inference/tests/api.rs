@@ -8,29 +8,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{
-    ASTRONAUT, IMAGE_SIZE, detector, jpeg, limits, png, png_bomb, ready_state, ready_state_with,
-    with_exif_orientation,
+    ASTRONAUT, IMAGE_SIZE, call, detector, jpeg, limits, png, png_bomb, ready_state,
+    ready_state_with, with_exif_orientation,
 };
-use face2simpson_inference::{AppState, Limits, app};
-use http_body_util::BodyExt;
-use tower::ServiceExt;
-
-async fn call(
-    state: &AppState,
-    req: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
-}
+use face2simpson_inference::{AppState, Limits};
 
 fn get(path: &str) -> Request<Body> {
     Request::get(path).body(Body::empty()).unwrap()

@@ -11,31 +11,12 @@ use std::process::Command;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
-use common::{ASTRONAUT, IMAGE_SIZE, limits, ready_state};
+use common::{ASTRONAUT, IMAGE_SIZE, call, limits, ready_state};
 use face2simpson_inference::serve::{ServeConfig, serve};
 use face2simpson_inference::{AppState, app};
-use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tower::ServiceExt;
 
 const CLASSES: [&str; 4] = ["homer", "marge", "bart", "lisa"];
-
-async fn call(
-    state: &AppState,
-    req: Request<Body>,
-) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
-    let resp = app(state.clone()).oneshot(req).await.unwrap();
-    let status = resp.status();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .unwrap()
-        .to_bytes()
-        .to_vec();
-    (status, headers, body)
-}
 
 fn parse(body: &[u8]) -> Value {
     serde_json::from_slice(body)

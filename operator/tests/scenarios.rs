@@ -15,20 +15,6 @@ use http::Method;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
-const FIRST: &str = "homer-20261101-000000";
-const SECOND: &str = "homer-20261104-000000";
-const FIRST_URI: &str = "s3://bucket/models/runs/homer-20261101-000000/model.safetensors";
-/// FIRST was trained before runs were keyed per model; SECOND under the model's own prefix.
-const SECOND_URI: &str =
-    "s3://bucket/models/runs/simpsons/homer/homer-20261104-000000/model.safetensors";
-
-/// Serving FIRST, with SECOND started at its slot and not decided yet.
-fn training_second() -> face2simpson_operator::SimpsonModel {
-    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
-    sm.status.as_mut().unwrap().last_run = Some(run(SECOND, "2026-11-04T00:00:00Z", None));
-    sm
-}
-
 fn args(job: &serde_json::Value) -> Vec<String> {
     serde_json::from_value(job["spec"]["template"]["spec"]["containers"][0]["args"].clone())
         .unwrap()

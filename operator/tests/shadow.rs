@@ -12,12 +12,6 @@ use face2simpson_operator::crd::{CandidateStatus, SimpsonModel, SimpsonModelStat
 use face2simpson_operator::reconcile;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
-const FIRST: &str = "homer-20261101-000000";
-const SECOND: &str = "homer-20261104-000000";
-const FIRST_URI: &str = "s3://bucket/models/runs/homer-20261101-000000/model.safetensors";
-const SECOND_URI: &str =
-    "s3://bucket/models/runs/simpsons/homer/homer-20261104-000000/model.safetensors";
-
 fn shadowed(mut sm: SimpsonModel) -> SimpsonModel {
     sm.spec.promotion.shadow.enabled = true;
     sm.spec.promotion.shadow.min_requests = 50;
@@ -25,11 +19,9 @@ fn shadowed(mut sm: SimpsonModel) -> SimpsonModel {
     sm
 }
 
-/// Serving FIRST, SECOND trained and not decided yet.
-fn training_second() -> SimpsonModel {
-    let mut sm = shadowed(serving(FIRST, "2026-11-01T00:00:00Z"));
-    sm.status.as_mut().unwrap().last_run = Some(run(SECOND, "2026-11-04T00:00:00Z", None));
-    sm
+/// Serving FIRST, SECOND trained and not decided yet, with a shadow stage.
+fn shadowed_second() -> SimpsonModel {
+    shadowed(training_second())
 }
 
 fn jobs() -> Vec<serde_json::Value> {
@@ -67,7 +59,7 @@ async fn a_winner_is_shadowed_first_and_the_deployment_stays() {
     );
     h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
         .await;
-    reconcile(Arc::new(training_second()), h.ctx.clone())
+    reconcile(Arc::new(shadowed_second()), h.ctx.clone())
         .await
         .unwrap();
     let published = assignment(&h).await;
@@ -109,7 +101,7 @@ async fn a_winner_is_shadowed_first_and_the_deployment_stays() {
 
 /// The model in its shadow stage for SECOND, begun at 02:00.
 fn shadowing(min_requests: u64) -> SimpsonModel {
-    let mut sm = training_second();
+    let mut sm = shadowed_second();
     sm.spec.promotion.shadow.min_requests = min_requests;
     let status = sm.status.as_mut().unwrap();
     let run = status.last_run.as_mut().unwrap();

@@ -16,8 +16,6 @@ use face2simpson_operator::reconcile;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::controller::Action;
 
-const FIRST: &str = "homer-20261101-000000";
-const FIRST_URI: &str = "s3://bucket/models/runs/homer-20261101-000000/model.safetensors";
 const DATASET: &str = "datasets/current";
 
 /// Puts the images of the dataset in the harness's store; returns its listing fingerprint.

@@ -19,7 +19,6 @@ use serde_json::{Map, Value};
 
 use super::wire::{self, Elements, InferResponse, Output, Tensor};
 use super::{IMAGE_INPUT, TENSOR_INPUT, resolve, version_of};
-use crate::admission::Rejection;
 use crate::batcher::{self, Probabilities};
 use crate::error::{ApiError, ErrorBody};
 use crate::{AppState, FaceCount, Loaded};
@@ -87,18 +86,6 @@ fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
 }
 
-/// The same answer `/v1/predict` gives when admission turns a request away.
-fn rejected(rejection: Rejection) -> ApiError {
-    tracing::debug!(?rejection, "turned away");
-    ApiError::busy(match rejection {
-        Rejection::Full => "too many uploads in progress; retry shortly".to_owned(),
-        Rejection::TooLong { expected } => format!(
-            "the server is saturated (about {} ms of work queued); retry shortly",
-            expected.as_millis()
-        ),
-    })
-}
-
 async fn run(
     state: AppState,
     name: &str,
@@ -108,7 +95,11 @@ async fn run(
     let loaded = resolve(&state, name, version)?;
     // The photo is inside the body, so the body is read before `/v1/predict` admits it; a
     // saturated server still refuses before reading anything.
-    state.inner.admission.check().map_err(rejected)?;
+    state
+        .inner
+        .admission
+        .check()
+        .map_err(|r| crate::busy(&state.inner.admission, r))?;
     let headers = req.headers().clone();
     let extensions = req.extensions().clone();
     let limit = state.inner.limits.max_body_bytes;
@@ -306,7 +297,11 @@ async fn tensors(
     if values.iter().any(|v| !v.is_finite()) {
         return Err(bad(format!("{TENSOR_INPUT:?} holds NaN or infinity")));
     }
-    let _ticket = state.inner.admission.try_admit().map_err(rejected)?;
+    let _ticket = state
+        .inner
+        .admission
+        .try_admit()
+        .map_err(|r| crate::busy(&state.inner.admission, r))?;
     let images = values.chunks_exact(plane).map(<[f32]>::to_vec).collect();
     let probs = loaded.batcher.classify(images).await?;
     let top: Vec<usize> = probs.iter().map(batcher::top1).collect();

@@ -7,14 +7,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use artifacts::Storage;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
 use face2simpson_inference::faces::FaceDetector;
 use face2simpson_inference::{
-    AppState, BatchConfig, Limits, RuntimeConfig, load_detector, load_model,
+    AppState, BatchConfig, Limits, RuntimeConfig, app, load_detector, load_model,
 };
+use http_body_util::BodyExt;
 use model::onnx::Weights;
+use tower::ServiceExt;
 
 pub const IMAGE_SIZE: u32 = 32;
 pub const ASTRONAUT: &[u8] = include_bytes!("../fixtures/astronaut.png");
+
+/// One request through the whole app, in process: status, headers and body.
+pub async fn call(
+    state: &AppState,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Vec<u8>) {
+    let resp = app(state.clone()).oneshot(req).await.unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .unwrap()
+        .to_bytes()
+        .to_vec();
+    (status, headers, body)
+}
 
 pub fn metrics_json(run_id: &str) -> serde_json::Value {
     serde_json::json!({

@@ -432,19 +432,8 @@ impl Pass<'_> {
                 );
             }
             (_, false) => {
-                self.crown(ChampionStatus {
-                    run_id: run_id.clone(),
-                    accuracy: metrics.test_accuracy,
-                    model_uri,
-                    promoted_at: Time(self.now),
-                });
-                self.count(Counted::Promotion);
-                self.emit(
-                    EventType::Normal,
-                    "Promoted",
-                    "Promote",
-                    format!("run {run_id}: {summary} — {reason}"),
-                );
+                let note = format!("run {run_id}: {summary} — {reason}");
+                self.promote(&run_id, metrics.test_accuracy, model_uri, note);
             }
         }
         let mut entry = artifacts::HistoryEntry::new(
@@ -462,6 +451,19 @@ impl Pass<'_> {
             Decision::Reject(_) => Verdict::Reject,
         };
         (verdict, reason)
+    }
+
+    /// A run wins: it becomes the champion, and the promotion is counted and announced once
+    /// that is recorded.
+    pub(super) fn promote(&mut self, run_id: &str, accuracy: f64, model_uri: String, note: String) {
+        self.crown(ChampionStatus {
+            run_id: run_id.to_owned(),
+            accuracy,
+            model_uri,
+            promoted_at: Time(self.now),
+        });
+        self.count(Counted::Promotion);
+        self.emit(EventType::Normal, "Promoted", "Promote", note);
     }
 
     /// Makes `champion` the model in service; the one it replaces becomes the rollback target.

@@ -18,8 +18,7 @@ use tracing::{info, warn};
 
 use super::{Counted, Effect, Error, Pass};
 use crate::crd::{
-    CandidateStatus, ChampionStatus, HistoryEntry, OnInconclusive, ShadowSpec, ShadowStatus,
-    Verdict,
+    CandidateStatus, HistoryEntry, OnInconclusive, ShadowSpec, ShadowStatus, Verdict,
 };
 
 /// How often a model in its shadow stage is looked at (pods flush every ~10 s).
@@ -306,18 +305,12 @@ impl Pass<'_> {
         self.status.candidate = None;
         match verdict {
             Verdict::ShadowPromote => {
-                self.crown(ChampionStatus {
-                    run_id: run_id.clone(),
-                    accuracy: candidate.accuracy,
-                    model_uri: candidate.model_uri.clone(),
-                    promoted_at: Time(self.now),
-                });
-                self.count(Counted::Promotion);
-                self.emit(
-                    EventType::Normal,
-                    "Promoted",
-                    "Promote",
-                    format!("run {run_id}: {reason}"),
+                let note = format!("run {run_id}: {reason}");
+                self.promote(
+                    &run_id,
+                    candidate.accuracy,
+                    candidate.model_uri.clone(),
+                    note,
                 );
             }
             Verdict::ShadowReject => {

@@ -40,6 +40,14 @@ pub const RESOURCE_VERSION: &str = "100";
 /// Where this model's runs live in the store.
 pub const RUNS_PREFIX: &str = "runs/simpsons/homer";
 
+/// The first run: the champion of most scenarios, trained before runs were keyed per model.
+pub const FIRST: &str = "homer-20261101-000000";
+/// The run of the slot 72 h later, under the model's own prefix.
+pub const SECOND: &str = "homer-20261104-000000";
+pub const FIRST_URI: &str = "s3://bucket/models/runs/homer-20261101-000000/model.safetensors";
+pub const SECOND_URI: &str =
+    "s3://bucket/models/runs/simpsons/homer/homer-20261104-000000/model.safetensors";
+
 pub fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
@@ -117,6 +125,13 @@ pub fn serving(champ: &str, started: &str) -> SimpsonModel {
         last_run: Some(run(champ, started, Some("FirstModel"))),
         ..Default::default()
     });
+    sm
+}
+
+/// Serving FIRST, with SECOND started at its slot and not decided yet.
+pub fn training_second() -> SimpsonModel {
+    let mut sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    sm.status.as_mut().unwrap().last_run = Some(run(SECOND, "2026-11-04T00:00:00Z", None));
     sm
 }
 
