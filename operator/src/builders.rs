@@ -328,12 +328,15 @@ pub fn validation_job(
         // The image's entrypoint is face2simpson-inference; ORT_DYLIB_PATH and FACE_DETECTOR
         // come from the image's ENV, as for the inference pods.
         args: Some(vec!["validate".into()]),
-        env: Some(env(&vars)),
+        // Sized like the inference pods: the latency it measures is the one they would give.
+        env: Some(
+            env(&vars)
+                .into_iter()
+                .chain(sizing_env("validator", &inference_resources(sm)))
+                .collect(),
+        ),
         env_from: env_from(sm),
-        resources: Some(with_default_requests(
-            inf.resources.as_ref(),
-            &INFERENCE_REQUESTS,
-        )),
+        resources: Some(inference_resources(sm)),
         ..hardened_container()
     };
     let mut pod = hardened_pod(vec![container]);
@@ -748,7 +751,7 @@ fn inference_env(
         }),
         ..Default::default()
     });
-    vars.extend(sizing_env(&inference_resources(sm)));
+    vars.extend(sizing_env("inference", &inference_resources(sm)));
     Ok(vars)
 }
 
@@ -761,7 +764,7 @@ fn inference_resources(sm: &SimpsonModel) -> ResourceRequirements {
 /// limit the server would see the node's cores and size its pools for them, so it is told what
 /// the pod was given. The memory limit is what the kernel enforces; without one the request is
 /// the best guess of what the pod may use.
-fn sizing_env(resources: &ResourceRequirements) -> Vec<EnvVar> {
+fn sizing_env(container: &str, resources: &ResourceRequirements) -> Vec<EnvVar> {
     let has_memory_limit = resources
         .limits
         .as_ref()
@@ -772,17 +775,17 @@ fn sizing_env(resources: &ResourceRequirements) -> Vec<EnvVar> {
         "requests.memory"
     };
     vec![
-        resource_env("CPU_REQUEST", "requests.cpu", "1m"),
-        resource_env("MEMORY_LIMIT", memory, "1"),
+        resource_env(container, "CPU_REQUEST", "requests.cpu", "1m"),
+        resource_env(container, "MEMORY_LIMIT", memory, "1"),
     ]
 }
 
-fn resource_env(name: &str, resource: &str, divisor: &str) -> EnvVar {
+fn resource_env(container: &str, name: &str, resource: &str, divisor: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
             resource_field_ref: Some(ResourceFieldSelector {
-                container_name: Some("inference".into()),
+                container_name: Some(container.into()),
                 resource: resource.into(),
                 divisor: Some(Quantity(divisor.into())),
             }),

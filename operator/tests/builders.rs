@@ -240,6 +240,22 @@ fn inference_is_told_its_cpu_request_and_memory_limit() {
     let d = inference_deployment(&sm, &champion("r1", 0.8)).unwrap();
     let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
     assert_eq!(source(c, "MEMORY_LIMIT").1, "limits.memory");
+
+    // The validator is sized like the pods whose latency it stands for.
+    use face2simpson_operator::builders::{ValidationTarget, validation_job};
+    let target = ValidationTarget {
+        run_id: "r2",
+        model_uri: "s3://b/runs/simpsons/homer/r2/model.safetensors",
+        out_uri: "s3://b/runs/simpsons/homer/r2/validation.json",
+        champion_uri: None,
+    };
+    let job = validation_job(&sm, &target).unwrap();
+    let c = &job.spec.unwrap().template.spec.unwrap().containers[0];
+    assert_eq!(
+        source(c, "CPU_REQUEST"),
+        ("validator".into(), "requests.cpu".into(), "1m".into())
+    );
+    assert_eq!(source(c, "MEMORY_LIMIT").1, "limits.memory");
 }
 
 #[test]
