@@ -50,14 +50,15 @@ OPERATOR_CALLS = {
     # get: after a 409 on create, the existing Job is read to learn its real state and owner.
     ("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")
 } | {
-    ("apps", "deployments", v) for v in ("list", "watch", "create", "patch")
+    # get: an existing <name>-inference is checked to be the model's own before an apply.
+    ("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")
 } | {
-    ("", "services", v) for v in ("list", "watch", "create", "patch")
+    ("", "services", v) for v in ("get", "list", "watch", "create", "patch")
 } | {("", "secrets", "get")} | {
     # spec.inference.autoscaling: server-side apply (may create), deleted when unset.
     (g, r, v)
     for g, r in (("autoscaling", "horizontalpodautoscalers"), ("policy", "poddisruptionbudgets"))
-    for v in ("create", "patch", "delete")
+    for v in ("get", "create", "patch", "delete")
 } | {
     ("events.k8s.io", "events", v) for v in ("create", "patch")
 }

@@ -11,7 +11,7 @@
 //! Without caches (the tests' scripted API server, or before the watches have listed) every
 //! read and apply goes to the API server, as before.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 
 use futures::FutureExt as _;
@@ -46,6 +46,9 @@ pub struct Caches {
     scopes: RwLock<Vec<Scope>>,
     /// `<kind>/<namespace>/<name>` → (hash of the applied object, resourceVersion answered).
     applied: Mutex<HashMap<String, (String, String)>>,
+    /// `<kind>/<namespace>/<name>/<owner uid>` of children seen owned by that model: checked
+    /// once per process, not on every pass.
+    owned: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for Caches {
@@ -87,6 +90,32 @@ impl Caches {
             .iter()
             .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
             .cloned()
+    }
+
+    /// Whether the operator watches `namespace` (in production; the tests' scripted API
+    /// server has no watches).
+    pub fn watching(&self, namespace: &str) -> bool {
+        self.scope(namespace).is_some()
+    }
+
+    fn owned_key(kind: &str, ns: &str, name: &str, uid: &str) -> String {
+        format!("{kind}/{ns}/{name}/{uid}")
+    }
+
+    /// Whether the child `kind/ns/name` was already seen owned by the model `uid`.
+    pub fn known_owned(&self, kind: &str, ns: &str, name: &str, uid: &str) -> bool {
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(&Self::owned_key(kind, ns, name, uid))
+    }
+
+    /// Remembers that the child `kind/ns/name` is owned by the model `uid`.
+    pub fn owned_by(&self, kind: &str, ns: &str, name: &str, uid: &str) {
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(Self::owned_key(kind, ns, name, uid));
     }
 
     /// The cached Jobs of `namespace` that `keep` selects; `None` without a listed cache.
@@ -190,6 +219,12 @@ impl Caches {
         for kind in ["Deployment", "Service"] {
             applied.remove(&Self::key(kind, namespace, name));
         }
+        drop(applied);
+        let prefix = format!("/{namespace}/{name}/");
+        self.owned
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .retain(|k| !k.contains(&prefix));
     }
 }
 

@@ -228,6 +228,12 @@ pub enum Error {
     PatchStatus(#[source] kube::Error),
     #[error("cannot read the SimpsonModel: {0}")]
     GetModel(#[source] kube::Error),
+    #[error("cannot read the {kind} {name}: {source}")]
+    GetChild {
+        kind: &'static str,
+        name: String,
+        source: kube::Error,
+    },
     #[error(transparent)]
     Metadata(#[from] MissingMetadata),
     #[error("the pass did not finish within {0:?} (a slow store or API server); it starts over")]
@@ -247,7 +253,8 @@ impl Error {
             | Error::ApplyDeployment { source, .. }
             | Error::ApplyService { source, .. }
             | Error::ApplyAutoscaling { source, .. }
-            | Error::DeleteAutoscaling { source, .. } => Some(source),
+            | Error::DeleteAutoscaling { source, .. }
+            | Error::GetChild { source, .. } => Some(source),
             Error::Metadata(_) | Error::PassDeadline(_) => None,
         }
     }

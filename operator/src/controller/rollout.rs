@@ -16,6 +16,9 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::{Counted, Error, MANAGER, Pass};
+
+/// `Degraded` and `Ready` reason: an object the model would serve through belongs to someone else.
+pub const NOT_OWNED: &str = "ObjectNotOwned";
 use crate::builders::{self, RUN_ID_LABEL};
 use crate::crd::{
     ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
@@ -266,6 +269,9 @@ impl Pass<'_> {
             self.ready(false, "NoChampion", "no model has passed the gate yet");
             return Ok(false);
         };
+        if !self.children_ours().await? {
+            return Ok(false);
+        }
         let mut deployment = self.apply_deployment(&champion).await?;
         let mut state = rollout_state(&deployment);
         let mut rolled_back = false;
@@ -320,6 +326,107 @@ impl Pass<'_> {
                 false
             }
         })
+    }
+
+    /// Whether every object the model serves through (Deployment, Service, and with
+    /// autoscaling the HPA and PDB, all named `<name>-inference`) is absent or owned by this
+    /// model. A forced server-side apply would take over an object someone else made (a
+    /// Service of another team, say) and hand it to the garbage collector with the model, so
+    /// such an object is reported (`Degraded=ObjectNotOwned`) and nothing is applied until it
+    /// is gone. Checked with one GET per object and process; the tests' scripted API server
+    /// (no watches) skips it.
+    async fn children_ours(&mut self) -> Result<bool, Error> {
+        if !self.ctx.caches.watching(&self.ns) {
+            return Ok(true);
+        }
+        let name = builders::inference_name(&self.name);
+        let client = self.ctx.client.clone();
+        let mut foreign = None;
+        if !self
+            .absent_or_ours(
+                Api::<Deployment>::namespaced(client.clone(), &self.ns),
+                "Deployment",
+                &name,
+            )
+            .await?
+        {
+            foreign = Some("Deployment");
+        } else if !self
+            .absent_or_ours(
+                Api::<Service>::namespaced(client.clone(), &self.ns),
+                "Service",
+                &name,
+            )
+            .await?
+        {
+            foreign = Some("Service");
+        } else if self.sm.spec.inference.autoscaling.is_some() {
+            if !self
+                .absent_or_ours(
+                    Api::<HorizontalPodAutoscaler>::namespaced(client.clone(), &self.ns),
+                    "HorizontalPodAutoscaler",
+                    &name,
+                )
+                .await?
+            {
+                foreign = Some("HorizontalPodAutoscaler");
+            } else if !self
+                .absent_or_ours(
+                    Api::<PodDisruptionBudget>::namespaced(client, &self.ns),
+                    "PodDisruptionBudget",
+                    &name,
+                )
+                .await?
+            {
+                foreign = Some("PodDisruptionBudget");
+            }
+        }
+        let Some(kind) = foreign else {
+            if self.degraded_for(NOT_OWNED) {
+                self.healthy(
+                    "ObjectsOwned",
+                    "the inference objects are this model's again",
+                );
+            }
+            return Ok(true);
+        };
+        let message = format!(
+            "a {kind} named {name} exists that this SimpsonModel does not own; the operator does not take it over: delete or rename it to let the model be served"
+        );
+        self.warn_degraded(NOT_OWNED, "Serve", &message);
+        self.ready(false, NOT_OWNED, &message);
+        self.requeue_within(super::REFUSED_REQUEUE);
+        Ok(false)
+    }
+
+    /// Whether the object `name` of `api` does not exist or is owned by this model.
+    async fn absent_or_ours<K>(
+        &self,
+        api: Api<K>,
+        kind: &'static str,
+        name: &str,
+    ) -> Result<bool, Error>
+    where
+        K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    {
+        let uid = self.sm.metadata.uid.clone().unwrap_or_default();
+        let caches = &self.ctx.caches;
+        if caches.known_owned(kind, &self.ns, name, &uid) {
+            return Ok(true);
+        }
+        let found = api.get_opt(name).await.map_err(|source| Error::GetChild {
+            kind,
+            name: name.to_owned(),
+            source,
+        })?;
+        let Some(obj) = found else {
+            return Ok(true);
+        };
+        let ours = self.owns(&obj);
+        if ours {
+            caches.owned_by(kind, &self.ns, name, &uid);
+        }
+        Ok(ours)
     }
 
     /// With `spec.inference.autoscaling`, applies the HorizontalPodAutoscaler and the
