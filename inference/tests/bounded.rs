@@ -243,24 +243,12 @@ async fn a_model_that_fails_every_pass_turns_readiness_red() {
 /// answer's `Connection: close`), so the client is not left pushing a body nobody reads.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_early_refusal_closes_the_connection() {
-    use face2simpson_inference::serve::{ServeConfig, serve};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let dir = tempfile::tempdir().unwrap();
     let state = ready_state(dir.path(), limits()).await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        app(state.clone()),
-        state,
-        ServeConfig::default(),
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let served = common::Served::start(state).await;
+    let mut client = tokio::net::TcpStream::connect(served.addr).await.unwrap();
     let head = format!(
         "POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
         limits().max_body_bytes + 1
@@ -277,6 +265,5 @@ async fn an_early_refusal_closes_the_connection() {
         answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
     );
-    let _ = stop.send(());
-    server.await.unwrap().unwrap();
+    served.stop().await;
 }

@@ -12,8 +12,7 @@ use std::process::Command;
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use common::{ASTRONAUT, IMAGE_SIZE, call, limits, ready_state};
-use face2simpson_inference::serve::{ServeConfig, serve};
-use face2simpson_inference::{AppState, app};
+use face2simpson_inference::AppState;
 use serde_json::{Value, json};
 
 const CLASSES: [&str; 4] = ["homer", "marge", "bart", "lisa"];
@@ -103,31 +102,19 @@ async fn tritonclient_agrees_with_v1_predict() {
     let (face_detected, v1) = v1_verdicts(&state, ASTRONAUT).await;
     assert!(face_detected, "the fixture photo has a face");
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(serve(
-        listener,
-        app(state.clone()),
-        state,
-        ServeConfig::default(),
-        async {
-            let _ = stop_rx.await;
-        },
-    ));
+    let served = common::Served::start(state).await;
     let photo = dir.path().join("astronaut.png");
     std::fs::write(&photo, ASTRONAUT).unwrap();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/oip_client.py");
     let out = tokio::process::Command::new(&python)
         .arg(&script)
-        .arg(addr.to_string())
+        .arg(served.addr.to_string())
         .arg("face2simpson")
         .arg(&photo)
         .output()
         .await
         .unwrap();
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    served.stop().await;
     assert!(
         out.status.success(),
         "oip_client.py failed:\n{}\n{}",

@@ -20,6 +20,38 @@ use tower::ServiceExt;
 pub const IMAGE_SIZE: u32 = 32;
 pub const ASTRONAUT: &[u8] = include_bytes!("../fixtures/astronaut.png");
 
+/// The real server (`serve` + `app`) on a loopback port, until [`Served::stop`].
+pub struct Served {
+    pub addr: std::net::SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Served {
+    pub async fn start(state: AppState) -> Self {
+        use face2simpson_inference::serve::{ServeConfig, serve};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(
+            listener,
+            app(state.clone()),
+            state,
+            ServeConfig::default(),
+            async {
+                let _ = stopped.await;
+            },
+        ));
+        Self { addr, stop, server }
+    }
+
+    /// Stops the server and waits until it has shut down cleanly.
+    pub async fn stop(self) {
+        let _ = self.stop.send(());
+        self.server.await.unwrap().unwrap();
+    }
+}
+
 /// One request through the whole app, in process: status, headers and body.
 pub async fn call(
     state: &AppState,

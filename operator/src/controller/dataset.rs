@@ -106,10 +106,6 @@ enum ChampionData {
 }
 
 impl Pass<'_> {
-    fn poll_key(&self) -> String {
-        format!("{}/{}", self.ns, self.name)
-    }
-
     /// Lists the dataset and records what it saw in `status.dataset`. `None` when the store
     /// cannot be listed (said in the log; looked at again within a minute).
     pub(super) async fn look_at_dataset(&mut self) -> Result<Option<String>, Error> {
@@ -130,7 +126,7 @@ impl Pass<'_> {
                 return Ok(None);
             }
         };
-        self.ctx.dataset_looked(self.poll_key(), self.now);
+        self.looked("dataset");
         let seen = observe_listing(self.status.dataset.as_ref(), fingerprint.clone(), self.now);
         if self.status.dataset.as_ref() != Some(&seen) {
             info!(model = %self.name, %dataset, %fingerprint, "the dataset listing changed");
@@ -150,20 +146,8 @@ impl Pass<'_> {
             return Ok(None);
         };
         let poll = Duration::from_secs(trigger.poll_seconds.max(10).unsigned_abs());
-        let looked = self.ctx.dataset_looked_at(&self.poll_key());
-        let due = looked.is_none_or(|at| {
-            self.now.duration_since(at) >= poll.try_into().unwrap_or(SignedDuration::MAX)
-        });
-        if due && self.look_at_dataset().await?.is_some() {
+        if self.poll_due("dataset", poll) && self.look_at_dataset().await?.is_some() {
             self.requeue_within(poll);
-        } else if !due {
-            let since = looked.map_or(SignedDuration::ZERO, |at| self.now.duration_since(at));
-            let left = SignedDuration::try_from(poll).unwrap_or(SignedDuration::MAX) - since;
-            self.requeue_within(
-                Duration::try_from(left)
-                    .unwrap_or(Duration::ZERO)
-                    .max(Duration::from_secs(1)),
-            );
         }
         self.adopt_trained_listing().await?;
         let Some(seen) = &self.status.dataset else {
@@ -172,9 +156,7 @@ impl Pass<'_> {
         Ok(match data_change(&trigger, seen, last_start, self.now) {
             DataChange::Unchanged => None,
             DataChange::Settling { until } | DataChange::TooSoon { until } => {
-                let left =
-                    Duration::try_from(until.duration_since(self.now)).unwrap_or(Duration::ZERO);
-                self.requeue_within(left.max(Duration::from_secs(1)));
+                self.requeue_at(until);
                 None
             }
             DataChange::Due { fingerprint } => Some(fingerprint),

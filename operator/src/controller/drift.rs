@@ -14,7 +14,7 @@ use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use tracing::{info, warn};
 
-use super::{Error, Pass};
+use super::{Error, Pass, chrono_of};
 use crate::crd::{ChampionStatus, DriftStatus, PredictionDriftTrigger};
 
 /// How soon a look that failed (store down) is tried again.
@@ -69,10 +69,6 @@ pub fn drifted(
     }
 }
 
-fn chrono_of(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(t.as_second(), 0).unwrap_or_default()
-}
-
 impl Pass<'_> {
     /// With `triggers.predictionDrift`: measures the drift when its poll is due and says
     /// whether it calls for a run now.
@@ -86,13 +82,8 @@ impl Pass<'_> {
         let Some(champion) = self.status.champion.clone() else {
             return Ok(false);
         };
-        let key = format!("{}/{}#drift", self.ns, self.name);
         let poll = Duration::from_secs(trigger.poll_seconds.max(10).unsigned_abs());
-        let looked = self.ctx.dataset_looked_at(&key);
-        let since = looked.map(|at| self.now.duration_since(at));
-        let due = since
-            .is_none_or(|s| s >= SignedDuration::try_from(poll).unwrap_or(SignedDuration::MAX));
-        if due {
+        if self.poll_due("drift", poll) {
             match self.measure_drift(&trigger, &champion).await? {
                 Ok(Some(drift)) => self.record_drift(drift),
                 Ok(None) => {}
@@ -102,15 +93,8 @@ impl Pass<'_> {
                     return Ok(false);
                 }
             }
-            self.ctx.dataset_looked(key, self.now);
+            self.looked("drift");
             self.requeue_within(poll);
-        } else if let Some(s) = since {
-            let left = SignedDuration::try_from(poll).unwrap_or(SignedDuration::MAX) - s;
-            self.requeue_within(
-                Duration::try_from(left)
-                    .unwrap_or(Duration::ZERO)
-                    .max(Duration::from_secs(1)),
-            );
         }
         let Some(drift) = self
             .status
@@ -123,9 +107,7 @@ impl Pass<'_> {
         Ok(match drifted(&trigger, &drift, last_start, self.now) {
             Ok(yes) => yes,
             Err(allowed) => {
-                let left =
-                    Duration::try_from(allowed.duration_since(self.now)).unwrap_or(Duration::ZERO);
-                self.requeue_within(left.max(Duration::from_secs(1)));
+                self.requeue_at(allowed);
                 false
             }
         })

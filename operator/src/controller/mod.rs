@@ -30,7 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use artifacts::{Storage, StorageError};
-use jiff::Timestamp;
+use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::runtime::controller::Action;
@@ -85,9 +85,9 @@ pub struct Context {
     pub caches: Caches,
     /// Consecutive failures per resource, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
-    /// When each model's dataset was last listed (`triggers.datasetChange` polls). Memory
-    /// only: a restarted operator looks once more, which costs one LIST.
-    dataset_looks: Mutex<HashMap<String, Timestamp>>,
+    /// When each model's polls (`<ns>/<name>#dataset`, `#drift`) last looked. Memory only: a
+    /// restarted operator looks once more, which costs one look.
+    looks: Mutex<HashMap<String, Timestamp>>,
     /// What each model's shadow.json was last made to say (a candidate's run id, or none), so
     /// it is written once per change, not on every pass. A restarted operator writes it once.
     shadow_published: Mutex<HashMap<String, Option<String>>>,
@@ -117,7 +117,7 @@ impl Context {
             open_storage,
             caches: Caches::default(),
             failures: Mutex::default(),
-            dataset_looks: Mutex::default(),
+            looks: Mutex::default(),
             shadow_published: Mutex::default(),
         }
     }
@@ -143,7 +143,8 @@ impl Context {
         });
         let key = format!("{namespace}/{name}");
         self.failures().remove(&key);
-        lock(&self.dataset_looks).remove(&key);
+        let polls = format!("{key}#");
+        lock(&self.looks).retain(|k, _| !k.starts_with(&polls));
         lock(&self.shadow_published).remove(&key);
         self.caches
             .forget(namespace, &builders::inference_name(name));
@@ -155,14 +156,6 @@ impl Context {
 
     fn shadow_publish(&self, key: String, run_id: Option<String>) {
         lock(&self.shadow_published).insert(key, run_id);
-    }
-
-    fn dataset_looked(&self, key: String, at: Timestamp) {
-        lock(&self.dataset_looks).insert(key, at);
-    }
-
-    fn dataset_looked_at(&self, key: &str) -> Option<Timestamp> {
-        lock(&self.dataset_looks).get(key).copied()
     }
 
     fn failures(&self) -> std::sync::MutexGuard<'_, HashMap<String, u32>> {
@@ -284,6 +277,12 @@ impl Error {
             None => "invalid_object",
         }
     }
+}
+
+/// The same instant for the store's files, which speak chrono.
+fn chrono_of(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
+    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().unsigned_abs())
+        .unwrap_or_default()
 }
 
 /// Backoff after `failures` consecutive errors: 5 s doubling up to 5 min.
@@ -510,6 +509,39 @@ impl Pass<'_> {
 
     fn requeue_within(&mut self, delay: Duration) {
         self.requeue = Some(self.requeue.map_or(delay, |d| d.min(delay)));
+    }
+
+    /// Asks for a pass at `at` (at least a second from now).
+    fn requeue_at(&mut self, at: Timestamp) {
+        let left = Duration::try_from(at.duration_since(self.now)).unwrap_or(Duration::ZERO);
+        self.requeue_within(left.max(Duration::from_secs(1)));
+    }
+
+    fn poll_key(&self, what: &str) -> String {
+        format!("{}/{}#{what}", self.ns, self.name)
+    }
+
+    /// Whether this model's poll `what` is due, `every` after its last look; when it is not,
+    /// asks for the pass at which it will be.
+    fn poll_due(&mut self, what: &str, every: Duration) -> bool {
+        let last = lock(&self.ctx.looks).get(&self.poll_key(what)).copied();
+        let Some(next) = last.and_then(|at| {
+            SignedDuration::try_from(every)
+                .ok()
+                .and_then(|d| at.checked_add(d).ok())
+        }) else {
+            return true;
+        };
+        if self.now >= next {
+            return true;
+        }
+        self.requeue_at(next);
+        false
+    }
+
+    /// Records that this model's poll `what` looked now.
+    fn looked(&self, what: &str) {
+        lock(&self.ctx.looks).insert(self.poll_key(what), self.now);
     }
 
     /// Publishes the queued events and counts.

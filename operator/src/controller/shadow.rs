@@ -11,12 +11,12 @@ use std::time::Duration;
 
 use artifacts::live::{self, ShadowAssignment, ShadowReport};
 use artifacts::{RunMetrics, StorageError};
-use jiff::{SignedDuration, Timestamp};
+use jiff::SignedDuration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::{Counted, Effect, Error, Pass};
+use super::{Counted, Effect, Error, Pass, chrono_of};
 use crate::crd::{
     CandidateStatus, HistoryEntry, OnInconclusive, ShadowSpec, ShadowStatus, Verdict,
 };
@@ -160,11 +160,6 @@ pub fn judge(spec: &ShadowSpec, s: &ShadowStatus, elapsed: SignedDuration) -> Ju
         };
     }
     Judgement::Continue
-}
-
-fn chrono_of(t: Timestamp) -> chrono::DateTime<chrono::Utc> {
-    chrono::DateTime::from_timestamp(t.as_second(), t.subsec_nanosecond().unsigned_abs())
-        .unwrap_or_default()
 }
 
 impl Pass<'_> {
