@@ -88,7 +88,7 @@ test: setup setup-test setup-e2e fmt-check lint check-packaging unit e2e ## ever
 images: setup ## build the operator, inference and trainer images with podman and smoke-run them
 	@scripts/images.sh
 
-bench-train: setup ## training throughput vs the seed's PyTorch + DataLoader stack on the same images (224 px, batch 32)
+bench-train: setup ## training throughput, interleaved rounds: ours fp32 vs the seed's PyTorch stack, ours auto vs the strongest CPU PyTorch setup, and libtorch's raw step (400 images, 224 px, batch 32)
 	@scripts/setup-bench.sh train
 	$(CARGO) bench -p face2simpson-trainer --bench train_throughput
 

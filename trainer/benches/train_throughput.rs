@@ -1,20 +1,27 @@
-//! `make bench-train`: the trainer's steady training throughput against the seed's stack, on
-//! the same images, one after the other on the same machine.
+//! `make bench-train`: the trainer's steady training throughput against PyTorch on the same
+//! images, interleaved and repeated (`BENCH_REPEATS` rounds) so a machine that slows down
+//! mid-run slows every side alike. Two pairs, each at equal precision:
 //!
-//! * **face2simpson**: the real `train::run` (fetch, decode and fit once, then per epoch augment
-//!   bytes on other threads while MobileNetV2 steps), at fp32 and at the precision `auto` picks
-//!   here. Steady throughput = training images / mean epoch time after the first epoch.
-//! * **peer**: `bench/train_peer.py`, the seed's PyTorch + torchvision stack (ImageFolder, the
-//!   seed's `train_transformer`, DataLoader, Adam, label-smoothed cross-entropy) on the same
-//!   files, with 0 and 2 DataLoader workers; the better of the two is the reference.
-//! * **where an epoch goes**: decode + fit (once), batch building alone, model step alone.
+//! 1. **ours `--precision fp32`** (the real `train::run`: fetch, decode and fit once, then per
+//!    epoch augment bytes on other threads while MobileNetV2 steps) against **the seed's stack
+//!    as written** (`bench/train_peer.py --setup seed`: ImageFolder with the seed's
+//!    `train_transformer` re-decoding every image every epoch, DataLoader, NCHW fp32);
+//! 2. **ours `--precision auto`** against **the strongest CPU PyTorch setup**
+//!    (`--setup strong`: decode once, only the augmentations per epoch, channels-last, bf16
+//!    autocast exactly when `auto` picks bf16 — CPUs with AVX512-BF16 or AMX);
+//!
+//! plus libtorch's raw model step at the `auto` precision on batches already built (the limit
+//! the loop can approach). Same batch, torch threads and loader workers (our rayon pool's size
+//! = the DataLoader's worker processes) on both sides. Steady throughput = training images /
+//! mean epoch time after the first epoch. Ratios are medians over the rounds.
 //!
 //! On a GPU (`BENCH_DEVICE=cuda`, or `auto` when libtorch sees one) both sides train there, at
 //! batch 64 by default, and `nvidia-smi` is sampled while ours trains for the GPU's busy share.
 //!
-//! Env: BENCH_IMAGES (training images, default 160), BENCH_EPOCHS (default 5, at least 2),
-//! BENCH_THREADS (torch threads on both sides, default 2), BENCH_DEVICE (auto, cpu, cuda),
-//! BENCH_BATCH (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peer.
+//! Env: BENCH_IMAGES (training images, default 400), BENCH_EPOCHS (default 3, at least 2),
+//! BENCH_REPEATS (rounds, default 3), BENCH_THREADS (torch threads on both sides, default 2),
+//! BENCH_LOADER_WORKERS (default: one per core), BENCH_DEVICE (auto, cpu, cuda), BENCH_BATCH
+//! (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peers.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,6 +49,7 @@ struct Setup {
     batch: u32,
     epochs: u32,
     threads: usize,
+    loader_workers: usize,
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -163,14 +171,38 @@ impl GpuSampler {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PeerResult {
-    workers: u32,
-    epoch_seconds: Vec<f64>,
-    images: u64,
+/// Which Python stack a peer run is (`bench/train_peer.py --setup`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PeerSetup {
+    /// The seed's stack as written: decode, resize and crop every epoch, NCHW fp32.
+    Seed,
+    /// An expert's CPU setup: decode once, channels-last, bf16 autocast where native.
+    Strong,
 }
 
-fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
+impl PeerSetup {
+    fn arg(self) -> &'static str {
+        match self {
+            Self::Seed => "seed",
+            Self::Strong => "strong",
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PeerResult {
+    epoch_seconds: Vec<f64>,
+    images: u64,
+    bf16: bool,
+}
+
+impl PeerResult {
+    fn images_per_second(&self) -> f64 {
+        self.images as f64 / steady(&self.epoch_seconds)
+    }
+}
+
+fn peer(root: &Path, setup: Setup, which: PeerSetup, bf16: bool) -> anyhow::Result<PeerResult> {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let deps = std::env::var_os("FACE2SIMPSON_DEPS")
         .map(Into::into)
@@ -182,15 +214,16 @@ fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
             python.display()
         );
     }
-    let out = Command::new(&python)
-        .arg(workspace.join("bench/train_peer.py"))
+    let mut cmd = Command::new(&python);
+    cmd.arg(workspace.join("bench/train_peer.py"))
         .args([
             "--data",
             &root.join(DATASET).join("train").display().to_string(),
         ])
+        .args(["--setup", which.arg()])
         .args(["--epochs", &setup.epochs.to_string()])
         .args(["--threads", &setup.threads.to_string()])
-        .args(["--workers", &workers.to_string()])
+        .args(["--workers", &setup.loader_workers.to_string()])
         .args(["--image-size", &IMAGE_SIZE.to_string()])
         .args(["--batch-size", &setup.batch.to_string()])
         .args([
@@ -200,9 +233,11 @@ fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
             } else {
                 "cpu"
             },
-        ])
-        .output()
-        .context("running the PyTorch peer")?;
+        ]);
+    if bf16 {
+        cmd.arg("--bf16");
+    }
+    let out = cmd.output().context("running the PyTorch peer")?;
     if !out.status.success() {
         bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -211,14 +246,12 @@ fn peer(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<PeerResult> {
         .with_context(|| format!("peer printed {line:?}"))
 }
 
-/// Where an epoch goes on our side: decode + fit once, building batches alone, stepping alone.
-fn breakdown(
+/// The training images decoded and fitted once, and one epoch of them as host batches.
+fn load_batches(
     rt: &tokio::runtime::Runtime,
     storage: &Storage,
     setup: Setup,
-    compute: Kind,
-) -> anyhow::Result<()> {
-    let device = setup.device;
+) -> anyhow::Result<Vec<HostBatch>> {
     let pre = Preprocessor::new(IMAGE_SIZE);
     let t0 = Instant::now();
     let data = rt.block_on(async {
@@ -237,18 +270,16 @@ fn breakdown(
         dataset::load(storage, DATASET, listing, options, || {}).await
     })?;
     let n = data.train.len() + data.test.len();
-    let load = t0.elapsed().as_secs_f64();
     println!(
         "  fetch + decode + detect + crop/fit, once: {:8.1} images/s",
-        n as f64 / load
+        n as f64 / t0.elapsed().as_secs_f64()
     );
-
     let batches = epoch_batches(data.train.len(), setup.batch as usize, 1, 1);
     let t1 = Instant::now();
     let built: Vec<HostBatch> = batches
         .iter()
         .map(|b| {
-            HostBatch::build(b, &data.train, IMAGE_SIZE, device, &|i, s, out| {
+            HostBatch::build(b, &data.train, IMAGE_SIZE, setup.device, &|i, s, out| {
                 s.image.read_into(out)?;
                 pre.augment(out, i as u64);
                 Ok(())
@@ -260,36 +291,73 @@ fn breakdown(
         "  augment + pack bytes, per epoch:     {:8.1} images/s (on the data threads, overlapped)",
         images as f64 / t1.elapsed().as_secs_f64()
     );
-    for kind in [Kind::Float, compute] {
-        tch::manual_seed(0);
-        let mut net = Classifier::new(device, 0.2);
-        net.set_train_kind(kind);
-        let mut opt = Adam::new(net.var_store(), 1e-3);
-        let on_device: Vec<(Tensor, Tensor)> = built.iter().map(|b| b.to_device(device)).collect();
-        // One warm-up step: oneDNN picks and caches its kernels on the first call.
-        let (x, y) = &on_device[0];
-        let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
-        let t2 = Instant::now();
-        for (x, y) in &on_device {
-            train_step(&net, &mut opt, None, x, y, 0.1)?
-                .0
-                .double_value(&[]);
-        }
-        println!(
-            "  model step alone, {:4}:             {:8.1} images/s",
-            kind_name(kind),
-            images as f64 / t2.elapsed().as_secs_f64()
-        );
-        if kind == compute {
-            break;
-        }
+    Ok(built)
+}
+
+/// libtorch's raw model step (forward, backward, Adam) on batches already on the device, with
+/// nothing else running: the limit the whole training loop can approach.
+fn raw_step(batches: &[HostBatch], device: Device, kind: Kind) -> anyhow::Result<f64> {
+    tch::manual_seed(0);
+    let mut net = Classifier::new(device, 0.2);
+    net.set_train_kind(kind);
+    let mut opt = Adam::new(net.var_store(), 1e-3);
+    let on_device: Vec<(Tensor, Tensor)> = batches.iter().map(|b| b.to_device(device)).collect();
+    // One warm-up step: oneDNN picks and caches its kernels on the first call.
+    let (x, y) = &on_device[0];
+    let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
+    let images: usize = batches.iter().map(HostBatch::len).sum();
+    let t = Instant::now();
+    for (x, y) in &on_device {
+        train_step(&net, &mut opt, None, x, y, 0.1)?
+            .0
+            .double_value(&[]);
     }
-    Ok(())
+    Ok(images as f64 / t.elapsed().as_secs_f64())
+}
+
+/// The CPU's name and the instruction sets that decide the precision and its speed.
+fn cpu_flags() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let flags: Vec<&str> = info
+        .lines()
+        .find_map(|l| l.strip_prefix("flags"))
+        .map(|l| l.trim_start_matches([' ', '\t', ':']).split(' ').collect())
+        .unwrap_or_default();
+    let has: Vec<&str> = ["avx2", "avx512f", "avx512_bf16", "amx_bf16"]
+        .into_iter()
+        .filter(|f| flags.contains(f))
+        .collect();
+    format!("{model} [{}]", has.join(" "))
+}
+
+/// One round of the interleaved comparison.
+struct Round {
+    fp32: f64,
+    seed: Option<f64>,
+    auto: f64,
+    strong: Option<f64>,
+    raw: f64,
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
 }
 
 fn main() -> anyhow::Result<()> {
-    let images = env_or("BENCH_IMAGES", 160);
+    let images = env_or("BENCH_IMAGES", 400);
     let threads = env_or("BENCH_THREADS", 2);
+    let repeats = env_or("BENCH_REPEATS", 3).max(1);
     tch::set_num_threads(threads as i32);
     let device = face2simpson_trainer::torch::parse_device(
         &std::env::var("BENCH_DEVICE").unwrap_or_else(|_| "auto".into()),
@@ -298,8 +366,11 @@ fn main() -> anyhow::Result<()> {
     let setup = Setup {
         device,
         batch: env_or("BENCH_BATCH", if device.is_cuda() { 64 } else { 32 }) as u32,
-        epochs: env_or("BENCH_EPOCHS", 5).max(2) as u32,
+        epochs: env_or("BENCH_EPOCHS", 3).max(2) as u32,
         threads,
+        // Our batches are built on rayon's pool (one thread per core); the peers' DataLoaders
+        // get as many worker processes.
+        loader_workers: env_or("BENCH_LOADER_WORKERS", rayon::current_num_threads()),
     };
     let rt = tokio::runtime::Runtime::new()?;
     let dir = tempfile::tempdir()?;
@@ -312,65 +383,111 @@ fn main() -> anyhow::Result<()> {
     let auto = Precision::Auto
         .resolve(device)
         .map_err(anyhow::Error::msg)?;
+    let bf16 = auto == Kind::BFloat16;
     println!(
         "training throughput: MobileNetV2 {IMAGE_SIZE} px, batch {}, Adam, {} training images \
-         (256 px PNG/JPEG), {} epochs, {threads} torch threads, {}; auto precision here = {}",
+         (256 px PNG/JPEG), {} epochs, {threads} torch threads, {} loader workers, {}; {} round(s)",
         setup.batch,
         per_class * 4,
         setup.epochs,
+        setup.loader_workers,
         face2simpson_trainer::torch::device_name(device),
+        repeats,
+    );
+    println!(
+        "CPU: {}; auto precision here = {}",
+        cpu_flags(),
         kind_name(auto)
     );
     println!("where an epoch goes (ours):");
-    breakdown(&rt, &storage, setup, auto)?;
+    let batches = load_batches(&rt, &storage, setup)?;
 
-    let (fp32_ips, fp32_s, fp32_busy) = ours(&rt, &storage, setup, Precision::Fp32, "fp32")?;
-    let (auto_ips, auto_s, auto_busy) = ours(&rt, &storage, setup, Precision::Auto, "auto")?;
-    let mut peers = Vec::new();
-    if env_or("BENCH_PEER", 1) != 0 {
-        for workers in [0, 2] {
-            peers.push(peer(dir.path(), setup, workers)?);
+    let with_peers = env_or("BENCH_PEER", 1) != 0;
+    let mut rounds = Vec::new();
+    for round in 1..=repeats {
+        // Interleaved, so a machine that slows down mid-run slows every side alike.
+        let (fp32, _, fp32_busy) = ours(&rt, &storage, setup, Precision::Fp32, "fp32")?;
+        let seed = with_peers
+            .then(|| peer(dir.path(), setup, PeerSetup::Seed, false))
+            .transpose()?;
+        let (auto_ips, _, auto_busy) = ours(&rt, &storage, setup, Precision::Auto, "auto")?;
+        let strong = with_peers
+            .then(|| peer(dir.path(), setup, PeerSetup::Strong, bf16))
+            .transpose()?;
+        if let Some(s) = &strong {
+            anyhow::ensure!(s.bf16 == bf16, "the strong peer ran at another precision");
         }
-    }
-    let fmt = |s: &[f64]| {
-        s.iter()
-            .map(|x| format!("{x:.1}"))
-            .collect::<Vec<_>>()
-            .join(" / ")
-    };
-    let busy = |b: Option<f64>| b.map_or_else(String::new, |b| format!(" (GPU busy {b:.0} %)"));
-    println!();
-    println!("| stack | epoch seconds | steady images/s |");
-    println!("|---|---|---|");
-    println!(
-        "| face2simpson, fp32 | {} | {fp32_ips:.1}{} |",
-        fmt(&fp32_s),
-        busy(fp32_busy)
-    );
-    println!(
-        "| face2simpson, auto ({}) | {} | {auto_ips:.1}{} |",
-        kind_name(auto),
-        fmt(&auto_s),
-        busy(auto_busy)
-    );
-    let mut best_peer: Option<f64> = None;
-    for p in &peers {
-        let ips = p.images as f64 / steady(&p.epoch_seconds);
+        let raw = raw_step(&batches, device, auto)?;
+        let busy = |b: Option<f64>| b.map_or_else(String::new, |b| format!(", GPU busy {b:.0} %"));
         println!(
-            "| PyTorch + DataLoader ({} workers) | {} | {ips:.1} |",
-            p.workers,
-            fmt(&p.epoch_seconds)
-        );
-        best_peer = Some(best_peer.map_or(ips, |b: f64| b.max(ips)));
-    }
-    if let Some(peer_ips) = best_peer {
-        println!();
-        println!(
-            "ratio vs the peer's best: fp32 {:.2}x, auto ({}) {:.2}x  (goal >= 1.3x)",
-            fp32_ips / peer_ips,
+            "round {round}: ours fp32 {fp32:.1}{}, seed stack {}, ours auto {auto_ips:.1}{}, \
+             strong PyTorch {}, raw {} step {raw:.1} images/s",
+            busy(fp32_busy),
+            seed.as_ref()
+                .map_or("-".into(), |p| format!("{:.1}", p.images_per_second())),
+            busy(auto_busy),
+            strong
+                .as_ref()
+                .map_or("-".into(), |p| format!("{:.1}", p.images_per_second())),
             kind_name(auto),
-            auto_ips / peer_ips
+        );
+        rounds.push(Round {
+            fp32,
+            seed: seed.map(|p| p.images_per_second()),
+            auto: auto_ips,
+            strong: strong.map(|p| p.images_per_second()),
+            raw,
+        });
+    }
+    summary(&rounds, auto);
+    Ok(())
+}
+
+/// The table of every round and the median ratios against the targets.
+fn summary(rounds: &[Round], auto: Kind) {
+    let cell = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}"));
+    println!();
+    println!(
+        "| round | ours fp32 | seed stack (fp32 NCHW) | ours auto ({0}) | strong PyTorch (channels-last{1}) | raw {0} step |",
+        kind_name(auto),
+        if auto == Kind::BFloat16 {
+            ", bf16 autocast"
+        } else {
+            ", fp32"
+        }
+    );
+    println!("|---|---|---|---|---|---|");
+    for (i, r) in rounds.iter().enumerate() {
+        println!(
+            "| {} | {:.1} | {} | {:.1} | {} | {:.1} |",
+            i + 1,
+            r.fp32,
+            cell(r.seed),
+            r.auto,
+            cell(r.strong),
+            r.raw
         );
     }
-    Ok(())
+    let ratios = |f: &dyn Fn(&Round) -> Option<f64>| -> Option<f64> {
+        let xs: Vec<f64> = rounds.iter().filter_map(f).collect();
+        (!xs.is_empty()).then(|| median(xs))
+    };
+    println!();
+    if let Some(r) = ratios(&|r| r.seed.map(|s| r.fp32 / s)) {
+        println!(
+            "pair 1: ours fp32 / seed stack        = {r:.2}x (median of rounds; goal >= 1.3x)"
+        );
+    }
+    if let Some(r) = ratios(&|r| r.strong.map(|s| r.auto / s)) {
+        println!(
+            "pair 2: ours auto / strong PyTorch    = {r:.2}x (median of rounds; goal >= 1.0x)"
+        );
+    }
+    if let Some(r) = ratios(&|r| Some(r.auto / r.raw)) {
+        println!(
+            "limit:  ours auto / raw {} step        = {:.0} % (median of rounds; goal >= 95 %)",
+            kind_name(auto),
+            r * 100.0
+        );
+    }
 }
