@@ -107,9 +107,14 @@ fn nccl_includes(lib: &Path, root: &Path) -> Option<Vec<PathBuf>> {
     let pick = |var: &str, wheels: &[&str], header: &str| {
         let candidates: Vec<PathBuf> = match env::var_os(var) {
             Some(dir) => vec![PathBuf::from(dir)],
-            None => wheels.iter().map(|w| nvidia.join(w).join("include")).collect(),
+            None => wheels
+                .iter()
+                .map(|w| nvidia.join(w).join("include"))
+                .collect(),
         };
-        candidates.into_iter().find(|dir| dir.join(header).is_file())
+        candidates
+            .into_iter()
+            .find(|dir| dir.join(header).is_file())
     };
     let nccl = pick(NCCL_ENV, &["nccl"], "nccl.h");
     let cuda = pick(CUDA_ENV, &["cu13", "cuda_runtime"], "cuda_runtime_api.h");

@@ -21,8 +21,9 @@ pub use gate::{Decision, PromotionPolicy, decide};
 pub use history::{History, HistoryEntry, append_history, read_history};
 pub use listing::{dataset_fingerprint, listing_fingerprint};
 pub use metrics::{
-    ChampionRecord, ClassScores, EpochRecord, FacesFound, Hyperparameters, PipelineRecord,
-    RunMetrics, SkippedFile, SplitCounts, TestPredictions, TrainerBuild, class_scores,
+    ChampionRecord, ClassScores, DistributedRecord, EpochRecord, FacesFound, Hyperparameters,
+    PipelineRecord, RunMetrics, SkippedFile, SplitCounts, TestPredictions, TrainerBuild,
+    class_scores,
 };
 pub use object_store::ObjectMeta;
 pub use storage::{Conditional, Expect, ObjectVersion, Storage, StorageError};

@@ -108,6 +108,26 @@ pub struct RunMetrics {
     /// on centre crops of whole images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pipeline: Option<PipelineRecord>,
+    /// How a data-parallel run's ranks trained, from rank 0's view; absent for a single
+    /// process and in runs from before data-parallel training.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distributed: Option<DistributedRecord>,
+}
+
+/// A data-parallel run: how many ranks, over which backend, and what averaging the gradients
+/// cost rank 0 (host wall-clock; with NCCL only the launch of the collective is counted).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistributedRecord {
+    /// Ranks (`--workers`); the global batch is `workers × batch_size`.
+    pub workers: u32,
+    /// `gloo` or `nccl`.
+    pub backend: String,
+    /// Optimizer steps rank 0 took in this process (a resumed run counts from the resume).
+    pub steps: u64,
+    /// Seconds spent averaging gradients over those steps (flatten, allreduce, copy back).
+    pub allreduce_seconds: f64,
+    /// Seconds of those steps in all (forward, backward, averaging, Adam).
+    pub step_seconds: f64,
 }
 
 /// The input pipeline of a run (see the `pipeline` crate): a model is served through the same
@@ -476,6 +496,13 @@ pub(crate) mod tests {
                     val: 20,
                     test: 30,
                 },
+            }),
+            distributed: Some(DistributedRecord {
+                workers: 2,
+                backend: "gloo".into(),
+                steps: 40,
+                allreduce_seconds: 1.5,
+                step_seconds: 20.0,
             }),
         }
     }

@@ -176,7 +176,9 @@ impl Failure {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("the {0} backend is not in this build (it needs a CUDA libtorch and NCCL's headers at build time)")]
+    #[error(
+        "the {0} backend is not in this build (it needs a CUDA libtorch and NCCL's headers at build time)"
+    )]
     Unavailable(Backend),
     #[error("invalid process group: {0}")]
     Invalid(String),
@@ -292,9 +294,8 @@ impl ProcessGroup {
             message,
         };
         check(status).map_err(rendezvous)?;
-        let raw = NonNull::new(raw).ok_or_else(|| {
-            rendezvous((Failure::Other, "the shim returned no group".to_owned()))
-        })?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| rendezvous((Failure::Other, "the shim returned no group".to_owned())))?;
         Ok(Self {
             raw,
             backend,
@@ -384,7 +385,9 @@ fn raw_tensors(
             if !t.defined() {
                 Err(Error::Invalid(format!("{op}: tensor {i} is undefined")))
             } else if !t.is_contiguous() {
-                Err(Error::Invalid(format!("{op}: tensor {i} is not contiguous")))
+                Err(Error::Invalid(format!(
+                    "{op}: tensor {i} is not contiguous"
+                )))
             } else {
                 Ok(t.as_mut_ptr())
             }

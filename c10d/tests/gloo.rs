@@ -123,10 +123,10 @@ fn a_peer_that_left_fails_the_collective() {
         let started = Instant::now();
         let mut t = vec![Tensor::from_slice(&[1.0f32])];
         let err = pg.allreduce(&mut t, ReduceOp::Sum).unwrap_err();
-        Some((err.to_string(), started.elapsed()))
+        Some((err.failure(), err.to_string(), started.elapsed()))
     });
-    let (err, took) = results[0].clone().unwrap();
-    eprintln!("rank 0 after {took:?}: {err}");
+    let (failure, err, took) = results[0].clone().unwrap();
+    assert_eq!(failure, Some(Failure::Network), "{err}");
     assert!(took < Duration::from_secs(19), "took {took:?}: {err}");
 }
 

@@ -39,6 +39,8 @@ pub struct FaceIndex {
     /// Lookups answered from the index, and detections run, for the log.
     hits: std::sync::atomic::AtomicU64,
     misses: std::sync::atomic::AtomicU64,
+    /// Never written back: a data-parallel run's other ranks read the store, rank 0 writes.
+    read_only: bool,
 }
 
 /// The store key of the index for `dataset` under `pipeline`.
@@ -59,7 +61,14 @@ impl FaceIndex {
             entries: Mutex::new(BTreeMap::new()),
             hits: 0.into(),
             misses: 0.into(),
+            read_only: false,
         }
+    }
+
+    /// The same index, never written back ([`FaceIndex::write`] does nothing).
+    pub fn read_only(mut self) -> Self {
+        self.read_only = true;
+        self
     }
 
     /// Reads the index of `dataset` under `pipeline`; empty when there is none or it is
@@ -124,8 +133,8 @@ impl FaceIndex {
     /// are forgotten). Failures are logged, not returned.
     pub async fn write(&self, storage: &Storage, keep: impl Fn(&str) -> bool) {
         let (hits, misses) = self.counts();
-        if misses == 0 {
-            return; // nothing new was learned
+        if misses == 0 || self.read_only {
+            return; // nothing new was learned, or another rank writes it
         }
         let body = {
             let mut entries = self.lock();

@@ -5,6 +5,7 @@ pub mod build_info;
 pub mod cache;
 pub mod datagen;
 pub mod dataset;
+pub mod dist;
 pub mod face_index;
 pub mod progress;
 pub mod torch;

@@ -6,8 +6,11 @@ use anyhow::{Context, Result, bail};
 use artifacts::{Hyperparameters, PromotionPolicy, Storage, StorageError, layout};
 use clap::{Args, Parser, Subcommand};
 use face2simpson_trainer::dataset::DatasetError;
+use face2simpson_trainer::dist::{BackendChoice, World};
 use face2simpson_trainer::progress::Progress;
-use face2simpson_trainer::train::{self, RunTarget, TrainConfig, TrainError};
+use face2simpson_trainer::train::{
+    self, RankOutcome, RunTarget, StopSignal, TrainConfig, TrainError,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -133,6 +136,85 @@ struct TrainArgs {
         default_value = "face_detection_front_128x128.onnx"
     )]
     face_detector: std::path::PathBuf,
+    #[command(flatten)]
+    world: WorldArgs,
+}
+
+/// Data-parallel training: one process per rank, met over libtorch's c10d. Each flag falls
+/// back on the variables Kubernetes' Indexed Jobs and Kubeflow's launchers set.
+#[derive(Debug, Args)]
+struct WorldArgs {
+    /// Ranks in the training (world size); 1 trains in this process alone. Default: WORLD_SIZE,
+    /// else PET_NNODES, else 1.
+    #[arg(long, env = "WORKERS")]
+    workers: Option<usize>,
+    /// This process's rank, 0..workers. Default: RANK, else JOB_COMPLETION_INDEX (an Indexed
+    /// Job's pod index), else PET_NODE_RANK, else 0.
+    #[arg(long, env = "RANK")]
+    rank: Option<usize>,
+    /// Host of rank 0, which serves the rendezvous store. Default: PET_MASTER_ADDR, else
+    /// 127.0.0.1.
+    #[arg(long, env = "MASTER_ADDR")]
+    master_addr: Option<String>,
+    /// Port of the rendezvous store on rank 0. Default: PET_MASTER_PORT, else 29500.
+    #[arg(long, env = "MASTER_PORT")]
+    master_port: Option<u16>,
+    /// The rendezvous and every collective fail after this long (exit code 5): a rank that
+    /// died or hangs never leaves the others waiting for ever.
+    #[arg(long, env = "COLLECTIVE_TIMEOUT_SECONDS", default_value_t = 300)]
+    collective_timeout_seconds: u64,
+    /// auto (NCCL for CUDA when this build has it, else Gloo), gloo or nccl.
+    #[arg(long, env = "DIST_BACKEND", default_value = "auto")]
+    dist_backend: BackendChoice,
+}
+
+impl WorldArgs {
+    /// The world, with the fallbacks above; `var` reads the environment.
+    fn resolve(self, var: impl Fn(&str) -> Option<String>) -> Result<World, String> {
+        let parsed = |name: &str| -> Result<Option<usize>, String> {
+            var(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| {
+                    v.trim()
+                        .parse()
+                        .map_err(|_| format!("{name}={v:?} is not a number"))
+                })
+                .transpose()
+        };
+        let workers = match self.workers {
+            Some(n) => n,
+            None => parsed("WORLD_SIZE")?.or(parsed("PET_NNODES")?).unwrap_or(1),
+        };
+        let rank = match self.rank {
+            Some(r) => r,
+            None => parsed("JOB_COMPLETION_INDEX")?
+                .or(parsed("PET_NODE_RANK")?)
+                .unwrap_or(0),
+        };
+        let master_addr = self
+            .master_addr
+            .or_else(|| var("PET_MASTER_ADDR").filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "127.0.0.1".into());
+        let master_port = match self.master_port {
+            Some(p) => p,
+            None => match parsed("PET_MASTER_PORT")? {
+                Some(p) => {
+                    u16::try_from(p).map_err(|_| format!("PET_MASTER_PORT={p} is not a port"))?
+                }
+                None => 29500,
+            },
+        };
+        let world = World {
+            workers,
+            rank,
+            master_addr,
+            master_port,
+            timeout: std::time::Duration::from_secs(self.collective_timeout_seconds),
+            backend: self.dist_backend,
+        };
+        world.validate()?;
+        Ok(world)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -166,12 +248,16 @@ fn init_tracing(format: &str) {
 /// Exit codes, so the training Job's podFailurePolicy can tell a retry that may succeed from
 /// one that cannot (documented in docs/operator.md): 0 success; 1 anything else; 2 a
 /// configuration or data error that no retry fixes (also clap's code for bad flags); 3 the
-/// store is unreachable (a retry may succeed); 4 the requested device is missing.
+/// store is unreachable (a retry may succeed); 4 the requested device is missing; 5 a peer
+/// rank is gone, or the rendezvous or a collective timed out (the gang is restarted); 143
+/// stopped by SIGTERM (128 + 15, what a shell reports), after a checkpoint when training.
 mod exit {
     pub const FAILURE: u8 = 1;
     pub const CONFIG: u8 = 2;
     pub const STORE: u8 = 3;
     pub const DEVICE: u8 = 4;
+    pub const PEER: u8 = 5;
+    pub const TERMINATED: u8 = 143;
 }
 
 /// A failure with the exit code it ends the process with.
@@ -206,8 +292,15 @@ fn exit_code(error: &anyhow::Error) -> u8 {
                 TrainError::Dataset(DatasetError::Storage(s)) => storage_code(s),
                 // Data rewritten under a running job: a retry reads it settled.
                 TrainError::Dataset(DatasetError::Changed { .. }) => exit::FAILURE,
+                // The local disk or its cache directory failing (full, say) is this machine's
+                // trouble, not the data's: another attempt, maybe on another node, may pass.
+                TrainError::Dataset(DatasetError::Cache(_)) => exit::FAILURE,
                 TrainError::Dataset(_) => exit::CONFIG,
                 TrainError::Storage(s) => storage_code(s),
+                // The backbone or the champion's weights cannot be used: bad input.
+                TrainError::UnusableWeights { .. } => exit::CONFIG,
+                TrainError::Distributed(_) => exit::PEER,
+                TrainError::Interrupted { .. } => exit::TERMINATED,
                 _ => exit::FAILURE,
             };
         }
@@ -236,7 +329,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
     let result = match cli.command {
-        Command::Train(args) => train_cmd(*args).await,
+        Command::Train(args) => train_until_told_to_stop(*args).await,
         Command::Datagen(args) => datagen_cmd(args).await.map_err(Fatal::from),
     };
     match result {
@@ -249,7 +342,49 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
+/// Trains, answering SIGTERM (a deleted, preempted or suspended pod): while the training loop
+/// runs it checkpoints after the current step and ends with [`TrainError::Interrupted`]
+/// (143); at any other moment there is nothing worth saving, and the process exits 143 at once
+/// rather than working on until the grace period's SIGKILL.
+async fn train_until_told_to_stop(args: TrainArgs) -> Result<(), Fatal> {
+    let stop = StopSignal::new();
+    let mut sigterm = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(Fatal {
+                code: exit::FAILURE,
+                error: anyhow::Error::from(e).context("installing the SIGTERM handler"),
+            });
+        }
+    };
+    let run = train_cmd(args, stop.clone());
+    tokio::pin!(run);
+    tokio::select! {
+        result = &mut run => result,
+        _ = sigterm.recv() => {
+            stop.request();
+            if stop.in_training() {
+                tracing::warn!("SIGTERM: checkpointing after the current step");
+                run.await
+            } else {
+                tracing::warn!("SIGTERM outside the training loop: nothing to checkpoint; exiting");
+                eprintln!("Error: terminated (SIGTERM)");
+                // Not a return: the runtime would wait for blocking work (a dataset load) to end.
+                std::process::exit(i32::from(exit::TERMINATED));
+            }
+        }
+    }
+}
+
+async fn train_cmd(a: TrainArgs, stop: StopSignal) -> Result<(), Fatal> {
+    let world = a
+        .world
+        .resolve(|name| std::env::var(name).ok())
+        .map_err(|e| Fatal {
+            code: exit::CONFIG,
+            error: anyhow::Error::msg(e),
+        })?;
     let storage = Storage::open(&a.storage)?;
     // A GPU asked for and not there must fail fast, not train on the CPU for hours.
     let device = face2simpson_trainer::torch::parse_device(&a.device).map_err(|e| Fatal {
@@ -299,10 +434,20 @@ async fn train_cmd(a: TrainArgs) -> Result<(), Fatal> {
         cache_dir: a.cache_dir,
         detector,
     };
-    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), "training");
-    let outcome = train::run_in(&storage, &cfg, &target, &Progress::auto())
+    tracing::info!(run_id = %cfg.run_id, storage = %storage.url(), dataset = %cfg.dataset, device = %face2simpson_trainer::torch::device_name(device), rank = world.rank, workers = world.workers, "training");
+    let outcome = train::run_rank(&storage, &cfg, &target, &Progress::auto(), &world, &stop)
         .await
-        .with_context(|| format!("run {} failed; no metrics.json was written", cfg.run_id))?;
+        .with_context(|| match world.is_leader() {
+            true => format!("run {} failed; no metrics.json was written", cfg.run_id),
+            false => format!("rank {} of run {} failed", world.rank, cfg.run_id),
+        })?;
+    let outcome = match outcome {
+        RankOutcome::Leader(outcome) => outcome,
+        RankOutcome::Follower => {
+            tracing::info!(run_id = %cfg.run_id, rank = world.rank, "rank done");
+            return Ok(());
+        }
+    };
     let m = &outcome.metrics;
     tracing::info!(
         run_id = %m.run_id,
@@ -395,10 +540,123 @@ mod tests {
             exit::FAILURE
         );
         assert_eq!(code(anyhow::anyhow!("anything else")), exit::FAILURE);
+        // A full local disk while decoding: this machine's trouble, retried (1), not bad data.
         assert_eq!(
-            (exit::CONFIG, exit::STORE, exit::DEVICE),
-            (2, 3, 4),
+            code(TrainError::Dataset(DatasetError::Cache(
+                std::io::Error::from_raw_os_error(28)
+            ))),
+            exit::FAILURE
+        );
+        // Weights the run was given that cannot be read: bad input (2). Weights it made that
+        // cannot be serialised: a bug (1).
+        let unreadable = || face2simpson_trainer::torch::WeightsError::Mismatch("x".into());
+        assert_eq!(
+            code(TrainError::UnusableWeights {
+                what: "loading the champion's weights".into(),
+                source: unreadable()
+            }),
+            exit::CONFIG
+        );
+        assert_eq!(
+            code(TrainError::Weights {
+                what: "serialising the weights".into(),
+                source: unreadable()
+            }),
+            exit::FAILURE
+        );
+        assert_eq!(
+            code(TrainError::Distributed(c10d::Error::Collective {
+                op: "allreduce",
+                failure: c10d::Failure::Network,
+                message: "Connection reset by peer".into()
+            })),
+            exit::PEER
+        );
+        assert_eq!(
+            code(TrainError::Interrupted { epoch: 2, step: 3 }),
+            exit::TERMINATED
+        );
+        assert_eq!(
+            (
+                exit::CONFIG,
+                exit::STORE,
+                exit::DEVICE,
+                exit::PEER,
+                exit::TERMINATED
+            ),
+            (2, 3, 4, 5, 143),
             "the operator's podFailurePolicy and docs/operator.md name these"
         );
+    }
+
+    fn world(args: &[&str], env: &[(&str, &str)]) -> Result<World, String> {
+        #[derive(Debug, Parser)]
+        struct Probe {
+            #[command(flatten)]
+            world: WorldArgs,
+        }
+        let mut argv = vec!["probe"];
+        argv.extend_from_slice(args);
+        // Only the flags here: clap's own env lookups are what the container provides and are
+        // covered by `#[arg(env)]`; the fallbacks are read through `var`.
+        let probe = Probe::try_parse_from(argv).map_err(|e| e.to_string())?;
+        let env: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        probe.world.resolve(|name| env.get(name).cloned())
+    }
+
+    /// The contract with the operator and with Kubeflow's launchers: flags first, then
+    /// WORLD_SIZE/RANK's fallbacks (an Indexed Job's JOB_COMPLETION_INDEX, PET_*).
+    #[test]
+    fn the_world_comes_from_flags_or_the_launchers_variables() {
+        let w = world(&[], &[]).unwrap();
+        assert_eq!((w.workers, w.rank, w.master_port), (1, 0, 29500));
+        assert_eq!(w.master_addr, "127.0.0.1");
+        assert_eq!(w.timeout, std::time::Duration::from_secs(300));
+        let w = world(
+            &[],
+            &[
+                ("WORLD_SIZE", "4"),
+                ("JOB_COMPLETION_INDEX", "3"),
+                ("PET_MASTER_ADDR", "m"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((w.workers, w.rank, w.master_addr.as_str()), (4, 3, "m"));
+        let w = world(
+            &[],
+            &[
+                ("PET_NNODES", "2"),
+                ("PET_NODE_RANK", "1"),
+                ("PET_MASTER_PORT", "23456"),
+            ],
+        )
+        .unwrap();
+        assert_eq!((w.workers, w.rank, w.master_port), (2, 1, 23456));
+        let w = world(
+            &[
+                "--workers",
+                "2",
+                "--rank",
+                "0",
+                "--master-addr",
+                "job-0.svc",
+            ],
+            &[("WORLD_SIZE", "8"), ("JOB_COMPLETION_INDEX", "5")],
+        )
+        .unwrap();
+        assert_eq!(
+            (w.workers, w.rank, w.master_addr.as_str()),
+            (2, 0, "job-0.svc")
+        );
+        assert!(world(&["--workers", "2", "--rank", "2"], &[]).is_err());
+        assert!(
+            world(&[], &[("WORLD_SIZE", "two")])
+                .unwrap_err()
+                .contains("WORLD_SIZE")
+        );
+        assert!(world(&["--collective-timeout-seconds", "0"], &[]).is_err());
     }
 }

@@ -285,6 +285,7 @@ pub fn run_metrics(run_id: &str, accuracy: f64, champion: Option<(&str, f64)>) -
         device: "cuda:0".into(),
         precision: None,
         pipeline: None,
+        distributed: None,
     }
 }
 

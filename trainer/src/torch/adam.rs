@@ -27,6 +27,9 @@ pub struct Adam {
     params: Vec<Param>,
     lr: Vec<f64>,
     step: i64,
+    /// The step count on the device, once [`Adam::step_unless`] has run: whether a step was
+    /// taken is known only there.
+    device_step: Option<Tensor>,
 }
 
 impl Adam {
@@ -58,6 +61,7 @@ impl Adam {
             params,
             lr: vec![lr; groups],
             step: 0,
+            device_step: None,
         }
     }
 
@@ -67,9 +71,19 @@ impl Adam {
         }
     }
 
-    /// Steps taken so far (bias correction depends on it).
+    /// Steps taken so far (bias correction depends on it). After [`Adam::step_unless`] this
+    /// reads the count from the device, waiting for it.
     pub fn steps(&self) -> i64 {
-        self.step
+        match &self.device_step {
+            Some(t) => t.double_value(&[]).round() as i64,
+            None => self.step,
+        }
+    }
+
+    /// Sets the step count, e.g. to what another rank's optimizer has taken.
+    pub fn set_steps(&mut self, steps: i64) {
+        self.step = steps;
+        self.device_step = None;
     }
 
     /// The parameters' gradients (undefined ones left out), e.g. to unscale or check them.
@@ -101,6 +115,9 @@ impl Adam {
 
     /// One Adam update from the current gradients.
     pub fn step(&mut self) {
+        if let Some(t) = &mut self.device_step {
+            let _ = t.g_add_scalar_(1.0);
+        }
         self.step += 1;
         let t = self.step as f64;
         let bias1 = 1.0 - BETA1.powf(t);
@@ -121,6 +138,46 @@ impl Adam {
         });
     }
 
+    /// One Adam update from the current gradients unless `skip`, a boolean scalar on the
+    /// parameters' device, is true — decided there, without the host reading it: parameters,
+    /// moments and the step count are then left as they were. What fp16's loss scaling uses
+    /// to skip a step whose gradients overflowed. The same update as [`Adam::step`], with the
+    /// bias corrections computed on the device in fp32.
+    pub fn step_unless(&mut self, skip: &Tensor) {
+        let Some(device) = self.params.first().map(|p| p.tensor.device()) else {
+            return;
+        };
+        let host_step = self.step as f64;
+        let steps = self
+            .device_step
+            .get_or_insert_with(|| Tensor::full([], host_step, (Kind::Float, device)));
+        tch::no_grad(|| {
+            let keep = skip.logical_not();
+            let _ = steps.g_add_(&keep.to_kind(Kind::Float));
+            // 1 - β^t, with t from the device.
+            let correction = |beta: f64| (&*steps * beta.ln()).exp().neg() + 1.0;
+            let bias1 = correction(BETA1);
+            let bias2_sqrt = correction(BETA2).sqrt();
+            for p in &mut self.params {
+                let g = p.tensor.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let step_size = bias1.reciprocal() * self.lr[p.group];
+                let m = p.m.lerp(&g, 1.0 - BETA1);
+                let v = (&p.v * BETA2).addcmul(&g, &(&g * (1.0 - BETA2)));
+                let denom = v.sqrt() / &bias2_sqrt + EPS;
+                let updated = &p.tensor - m.g_div(&denom) * &step_size;
+                let kept_m = m.where_self(&keep, &p.m);
+                let kept_v = v.where_self(&keep, &p.v);
+                let kept = updated.where_self(&keep, &p.tensor);
+                p.m.copy_(&kept_m);
+                p.v.copy_(&kept_v);
+                p.tensor.shallow_clone().copy_(&kept);
+            }
+        });
+    }
+
     /// The moments as named tensors (`m.<param>`, `v.<param>`) and the step count.
     pub fn state(&self) -> (Vec<(String, Tensor)>, i64) {
         let mut named = Vec::with_capacity(2 * self.params.len());
@@ -128,7 +185,15 @@ impl Adam {
             named.push((format!("m.{}", p.name), p.m.shallow_clone()));
             named.push((format!("v.{}", p.name), p.v.shallow_clone()));
         }
-        (named, self.step)
+        (named, self.steps())
+    }
+
+    /// The moments, in a fixed order (the parameters' names), for broadcasting in place.
+    pub fn moments(&self) -> Vec<Tensor> {
+        self.params
+            .iter()
+            .flat_map(|p| [p.m.shallow_clone(), p.v.shallow_clone()])
+            .collect()
     }
 
     /// Checks that `named` holds both moments of every parameter, with the right shapes.
@@ -167,7 +232,7 @@ impl Adam {
             }
             Ok::<_, WeightsError>(())
         })?;
-        self.step = step;
+        self.set_steps(step);
         Ok(())
     }
 }
@@ -225,6 +290,44 @@ mod tests {
         }
         let diff = max_diff(&vs_ours, &vs_ref);
         assert!(diff < 1e-6, "parameters differ by {diff}");
+    }
+
+    /// `step_unless(false)` is a normal step (to fp32 rounding of the bias corrections);
+    /// `step_unless(true)` changes nothing, not even the step count.
+    #[test]
+    fn a_step_decided_on_the_device_updates_or_skips() {
+        let (vs_a, lin_a) = model(0.3);
+        let (vs_b, lin_b) = model(0.3);
+        let mut a = Adam::new(&vs_a, 1e-2);
+        let mut b = Adam::new(&vs_b, 1e-2);
+        let no = Tensor::from(false);
+        let yes = Tensor::from(true);
+        for step in 0..4 {
+            a.backward_step(&loss(&lin_a, step)).unwrap();
+            b.zero_grad();
+            loss(&lin_b, step).backward();
+            b.step_unless(&no);
+        }
+        let diff = max_diff(&vs_a, &vs_b);
+        assert!(diff < 1e-6, "parameters differ by {diff}");
+        let before: Vec<(String, Tensor)> = vs_b
+            .variables()
+            .into_iter()
+            .map(|(k, t)| (k, t.copy()))
+            .collect();
+        let (moments, _) = b.state();
+        let moments: Vec<Tensor> = moments.iter().map(|(_, t)| t.copy()).collect();
+        b.zero_grad();
+        loss(&lin_b, 9).backward();
+        b.step_unless(&yes);
+        for (k, t) in &before {
+            assert!(vs_b.variables()[k].equal(t), "{k} moved on a skipped step");
+        }
+        let (after, steps) = b.state();
+        assert_eq!(steps, 4);
+        for ((_, t), m) in after.iter().zip(&moments) {
+            assert!(t.equal(m), "a moment moved on a skipped step");
+        }
     }
 
     /// Saving after 3 steps and restoring into a fresh optimizer continues exactly as if

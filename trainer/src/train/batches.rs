@@ -31,14 +31,36 @@ pub fn sample_seed(seed: u64, epoch: u32, index: usize) -> u64 {
 /// Batches of indices for one epoch; a trailing batch of one is dropped (batch norm cannot
 /// train on it) and comes back reshuffled next epoch.
 pub fn epoch_batches(n: usize, batch_size: usize, seed: u64, epoch: u32) -> Vec<Vec<usize>> {
+    rank_batches(n, batch_size, seed, epoch, 0, 1)
+}
+
+/// One rank's batches of an epoch, with PyTorch's `DistributedSampler` semantics: every rank
+/// shuffles the same way (same seed and epoch), the order is padded with its own beginning to
+/// a multiple of `world`, and rank `r` takes positions `r, r + world, r + 2·world, …`. Every
+/// rank gets as many batches as the others (their collectives pair up), and batch `k` of all
+/// ranks together is batch `k` of a single process with `world` times the batch size. A world
+/// of one is [`epoch_batches`].
+pub fn rank_batches(
+    n: usize,
+    batch_size: usize,
+    seed: u64,
+    epoch: u32,
+    rank: usize,
+    world: usize,
+) -> Vec<Vec<usize>> {
     let mut order: Vec<usize> = (0..n).collect();
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(sample_seed(
         seed,
         epoch,
         usize::MAX,
     )));
-    order
-        .chunks(batch_size)
+    let world = world.max(1);
+    let padded = n.div_ceil(world) * world;
+    let mine: Vec<usize> = (rank..padded)
+        .step_by(world)
+        .filter_map(|i| order.get(i % n.max(1)).copied())
+        .collect();
+    mine.chunks(batch_size)
         .filter(|c| c.len() >= 2)
         .map(<[usize]>::to_vec)
         .collect()
@@ -98,23 +120,53 @@ impl HostBatch {
     /// The batch on `device` as a normalised float NCHW tensor with channels-last strides (the
     /// layout the network computes in), and its labels.
     pub fn to_device(&self, device: Device) -> (Tensor, Tensor) {
+        self.normalized(&Normalizer::new(device))
+    }
+
+    /// As [`HostBatch::to_device`], with the mean and standard deviation already on the
+    /// device: what loops over many batches use.
+    pub fn normalized(&self, norm: &Normalizer) -> (Tensor, Tensor) {
+        let device = norm.device;
         let non_blocking = device.is_cuda();
         let x = self
             .images
             .to_device_(device, Kind::Uint8, non_blocking, false);
         let y =
             Tensor::from_slice(&self.labels).to_device_(device, Kind::Int64, non_blocking, false);
-        (normalize(&x), y)
+        (norm.normalize(&x), y)
     }
 }
 
-/// `ToTensor` + `Normalize` on the device: `(x / 255 - mean) / std` per channel, in the same
-/// order of operations as [`model::Preprocessor::eval`], so both give the same floats.
+/// ImageNet's per-channel mean and standard deviation on one device, copied there once: a copy
+/// per batch was a blocking host-to-device transfer at every step.
+#[derive(Debug)]
+pub struct Normalizer {
+    device: Device,
+    mean: Tensor,
+    std: Tensor,
+}
+
+impl Normalizer {
+    pub fn new(device: Device) -> Self {
+        let channel = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(device);
+        Self {
+            device,
+            mean: channel(IMAGENET_MEAN),
+            std: channel(IMAGENET_STD),
+        }
+    }
+
+    /// `ToTensor` + `Normalize` on the device: `(x / 255 - mean) / std` per channel, in the
+    /// same order of operations as [`model::Preprocessor::eval`], so both give the same floats.
+    pub fn normalize(&self, hwc: &Tensor) -> Tensor {
+        let x = hwc.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
+        (x - &self.mean) / &self.std
+    }
+}
+
+/// [`Normalizer::normalize`] for one batch on its own device.
 pub fn normalize(hwc: &Tensor) -> Tensor {
-    let device = hwc.device();
-    let channel = |v: [f32; 3]| Tensor::from_slice(&v).view([1, 3, 1, 1]).to_device(device);
-    let x = hwc.permute([0, 3, 1, 2]).to_kind(Kind::Float) / 255.0;
-    (x - channel(IMAGENET_MEAN)) / channel(IMAGENET_STD)
+    Normalizer::new(hwc.device()).normalize(hwc)
 }
 
 /// Runs `step` on every batch of an epoch while the next batches are built on other threads,
@@ -160,6 +212,38 @@ mod tests {
         assert_eq!(a.iter().map(Vec::len).collect::<Vec<_>>(), vec![32, 32]);
         assert_eq!(epoch_batches(66, 32, 1, 1).len(), 3);
         assert_eq!(ordered_batches(5, 2), vec![vec![0, 1], vec![2, 3], vec![4]]);
+    }
+
+    /// DistributedSampler semantics: the ranks' shards are disjoint (but for the padding),
+    /// cover the epoch, are equally long, and batch k of two ranks with batch b is batch k of
+    /// one process with batch 2b.
+    #[test]
+    fn ranks_share_an_epoch_like_distributed_sampler() {
+        let one = rank_batches(64, 16, 3, 2, 0, 1);
+        assert_eq!(one, epoch_batches(64, 16, 3, 2));
+        let r0 = rank_batches(64, 8, 3, 2, 0, 2);
+        let r1 = rank_batches(64, 8, 3, 2, 1, 2);
+        assert_eq!((r0.len(), r1.len()), (4, 4));
+        for k in 0..4 {
+            let mut both: Vec<usize> = r0[k].iter().chain(&r1[k]).copied().collect();
+            let mut single = one[k].clone();
+            both.sort_unstable();
+            single.sort_unstable();
+            assert_eq!(both, single, "batch {k}");
+        }
+        // 10 samples over 3 ranks: padded to 12 with the order's own beginning, 4 each.
+        let shards: Vec<Vec<usize>> = (0..3)
+            .map(|r| rank_batches(10, 100, 5, 1, r, 3).concat())
+            .collect();
+        assert!(shards.iter().all(|s| s.len() == 4));
+        let mut all: Vec<usize> = shards.concat();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all, (0..10).collect::<Vec<_>>());
+        assert_ne!(
+            rank_batches(64, 8, 3, 2, 0, 2),
+            rank_batches(64, 8, 3, 3, 0, 2)
+        );
     }
 
     /// Training and serving see the same floats: the device-side conversion of a byte batch

@@ -1,10 +1,13 @@
-//! End-of-epoch checkpoints in the store, so a preempted training Job that restarts with the
-//! same run id continues where it stopped instead of starting over.
+//! Checkpoints in the store, so a preempted training Job that restarts with the same run id
+//! continues where it stopped instead of starting over: one at the end of every epoch, and one
+//! mid-epoch when the trainer is told to stop (SIGTERM), naming the steps of the epoch done.
 //!
-//! Layout under `<runs-prefix>/<run-id>/checkpoint/`: `epoch-<n>/{weights,best,adam}.safetensors`
-//! written first, then `state.json` naming epoch `n` (its presence makes the checkpoint whole),
-//! then the previous epoch's files are deleted. A run that completes deletes the whole prefix.
-//! A checkpoint made from other data, hyperparameters or precision is ignored, not resumed.
+//! Layout under `<runs-prefix>/<run-id>/checkpoint/`: `<tag>/{weights,best,adam}.safetensors`
+//! written first (`epoch-<n>` after epoch `n`, `epoch-<n>-step-<k>` after `k` steps of epoch
+//! `n + 1`), then `state.json` naming the tag (its presence makes the checkpoint whole), then
+//! every other tag's files are deleted. A run that completes deletes the whole prefix. A
+//! checkpoint made from other data, hyperparameters, precision, backbone or number of workers
+//! is ignored, not resumed. Only rank 0 writes.
 
 use artifacts::{EpochRecord, Hyperparameters, Storage, StorageError};
 use serde::{Deserialize, Serialize};
@@ -25,6 +28,14 @@ pub struct Guard {
     /// it was recorded, which therefore never match.
     #[serde(default)]
     pub pipeline: Option<pipeline::PipelineId>,
+    /// `sha256:` of the pretrained backbone's bytes (`None`: trained from scratch). Absent in
+    /// older checkpoints, which therefore never match a run with a backbone.
+    #[serde(default)]
+    pub pretrained_sha256: Option<String>,
+    /// Ranks the checkpoint was trained with: the global batch and each rank's share of an
+    /// epoch depend on it. 0 in older checkpoints, which therefore never match.
+    #[serde(default)]
+    pub workers: u32,
 }
 
 /// The training loop's progress, as saved after an epoch.
@@ -38,6 +49,30 @@ pub struct LoopState {
     pub since_best: u32,
     /// Early stopping triggered: nothing is left to train.
     pub stopped: bool,
+    /// Steps of epoch `epoch + 1` already done, when the checkpoint was taken mid-epoch.
+    #[serde(default)]
+    pub partial: Option<PartialEpoch>,
+}
+
+/// The part of an epoch done before a mid-epoch checkpoint: its steps (per rank) and the
+/// epoch's running training sums over every rank, so the resumed epoch's record covers it all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PartialEpoch {
+    pub steps: u32,
+    pub loss_sum: f64,
+    pub correct: f64,
+    pub seen: f64,
+    pub seconds: f64,
+}
+
+impl LoopState {
+    /// The checkpoint's directory name: `epoch-<n>` or `epoch-<n>-step-<k>`.
+    fn tag(&self) -> String {
+        match &self.partial {
+            Some(p) => format!("epoch-{}-step-{}", self.epoch, p.steps),
+            None => format!("epoch-{}", self.epoch),
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -45,6 +80,12 @@ struct StateFile {
     guard: Guard,
     state: LoopState,
     adam_steps: i64,
+}
+
+impl StateFile {
+    fn tag(&self) -> String {
+        self.state.tag()
+    }
 }
 
 /// A resumed run: the loop state, and the best epoch's weights (on the model's device).
@@ -83,17 +124,30 @@ impl Checkpoints {
         format!("{}/state.json", self.prefix)
     }
 
-    fn file_key(&self, epoch: u32, file: &str) -> String {
-        format!("{}/epoch-{epoch}/{file}.safetensors", self.prefix)
+    fn file_key(&self, tag: &str, file: &str) -> String {
+        format!("{}/{tag}/{file}.safetensors", self.prefix)
     }
 
-    /// Saves the state after `state.epoch`. A failure is logged, not fatal: a run that cannot
-    /// checkpoint can still finish.
-    pub fn save(&self, state: &LoopState, net: &Classifier, best: &[(String, Tensor)], opt: &Adam) {
-        if let Err(e) = self.try_save(state, net, best, opt) {
-            tracing::warn!(epoch = state.epoch, error = %e, "could not write the checkpoint; training goes on");
-        } else {
-            tracing::info!(epoch = state.epoch, prefix = %self.prefix, "checkpoint written");
+    /// Saves the state after `state.epoch` (and `state.partial`'s steps of the next). A failure
+    /// is logged, not fatal: a run that cannot checkpoint can still finish. Returns whether it
+    /// was written.
+    pub fn save(
+        &self,
+        state: &LoopState,
+        net: &Classifier,
+        best: &[(String, Tensor)],
+        opt: &Adam,
+    ) -> bool {
+        let steps = state.partial.as_ref().map_or(0, |p| p.steps);
+        match self.try_save(state, net, best, opt) {
+            Err(e) => {
+                tracing::warn!(epoch = state.epoch, steps, error = %e, "could not write the checkpoint; training goes on");
+                false
+            }
+            Ok(()) => {
+                tracing::info!(epoch = state.epoch, steps_into_next_epoch = steps, prefix = %self.prefix, "checkpoint written");
+                true
+            }
         }
     }
 
@@ -119,20 +173,20 @@ impl Checkpoints {
             state: state.clone(),
             adam_steps,
         };
+        let tag = file.tag();
         self.runtime.block_on(async {
             for (name, bytes) in files {
-                self.storage
-                    .put(&self.file_key(state.epoch, name), bytes)
-                    .await?;
+                self.storage.put(&self.file_key(&tag, name), bytes).await?;
             }
             self.storage.put_json(&self.state_key(), &file).await?;
-            if state.epoch > 1 {
-                for name in ["weights", "best", "adam"] {
-                    // Best effort: a leftover file costs space, never correctness.
-                    let _ = self
-                        .storage
-                        .delete(&self.file_key(state.epoch - 1, name))
-                        .await;
+            // Best effort: a leftover file costs space, never correctness.
+            let keep = format!("{}/{tag}/", self.prefix);
+            if let Ok(objects) = self.storage.list(&self.prefix).await {
+                for o in objects {
+                    let key = o.location.to_string();
+                    if !key.starts_with(&keep) && key != self.state_key() {
+                        let _ = self.storage.delete(&key).await;
+                    }
                 }
             }
             Ok::<_, TrainError>(())
@@ -161,14 +215,18 @@ impl Checkpoints {
             Err(e) => return Err(e.into()),
         };
         if file.guard != self.guard {
-            return unusable("it was made from other data, hyperparameters or precision".into());
+            return unusable(
+                "it was made from other data, hyperparameters, precision, backbone or number of workers"
+                    .into(),
+            );
         }
         let epoch = file.state.epoch;
+        let tag = file.tag();
         let mut files = Vec::with_capacity(3);
         for name in ["weights", "best", "adam"] {
             match self
                 .runtime
-                .block_on(self.storage.get(&self.file_key(epoch, name)))
+                .block_on(self.storage.get(&self.file_key(&tag, name)))
             {
                 Ok(bytes) => files.push(bytes),
                 Err(e) if e.is_not_found() => return unusable(e.to_string()),
@@ -199,7 +257,8 @@ impl Checkpoints {
             .into_iter()
             .map(|(k, t)| (k, to_device(t, device)))
             .collect();
-        tracing::info!(epoch, prefix = %self.prefix, "resuming from the checkpoint");
+        let steps = file.state.partial.as_ref().map_or(0, |p| p.steps);
+        tracing::info!(epoch, steps_into_next_epoch = steps, prefix = %self.prefix, "resuming from the checkpoint");
         Ok(Some(Resumed {
             state: file.state,
             best,

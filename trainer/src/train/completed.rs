@@ -7,12 +7,25 @@ use super::run::{crop_cache, load_dataset};
 use super::{RunTarget, TrainConfig, TrainError};
 use crate::dataset;
 use crate::progress::Progress;
+use crate::torch::Precision;
+
+/// What this run asks for beyond its hyperparameters, compared with what the completed run
+/// recorded.
+#[derive(Debug)]
+pub(super) struct Asked<'a> {
+    pub precision: Precision,
+    /// `sha256:` of the pretrained backbone this run was given, `None` from scratch.
+    pub pretrained_sha256: Option<&'a str>,
+    pub workers: u32,
+}
 
 /// The stored metrics when `cfg.run_id` already completed with the same hyperparameters and
 /// dataset, `None` when it never completed, a [`TrainError::Config`] when it completed with
 /// something else: its metrics.json would otherwise describe a run that was not asked for.
 ///
-/// Hyperparameters and the dataset prefix are compared first (free). The data is compared by
+/// Hyperparameters, the precision (unless `auto`, which accepts what it resolved to then), the
+/// pretrained backbone (by content), the number of workers and the dataset prefix are compared
+/// first (free). The data is compared by
 /// the listing fingerprint (one listing, no object fetched); only when that differs — data
 /// rewritten, or a run older than listing fingerprints — is the dataset loaded again to
 /// compare the content fingerprint, so a re-upload of identical bytes is still the same run.
@@ -21,6 +34,8 @@ pub(super) async fn verify(
     cfg: &TrainConfig,
     target: &RunTarget,
     progress: &Progress,
+    asked: &Asked<'_>,
+    leader: bool,
 ) -> Result<Option<RunMetrics>, TrainError> {
     let key = layout::metrics_in(&target.runs_prefix, &cfg.run_id);
     if storage.head(&key).await?.is_none() {
@@ -35,7 +50,8 @@ pub(super) async fn verify(
             cfg.run_id
         ))
     };
-    let differences = hyperparameter_differences(&stored.hyperparameters, &cfg.hyper);
+    let mut differences = hyperparameter_differences(&stored.hyperparameters, &cfg.hyper);
+    differences.extend(setup_differences(&stored, asked));
     if !differences.is_empty() {
         return Err(refuse(format!(
             "other hyperparameters: {}",
@@ -57,7 +73,7 @@ pub(super) async fn verify(
         run_id = %cfg.run_id,
         "the dataset's listing differs from the completed run's; comparing its content"
     );
-    let data = load_dataset(storage, cfg, listing, &crop_cache(cfg), progress).await?;
+    let data = load_dataset(storage, cfg, listing, &crop_cache(cfg), progress, leader).await?;
     if data.fingerprint != stored.dataset_fingerprint {
         return Err(refuse(format!(
             "another dataset content: fingerprint {}, now {}",
@@ -65,6 +81,36 @@ pub(super) async fn verify(
         )));
     }
     Ok(Some(stored))
+}
+
+/// `name stored (now asked)` for what else shaped the training: an explicit `--precision`
+/// other than the one the run computed in, another backbone, another number of workers.
+fn setup_differences(stored: &RunMetrics, asked: &Asked<'_>) -> Vec<String> {
+    let mut out = Vec::new();
+    let explicit = match asked.precision {
+        Precision::Auto => None,
+        Precision::Fp32 => Some("fp32"),
+        Precision::Bf16 => Some("bf16"),
+        Precision::Fp16 => Some("fp16"),
+    };
+    // Runs from before mixed precision computed in fp32.
+    let was = stored.precision.as_deref().unwrap_or("fp32");
+    if let Some(now) = explicit.filter(|now| *now != was) {
+        out.push(format!("precision {was} (now {now})"));
+    }
+    let name = |sha: Option<&str>| sha.map_or_else(|| "none".to_owned(), str::to_owned);
+    if stored.pretrained_sha256.as_deref() != asked.pretrained_sha256 {
+        out.push(format!(
+            "pretrained backbone {} (now {})",
+            name(stored.pretrained_sha256.as_deref()),
+            name(asked.pretrained_sha256)
+        ));
+    }
+    let workers = stored.distributed.as_ref().map_or(1, |d| d.workers);
+    if workers != asked.workers {
+        out.push(format!("workers {workers} (now {})", asked.workers));
+    }
+    out
 }
 
 /// `name stored (now asked)` for every hyperparameter that differs.
@@ -146,6 +192,40 @@ mod tests {
         assert_eq!(
             hyperparameter_differences(&hyper(), &other),
             ["learning_rate 0.001 (now 0.0003)", "seed 7 (now 8)"]
+        );
+    }
+
+    #[test]
+    fn names_another_precision_backbone_or_world() {
+        let json = serde_json::json!({
+            "schema_version": 1, "run_id": "r", "trainer_version": "t",
+            "test_accuracy": 0.9, "champion_run_id": null, "champion_test_accuracy": null,
+            "classes": ["homer"], "per_class_accuracy": {}, "confusion_matrix": [[1]],
+            "counts": {"train": 1, "val": 0, "test": 1}, "skipped_files": [],
+            "epochs_run": 1, "best_epoch": 1, "history": [],
+            "hyperparameters": hyper(), "dataset": "d", "dataset_fingerprint": "f",
+            "weights_key": "w", "pretrained": "p", "pretrained_sha256": "sha256:aa",
+            "started_at": "2026-01-01T00:00:00Z", "finished_at": "2026-01-01T00:00:00Z",
+            "device": "cpu", "precision": "bf16"
+        });
+        let stored: RunMetrics = serde_json::from_value(json).unwrap();
+        let asked = |precision, sha, workers| Asked {
+            precision,
+            pretrained_sha256: sha,
+            workers,
+        };
+        let same = asked(Precision::Bf16, Some("sha256:aa"), 1);
+        assert!(setup_differences(&stored, &same).is_empty());
+        // `auto` accepts what it resolved to on the machine the run had.
+        let auto = asked(Precision::Auto, Some("sha256:aa"), 1);
+        assert!(setup_differences(&stored, &auto).is_empty());
+        assert_eq!(
+            setup_differences(&stored, &asked(Precision::Fp32, None, 2)),
+            [
+                "precision bf16 (now fp32)",
+                "pretrained backbone sha256:aa (now none)",
+                "workers 1 (now 2)"
+            ]
         );
     }
 }

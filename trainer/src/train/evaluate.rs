@@ -4,8 +4,8 @@
 use model::{CLASSES, Preprocessor};
 use tch::{Device, Kind, Reduction, Tensor};
 
-use super::batches::{EVAL_BATCH, for_each_batch, ordered_batches};
-use super::{TrainError, weights_err};
+use super::batches::{EVAL_BATCH, Normalizer, for_each_batch, ordered_batches};
+use super::{TrainError, input_weights_err};
 use crate::dataset::Sample;
 use crate::torch::Classifier;
 
@@ -34,6 +34,7 @@ pub fn evaluate(
     let mut loss_sum = Tensor::zeros([], (Kind::Float, device));
     let mut predicted = Vec::new();
     let batches = ordered_batches(samples.len(), EVAL_BATCH);
+    let norm = Normalizer::new(device);
     tch::no_grad(|| {
         for_each_batch(
             samples,
@@ -42,7 +43,7 @@ pub fn evaluate(
             device,
             |_, s, out| s.image.read_into(out),
             |batch| -> Result<(), TrainError> {
-                let (x, y) = batch.to_device(device);
+                let (x, y) = batch.normalized(&norm);
                 let logits = net.logits(&x, false);
                 loss_sum += logits.f_cross_entropy_loss(
                     &y,
@@ -88,7 +89,7 @@ pub fn load_champion(weights: &[u8], device: Device) -> Result<Classifier, Train
     // Dropout plays no part in evaluation.
     let mut net = Classifier::new(device, 0.0);
     net.load_weights(weights)
-        .map_err(weights_err("loading the champion's weights"))?;
+        .map_err(input_weights_err("loading the champion's weights"))?;
     Ok(net)
 }
 

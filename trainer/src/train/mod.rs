@@ -11,6 +11,7 @@ pub mod evaluate;
 pub mod fit;
 mod promote;
 pub mod run;
+pub mod stop;
 
 use artifacts::{Decision, Hyperparameters, PromotionPolicy, RunMetrics, StorageError, layout};
 use tch::Device;
@@ -18,10 +19,13 @@ use tch::Device;
 use crate::dataset::DatasetError;
 use crate::torch::{Precision, WeightsError};
 
-pub use batches::{HostBatch, epoch_batches, for_each_batch, sample_seed};
+pub use batches::{
+    HostBatch, Normalizer, epoch_batches, for_each_batch, rank_batches, sample_seed,
+};
 pub use evaluate::{Evaluation, evaluate};
-pub use fit::{scheduled_lr, train_step};
-pub use run::{run, run_in};
+pub use fit::{LossScaler, backward_and_step, scheduled_lr, train_step};
+pub use run::{RankOutcome, run, run_in, run_rank};
+pub use stop::StopSignal;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TrainError {
@@ -31,8 +35,13 @@ pub enum TrainError {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    /// Weights the run made that cannot be written or read back: a bug, not bad input.
     #[error("{what}: {source}")]
     Weights { what: String, source: WeightsError },
+    /// Weights the run was given (the pretrained backbone, the champion) that cannot be used:
+    /// bad input no retry fixes.
+    #[error("{what}: {source}")]
+    UnusableWeights { what: String, source: WeightsError },
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
     #[error("training worker failed: {0}")]
@@ -41,10 +50,25 @@ pub enum TrainError {
     Cache(#[from] std::io::Error),
     #[error("exporting the model to ONNX: {0}")]
     Export(#[from] model::onnx::ExportError),
+    /// A peer rank is gone, or the rendezvous or a collective timed out.
+    #[error("data-parallel training: {0}")]
+    Distributed(#[from] c10d::Error),
+    /// Told to stop (SIGTERM) during the training loop; rank 0 checkpointed first.
+    #[error(
+        "stopped as asked after step {step} of epoch {epoch}; a run with the same id resumes there"
+    )]
+    Interrupted { epoch: u32, step: u32 },
 }
 
 pub(crate) fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
     move |source| TrainError::Weights {
+        what: what.to_owned(),
+        source,
+    }
+}
+
+pub(crate) fn input_weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {
+    move |source| TrainError::UnusableWeights {
         what: what.to_owned(),
         source,
     }

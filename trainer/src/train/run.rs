@@ -15,9 +15,11 @@ use tch::Device;
 
 use super::checkpoint::{Checkpoints, Guard};
 use super::evaluate::{self, Evaluation};
+use super::stop::StopSignal;
 use super::{Outcome, RunTarget, TrainConfig, TrainError, completed, config, fit, promote};
 use crate::cache::CropCache;
 use crate::dataset::{self, Dataset, Listing, LoadOptions, Sample};
+use crate::dist::{Dist, DistError, World};
 use crate::face_index::FaceIndex;
 use crate::progress::Progress;
 
@@ -78,17 +80,20 @@ pub(super) fn crop_cache(cfg: &TrainConfig) -> Arc<CropCache> {
     Arc::new(CropCache::new(budget_mb << 20, &cache_dir))
 }
 
-/// Loads the dataset as the run is configured (also used to re-check a completed run).
+/// Loads the dataset as the run is configured (also used to re-check a completed run). Only
+/// rank 0 (`writes`) writes what it learned about faces back to the store.
 pub(super) async fn load_dataset(
     storage: &Storage,
     cfg: &TrainConfig,
     listing: Listing,
     cache: &Arc<CropCache>,
     progress: &Progress,
+    writes: bool,
 ) -> Result<Dataset, TrainError> {
     let total = (listing.train.len() + listing.test.len()) as u64;
     let pipeline = pipeline::PipelineId::of(&cfg.detector);
-    let faces = Arc::new(FaceIndex::read(storage, &pipeline, &cfg.dataset).await);
+    let faces = FaceIndex::read(storage, &pipeline, &cfg.dataset).await;
+    let faces = Arc::new(if writes { faces } else { faces.read_only() });
     progress.start_loading(total);
     let started = std::time::Instant::now();
     let options = LoadOptions {
@@ -173,8 +178,17 @@ async fn fetch_champion(
     target: &RunTarget,
     run_id: &str,
 ) -> Result<Champion, TrainError> {
-    let cannot =
-        |e: StorageError| TrainError::Config(format!("champion {run_id} cannot be re-scored: {e}"));
+    // A champion that is not there (or not weights) is bad input; a store that does not answer
+    // is an outage the Job's retry may get past (exit 3, not 2).
+    let cannot = |e: StorageError| match e {
+        StorageError::NotFound { .. }
+        | StorageError::Malformed { .. }
+        | StorageError::InvalidUrl { .. }
+        | StorageError::Open { .. } => {
+            TrainError::Config(format!("champion {run_id} cannot be re-scored: {e}"))
+        }
+        e => TrainError::Storage(e),
+    };
     let (weights, metrics) = match &target.champion_uri {
         Some(url) => (
             fetch_url(storage, url).await.map_err(cannot)?,
@@ -205,7 +219,9 @@ struct Scored {
 
 /// Trains, then re-scores the champion on `champion_test` (the test split fitted at the
 /// champion's size) or, when the sizes agree, on the run's own test samples. The champion's
-/// weights are loaded first so that unusable ones fail before the expensive part.
+/// weights are loaded first so that unusable ones fail before the expensive part. Ranks other
+/// than 0 train and return `None`.
+#[allow(clippy::too_many_arguments)]
 fn train_and_score(
     data: &Dataset,
     cfg: &TrainConfig,
@@ -213,20 +229,25 @@ fn train_and_score(
     pretrained: Option<&[u8]>,
     champion: Option<(&Champion, Option<&[Sample]>)>,
     progress: &Progress,
-    checkpoints: &Checkpoints,
-) -> Result<Scored, TrainError> {
+    checkpoints: Option<&Checkpoints>,
+    rank: fit::Rank<'_>,
+) -> Result<Option<Scored>, TrainError> {
     let device: Device = compute.device;
     let champion_net = champion
         .map(|(c, _)| evaluate::load_champion(&c.weights, device))
         .transpose()?;
-    let fit = fit::fit(
+    let Some(fit) = fit::fit(
         data,
         &cfg.hyper,
         compute,
         pretrained,
         progress,
-        Some(checkpoints),
-    )?;
+        checkpoints,
+        rank,
+    )?
+    else {
+        return Ok(None);
+    };
     let champion = match (champion_net, champion) {
         (Some(net), Some((c, refitted))) => {
             let samples = refitted.unwrap_or(&data.test);
@@ -242,53 +263,124 @@ fn train_and_score(
         }
         _ => None,
     };
-    Ok(Scored { fit, champion })
+    Ok(Some(Scored { fit, champion }))
 }
 
-/// Runs a whole training: the function behind `face2simpson-trainer train`.
+/// What one rank's run produced.
+#[derive(Debug)]
+pub enum RankOutcome {
+    /// Rank 0, or the single process: the run's result.
+    Leader(Outcome),
+    /// Another rank of a data-parallel run: its share of training is done; rank 0 evaluates
+    /// and writes the artifacts.
+    Follower,
+}
+
+/// Runs a whole training in one process.
 pub async fn run_in(
     storage: &Storage,
     cfg: &TrainConfig,
     target: &RunTarget,
     progress: &Progress,
 ) -> Result<Outcome, TrainError> {
+    match run_rank(
+        storage,
+        cfg,
+        target,
+        progress,
+        &World::single(),
+        &StopSignal::new(),
+    )
+    .await?
+    {
+        RankOutcome::Leader(outcome) => Ok(outcome),
+        RankOutcome::Follower => Err(TrainError::Worker(
+            "a world of one has no rank but 0".into(),
+        )),
+    }
+}
+
+/// Runs this rank's part of a training: the function behind `face2simpson-trainer train`.
+/// Every rank checks the configuration, loads the dataset and trains on its shard; rank 0
+/// alone reads and writes checkpoints, evaluates, scores the champion and writes the
+/// artifacts. `stop` is answered between training steps with a checkpoint and
+/// [`TrainError::Interrupted`].
+pub async fn run_rank(
+    storage: &Storage,
+    cfg: &TrainConfig,
+    target: &RunTarget,
+    progress: &Progress,
+    world: &World,
+    stop: &StopSignal,
+) -> Result<RankOutcome, TrainError> {
     config::validate(cfg)?;
+    world.validate().map_err(TrainError::Config)?;
+    if world.is_distributed() {
+        world.backend_for(cfg.device).map_err(TrainError::Config)?;
+    }
     layout::validate_runs_prefix(&target.runs_prefix).map_err(TrainError::Config)?;
     if target.champion_uri.is_some() && cfg.champion.is_none() {
         return Err(TrainError::Config(
             "--champion-uri needs --champion (the run id it belongs to)".into(),
         ));
     }
+    let leader = world.is_leader();
     let started_at = Utc::now();
-    if let Some(metrics) = completed::verify(storage, cfg, target, progress).await? {
+    let pretrained = match &cfg.pretrained {
+        Some(loc) => Some(fetch_pretrained(storage, loc).await?),
+        None => None,
+    };
+    let pretrained_sha256 = pretrained.as_deref().map(sha256);
+    let asked = completed::Asked {
+        precision: cfg.precision,
+        pretrained_sha256: pretrained_sha256.as_deref(),
+        workers: world.workers as u32,
+    };
+    if let Some(metrics) = completed::verify(storage, cfg, target, progress, &asked, leader).await?
+    {
         // A Job retried after it already finished: the run is complete, keep its result. With
         // --promote the gate is applied again, so a crash between metrics.json and
         // champion.json cannot lose a promotion.
         tracing::info!(run_id = %cfg.run_id, "run already complete; not training again");
+        if !leader {
+            return Ok(RankOutcome::Follower);
+        }
         let decision = if cfg.promote {
             Some(promote::promote(storage, &cfg.policy, &metrics).await?)
         } else {
             None
         };
-        return Ok(Outcome {
+        return Ok(RankOutcome::Leader(Outcome {
             metrics,
             decision,
             already_complete: true,
-        });
+        }));
     }
 
+    // The ranks meet before the expensive part: a rank that never comes fails the run within
+    // the timeout instead of after the dataset is loaded.
+    let dist = if world.is_distributed() {
+        progress.stage("meeting the other ranks");
+        let (world, device) = (world.clone(), cfg.device);
+        let dist = tokio::task::spawn_blocking(move || Dist::connect(&world, device))
+            .await
+            .map_err(|e| TrainError::Worker(e.to_string()))?;
+        Some(dist.map_err(|e| match e {
+            DistError::Config(m) => TrainError::Config(m),
+            DistError::Collective(e) => TrainError::Distributed(e),
+        })?)
+    } else {
+        None
+    };
+
     // Everything that can fail cheaply is checked before the expensive part.
-    let champion_id = match (&cfg.champion, cfg.promote) {
-        (Some(c), _) => Some(c.clone()),
+    let champion_id = match (&cfg.champion, cfg.promote && leader) {
+        (Some(c), _) if leader => Some(c.clone()),
         (None, true) => storage.get_champion().await?.map(|c| c.run_id),
-        (None, false) => None,
+        _ => None,
     };
     let champion = match &champion_id {
         Some(c) => Some(fetch_champion(storage, cfg, target, c).await?),
-        None => None,
-    };
-    let pretrained = match &cfg.pretrained {
-        Some(loc) => Some(fetch_pretrained(storage, loc).await?),
         None => None,
     };
 
@@ -296,7 +388,7 @@ pub async fn run_in(
     let listing = dataset::list(storage, &cfg.dataset).await?;
     let listing_fingerprint = listing.fingerprint.clone();
     let cache = crop_cache(cfg);
-    let data = load_dataset(storage, cfg, listing, &cache, progress).await?;
+    let data = load_dataset(storage, cfg, listing, &cache, progress, leader).await?;
     tracing::info!(
         train = data.train.len(),
         val = data.val.len(),
@@ -343,27 +435,36 @@ pub async fn run_in(
             .resolve(cfg.device)
             .map_err(TrainError::Config)?,
     };
-    let checkpoints = Checkpoints::new(
-        storage.clone(),
-        &format!(
-            "{}/{}",
-            target.runs_prefix.trim_end_matches('/'),
-            cfg.run_id
-        ),
-        Guard {
-            dataset_fingerprint: data.fingerprint.clone(),
-            hyperparameters: cfg.hyper.clone(),
-            precision: crate::torch::kind_name(compute.kind).to_owned(),
-            pipeline: Some(pipeline::PipelineId::of(&cfg.detector)),
-        },
-        tokio::runtime::Handle::current(),
-    );
-    let pretrained_sha256 = pretrained.as_deref().map(sha256);
+    // Rank 0 alone reads and writes checkpoints; the others get its state by broadcast.
+    let checkpoints = leader.then(|| {
+        Checkpoints::new(
+            storage.clone(),
+            &format!(
+                "{}/{}",
+                target.runs_prefix.trim_end_matches('/'),
+                cfg.run_id
+            ),
+            Guard {
+                dataset_fingerprint: data.fingerprint.clone(),
+                hyperparameters: cfg.hyper.clone(),
+                precision: crate::torch::kind_name(compute.kind).to_owned(),
+                pipeline: Some(pipeline::PipelineId::of(&cfg.detector)),
+                pretrained_sha256: pretrained_sha256.clone(),
+                workers: world.workers as u32,
+            },
+            tokio::runtime::Handle::current(),
+        )
+    });
     let (scored, data, champion) = {
         let cfg = cfg.clone();
         let progress = progress.clone();
         let checkpoints = checkpoints.clone();
+        let stop = stop.clone();
         tokio::task::spawn_blocking(move || {
+            let rank = fit::Rank {
+                dist: dist.as_ref(),
+                stop: &stop,
+            };
             let result = train_and_score(
                 &data,
                 &cfg,
@@ -371,17 +472,25 @@ pub async fn run_in(
                 pretrained.as_deref(),
                 champion.as_ref().map(|c| (c, champion_test.as_deref())),
                 &progress,
-                &checkpoints,
+                checkpoints.as_ref(),
+                rank,
             );
             (result, data, champion)
         })
         .await
         .map_err(|e| TrainError::Worker(e.to_string()))?
     };
-    let Scored {
+    let Some(Scored {
         fit,
         champion: champion_test,
-    } = scored?;
+    }) = scored?
+    else {
+        tracing::info!(
+            rank = world.rank,
+            "this rank's training is done; rank 0 writes the artifacts"
+        );
+        return Ok(RankOutcome::Follower);
+    };
 
     let weights_key = layout::weights_in(&target.runs_prefix, &cfg.run_id);
     let weights_sha256 = sha256(&fit.weights);
@@ -461,23 +570,26 @@ pub async fn run_in(
         device: crate::torch::device_name(cfg.device),
         precision: Some(crate::torch::kind_name(compute.kind).to_owned()),
         pipeline: Some(pipeline_record(cfg, &data)),
+        distributed: fit.distributed,
     };
     // Written last: its presence tells the operator the run is complete.
     storage
         .put(&metrics_key_of(cfg, target), metrics.to_json())
         .await?;
-    checkpoints.clear().await;
+    if let Some(c) = &checkpoints {
+        c.clear().await;
+    }
 
     let decision = if cfg.promote {
         Some(promote::promote(storage, &cfg.policy, &metrics).await?)
     } else {
         None
     };
-    Ok(Outcome {
+    Ok(RankOutcome::Leader(Outcome {
         metrics,
         decision,
         already_complete: false,
-    })
+    }))
 }
 
 /// The pipeline the run's inputs went through, as metrics.json records it.
