@@ -485,7 +485,14 @@ fn train_epochs(
                 sums.seen += n;
                 sums.steps += 1;
                 clock.steps += 1;
-                clock.step += started.elapsed();
+                let took = started.elapsed();
+                clock.step += took;
+                tracing::debug!(
+                    epoch,
+                    step = sums.steps,
+                    step_ms = took.as_secs_f64() * 1e3,
+                    "step done"
+                );
                 progress.batch_done(epoch);
                 if stop {
                     stopped_at = Some(sums.steps);

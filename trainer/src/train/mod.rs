@@ -50,14 +50,21 @@ pub enum TrainError {
     Cache(#[from] std::io::Error),
     #[error("exporting the model to ONNX: {0}")]
     Export(#[from] model::onnx::ExportError),
-    /// A peer rank is gone, or the rendezvous or a collective timed out.
+    /// A peer rank is gone, or the rendezvous or a collective timed out. (Not a `source`:
+    /// the message already carries it, and error chains would print it twice.)
     #[error("data-parallel training: {0}")]
-    Distributed(#[from] c10d::Error),
+    Distributed(c10d::Error),
     /// Told to stop (SIGTERM) during the training loop; rank 0 checkpointed first.
     #[error(
         "stopped as asked after step {step} of epoch {epoch}; a run with the same id resumes there"
     )]
     Interrupted { epoch: u32, step: u32 },
+}
+
+impl From<c10d::Error> for TrainError {
+    fn from(e: c10d::Error) -> Self {
+        Self::Distributed(e)
+    }
 }
 
 pub(crate) fn weights_err(what: &str) -> impl FnOnce(WeightsError) -> TrainError + '_ {

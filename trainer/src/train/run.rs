@@ -174,7 +174,7 @@ async fn champion_image_size(
 /// Fetches what re-scoring the champion needs; errors name the champion.
 async fn fetch_champion(
     storage: &Storage,
-    cfg: &TrainConfig,
+    image_size: u32,
     target: &RunTarget,
     run_id: &str,
 ) -> Result<Champion, TrainError> {
@@ -203,7 +203,7 @@ async fn fetch_champion(
             layout::metrics_in(&target.runs_prefix, run_id),
         ),
     };
-    let image_size = champion_image_size(storage, &metrics, cfg.hyper.image_size).await?;
+    let image_size = champion_image_size(storage, &metrics, image_size).await?;
     Ok(Champion {
         run_id: run_id.to_owned(),
         weights,
@@ -380,7 +380,7 @@ pub async fn run_rank(
         _ => None,
     };
     let champion = match &champion_id {
-        Some(c) => Some(fetch_champion(storage, cfg, target, c).await?),
+        Some(c) => Some(fetch_champion(storage, cfg.hyper.image_size, target, c).await?),
         None => None,
     };
 
@@ -605,4 +605,43 @@ fn pipeline_record(cfg: &TrainConfig, data: &Dataset) -> PipelineRecord {
 
 fn metrics_key_of(cfg: &TrainConfig, target: &RunTarget) -> String {
     layout::metrics_in(&target.runs_prefix, &cfg.run_id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A champion that is not there is bad input (exit 2); a store that does not answer while
+    /// fetching it is an outage (exit 3), not a reason to fail the Job for good.
+    #[tokio::test]
+    async fn a_missing_champion_is_bad_input_but_an_unreachable_store_is_an_outage() {
+        let empty = Storage::open("memory:///").unwrap_or_else(|e| panic!("{e}"));
+        let missing = fetch_champion(&empty, 96, &RunTarget::default(), "champ")
+            .await
+            .err();
+        assert!(
+            matches!(missing, Some(TrainError::Config(_))),
+            "{missing:?}"
+        );
+        // Nothing listens on port 9 of loopback.
+        let vars = [
+            ("AWS_ENDPOINT", "http://127.0.0.1:9"),
+            ("AWS_ALLOW_HTTP", "true"),
+            ("AWS_ACCESS_KEY_ID", "k"),
+            ("AWS_SECRET_ACCESS_KEY", "s"),
+            ("AWS_REGION", "us-east-1"),
+        ];
+        let down =
+            Storage::open_with_env("s3://bucket/root", vars).unwrap_or_else(|e| panic!("{e}"));
+        let outage = fetch_champion(&down, 96, &RunTarget::default(), "champ")
+            .await
+            .err();
+        assert!(
+            matches!(
+                outage,
+                Some(TrainError::Storage(StorageError::Backend { .. }))
+            ),
+            "{outage:?}"
+        );
+    }
 }
