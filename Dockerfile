@@ -25,15 +25,19 @@ ENV CARGO_HOME=/usr/local/cargo \
     FACE2SIMPSON_DEPS=/opt/face2simpson
 WORKDIR /src
 
-# CPU libtorch, headers and the ImageNet weights: what the binaries compile and link against.
+# CPU libtorch, headers and the ImageNet weights: what the binaries compile and link against;
+# and gloo's headers (Debian's libgloo-dev, unpacked, not installed), which the c10d shim
+# compiles against: the torch wheel ships Gloo in libtorch_cpu.so but not its headers.
 FROM toolchain AS libtorch-cpu
-ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0
-COPY scripts/setup.sh scripts/setup.sh
-RUN scripts/setup.sh && rm -rf /opt/face2simpson/wheels
+ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0 \
+    FACE2SIMPSON_GLOO_INCLUDE=/opt/face2simpson/gloo/include
+COPY scripts/setup.sh scripts/setup-gloo.sh scripts/
+RUN scripts/setup.sh \
+ && rm -rf /opt/face2simpson/wheels /var/lib/apt/lists/*
 
 # The GPU libtorch and NVIDIA's CUDA libraries (several GB), for the trainer's runtime only.
 FROM toolchain AS libtorch-cuda
-ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0
+ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0 FACE2SIMPSON_SETUP_GLOO=0
 COPY scripts/setup.sh scripts/setup.sh
 RUN scripts/setup.sh --cuda \
  && rm -rf /opt/face2simpson/wheels /opt/face2simpson/torch/include

@@ -158,9 +158,10 @@ F2sError f2s_c10d_group_new(
         group->avg_native = false;
       } else if (backend == F2S_NCCL_BACKEND) {
 #ifdef F2S_NCCL
-        // Without blocking wait, NCCL's watchdog aborts the whole process on a timeout; with
-        // it, work.wait() throws and the trainer exits with its own code.
-        setenv("TORCH_NCCL_BLOCKING_WAIT", "1", 0);
+        // PyTorch's defaults: wait() only orders the caller's CUDA stream after the
+        // collective (the host does not block), and NCCL's watchdog enforces the timeout by
+        // aborting the process. TORCH_NCCL_BLOCKING_WAIT=1 in the environment makes wait()
+        // block and throw instead, at the cost of a host sync per collective.
         auto options = c10d::ProcessGroupNCCL::Options::create();
         options->timeout = timeout;
         group->backend = c10::make_intrusive<c10d::ProcessGroupNCCL>(store, rank, world, options);

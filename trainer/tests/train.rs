@@ -181,6 +181,21 @@ async fn a_completed_run_is_not_trained_again() {
         "{err}"
     );
 
+    // Another precision asked explicitly, or another backbone: refused as well (`auto` is
+    // whatever it resolved to on the machine the run had).
+    let mut other = cfg.clone();
+    other.precision = match first.metrics.precision.as_deref() {
+        Some("bf16") => face2simpson_trainer::torch::Precision::Fp32,
+        _ => face2simpson_trainer::torch::Precision::Bf16,
+    };
+    let err = train(&storage, &other).await.unwrap_err();
+    assert!(matches!(err, TrainError::Config(_)), "{err}");
+    assert!(err.to_string().contains("precision"), "{err}");
+    let mut other = cfg.clone();
+    other.pretrained = None;
+    let err = train(&storage, &other).await.unwrap_err();
+    assert!(err.to_string().contains("pretrained backbone"), "{err}");
+
     // Other data under the same run id: refused too.
     storage
         .put("datasets/test/train/homer/new.png", bytes)
@@ -417,6 +432,19 @@ async fn failures_leave_no_metrics() {
     let mut bad_pretrained = config("r-bad", 32, 1);
     bad_pretrained.pretrained = Some("pretrained/garbage.pth".into());
     assert_fails_before_training(&storage, &bad_pretrained, "pretrained backbone").await;
+
+    // Weights the run was given that cannot be read are bad input (exit 2), told apart from
+    // weights the run made itself.
+    let err = train(&storage, &bad_pretrained).await.unwrap_err();
+    assert!(matches!(err, TrainError::UnusableWeights { .. }), "{err}");
+    storage
+        .put("runs/garbage/model.safetensors", b"not weights".to_vec())
+        .await
+        .unwrap();
+    let mut bad_champion = config("r-bad-champ", 32, 1);
+    bad_champion.champion = Some("garbage".into());
+    let err = train(&storage, &bad_champion).await.unwrap_err();
+    assert!(matches!(err, TrainError::UnusableWeights { .. }), "{err}");
 
     let mut bad_run_id = config("../escape", 32, 1);
     bad_run_id.pretrained = None;
