@@ -442,7 +442,7 @@ async fn train_cmd(a: TrainArgs, stop: StopSignal) -> Result<(), Fatal> {
             false => format!("rank {} of run {} failed", world.rank, cfg.run_id),
         })?;
     let outcome = match outcome {
-        RankOutcome::Leader(outcome) => outcome,
+        RankOutcome::Leader(outcome) => *outcome,
         RankOutcome::Follower => {
             tracing::info!(run_id = %cfg.run_id, rank = world.rank, "rank done");
             return Ok(());

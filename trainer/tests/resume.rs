@@ -28,7 +28,7 @@ async fn a_run_stopped_mid_epoch_resumes_at_that_step() {
             let target = RunTarget::default();
             let progress = Progress::logs();
             match run_rank(&storage, &cfg, &target, &progress, &World::single(), &stop).await {
-                Ok(RankOutcome::Leader(out)) => Ok(out),
+                Ok(RankOutcome::Leader(out)) => Ok(*out),
                 Ok(RankOutcome::Follower) => panic!("a single process is rank 0"),
                 Err(e) => Err(e),
             }

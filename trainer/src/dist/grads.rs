@@ -51,7 +51,7 @@ impl<'a> GradSync<'a> {
             )));
         }
         self.steps += 1;
-        let read_vote = self.dist.results_on_host() || self.steps % DEVICE_VOTE_EVERY == 0;
+        let read_vote = self.dist.results_on_host() || self.steps.is_multiple_of(DEVICE_VOTE_EVERY);
         let mut agreed = false;
         let last = plan.len().saturating_sub(1);
         tch::no_grad(|| -> Result<(), c10d::Error> {

@@ -270,7 +270,7 @@ fn train_and_score(
 #[derive(Debug)]
 pub enum RankOutcome {
     /// Rank 0, or the single process: the run's result.
-    Leader(Outcome),
+    Leader(Box<Outcome>),
     /// Another rank of a data-parallel run: its share of training is done; rank 0 evaluates
     /// and writes the artifacts.
     Follower,
@@ -293,7 +293,7 @@ pub async fn run_in(
     )
     .await?
     {
-        RankOutcome::Leader(outcome) => Ok(outcome),
+        RankOutcome::Leader(outcome) => Ok(*outcome),
         RankOutcome::Follower => Err(TrainError::Worker(
             "a world of one has no rank but 0".into(),
         )),
@@ -350,11 +350,11 @@ pub async fn run_rank(
         } else {
             None
         };
-        return Ok(RankOutcome::Leader(Outcome {
+        return Ok(RankOutcome::Leader(Box::new(Outcome {
             metrics,
             decision,
             already_complete: true,
-        }));
+        })));
     }
 
     // The ranks meet before the expensive part: a rank that never comes fails the run within
@@ -585,11 +585,11 @@ pub async fn run_rank(
     } else {
         None
     };
-    Ok(RankOutcome::Leader(Outcome {
+    Ok(RankOutcome::Leader(Box::new(Outcome {
         metrics,
         decision,
         already_complete: false,
-    }))
+    })))
 }
 
 /// The pipeline the run's inputs went through, as metrics.json records it.
