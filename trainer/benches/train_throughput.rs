@@ -11,7 +11,8 @@
 //!    autocast exactly when `auto` picks bf16 — CPUs with AVX512-BF16 or AMX);
 //!
 //! plus libtorch's raw model step at the `auto` precision on batches already built (the limit
-//! the loop can approach). Same batch, torch threads and loader workers (our rayon pool's size
+//! the loop can approach), and `--workers 2` (two trainer processes on Gloo over loopback, the
+//! same global batch): images/s and the share of a step spent averaging gradients. Same batch, torch threads and loader workers (our rayon pool's size
 //! = the DataLoader's worker processes) on both sides. Steady throughput = training images /
 //! mean epoch time after the first epoch. Ratios are medians over the rounds.
 //!
@@ -21,7 +22,8 @@
 //! Env: BENCH_IMAGES (training images, default 400), BENCH_EPOCHS (default 3, at least 2),
 //! BENCH_REPEATS (rounds, default 3), BENCH_THREADS (torch threads on both sides, default 2),
 //! BENCH_LOADER_WORKERS (default: one per core), BENCH_DEVICE (auto, cpu, cuda), BENCH_BATCH
-//! (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peers.
+//! (default 32 on CPU, 64 on a GPU), BENCH_PEER=0 skips the peers, BENCH_RANKS (default 2; 1
+//! skips the data-parallel run).
 
 use std::path::Path;
 use std::process::Command;
@@ -315,6 +317,92 @@ fn raw_step(batches: &[HostBatch], device: Device, kind: Kind) -> anyhow::Result
     Ok(images as f64 / t.elapsed().as_secs_f64())
 }
 
+/// What `--workers N` on Gloo over loopback gives: rank 0's `metrics.json`.
+struct Ranks {
+    workers: u32,
+    images_per_second: f64,
+    allreduce_share: f64,
+    allreduce_ms_per_step: f64,
+}
+
+/// Trains `workers` trainer processes over Gloo on 127.0.0.1 at the `auto` precision, the
+/// global batch equal to the single process's (`--batch-size` is per rank) and the torch
+/// threads split between them, and reads throughput and the averaging's share of a step.
+fn ranks(root: &Path, setup: Setup, workers: u32) -> anyhow::Result<Ranks> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let run_id = format!("bench-ranks-{workers}");
+    let per_rank_batch = (setup.batch / workers).max(1);
+    let threads = (setup.threads / workers as usize).max(1);
+    let children = (0..workers)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_face2simpson-trainer"))
+                .args(["train", "--storage"])
+                .arg(root)
+                .args(["--dataset", DATASET, "--run-id", &run_id])
+                .args(["--image-size", &IMAGE_SIZE.to_string()])
+                .args(["--epochs", &setup.epochs.to_string()])
+                .args(["--patience", &setup.epochs.to_string()])
+                .args(["--batch-size", &per_rank_batch.to_string()])
+                .args(["--val-fraction", "0", "--seed", "1", "--pretrained", "none"])
+                .args(["--precision", "auto"])
+                .args([
+                    "--device",
+                    if setup.device.is_cuda() {
+                        "cuda"
+                    } else {
+                        "cpu"
+                    },
+                ])
+                .args([
+                    "--workers",
+                    &workers.to_string(),
+                    "--rank",
+                    &rank.to_string(),
+                ])
+                .args([
+                    "--master-addr",
+                    "127.0.0.1",
+                    "--master-port",
+                    &port.to_string(),
+                ])
+                .env("ORT_DYLIB_PATH", env!("ORT_DYLIB_PATH"))
+                .env("FACE_DETECTOR", env!("FACE2SIMPSON_BLAZEFACE"))
+                .env("OMP_NUM_THREADS", threads.to_string())
+                .env("RAYON_NUM_THREADS", threads.to_string())
+                .env("RUST_LOG", "warn")
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("starting a trainer rank")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    for (rank, mut child) in children.into_iter().enumerate() {
+        let status = child.wait()?;
+        anyhow::ensure!(
+            status.success(),
+            "rank {rank} of {workers} failed: {status}"
+        );
+    }
+    let path = root.join(artifacts::layout::metrics_in(
+        artifacts::layout::RUNS,
+        &run_id,
+    ));
+    let metrics: artifacts::RunMetrics = serde_json::from_slice(
+        &std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+    )?;
+    let dist = metrics
+        .distributed
+        .context("rank 0's metrics.json has no distributed record")?;
+    let seconds: Vec<f64> = metrics.history.iter().map(|r| r.seconds).collect();
+    Ok(Ranks {
+        workers,
+        images_per_second: metrics.counts.train as f64 / steady(&seconds),
+        allreduce_share: dist.allreduce_seconds / dist.step_seconds,
+        allreduce_ms_per_step: 1e3 * dist.allreduce_seconds / dist.steps.max(1) as f64,
+    })
+}
+
 /// The CPU's name and the instruction sets that decide the precision and its speed.
 fn cpu_flags() -> String {
     let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
@@ -440,6 +528,22 @@ fn main() -> anyhow::Result<()> {
         });
     }
     summary(&rounds, auto);
+    let workers = env_or("BENCH_RANKS", 2) as u32;
+    if workers > 1 {
+        let r = ranks(dir.path(), setup, workers)?;
+        let single = median(rounds.iter().map(|r| r.auto).collect());
+        println!(
+            "ranks:  --workers {} on Gloo over loopback ({} torch thread(s) each, global batch {}): \
+             {:.1} images/s = {:.2}x one process; averaging {:.1} ms per step = {:.1} % of a step",
+            r.workers,
+            (setup.threads / workers as usize).max(1),
+            (setup.batch / workers).max(1) * workers,
+            r.images_per_second,
+            r.images_per_second / single,
+            r.allreduce_ms_per_step,
+            100.0 * r.allreduce_share,
+        );
+    }
     Ok(())
 }
 
