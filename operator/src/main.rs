@@ -12,11 +12,10 @@ use face2simpson_operator::admin::{self, AdminState};
 use face2simpson_operator::controller::Scope;
 use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
 use face2simpson_operator::metrics::Metrics;
+use face2simpson_operator::watches;
 use face2simpson_operator::{Context, SimpsonModel, error_policy_guarded, reconcile_guarded};
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ObjectReference, Service};
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, ListParams};
 use kube::core::DeserializeGuard;
 use kube::runtime::controller::{self, Controller};
@@ -41,9 +40,10 @@ struct Cli {
     /// the operator needs RBAC in those namespaces only.
     #[arg(long = "namespace", env = "WATCH_NAMESPACE", value_delimiter = ',')]
     namespaces: Vec<String>,
-    /// SimpsonModels reconciled at the same time, per watched namespace. A pass mostly waits on
-    /// the API server and the store: 16 keep a burst of 300 spec changes under 2 s at p99
-    /// (`make bench-operator`) and a slow bucket from holding every slot.
+    /// SimpsonModels reconciled at the same time, whatever the number of watched namespaces. A
+    /// pass mostly waits on the API server and the store: 16 keep a burst of 300 spec changes
+    /// under 2 s at p99 (`make bench-operator`); a slow bucket holds at most a quarter of them
+    /// (controller::StoreGates).
     #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
     concurrency: u16,
     /// Name of this pod, reported as the instance in events.
@@ -183,10 +183,10 @@ async fn main() -> Result<()> {
     let client = Client::try_default()
         .await
         .context("cannot configure a Kubernetes client")?;
-    // One controller per watched namespace (or one for the whole cluster): each list and watch
-    // stays inside what a namespaced Role allows.
+    // Each watched namespace (or the whole cluster) is listed and watched apart, so that each
+    // list and watch stays inside what a namespaced Role allows.
     // Empty entries ("a,", "") and repeats are dropped: they would mean `namespaces//...` paths
-    // or two controllers fighting over the same objects.
+    // or two watches of the same objects.
     let namespaces: std::collections::BTreeSet<String> = cli
         .namespaces
         .iter()
@@ -238,91 +238,101 @@ async fn main() -> Result<()> {
         recorder,
         metrics.clone(),
     ));
-    let mut stores = Vec::new();
-    let mut controllers = Vec::new();
-    for ns in scopes {
-        let ns = ns.as_deref();
-        // Only our own children wake us up, not every Job in the cluster.
-        let owned =
-            watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
-        info!(namespace = ns.unwrap_or("<all>"), "controller starting");
-        // Guarded: an unreadable model is reported and skipped (controller::reconcile_guarded)
-        // instead of failing the watch of every model in scope. Only a change of the spec
-        // (generation) or of the annotations (run, promote and rollback requests) wakes a
-        // model: the operator's own status writes do not, so a pass that records something
-        // does not cost a second pass.
-        let (models, models_writer) = reflector::store();
-        let changes = watcher(
-            api::<DeserializeGuard<SimpsonModel>>(&client, ns),
-            watcher::Config::default().any_semantic(),
-        )
-        .default_backoff()
-        .reflect(models_writer)
-        .inspect({
-            // Reconciles never see a deletion (there is no finalizer): the watch does.
-            let ctx = ctx.clone();
-            move |event| {
-                if let Ok(watcher::Event::Delete(sm)) = event {
-                    ctx.forget_model(&sm.namespace().unwrap_or_default(), &sm.name_any());
-                }
-            }
-        })
-        .applied_objects()
-        .predicate_filter(
-            predicates::generation.combine(predicates::annotations),
-            Default::default(),
-        );
-        // The children's watches wake their model and fill the caches a pass reads instead of
-        // the API server (controller::Caches).
-        let (jobs, jobs_writer) = reflector::store();
-        let (deployments, deployments_writer) = reflector::store();
-        let (services, services_writer) = reflector::store();
-        ctx.caches.add(Scope {
-            namespace: ns.map(str::to_owned),
-            jobs,
-            deployments,
-            services,
-        });
-        let controller = Controller::for_stream(changes, models)
-            .owns_stream(cached(jobs_writer, api::<Job>(&client, ns), &owned))
-            .owns_stream(cached(
-                deployments_writer,
-                api::<Deployment>(&client, ns),
-                &owned,
-            ))
-            .owns_stream(cached(services_writer, api::<Service>(&client, ns), &owned))
-            .with_config(controller::Config::default().concurrency(cli.concurrency))
-            .graceful_shutdown_on(shutdown_signal());
-        stores.push(controller.store());
+    // One controller for every watched namespace: one reconciler, one concurrency budget and
+    // one set of caches. Each namespace is still listed and watched apart, within what a
+    // namespaced Role allows; the streams are merged per kind (watches::merged).
+    info!(
+        namespaces = %scopes.iter().map(|ns| ns.as_deref().unwrap_or("<all>")).collect::<Vec<_>>().join(","),
+        "controller starting"
+    );
+    // Only our own children wake us up, not every Job in the cluster.
+    let owned =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=face2simpson-operator");
+    // Guarded: an unreadable model is reported and skipped (controller::reconcile_guarded)
+    // instead of failing the watch of every model in scope. Only a change of the spec
+    // (generation) or of the annotations (run, promote and rollback requests) wakes a model:
+    // the operator's own status writes do not, so a pass that records something does not cost
+    // a second pass.
+    let (models, models_writer) = reflector::store();
+    let changes = watches::merged(
+        scopes
+            .iter()
+            .map(|ns| {
+                let api = api::<DeserializeGuard<SimpsonModel>>(&client, ns.as_deref());
+                let watch = watcher(api, watcher::Config::default().any_semantic())
+                    .default_backoff()
+                    .boxed();
+                (ns.clone(), watch)
+            })
+            .collect(),
+        models.clone(),
+    )
+    .reflect(models_writer)
+    .inspect({
+        // Reconciles never see a deletion (there is no finalizer): the watch does.
         let ctx = ctx.clone();
-        controllers.push(async move {
-            controller
-                .run(reconcile_guarded, error_policy_guarded, ctx)
-                .for_each(|result| async move {
-                    match result {
-                        Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
-                        Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
-                    }
-                })
-                .await;
+        move |event| {
+            if let Ok(watcher::Event::Delete(sm)) = event {
+                ctx.forget_model(&sm.namespace().unwrap_or_default(), &sm.name_any());
+            }
+        }
+    })
+    .applied_objects()
+    .predicate_filter(
+        predicates::generation.combine(predicates::annotations),
+        Default::default(),
+    );
+    // The children's watches wake their model and fill the caches a pass reads instead of the
+    // API server (controller::Caches).
+    let (jobs, jobs_writer) = reflector::store();
+    let (deployments, deployments_writer) = reflector::store();
+    let (services, services_writer) = reflector::store();
+    ctx.caches.set(Scope {
+        namespaces: scopes.iter().cloned().collect::<Option<Vec<_>>>(),
+        jobs: jobs.clone(),
+        deployments: deployments.clone(),
+        services: services.clone(),
+    });
+    let controller = Controller::for_stream(changes, models)
+        .owns_stream(cached(jobs_writer, jobs.clone(), &client, &scopes, &owned))
+        .owns_stream(cached(
+            deployments_writer,
+            deployments.clone(),
+            &client,
+            &scopes,
+            &owned,
+        ))
+        .owns_stream(cached(
+            services_writer,
+            services.clone(),
+            &client,
+            &scopes,
+            &owned,
+        ))
+        .with_config(controller::Config::default().concurrency(cli.concurrency))
+        .graceful_shutdown_on(shutdown_signal());
+    let stores = [
+        Ready::of(controller.store()),
+        Ready::of(jobs),
+        Ready::of(deployments),
+        Ready::of(services),
+    ];
+    let running = controller
+        .run(reconcile_guarded, error_policy_guarded, ctx.clone())
+        .for_each(|result| async move {
+            match result {
+                Ok((obj, _)) => tracing::debug!(model = %obj.name, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile did not complete"),
+            }
         });
-    }
-    // Ready once every watch has listed what it watches: before that the operator knows
-    // only part of the cluster.
+    // Ready once every watch has listed every namespace: before that the operator knows only
+    // part of the cluster.
     let readiness = {
         let ready = ready.clone();
         tokio::spawn(async move {
             for store in stores {
-                // The controller waits on the same store, and kube-runtime's readiness signal
-                // wakes only the last task that polled it: a single await here can sleep
-                // forever (the e2e suite caught /readyz never turning 200). Polling again
-                // re-registers this task; once the store is ready every poll returns at once.
-                loop {
-                    match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
-                        Ok(Ok(())) => break,
-                        Ok(Err(_)) => return,
-                        Err(_) => {}
-                    }
+                if !store.wait().await {
+                    return;
                 }
             }
             info!("watches synced; ready");
@@ -331,7 +341,7 @@ async fn main() -> Result<()> {
     };
     // The leader keeps renewing while the controllers run, their graceful shutdown included.
     let lost = tokio::select! {
-        _ = futures::future::join_all(controllers) => None,
+        () = running => None,
         lost = hold(elector.as_mut()) => Some(lost),
     };
     if let Some(lost) = lost {
@@ -450,14 +460,17 @@ async fn stop_admin(
     Ok(())
 }
 
-/// A watch of the children of kind `K` that fills `writer`'s cache and yields what changed.
+/// The watches of the children of kind `K` in every scope, merged, filling `writer`'s cache
+/// (read back through `store`) and yielding what changed.
 fn cached<K>(
     writer: reflector::store::Writer<K>,
-    api: Api<K>,
+    store: reflector::Store<K>,
+    client: &Client,
+    scopes: &[Option<String>],
     config: &watcher::Config,
 ) -> impl futures::Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
-    K: kube::Resource<DynamicType = ()>
+    K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
         + Clone
         + serde::de::DeserializeOwned
         + std::fmt::Debug
@@ -465,8 +478,46 @@ where
         + Sync
         + 'static,
 {
-    watcher(api, config.clone())
-        .default_backoff()
+    let streams = scopes
+        .iter()
+        .map(|ns| {
+            let watch = watcher(api::<K>(client, ns.as_deref()), config.clone())
+                .default_backoff()
+                .boxed();
+            (ns.clone(), watch)
+        })
+        .collect();
+    watches::merged(streams, store)
         .reflect(writer)
         .touched_objects()
+}
+
+/// A store whose readiness `/readyz` waits for.
+struct Ready(std::pin::Pin<Box<dyn std::future::Future<Output = bool> + Send>>);
+
+impl Ready {
+    fn of<K>(store: reflector::Store<K>) -> Self
+    where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Send + Sync,
+    {
+        Self(Box::pin(async move {
+            // The controller waits on the same store, and kube-runtime's readiness signal
+            // wakes only the last task that polled it: a single await here can sleep forever
+            // (the e2e suite caught /readyz never turning 200). Polling again re-registers
+            // this task; once the store is ready every poll returns at once.
+            loop {
+                match tokio::time::timeout(READY_POLL, store.wait_until_ready()).await {
+                    Ok(Ok(())) => return true,
+                    Ok(Err(_)) => return false,
+                    Err(_) => {}
+                }
+            }
+        }))
+    }
+
+    /// Whether the store became ready (false: its writer is gone, the operator is stopping).
+    async fn wait(self) -> bool {
+        self.0.await
+    }
 }

@@ -23,10 +23,10 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// The caches of one watched scope: one namespace, or all (`namespace: None`).
+/// The caches of what the operator watches: the listed namespaces, or all (`None`).
 #[derive(Clone)]
 pub struct Scope {
-    pub namespace: Option<String>,
+    pub namespaces: Option<Vec<String>>,
     pub jobs: Store<Job>,
     pub deployments: Store<Deployment>,
     pub services: Store<Service>,
@@ -35,15 +35,15 @@ pub struct Scope {
 impl std::fmt::Debug for Scope {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Scope")
-            .field("namespace", &self.namespace)
+            .field("namespaces", &self.namespaces)
             .finish_non_exhaustive()
     }
 }
 
-/// Every scope's caches, and what the operator last applied.
+/// The watch caches, and what the operator last applied.
 #[derive(Default)]
 pub struct Caches {
-    scopes: RwLock<Vec<Scope>>,
+    scope: RwLock<Option<Scope>>,
     /// `<kind>/<namespace>/<name>` → (hash of the applied object, resourceVersion answered).
     applied: Mutex<HashMap<String, (String, String)>>,
     /// `<kind>/<namespace>/<name>/<owner uid>` of children seen owned by that model: checked
@@ -76,19 +76,24 @@ pub fn desired_hash(obj: &impl Serialize) -> String {
 }
 
 impl Caches {
-    pub fn add(&self, scope: Scope) {
-        self.scopes
+    /// The caches of the watches, once they are set up.
+    pub fn set(&self, scope: Scope) {
+        *self
+            .scope
             .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(scope);
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(scope);
     }
 
     fn scope(&self, namespace: &str) -> Option<Scope> {
-        self.scopes
+        self.scope
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .find(|s| s.namespace.as_deref().is_none_or(|n| n == namespace))
+            .as_ref()
+            .filter(|s| {
+                s.namespaces
+                    .as_ref()
+                    .is_none_or(|list| list.iter().any(|n| n == namespace))
+            })
             .cloned()
     }
 
@@ -252,7 +257,7 @@ mod tests {
         std::mem::forget(jw);
         std::mem::forget(sw);
         Scope {
-            namespace: Some("simpsons".into()),
+            namespaces: Some(vec!["simpsons".into()]),
             jobs,
             deployments,
             services,
@@ -263,7 +268,7 @@ mod tests {
     fn an_apply_is_skipped_only_while_nothing_changed_since() {
         let caches = Caches::default();
         let (store, mut writer) = reflector::store::<Deployment>();
-        caches.add(scope(store));
+        caches.set(scope(store));
         let desired = deployment("", 2);
         // Before the watch listed: never skipped.
         assert!(caches.unchanged_deployment("simpsons", &desired).is_none());
