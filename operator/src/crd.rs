@@ -673,21 +673,32 @@ fn local_object_references(_: &mut SchemaGenerator) -> Schema {
     })
 }
 
-/// Defines a string-valued state enum: the variants are their wire names, `as_str` and
-/// `Display` give them back, and they compare with a plain `&str` (a status read by a human
-/// or a test speaks in those names).
+/// Defines a string-valued state enum of the status: the variants are their wire names,
+/// `as_str` and `Display` give them back, and they compare with a plain `&str` (a status read
+/// by a human or a test speaks in those names).
+///
+/// A status written by a newer operator may hold a value this one does not know (a rollback of
+/// the chart, a standby of the old version taking over during an upgrade). Failing on it would
+/// make the whole SimpsonModel unreadable (Degraded=InvalidSpec, nothing reconciled), so such a
+/// value is read as `Unrecognized` with its text, which is written back as it came: the
+/// newer version's CRD, which knows it, accepts it again. The schema lists the known values
+/// only.
 macro_rules! state_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+    ($(#[doc = $doc:literal])* $name:ident { $($(#[$vmeta:meta])* $variant:ident),+ $(,)? }) => {
+        $(#[doc = $doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
         pub enum $name {
-            $($(#[$vmeta])* $variant),+
+            $($(#[$vmeta])* $variant,)+
+            /// A value written by a newer version of the operator, kept as it is.
+            #[serde(untagged)]
+            Unrecognized(String),
         }
 
         impl $name {
-            pub fn as_str(self) -> &'static str {
+            pub fn as_str(&self) -> &str {
                 match self {
-                    $($name::$variant => stringify!($variant)),+
+                    $($name::$variant => stringify!($variant),)+
+                    $name::Unrecognized(s) => s,
                 }
             }
         }
@@ -701,6 +712,23 @@ macro_rules! state_enum {
         impl PartialEq<&str> for $name {
             fn eq(&self, other: &&str) -> bool {
                 self.as_str() == *other
+            }
+        }
+
+        impl JsonSchema for $name {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                stringify!($name).into()
+            }
+
+            /// The schema of the known values, as derived for a plain enum of them.
+            fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+                $(#[doc = $doc])*
+                #[derive(JsonSchema)]
+                #[allow(dead_code)]
+                enum Known {
+                    $($(#[$vmeta])* $variant,)+
+                }
+                Known::json_schema(generator)
             }
         }
     };

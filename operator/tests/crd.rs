@@ -431,3 +431,68 @@ fn deploy_manifest_is_valid_and_grants_the_needed_verbs() {
         Some("/readyz")
     );
 }
+
+/// Issue 17: a status written by a newer operator, with values this one does not know, is
+/// read (the model stays readable, not InvalidSpec), and written back as it came, while the
+/// schema still lists the known values only.
+#[test]
+fn status_values_from_a_newer_version_are_kept_not_fatal() {
+    use face2simpson_operator::crd::{Phase, Trigger, Verdict};
+    use kube::core::DeserializeGuard;
+
+    let status = serde_json::json!({
+        "phase": "SomethingNew",
+        "lastRun": {
+            "runId": "homer-1", "jobName": "homer-1", "trigger": "NewTrigger",
+            "startedAt": "2026-11-01T00:00:00Z", "decision": "NewKind",
+        },
+        "history": [{
+            "runId": "homer-1", "decision": "NewKind", "reason": "from the future",
+            "decidedAt": "2026-11-01T01:00:00Z",
+        }],
+    });
+    let model = serde_json::json!({
+        "apiVersion": "face2simpson.io/v1alpha1",
+        "kind": "SimpsonModel",
+        "metadata": {"name": "homer", "namespace": "simpsons"},
+        "spec": {
+            "storageUri": "s3://b/p",
+            "training": {"image": "t:1"},
+            "inference": {"image": "i:1"},
+        },
+        "status": status,
+    });
+    let guard: DeserializeGuard<SimpsonModel> = serde_json::from_value(model).unwrap();
+    let sm = guard.0.expect("a newer status must not make the model unreadable");
+    let read = sm.status.clone().unwrap();
+    assert_eq!(read.phase, Some(Phase::Unrecognized("SomethingNew".into())));
+    let run = read.last_run.as_ref().unwrap();
+    assert_eq!(run.trigger, Trigger::Unrecognized("NewTrigger".into()));
+    assert_eq!(run.decision, Some(Verdict::Unrecognized("NewKind".into())));
+    assert_eq!(run.decision.as_ref().unwrap(), &"NewKind");
+    assert_eq!(read.history[0].decision.to_string(), "NewKind");
+    // Written back word for word.
+    let written = serde_json::to_value(&read).unwrap();
+    assert_eq!(written["phase"], status["phase"]);
+    assert_eq!(written["lastRun"]["trigger"], "NewTrigger");
+    assert_eq!(written["lastRun"]["decision"], "NewKind");
+    assert_eq!(written["history"][0]["decision"], "NewKind");
+    // Known values are still the variants, not text.
+    let known: Verdict = serde_json::from_value(serde_json::json!("Promote")).unwrap();
+    assert_eq!(known, Verdict::Promote);
+    assert_eq!(serde_json::to_value(Phase::Serving).unwrap(), "Serving");
+    // Not a string at all is still an error (the guard reports it).
+    assert!(serde_json::from_value::<Verdict>(serde_json::json!(3)).is_err());
+
+    // The schema lists the known values only.
+    let s = schema();
+    let status = &s["properties"]["status"]["properties"];
+    let phases = status["phase"]["enum"].as_array().unwrap();
+    assert!(phases.contains(&serde_json::json!("Serving")));
+    assert!(!phases.iter().any(|p| p == "Unrecognized" || p.is_null()));
+    let decisions = status["lastRun"]["properties"]["decision"]["enum"]
+        .as_array()
+        .unwrap();
+    assert!(decisions.contains(&serde_json::json!("Promote")));
+    assert!(!decisions.iter().any(|p| p == "Unrecognized"));
+}

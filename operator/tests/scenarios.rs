@@ -122,7 +122,7 @@ async fn bootstrap_starts_the_first_run_at_once() {
         (
             last.run_id.as_str(),
             last.trigger.as_str(),
-            last.decision.map(|d| d.as_str())
+            last.decision.as_ref().map(|d| d.as_str())
         ),
         (FIRST, "Bootstrap", None)
     );
@@ -131,7 +131,7 @@ async fn bootstrap_starts_the_first_run_at_once() {
         Some("s3://bucket/models/runs/simpsons/homer/homer-20261101-000000/model.safetensors"),
         "the store URI of the run is recorded"
     );
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Training"), ("True", "JobRunning"));
     assert_eq!(condition(&status, "Ready"), ("False", "NoChampion"));
     assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T00:05:00Z"))));
@@ -179,7 +179,7 @@ async fn not_due_serves_and_waits_then_a_second_pass_writes_nothing() {
         Some(Time(ts("2026-11-04T00:00:00Z"))),
         "72h after the last start"
     );
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Serving"));
     assert_eq!(condition(&status, "Ready"), ("True", "Serving"));
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
 
@@ -415,7 +415,7 @@ async fn a_running_job_blocks_a_second_one() {
         .unwrap();
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
     let status = status_of(&h.finish().await[3]);
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Training"), ("True", "JobRunning"));
     assert_eq!(status.last_run.unwrap().decision, None);
 }
@@ -467,7 +467,7 @@ async fn a_job_owned_by_another_incarnation_is_not_ours() {
     .unwrap();
     let status = status_of(&h.finish().await[3]);
     assert_eq!(condition(&status, "Training"), ("False", "Idle"));
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Serving"));
 }
 
 /// Issue 17: a training Job whose pod never became ready within the startup deadline (an
@@ -518,7 +518,7 @@ async fn a_job_whose_pod_never_starts_is_failed_at_the_startup_deadline() {
     assert_event(&seen[3], "Warning", "JobFailed");
     let status = status_of(&seen[6]);
     let last = status.last_run.unwrap();
-    assert_eq!(last.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Failed"));
     assert!(
         last.reason
             .as_deref()
@@ -647,7 +647,7 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
         (
-            last.decision.map(|d| d.as_str()),
+            last.decision.as_ref().map(|d| d.as_str()),
             last.accuracy,
             last.champion_accuracy
         ),
@@ -667,7 +667,7 @@ async fn succeeded_and_better_promotes_and_rolls_the_deployment() {
         ),
         (SECOND, "Promote")
     );
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Serving"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Serving"));
     assert!(
         text.contains(
             r#"face2simpson_operator_promotions_total{namespace="simpsons",model="homer"} 1"#
@@ -728,7 +728,7 @@ async fn succeeded_but_not_better_is_rejected() {
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     assert_eq!(status.previous_champion, None);
     let last = status.last_run.unwrap();
-    assert_eq!(last.decision.map(|d| d.as_str()), Some("Reject"));
+    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Reject"));
     assert!(last.reason.unwrap().contains("does not beat champion"));
     assert!(
         text.contains(
@@ -792,7 +792,7 @@ async fn a_win_that_sacrifices_lisa_is_a_class_regression_and_explained() {
     let status = status_of(&seen[6]);
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     let last = status.last_run.unwrap();
-    assert_eq!(last.decision.map(|d| d.as_str()), Some("Reject"));
+    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Reject"));
     assert!(
         last.reason
             .as_deref()
@@ -899,7 +899,7 @@ async fn dry_run_records_the_decision_and_rolls_nothing() {
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
     let last = status.last_run.unwrap();
     assert_eq!(
-        (last.decision.map(|d| d.as_str()), last.dry_run),
+        (last.decision.as_ref().map(|d| d.as_str()), last.dry_run),
         (Some("Promote"), true)
     );
     assert!(last.reason.unwrap().starts_with("dry run"));
@@ -934,7 +934,7 @@ async fn a_permanent_failure_is_not_retried_until_the_spec_changes() {
         .unwrap();
     let status = status_of(&h.finish().await[5]);
     let last = status.last_run.clone().unwrap();
-    assert_eq!(last.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Failed"));
     assert_eq!(last.retry_after_generation, Some(4));
     assert_eq!(
         status.next_run_at,
@@ -991,14 +991,14 @@ async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() 
     );
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobFailed"));
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Degraded"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Degraded"));
     assert_eq!(
         status
             .last_run
             .as_ref()
             .unwrap()
             .decision
-            .map(|d| d.as_str()),
+            .as_ref().map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
@@ -1051,7 +1051,7 @@ async fn missing_metrics_degrade() {
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsMissing"));
     assert_eq!(
-        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
@@ -1118,7 +1118,7 @@ async fn suspend_starts_nothing_but_still_evaluates_the_running_job() {
     let seen = h.finish().await;
     assert_event(&seen[3], "Normal", "Promoted");
     let status = status_of(&seen[6]);
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Suspended"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Suspended"));
     assert_eq!(status.next_run_at, None);
     assert_eq!(status.champion.unwrap().run_id, SECOND);
 }
@@ -1272,7 +1272,7 @@ async fn restart_before_the_run_was_recorded_adopts_and_decides_it() {
     let status = status_of(&h.finish().await[6]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.map(|d| d.as_str())),
+        (last.run_id.as_str(), last.decision.as_ref().map(|d| d.as_str())),
         (SECOND, Some("Promote"))
     );
     assert_eq!(
@@ -1519,7 +1519,7 @@ async fn invalid_schedule_degrades_with_a_warning() {
     assert_event(&seen[4], "Warning", "InvalidSchedule");
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSchedule"));
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Degraded"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Degraded"));
 
     // The warning is given once: the next pass neither warns again nor writes.
     let h = Harness::new(
@@ -1635,7 +1635,7 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobMissing"));
     assert_eq!(
-        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.history[0].run_id, SECOND);
@@ -1790,7 +1790,7 @@ async fn unreachable_store_past_the_deadline_fails_the_run() {
         ("True", "StorageUnreachable")
     );
     assert_eq!(
-        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
@@ -1825,7 +1825,7 @@ async fn assert_refused(m: artifacts::RunMetrics, job: serde_json::Value, needle
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsInvalid"));
     assert_eq!(
-        status.last_run.unwrap().decision.map(|d| d.as_str()),
+        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST, "nothing promoted");
@@ -1879,7 +1879,7 @@ async fn a_run_whose_champion_was_replaced_is_superseded_not_failed() {
     assert_event(&seen[3], "Normal", "Superseded");
     let status = status_of(&seen[6]);
     let last = status.last_run.as_ref().unwrap();
-    assert_eq!(last.decision.map(|d| d.as_str()), Some("Superseded"));
+    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Superseded"));
     assert!(
         last.reason.as_deref().unwrap().contains(MANUAL),
         "{:?}",
@@ -2057,7 +2057,7 @@ async fn conflict_on_job_create_reads_the_real_job() {
     let status = status_of(&seen[3]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.map(|d| d.as_str())),
+        (last.run_id.as_str(), last.decision.as_ref().map(|d| d.as_str())),
         (FIRST, None)
     );
     assert_eq!(last.started_at, Time(ts("2026-11-01T00:00:00Z")));
@@ -2315,7 +2315,7 @@ async fn ready_waits_for_the_rollout() {
     );
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Ready"), ("False", "RollingOut"));
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("RollingOut"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("RollingOut"));
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
@@ -2653,7 +2653,7 @@ async fn a_succeeded_run_is_validated_on_the_served_path_before_the_gate() {
         "the champion keeps serving while the candidate is validated"
     );
     let status = status_of(&seen[6]);
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Validated"), ("Unknown", "Validating"));
     assert_eq!(action, Action::requeue(Duration::from_secs(300)));
 }
@@ -2705,7 +2705,7 @@ async fn a_passed_validation_promotes_on_served_accuracy() {
     assert_eq!(status.champion.as_ref().unwrap().accuracy, 1.0);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.decision, last.accuracy, last.champion_accuracy),
+        (last.decision.clone(), last.accuracy, last.champion_accuracy),
         (Some(Verdict::Promote), Some(1.0), Some(0.75))
     );
     let summary = last.summary.as_deref().unwrap();
@@ -2860,7 +2860,7 @@ async fn a_running_validation_keeps_the_run_pending_without_writes() {
     let status = status_of(&seen[4]);
     assert_eq!(status.last_run.as_ref().unwrap().decision, None);
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
-    assert_eq!(status.phase.map(|p| p.as_str()), Some("Training"));
+    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Training"));
     assert_eq!(condition(&status, "Validated"), ("Unknown", "Validating"));
 
     let h = Harness::new(
@@ -2985,4 +2985,43 @@ async fn retention_deletes_old_runs_once_per_decision_and_keeps_the_champion() {
         status.retention.unwrap().would_delete,
         ["homer-20261104-000000", "homer-20261107-000000"]
     );
+}
+
+/// Issue 17: a status written by a newer operator (a phase, a decision this version does not
+/// know) does not make the model unreadable: the pass goes on, the phase it computes replaces
+/// the unknown one, and the decisions it cannot interpret are kept as they were, counted as
+/// decided (no run is taken for undecided, none is retried as failed).
+#[tokio::test]
+async fn a_status_from_a_newer_operator_is_reconciled_and_its_unknown_values_kept() {
+    let mut raw = serde_json::to_value(serving(FIRST, "2026-11-01T00:00:00Z")).unwrap();
+    raw["status"]["phase"] = serde_json::json!("SomethingNew");
+    raw["status"]["lastRun"]["decision"] = serde_json::json!("NewKind");
+    raw["status"]["history"] = serde_json::json!([{
+        "runId": FIRST, "decision": "NewKind", "reason": "from the future",
+        "decidedAt": "2026-11-01T01:00:00Z",
+    }]);
+    let guard: kube::core::DeserializeGuard<face2simpson_operator::SimpsonModel> =
+        serde_json::from_value(raw).unwrap();
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let action = face2simpson_operator::reconcile_guarded(Arc::new(guard), h.ctx.clone())
+        .await
+        .unwrap();
+    assert_eq!(action, Action::requeue(Duration::from_secs(3600)));
+    let seen = h.finish().await;
+    let written = &seen[3].body["status"];
+    assert_eq!(written["phase"], "Serving");
+    assert_eq!(written["lastRun"]["decision"], "NewKind");
+    assert_eq!(written["history"][0]["decision"], "NewKind");
+    assert_eq!(written["nextRunAt"], "2026-11-04T00:00:00Z");
+    let status = status_of(&seen[3]);
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(condition(&status, "Training"), ("False", "Idle"));
 }

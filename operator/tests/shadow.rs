@@ -95,7 +95,7 @@ async fn a_winner_is_shadowed_first_and_the_deployment_stays() {
         (SECOND, SECOND_URI)
     );
     let last = status_of(&seen[6]);
-    assert_eq!(last.phase.map(|p| p.as_str()), Some("Shadowing"));
+    assert_eq!(last.phase.as_ref().map(|p| p.as_str()), Some("Shadowing"));
     assert_eq!(condition(&last, "Training"), ("False", "Idle"));
 }
 

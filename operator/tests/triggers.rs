@@ -157,7 +157,7 @@ async fn a_slot_whose_data_changed_runs() {
     let status = status_of(&seen[5]);
     assert_eq!(status.last_run.unwrap().trigger, "Schedule");
     assert_ne!(
-        status.history.first().map(|h| h.decision),
+        status.history.first().map(|h| h.decision.clone()),
         Some(Verdict::Skipped)
     );
 }

@@ -169,7 +169,7 @@ impl Pass<'_> {
                 }
             }
         };
-        run.decision = Some(decision);
+        run.decision = Some(decision.clone());
         run.reason = Some(reason.clone());
         // A run in its shadow stage is decided when the stage ends; the history waits for it.
         if decision == Verdict::Shadowing {

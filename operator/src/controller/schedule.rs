@@ -139,7 +139,7 @@ impl Pass<'_> {
                     (trigger, _) => trigger,
                 };
                 if let Some((run_id, trigger)) = trigger {
-                    let outcome = self.start(run_id, trigger).await?;
+                    let outcome = self.start(run_id, trigger.clone()).await?;
                     started = outcome == Start::Running;
                     if outcome != Start::Blocked {
                         self.training_on_seen_listing();

@@ -282,7 +282,7 @@ impl Pass<'_> {
         info!(model = %self.name, run = %run_id, %verdict, %reason, "shadow stage decided");
         let mut champion_accuracy = None;
         if let Some(run) = self.status.last_run.as_mut().filter(|r| r.run_id == run_id) {
-            run.decision = Some(verdict);
+            run.decision = Some(verdict.clone());
             run.reason = Some(reason.clone());
             run.summary = Some(reason.clone());
             run.shadow.clone_from(&shadow);
@@ -290,7 +290,7 @@ impl Pass<'_> {
         }
         self.record(HistoryEntry {
             run_id: run_id.clone(),
-            decision: verdict,
+            decision: verdict.clone(),
             reason: reason.clone(),
             accuracy: Some(candidate.accuracy),
             champion_accuracy,
@@ -298,7 +298,7 @@ impl Pass<'_> {
             decided_at: Time(self.now),
         });
         self.status.candidate = None;
-        match verdict {
+        match &verdict {
             Verdict::ShadowPromote => {
                 let note = format!("run {run_id}: {reason}");
                 self.promote(
