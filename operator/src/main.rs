@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::Parser;
 use face2simpson_operator::admin::{self, AdminState};
-use face2simpson_operator::controller::Scope;
+use face2simpson_operator::controller::{DEFAULT_CONCURRENCY, Scope};
 use face2simpson_operator::leader::{self, ElectionConfig, Elector, Lost};
 use face2simpson_operator::metrics::Metrics;
 use face2simpson_operator::watches;
@@ -42,9 +42,9 @@ struct Cli {
     namespaces: Vec<String>,
     /// SimpsonModels reconciled at the same time, whatever the number of watched namespaces. A
     /// pass mostly waits on the API server and the store: 16 keep a burst of 300 spec changes
-    /// under 2 s at p99 (`make bench-operator`); a slow bucket holds at most a quarter of them
-    /// (controller::StoreGates).
-    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = 16)]
+    /// under 2 s at p99 (`make bench-operator`); the passes using one bucket hold at most a quarter of
+    /// them, so a slow bucket cannot hold them all (controller::StoreGates).
+    #[arg(long, env = "RECONCILE_CONCURRENCY", default_value_t = DEFAULT_CONCURRENCY)]
     concurrency: u16,
     /// Name of this pod, reported as the instance in events.
     #[arg(long, env = "POD_NAME")]
@@ -233,11 +233,10 @@ async fn main() -> Result<()> {
         None
     };
     metrics.leader.set(1);
-    let ctx = Arc::new(Context::production(
-        client.clone(),
-        recorder,
-        metrics.clone(),
-    ));
+    let ctx = Arc::new(
+        Context::production(client.clone(), recorder, metrics.clone())
+            .with_concurrency(cli.concurrency),
+    );
     // One controller for every watched namespace: one reconciler, one concurrency budget and
     // one set of caches. Each namespace is still listed and watched apart, within what a
     // namespaced Role allows; the streams are merged per kind (watches::merged).

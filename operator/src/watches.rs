@@ -156,7 +156,8 @@ where
                 vec![Event::Apply(obj)]
             }
             Event::InitDone => {
-                let Phase::Relisting(seen) = std::mem::replace(&mut self.phases[i], Phase::Watching)
+                let Phase::Relisting(seen) =
+                    std::mem::replace(&mut self.phases[i], Phase::Watching)
                 else {
                     return Vec::new();
                 };

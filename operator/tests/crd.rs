@@ -463,7 +463,9 @@ fn status_values_from_a_newer_version_are_kept_not_fatal() {
         "status": status,
     });
     let guard: DeserializeGuard<SimpsonModel> = serde_json::from_value(model).unwrap();
-    let sm = guard.0.expect("a newer status must not make the model unreadable");
+    let sm = guard
+        .0
+        .expect("a newer status must not make the model unreadable");
     let read = sm.status.clone().unwrap();
     assert_eq!(read.phase, Some(Phase::Unrecognized("SomethingNew".into())));
     let run = read.last_run.as_ref().unwrap();

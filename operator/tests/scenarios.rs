@@ -998,7 +998,8 @@ async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() 
             .as_ref()
             .unwrap()
             .decision
-            .as_ref().map(|d| d.as_str()),
+            .as_ref()
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.as_ref().unwrap().run_id, FIRST);
@@ -1051,7 +1052,12 @@ async fn missing_metrics_degrade() {
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsMissing"));
     assert_eq!(
-        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
+        status
+            .last_run
+            .unwrap()
+            .decision
+            .as_ref()
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
@@ -1272,7 +1278,10 @@ async fn restart_before_the_run_was_recorded_adopts_and_decides_it() {
     let status = status_of(&h.finish().await[6]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.as_ref().map(|d| d.as_str())),
+        (
+            last.run_id.as_str(),
+            last.decision.as_ref().map(|d| d.as_str())
+        ),
         (SECOND, Some("Promote"))
     );
     assert_eq!(
@@ -1635,7 +1644,12 @@ async fn a_job_deleted_before_it_finished_is_recorded_as_failed() {
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobMissing"));
     assert_eq!(
-        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
+        status
+            .last_run
+            .unwrap()
+            .decision
+            .as_ref()
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.history[0].run_id, SECOND);
@@ -1790,7 +1804,12 @@ async fn unreachable_store_past_the_deadline_fails_the_run() {
         ("True", "StorageUnreachable")
     );
     assert_eq!(
-        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
+        status
+            .last_run
+            .unwrap()
+            .decision
+            .as_ref()
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST);
@@ -1825,7 +1844,12 @@ async fn assert_refused(m: artifacts::RunMetrics, job: serde_json::Value, needle
     let status = status_of(&seen[6]);
     assert_eq!(condition(&status, "Degraded"), ("True", "MetricsInvalid"));
     assert_eq!(
-        status.last_run.unwrap().decision.as_ref().map(|d| d.as_str()),
+        status
+            .last_run
+            .unwrap()
+            .decision
+            .as_ref()
+            .map(|d| d.as_str()),
         Some("Failed")
     );
     assert_eq!(status.champion.unwrap().run_id, FIRST, "nothing promoted");
@@ -1879,7 +1903,10 @@ async fn a_run_whose_champion_was_replaced_is_superseded_not_failed() {
     assert_event(&seen[3], "Normal", "Superseded");
     let status = status_of(&seen[6]);
     let last = status.last_run.as_ref().unwrap();
-    assert_eq!(last.decision.as_ref().map(|d| d.as_str()), Some("Superseded"));
+    assert_eq!(
+        last.decision.as_ref().map(|d| d.as_str()),
+        Some("Superseded")
+    );
     assert!(
         last.reason.as_deref().unwrap().contains(MANUAL),
         "{:?}",
@@ -2057,7 +2084,10 @@ async fn conflict_on_job_create_reads_the_real_job() {
     let status = status_of(&seen[3]);
     let last = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (last.run_id.as_str(), last.decision.as_ref().map(|d| d.as_str())),
+        (
+            last.run_id.as_str(),
+            last.decision.as_ref().map(|d| d.as_str())
+        ),
         (FIRST, None)
     );
     assert_eq!(last.started_at, Time(ts("2026-11-01T00:00:00Z")));
@@ -2315,7 +2345,10 @@ async fn ready_waits_for_the_rollout() {
     );
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Ready"), ("False", "RollingOut"));
-    assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("RollingOut"));
+    assert_eq!(
+        status.phase.as_ref().map(|p| p.as_str()),
+        Some("RollingOut")
+    );
     assert_eq!(action, Action::requeue(Duration::from_secs(30)));
 }
 
@@ -3005,7 +3038,11 @@ async fn a_status_from_a_newer_operator_is_reconciled_and_its_unknown_values_kep
     let h = Harness::new(
         "2026-11-02T00:00:00Z",
         vec![
-            Step::list_jobs(vec![job(FIRST, "2026-11-01T00:00:00Z", JobPhase::Succeeded)]),
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
             Step::apply_deployment(),
             Step::apply_service(),
             Step::patch_status(),
@@ -3024,4 +3061,98 @@ async fn a_status_from_a_newer_operator_is_reconciled_and_its_unknown_values_kep
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
     assert_eq!(condition(&status, "Training"), ("False", "Idle"));
+}
+
+/// Issue 17: the passes using one bucket hold at most a quarter of the reconcile slots. While
+/// a slow bucket's share is taken, a pass that needs it stops at once (retried with backoff,
+/// no write, no warning on the model) instead of holding one more slot; a pass that needs no
+/// store goes on as usual; once a place frees, the run is decided as if nothing happened.
+#[tokio::test]
+async fn a_bucket_whose_share_of_the_slots_is_taken_stops_the_pass_without_waiting() {
+    let h = Harness::new(
+        "2026-11-04T03:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+        ],
+    );
+    h.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    // Slow passes of other models on the same bucket hold its whole share (16 / 4 = 4).
+    let bucket = "s3://bucket";
+    let held: Vec<_> = (0..4)
+        .map(|_| h.ctx.store_gates.try_enter(bucket).unwrap())
+        .collect();
+    let err = tokio::time::timeout(
+        Duration::from_secs(1),
+        reconcile(Arc::new(training_second()), h.ctx.clone()),
+    )
+    .await
+    .expect("the pass must not wait for a place")
+    .unwrap_err();
+    assert_eq!(err.kind(), "store_busy");
+    let action = error_policy(Arc::new(training_second()), &err, h.ctx.clone());
+    assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    assert!(
+        h.metrics_text()
+            .contains(r#"face2simpson_operator_reconcile_errors_total{kind="store_busy"} 1"#)
+    );
+    // Another bucket is not affected: its share is its own.
+    assert!(h.ctx.store_gates.try_enter("s3://other").is_some());
+    h.finish().await;
+
+    // A place frees: the next pass decides the run.
+    drop(held);
+    let h2 = Harness::new(
+        "2026-11-04T03:00:10Z",
+        vec![
+            Step::list_jobs(vec![job(
+                SECOND,
+                "2026-11-04T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::get_secret(),
+            Step::patch_status(),
+            Step::event(),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    h2.put_metrics(&run_metrics(SECOND, 0.9, Some((FIRST, 0.8))))
+        .await;
+    let mut sm = training_second();
+    sm.spec.schedule.suspend = true;
+    reconcile(Arc::new(sm), h2.ctx.clone()).await.unwrap();
+    let seen = h2.finish().await;
+    let status = status_of(&seen[6]);
+    assert_eq!(status.champion.unwrap().run_id, SECOND);
+}
+
+/// Issue 17: a model at rest needs no store, so a full bucket does not stop its pass.
+#[tokio::test]
+async fn a_pass_without_store_calls_ignores_a_full_bucket() {
+    let sm = serving(FIRST, "2026-11-01T00:00:00Z");
+    let h = Harness::new(
+        "2026-11-02T00:00:00Z",
+        vec![
+            Step::list_jobs(vec![job(
+                FIRST,
+                "2026-11-01T00:00:00Z",
+                JobPhase::Succeeded,
+            )]),
+            Step::apply_deployment(),
+            Step::apply_service(),
+            Step::patch_status(),
+        ],
+    );
+    let _held: Vec<_> = (0..4)
+        .map(|_| h.ctx.store_gates.try_enter("s3://bucket").unwrap())
+        .collect();
+    reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+    h.finish().await;
 }

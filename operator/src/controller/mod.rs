@@ -12,6 +12,7 @@ mod cache;
 mod dataset;
 mod drift;
 mod evaluate;
+mod gates;
 mod housekeeping;
 mod invalid;
 mod observe;
@@ -23,6 +24,7 @@ mod shadow;
 mod validate;
 
 pub use cache::{Caches, Scope};
+pub use gates::{StoreGates, share_of};
 pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
 
 use std::collections::HashMap;
@@ -62,6 +64,9 @@ fn reason_cleared(reason: &str) -> &'static str {
     }
 }
 
+/// The reconcile concurrency the operator runs with unless told otherwise.
+pub const DEFAULT_CONCURRENCY: u16 = 16;
+
 /// The longest a pass may take before it is given up and retried with backoff.
 const PASS_DEADLINE: Duration = Duration::from_secs(120);
 /// How often a model with a running Job is looked at even without a Job event.
@@ -83,6 +88,8 @@ pub struct Context {
     pub open_storage: StorageOpener,
     /// Watch caches of the children (empty: every read and apply goes to the API server).
     pub caches: Caches,
+    /// Each bucket's share of the reconcile slots.
+    pub store_gates: StoreGates,
     /// Consecutive failures per resource, for the error policy's backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// When each model's polls (`<ns>/<name>#dataset`, `#drift`) last looked. Memory only: a
@@ -116,6 +123,7 @@ impl Context {
             clock,
             open_storage,
             caches: Caches::default(),
+            store_gates: StoreGates::new(share_of(DEFAULT_CONCURRENCY)),
             failures: Mutex::default(),
             looks: Mutex::default(),
             shadow_published: Mutex::default(),
@@ -133,6 +141,13 @@ impl Context {
                 open_store(url, vars, std::env::vars())
             }),
         )
+    }
+
+    /// Sizes each bucket's share of the slots for `concurrency` passes at a time.
+    #[must_use]
+    pub fn with_concurrency(mut self, concurrency: u16) -> Self {
+        self.store_gates = StoreGates::new(share_of(concurrency));
+        self
     }
 
     /// Forgets a deleted model: its metrics and its failure count.
@@ -231,6 +246,10 @@ pub enum Error {
     Metadata(#[from] MissingMetadata),
     #[error("the pass did not finish within {0:?} (a slow store or API server); it starts over")]
     PassDeadline(Duration),
+    #[error(
+        "the passes using {bucket} already hold their share of the reconcile slots (a slow store); this one comes back later"
+    )]
+    StoreBusy { bucket: String },
 }
 
 impl Error {
@@ -248,7 +267,7 @@ impl Error {
             | Error::ApplyAutoscaling { source, .. }
             | Error::DeleteAutoscaling { source, .. }
             | Error::GetChild { source, .. } => Some(source),
-            Error::Metadata(_) | Error::PassDeadline(_) => None,
+            Error::Metadata(_) | Error::PassDeadline(_) | Error::StoreBusy { .. } => None,
         }
     }
 
@@ -274,6 +293,7 @@ impl Error {
             Some(kube::Error::SerdeError(_)) => "decode",
             Some(_) => "transport",
             None if matches!(self, Error::PassDeadline(_)) => "deadline",
+            None if matches!(self, Error::StoreBusy { .. }) => "store_busy",
             None => "invalid_object",
         }
     }
@@ -442,6 +462,8 @@ struct Pass<'a> {
     effects: Vec<Effect>,
     /// The store, opened at most once per pass.
     store: Option<Storage>,
+    /// This pass's place among those using its bucket, held from its first store call on.
+    store_permit: Option<tokio::sync::OwnedSemaphorePermit>,
     /// The soonest a step wants the next pass (a store outage, a rollout in progress).
     requeue: Option<Duration>,
     /// The model's served-path validation Jobs, oldest first.
@@ -740,6 +762,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         resource_version: sm.metadata.resource_version.clone(),
         effects: Vec::new(),
         store: None,
+        store_permit: None,
         requeue: None,
         validations: Vec::new(),
         create_validation: None,

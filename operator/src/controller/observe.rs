@@ -155,7 +155,9 @@ impl Pass<'_> {
 
     /// The model's store, opened with the keys of the Secret named in the spec; at most once
     /// per pass. A missing Secret is an API error (retried with backoff); a store that cannot
-    /// be opened is the caller's to judge, usually as an outage to retry.
+    /// be opened is the caller's to judge, usually as an outage to retry. A bucket whose passes
+    /// already hold their share of the reconcile slots stops this pass ([`Error::StoreBusy`],
+    /// retried with backoff): see `gates`.
     pub(super) async fn store(&mut self) -> Result<Result<Storage, StorageError>, Error> {
         if let Some(store) = &self.store {
             return Ok(Ok(store.clone()));
@@ -172,6 +174,13 @@ impl Pass<'_> {
                 })?;
             for (k, v) in s.data.unwrap_or_default() {
                 vars.push((k, String::from_utf8_lossy(&v.0).into_owned()));
+            }
+        }
+        if self.store_permit.is_none() {
+            let bucket = super::gates::bucket_key(&self.sm.spec.storage_uri, &vars);
+            match self.ctx.store_gates.try_enter(&bucket) {
+                Some(permit) => self.store_permit = Some(permit),
+                None => return Err(Error::StoreBusy { bucket }),
             }
         }
         let opened = (self.ctx.open_storage)(&self.sm.spec.storage_uri, vars);
