@@ -13,18 +13,35 @@
 //! - **one pass per model**: a spec change on every model, the requests it costs per model,
 //!   and the time from each change to the status that reflects it (p50/p99).
 //!
+//! - **a slow bucket**: `BENCH_SLOW_MODELS` models (default 32, twice the operator's reconcile
+//!   concurrency; at most N−2) moved to a bucket behind a proxy that answers every request
+//!   `BENCH_SLOW_SECONDS` late (default 20), each listing its dataset every 10 s
+//!   (`triggers.datasetChange`), so their passes want every reconcile slot; meanwhile a model
+//!   B on another bucket gets `BENCH_SLOW_TRIALS` spec changes (default 10). The delay is the
+//!   slowest of them minus B's median with the proxy open;
+//! - **a store outage**: the seed model trains once more through another proxy, which is cut
+//!   the moment the run's metrics.json is stored, so the operator has a finished run to decide
+//!   and cannot read its result. For `BENCH_OUTAGE_SECONDS` (default 60) the operator's
+//!   requests and writes (all about that model: the others are at rest) and its attempts to
+//!   reach the store are counted; then the store comes back and the run is decided once.
+//!
 //! At rest a model is looked at once an hour (`MAX_REQUEUE`) besides what wakes it, so its
 //! hourly cost is the idle window's rate plus one pass with nothing to do.
+//!
+//! For development, a small N on the dev profile: `BENCH_MODELS=30 cargo bench -p
+//! face2simpson-e2e --bench operator --profile dev` (after `cargo build --workspace --bins`).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, ensure};
 use face2simpson_e2e::cluster::AuditedRequest;
+use face2simpson_e2e::proxy::{Mode, StoreProxy};
 use face2simpson_e2e::wait::poll;
-use face2simpson_e2e::world::{GOOD, MODEL, NAMESPACE, STORE_PREFIX, World};
+use face2simpson_e2e::world::{GOOD, MODEL, NAMESPACE, STORE_PREFIX, TRAINING_TIMEOUT, World};
 use face2simpson_operator::SimpsonModel;
-use face2simpson_operator::crd::PROMOTE_RUN_ANNOTATION;
+use face2simpson_operator::builders::manual_run_id;
+use face2simpson_operator::crd::{PROMOTE_RUN_ANNOTATION, TRAIN_REQUEST_ANNOTATION};
 use futures::StreamExt as _;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
@@ -68,6 +85,8 @@ struct Row {
     cpu_pct: f64,
     status_p50_s: f64,
     status_p99_s: f64,
+    slow: SlowBucket,
+    outage: Outage,
 }
 
 impl Row {
@@ -81,13 +100,17 @@ impl Row {
 
     fn summary(&self) -> String {
         format!(
-            "operator-bench: N={} writes/model/h={:.2} requests/model/h={:.2} rss_mib={:.1} cpu_pct={:.2} status_p99_s={:.2} slow_bucket_delay_s=n/a",
+            "operator-bench: N={} writes/model/h={:.2} requests/model/h={:.2} rss_mib={:.1} cpu_pct={:.2} status_p99_s={:.2} slow_bucket_delay_s={:.2} outage_requests/model/min={:.2} outage_writes/model/min={:.2} outage_store_connections/min={:.1}",
             self.n,
             self.writes_per_model_h(),
             self.requests_per_model_h(),
             self.rss_mib,
             self.cpu_pct,
-            self.status_p99_s
+            self.status_p99_s,
+            self.slow.delay_s,
+            self.outage.requests_per_min,
+            self.outage.writes_per_min,
+            self.outage.store_connections_per_min,
         )
     }
 }
@@ -126,6 +149,10 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
     // One pass per model with nothing to do, then one woken by a spec change.
     let (noop_requests, noop_writes) = noop_pass_each(&world, n).await?;
     let (pass_requests, pass_writes, latencies) = one_pass_each(&world, n).await?;
+    let slow = slow_bucket(&world, n).await?;
+    println!("N={n}: {slow:?}");
+    let outage = outage(&world).await?;
+    println!("N={n}: {outage:?}");
     world.finish()?;
     Ok(Row {
         n,
@@ -141,6 +168,8 @@ async fn measure(n: usize, rest: Duration) -> Result<Row> {
         cpu_pct,
         status_p50_s: quantile(&latencies, 0.50),
         status_p99_s: quantile(&latencies, 0.99),
+        slow,
+        outage,
     })
 }
 
@@ -355,6 +384,256 @@ async fn one_pass_each(world: &World, n: usize) -> Result<(f64, f64, Vec<f64>)> 
     ))
 }
 
+/// The Secret of the models moved to the slow bucket, and of the model whose store is cut.
+const SLOW_SECRET: &str = "slow-store-creds";
+const OUTAGE_SECRET: &str = "outage-store-creds";
+
+/// How long model B waited while a slow bucket wanted every reconcile slot.
+#[derive(Debug)]
+struct SlowBucket {
+    /// Models on the slow bucket.
+    models: usize,
+    /// How late the slow bucket answered each request.
+    delay_per_request_s: f64,
+    /// B's spec change → status, median, with the bucket answering at once.
+    open_p50_s: f64,
+    /// The slowest of B's spec changes while the bucket was slow.
+    slow_max_s: f64,
+    /// `slow_max_s − open_p50_s`, at least 0.
+    delay_s: f64,
+}
+
+async fn slow_bucket(world: &World, n: usize) -> Result<SlowBucket> {
+    let k = usize::try_from(env_list("BENCH_SLOW_MODELS", &[32])?[0])?.min(n.saturating_sub(2));
+    let delay = Duration::from_secs(env_list("BENCH_SLOW_SECONDS", &[20])?[0]);
+    let trials = usize::try_from(env_list("BENCH_SLOW_TRIALS", &[10])?[0])?.max(1);
+    let b = if n > 1 {
+        model_name(n - 1)
+    } else {
+        MODEL.to_owned()
+    };
+    let proxy = StoreProxy::start(&world.store.endpoint)?;
+    world.store_secret_via(SLOW_SECRET, &proxy.endpoint).await?;
+    let slow_models: Vec<String> = (1..=k).map(model_name).collect();
+    let models = world.models();
+    // Listing the dataset every 10 s (a change would start nothing: it never settles, and they
+    // are suspended), so every pass of theirs waits on the slow bucket.
+    let poll_often = json!({"spec": {
+        "storageSecretRef": {"name": SLOW_SECRET},
+        "triggers": {"datasetChange": {"pollSeconds": 10, "settleSeconds": 86400, "minIntervalSeconds": 86400}},
+    }});
+    for name in &slow_models {
+        models
+            .patch(name, &PatchParams::default(), &Patch::Merge(&poll_often))
+            .await?;
+    }
+    poll(
+        "the slow bucket's models to list their dataset",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            let slow_models = &slow_models;
+            async move {
+                let list = models.list(&ListParams::default()).await?;
+                let listed = list
+                    .items
+                    .iter()
+                    .filter(|sm| slow_models.contains(&sm.name_any()))
+                    .filter(|sm| sm.status.as_ref().is_some_and(|s| s.dataset.is_some()))
+                    .count();
+                Ok((listed == slow_models.len()).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let open = spec_to_status(world, &b, trials).await?;
+    proxy.set(Mode::Slow(delay));
+    // Every poll that comes due meanwhile is in flight by then.
+    tokio::time::sleep(delay + Duration::from_secs(10)).await;
+    let slow = spec_to_status(world, &b, trials).await?;
+    proxy.set(Mode::Open);
+    let back = json!({"spec": {"storageSecretRef": {"name": "store-creds"}, "triggers": null}});
+    for name in &slow_models {
+        models
+            .patch(name, &PatchParams::default(), &Patch::Merge(&back))
+            .await?;
+    }
+    wait_quiet(world, Duration::from_secs(5)).await?;
+    let open_p50_s = quantile(&open, 0.5);
+    let slow_max_s = quantile(&slow, 1.0);
+    Ok(SlowBucket {
+        models: k,
+        delay_per_request_s: delay.as_secs_f64(),
+        open_p50_s,
+        slow_max_s,
+        delay_s: (slow_max_s - open_p50_s).max(0.0),
+    })
+}
+
+/// `trials` spec changes of model `name`, a second apart: the time from each to the status
+/// that reflects it.
+async fn spec_to_status(world: &World, name: &str, trials: usize) -> Result<Vec<f64>> {
+    let models = world.models();
+    let (seen_tx, mut seen_rx) = tokio::sync::mpsc::unbounded_channel();
+    let watch = tokio::spawn({
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let models = models.clone();
+        async move {
+            let stream = watcher(models, config).applied_objects();
+            let mut stream = std::pin::pin!(stream);
+            while let Some(Ok(sm)) = stream.next().await {
+                if let Some(observed) = sm.status.as_ref().and_then(|s| s.observed_generation) {
+                    let _ = seen_tx.send((observed, Instant::now()));
+                }
+            }
+        }
+    });
+    let mut latencies = Vec::new();
+    for i in 0..trials {
+        let patch = json!({"spec": {"promotion": {"minAccuracy": 0.02 + i as f64 / 1000.0}}});
+        let sent = Instant::now();
+        let generation = models
+            .patch(name, &PatchParams::default(), &Patch::Merge(patch))
+            .await?
+            .metadata
+            .generation
+            .unwrap_or(0);
+        let deadline = sent + Duration::from_secs(120);
+        loop {
+            let Ok(Some((observed, at))) =
+                tokio::time::timeout_at(deadline.into(), seen_rx.recv()).await
+            else {
+                watch.abort();
+                anyhow::bail!("{name} never reflected generation {generation}");
+            };
+            if observed >= generation {
+                latencies.push(at.saturating_duration_since(sent).as_secs_f64());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    watch.abort();
+    Ok(latencies)
+}
+
+/// What the operator did while a model's store was unreachable with a run to decide.
+#[derive(Debug)]
+struct Outage {
+    seconds: f64,
+    requests_per_min: f64,
+    writes_per_min: f64,
+    /// The operator's attempts to connect to the store.
+    store_connections_per_min: f64,
+    /// From the store's return to the run's decision.
+    decided_after_s: f64,
+}
+
+async fn outage(world: &World) -> Result<Outage> {
+    let window = Duration::from_secs(env_list("BENCH_OUTAGE_SECONDS", &[60])?[0]);
+    let proxy = StoreProxy::start(&world.store.endpoint)?;
+    world
+        .store_secret_via(OUTAGE_SECRET, &proxy.endpoint)
+        .await?;
+    let request = jiff::Timestamp::now().to_string();
+    let run_id = manual_run_id(MODEL, &request);
+    let patch = json!({
+        "metadata": {"annotations": {TRAIN_REQUEST_ANNOTATION: request}},
+        // Decided on metrics.json alone: the served-path validation Job would read the
+        // store too, and only lengthen the wait after it.
+        "spec": {
+            "storageSecretRef": {"name": OUTAGE_SECRET},
+            "promotion": {"validation": {"enabled": false}},
+        },
+    });
+    world
+        .models()
+        .patch(MODEL, &PatchParams::default(), &Patch::Merge(patch))
+        .await?;
+    // Cut the moment the trainer has stored the run's result (s3s-fs renames a complete
+    // file into place): its Job then completes with a result the operator cannot read.
+    let metrics = world
+        .store
+        .bucket_dir()
+        .join(STORE_PREFIX)
+        .join(artifacts::layout::model_runs(NAMESPACE, MODEL))
+        .join(&run_id)
+        .join("metrics.json");
+    poll(
+        "the run's metrics.json",
+        TRAINING_TIMEOUT,
+        Duration::from_millis(20),
+        || {
+            let metrics = metrics.clone();
+            async move { Ok(metrics.is_file().then_some(())) }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    // The trainer's upload is answered through the proxy: let the answer through first.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    proxy.set(Mode::Down);
+    let (refused0, t0, cut) = (proxy.refused(), jiff::Timestamp::now(), Instant::now());
+    let jobs = world.jobs();
+    poll(
+        "the run's Job to complete",
+        Duration::from_secs(120),
+        Duration::from_millis(100),
+        || {
+            let jobs = jobs.clone();
+            let run_id = run_id.clone();
+            async move {
+                let job = jobs.get(&run_id).await?;
+                let state = face2simpson_operator::controller::job_state(&job);
+                match state {
+                    face2simpson_operator::controller::JobState::Active => Ok(None),
+                    face2simpson_operator::controller::JobState::Succeeded => Ok(Some(())),
+                    face2simpson_operator::controller::JobState::Failed(why) => {
+                        anyhow::bail!("the run failed when the store was cut: {why}")
+                    }
+                }
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    tokio::time::sleep(window.saturating_sub(cut.elapsed())).await;
+    let (refused1, t1) = (proxy.refused(), jiff::Timestamp::now());
+    let sm = world.model().await?;
+    let last = sm.status.and_then(|s| s.last_run);
+    ensure!(
+        last.as_ref()
+            .is_some_and(|r| r.run_id == run_id && r.decision.is_none()),
+        "the run was decided during the outage (the store was cut too late): {last:?}"
+    );
+    let requests = requests_between(world, t0, t1)?;
+    println!(
+        "outage of {:.0} s: the operator made {}",
+        window.as_secs_f64(),
+        breakdown(&requests, 1)
+    );
+    let minutes = t1.duration_since(t0).as_secs_f64() / 60.0;
+    let writes = requests.iter().filter(|r| r.is_write()).count();
+    proxy.set(Mode::Open);
+    let back = Instant::now();
+    let sm = world.wait_decision(None).await?;
+    let decided_after_s = back.elapsed().as_secs_f64();
+    let history = sm.status.map(|s| s.history).unwrap_or_default();
+    ensure!(
+        history.iter().filter(|h| h.run_id == run_id).count() == 1,
+        "the run was not decided exactly once: {history:?}"
+    );
+    Ok(Outage {
+        seconds: minutes * 60.0,
+        requests_per_min: requests.len() as f64 / minutes,
+        writes_per_min: writes as f64 / minutes,
+        store_connections_per_min: (refused1 - refused0) as f64 / minutes,
+        decided_after_s,
+    })
+}
+
 /// The operator's requests about models received in [from, to). Left out: long-running
 /// watches (streams opened once, not requests per model) and leader election's Lease renews
 /// (a fixed cost whatever N, counted by [`lease_requests_between`]).
@@ -499,6 +778,28 @@ fn print_table(rows: &[Row]) {
             r.cpu_pct,
             r.status_p50_s,
             r.status_p99_s
+        );
+    }
+    println!();
+    println!(
+        "| N | slow-bucket models | s late per request | B spec→status p50, bucket open, s | B slowest, bucket slow, s | slow_bucket_delay_s | outage s | requests/min | writes/min | store connections/min | decided s after the store returned |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let (s, o) = (&r.slow, &r.outage);
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0} | {:.1} | {:.1} | {:.1} | {:.0} |",
+            r.n,
+            s.models,
+            s.delay_per_request_s,
+            s.open_p50_s,
+            s.slow_max_s,
+            s.delay_s,
+            o.seconds,
+            o.requests_per_min,
+            o.writes_per_min,
+            o.store_connections_per_min,
+            o.decided_after_s
         );
     }
     if let (Some(first), Some(last)) = (rows.first(), rows.last())

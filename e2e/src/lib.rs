@@ -3,7 +3,7 @@
 //!
 //! What is real: etcd, kube-apiserver (RBAC, admission, CRD validation), kube-controller-manager
 //! (Job, Deployment, ReplicaSet, garbage-collector, namespace and ServiceAccount controllers),
-//! helm, the chart, the S3 protocol (s3s-fs), and the operator, trainer and inference binaries.
+//! helm, the chart, the S3 protocol (s3s-fs, behind a [`proxy`] a test can slow down or cut), and the operator, trainer and inference binaries.
 //! What is stood in: the kubelet and the container runtime ([`node`]), which run a Pod's
 //! container as a local process of the matching binary and report its status like a kubelet.
 //!
@@ -17,6 +17,7 @@ mod node_env;
 pub mod paths;
 pub mod pki;
 pub mod process;
+pub mod proxy;
 pub mod store;
 pub mod wait;
 pub mod world;

@@ -70,11 +70,17 @@ impl S3Store {
     /// The keys of the credentials Secret, exactly what a user puts there for MinIO or any
     /// S3-compatible store (see examples/s3.yaml).
     pub fn secret_data(&self) -> BTreeMap<String, String> {
+        self.secret_data_via(&self.endpoint)
+    }
+
+    /// [`S3Store::secret_data`] reaching the store through `endpoint` (a
+    /// [`crate::proxy::StoreProxy`]).
+    pub fn secret_data_via(&self, endpoint: &str) -> BTreeMap<String, String> {
         [
             ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
             ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
             ("AWS_REGION", "us-east-1"),
-            ("AWS_ENDPOINT", self.endpoint.as_str()),
+            ("AWS_ENDPOINT", endpoint),
             ("AWS_ALLOW_HTTP", "true"),
         ]
         .into_iter()

@@ -96,6 +96,12 @@ impl World {
 
     /// [`World::up`] with more `helm install --set` values.
     pub async fn up_with(name: &str, values: &[(&str, &str)]) -> Result<Self> {
+        Self::up_watching(name, &[], values).await
+    }
+
+    /// [`World::up_with`], the operator watching `more` namespaces besides [`NAMESPACE`],
+    /// each made with its own store Secret before the chart is installed.
+    pub async fn up_watching(name: &str, more: &[&str], values: &[(&str, &str)]) -> Result<Self> {
         init_tracing();
         let dir = test_dir(name)?;
         let plane = ControlPlane::start(&dir).await?;
@@ -129,29 +135,27 @@ impl World {
             );
         let node = Node::start(client.clone(), images, &dir).await?;
 
-        // As a user would: the namespace and its store Secret, then the chart.
-        kubectl_ok(&plane, &["create", "namespace", NAMESPACE]).await?;
-        let mut secret = vec![
-            "-n",
-            NAMESPACE,
-            "create",
-            "secret",
-            "generic",
-            "store-creds",
-        ];
-        let literals: Vec<String> = store
-            .secret_data()
-            .into_iter()
-            .map(|(k, v)| format!("--from-literal={k}={v}"))
+        // As a user would: the namespaces and their store Secrets, then the chart.
+        let namespaces: Vec<&str> = std::iter::once(NAMESPACE)
+            .chain(more.iter().copied())
             .collect();
-        secret.extend(literals.iter().map(String::as_str));
-        kubectl_ok(&plane, &secret).await?;
-        let mut all = vec![
-            ("watchNamespaces[0]", NAMESPACE),
+        for ns in &namespaces {
+            kubectl_ok(&plane, &["create", "namespace", ns]).await?;
+            create_secret(&plane, ns, "store-creds", &store.secret_data()).await?;
+        }
+        let keys: Vec<String> = (0..namespaces.len())
+            .map(|i| format!("watchNamespaces[{i}]"))
+            .collect();
+        let mut all: Vec<(&str, &str)> = keys
+            .iter()
+            .map(String::as_str)
+            .zip(namespaces.iter().copied())
+            .collect();
+        all.extend_from_slice(&[
             ("image.tag", "e2e"),
             ("logFormat", "text"),
             ("logLevel", "info\\,kube=warn\\,face2simpson_operator=debug"),
-        ];
+        ]);
         all.extend_from_slice(values);
         helm_install(&plane, RELEASE, RELEASE_NAMESPACE, &all).await?;
         let operator = Operator::from_release(&plane, RELEASE_NAMESPACE, RELEASE).await?;
@@ -469,6 +473,18 @@ impl World {
         Ok(names)
     }
 
+    /// A Secret `name` in [`NAMESPACE`] with the store's credentials, reaching it through
+    /// `endpoint` (a [`crate::proxy::StoreProxy`]'s).
+    pub async fn store_secret_via(&self, name: &str, endpoint: &str) -> Result<()> {
+        create_secret(
+            &self.plane,
+            NAMESPACE,
+            name,
+            &self.store.secret_data_via(endpoint),
+        )
+        .await
+    }
+
     /// `kubectl` as admin, failing on a non-zero exit.
     pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
         kubectl_ok(&self.plane, args).await
@@ -523,6 +539,23 @@ fn is_ready(pod: &Pod) -> bool {
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// `kubectl create secret generic` with `data` as literals.
+async fn create_secret(
+    plane: &ControlPlane,
+    namespace: &str,
+    name: &str,
+    data: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let literals: Vec<String> = data
+        .iter()
+        .map(|(k, v)| format!("--from-literal={k}={v}"))
+        .collect();
+    let mut args = vec!["-n", namespace, "create", "secret", "generic", name];
+    args.extend(literals.iter().map(String::as_str));
+    kubectl_ok(plane, &args).await?;
+    Ok(())
 }
 
 async fn kubectl_ok(plane: &ControlPlane, args: &[&str]) -> Result<String> {

@@ -36,7 +36,7 @@ fn champion(sm: &SimpsonModel) -> Result<ChampionStatus> {
 }
 
 fn decision(run: &RunStatus) -> &str {
-    run.decision.map_or("", |d| d.as_str())
+    run.decision.as_ref().map_or("", |d| d.as_str())
 }
 
 /// Bootstraps the model with `recipe`: one Job, `FirstModel`, the Deployment serving it.
@@ -1634,7 +1634,7 @@ fn decided_as(verdict: &'static str) -> impl Fn(&SimpsonModel) -> bool {
         sm.status
             .as_ref()
             .and_then(|s| s.last_run.as_ref())
-            .is_some_and(|r| r.decision.is_some_and(|d| d.as_str() == verdict))
+            .is_some_and(|r| r.decision.as_ref().is_some_and(|d| d.as_str() == verdict))
     }
 }
 
@@ -1855,6 +1855,113 @@ async fn a_foreign_service_is_not_taken_over() -> Result<()> {
             .flatten()
             .any(|o| o.kind == "SimpsonModel"),
         "the new Service is the model's: {ours:?}"
+    );
+    world.finish()
+}
+
+/// Issue 17: one watch set for every watched namespace. With `watchNamespaces` listing two
+/// namespaces, the operator runs one controller (one reconciler, one concurrency budget, one
+/// set of caches) fed by the watches of both, each within the namespaced Role the chart grants
+/// there: models in both are reconciled, a spec change and a deletion in either are seen, and a
+/// namespace outside the list is left alone.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn one_controller_reconciles_models_in_every_watched_namespace() -> Result<()> {
+    use face2simpson_e2e::install::{kubectl, kubectl_apply};
+    const OTHER: &str = "flanders";
+    const OUTSIDE: &str = "springfield";
+    let world = World::up_watching("multi-namespace", &[OTHER], &[]).await?;
+    let suspended = json!({"spec": {"schedule": {"suspend": true}, "inference": {"replicas": 0}}});
+    let model_in = |ns: &str, name: &str| -> Result<String> {
+        let mut extra = suspended.clone();
+        merge(
+            &mut extra,
+            &json!({"metadata": {"name": name, "namespace": ns}}),
+        );
+        world.manifest_with(GOOD, &extra)
+    };
+    let out = kubectl(&world.plane, &["create", "namespace", OUTSIDE], None).await?;
+    ensure!(out.success, "{}", out.stderr);
+    for (ns, name) in [(NAMESPACE, MODEL), (OTHER, "ned"), (OUTSIDE, "nelson")] {
+        kubectl_apply(&world.plane, &model_in(ns, name)?).await?;
+    }
+    let api = |ns: &str| kube::Api::<SimpsonModel>::namespaced(world.client.clone(), ns);
+    let caught_up = |ns: &'static str, name: &'static str, generation: i64| {
+        let api = api(ns);
+        let world = &world;
+        async move {
+            poll(
+                &format!("{ns}/{name} reconciled at generation {generation}"),
+                Duration::from_secs(60),
+                Duration::from_millis(250),
+                || {
+                    let api = api.clone();
+                    async move {
+                        let sm = api.get(name).await?;
+                        let status = sm.status.unwrap_or_default();
+                        let done = status.observed_generation == Some(generation)
+                            && status.phase.as_ref().is_some_and(|p| *p == "Suspended");
+                        Ok(done.then_some(()))
+                    }
+                },
+            )
+            .await
+            .with_context(|| world.context())
+        }
+    };
+    caught_up(NAMESPACE, MODEL, 1).await?;
+    caught_up(OTHER, "ned", 1).await?;
+
+    // A spec change in the second namespace wakes its model.
+    let patch = json!({"spec": {"promotion": {"minAccuracy": 0.5}}});
+    api(OTHER)
+        .patch("ned", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    caught_up(OTHER, "ned", 2).await?;
+    // A deletion in the first leaves the second reconciled.
+    api(NAMESPACE).delete(MODEL, &Default::default()).await?;
+    api(OTHER)
+        .patch(
+            "ned",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"promotion": {"minAccuracy": 0.6}}})),
+        )
+        .await?;
+    caught_up(OTHER, "ned", 3).await?;
+
+    // Outside the list: never looked at (the operator has no rights there either).
+    let nelson = api(OUTSIDE).get("nelson").await?;
+    ensure!(
+        nelson.status.is_none(),
+        "a model outside watchNamespaces was reconciled: {:?}",
+        nelson.status
+    );
+
+    // One controller, whose watches cover both namespaces, one list and watch per kind in each.
+    let log = std::fs::read_to_string(world.operator.log())?;
+    let starts: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("controller starting"))
+        .collect();
+    ensure!(
+        starts.len() == 1 && starts[0].contains(NAMESPACE) && starts[0].contains(OTHER),
+        "want one controller for {NAMESPACE} and {OTHER}, the log says {starts:?}"
+    );
+    let requests = world.plane.requests_of(&world.operator.username)?;
+    for ns in [NAMESPACE, OTHER] {
+        for resource in ["simpsonmodels", "jobs", "deployments", "services"] {
+            let path = format!("/namespaces/{ns}/{resource}?");
+            ensure!(
+                requests
+                    .iter()
+                    .any(|r| r.verb == "watch" && r.uri.contains(&path)),
+                "no watch of {resource} in {ns}"
+            );
+        }
+    }
+    ensure!(
+        !requests.iter().any(|r| r.uri.contains(OUTSIDE)),
+        "the operator asked about {OUTSIDE}"
     );
     world.finish()
 }
