@@ -577,6 +577,10 @@ def main() -> int:
     for name, values in SCENARIOS.items():
         objects, notes = render(values)
         c.check(bool(notes.strip()), f"{name}: NOTES.txt rendered empty")
+        # A cluster-wide install can read every Secret: NOTES.txt says so, loudly, and only then.
+        cluster_wide = values.get("rbac", {}).get("create", True) and not values.get("watchNamespaces")
+        c.check(("read every Secret" in notes) == bool(cluster_wide),
+                f"{name}: NOTES.txt must warn about cluster-wide Secret reads exactly when the RBAC is cluster-wide")
         check_kubernetes_schemas(c, name, objects)
         check_rbac(c, name, objects, values)
         check_admission(c, name, objects, values)

@@ -222,6 +222,10 @@ pub struct ScheduleSpec {
     #[serde(default = "default_max_retry_backoff")]
     #[schemars(range(min = 1))]
     pub max_retry_backoff_seconds: i64,
+    /// Retries after a failed run before the operator stops retrying until the spec changes (the next schedule slot, a manual or data-triggered run still start). Unset: retried for as long as runs fail, with the doubling backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "Option<i32>", range(min = 0))]
+    pub max_retries: Option<u32>,
     /// Skip a schedule slot whose dataset listing is the one the champion trained on: no Job, a Skipped entry in status.history, and the next slot planned from the skipped one. Bootstrap, manual, retry and data-triggered runs are never skipped.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub skip_if_unchanged: bool,
@@ -239,6 +243,7 @@ impl Default for ScheduleSpec {
             history_limit: default_history_limit(),
             retry_backoff_seconds: default_retry_backoff(),
             max_retry_backoff_seconds: default_max_retry_backoff(),
+            max_retries: None,
             skip_if_unchanged: false,
         }
     }
@@ -1050,7 +1055,7 @@ pub struct RunStatus {
     /// The served-path validation of this run (spec.promotion.validation): its Job, and once it finished, the served accuracies the gate compared.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validation: Option<RunValidation>,
-    /// Set when the run failed for a reason a retry cannot fix (the trainer's exit code said configuration, dataset or device, and the Job's podFailurePolicy ended it): the spec's generation then. No retry until the spec changes; the schedule's next slot still runs.
+    /// Set when the run failed for a reason a retry cannot fix (the trainer's exit code said configuration, dataset or device, and the Job's podFailurePolicy ended it), or when it was the last failure schedule.maxRetries allows: the spec's generation then. No retry until the spec changes; the schedule's next slot still runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_generation: Option<i64>,
     /// When the operator first saw a pod of the run's Job ready: from then on the startup deadline no longer applies.

@@ -3156,3 +3156,70 @@ async fn a_pass_without_store_calls_ignores_a_full_bucket() {
     reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
     h.finish().await;
 }
+
+/// Issue 17: `schedule.maxRetries` bounds the retries of a failing run: the failure that uses
+/// up the last retry stops them until the spec changes (the next slot still runs), and says so.
+#[tokio::test]
+async fn retries_stop_after_max_retries_until_the_spec_changes() {
+    let failing = |max: Option<u32>| {
+        let mut sm = training_second();
+        sm.spec.schedule.max_retries = max;
+        // One failure (the bootstrap's retry) already before this one.
+        sm.status.as_mut().unwrap().history.insert(
+            0,
+            HistoryEntry {
+                run_id: "homer-20261103-000000".into(),
+                decision: Verdict::Failed,
+                reason: "test".into(),
+                accuracy: None,
+                champion_accuracy: None,
+                dry_run: false,
+                decided_at: Time(ts("2026-11-03T02:00:00Z")),
+            },
+        );
+        sm
+    };
+    let pass = |sm: face2simpson_operator::SimpsonModel| async move {
+        let h = Harness::new(
+            "2026-11-04T02:00:00Z",
+            vec![
+                Step::list_jobs(vec![job(SECOND, "2026-11-04T00:00:00Z", JobPhase::Failed)]),
+                Step::patch_status(),
+                Step::event(),
+                Step::apply_deployment(),
+                Step::apply_service(),
+                Step::patch_status(),
+            ],
+        );
+        reconcile(Arc::new(sm), h.ctx.clone()).await.unwrap();
+        let seen = h.finish().await;
+        (
+            seen[2].body["note"].as_str().unwrap().to_owned(),
+            status_of(&seen[5]),
+        )
+    };
+
+    // One retry allowed, one used: this second failure ends them.
+    let (note, status) = pass(failing(Some(1))).await;
+    assert!(note.contains("schedule.maxRetries 1"), "{note}");
+    let last = status.last_run.as_ref().unwrap();
+    assert_eq!(last.retry_after_generation, Some(1));
+    assert_eq!(
+        status.next_run_at,
+        Some(Time(ts("2026-11-07T00:00:00Z"))),
+        "no retry: the next slot, 72 h after the run started"
+    );
+
+    // Two allowed: retried after the doubled backoff (two failures in a row: 30 min).
+    let (note, status) = pass(failing(Some(2))).await;
+    assert!(!note.contains("maxRetries"), "{note}");
+    assert_eq!(
+        status.last_run.as_ref().unwrap().retry_after_generation,
+        None
+    );
+    assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T02:30:00Z"))));
+
+    // Unset: retried as before.
+    let (_, status) = pass(failing(None)).await;
+    assert_eq!(status.next_run_at, Some(Time(ts("2026-11-04T02:30:00Z"))));
+}

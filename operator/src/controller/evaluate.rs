@@ -139,9 +139,12 @@ impl Pass<'_> {
             }
             Err(Unfit::Failed(why, message)) => {
                 warn!(model = %self.name, run = %run_id, reason = why, %message, "run failed");
-                if failed_for_good(job) {
+                let message = if failed_for_good(job) {
                     run.retry_after_generation = self.sm.metadata.generation;
-                }
+                    message
+                } else {
+                    self.unless_out_of_retries(&mut run, message)
+                };
                 self.count(Counted::FailedRun);
                 self.degraded(why, &message);
                 self.emit(EventType::Warning, why, "Evaluate", message.clone());
@@ -481,6 +484,28 @@ impl Pass<'_> {
         self.status.champion = Some(champion);
     }
 
+    /// With `schedule.maxRetries`: when this failure is one more than the retries allowed,
+    /// no retry until the spec changes (as after a permanent failure), and the message says so.
+    fn unless_out_of_retries(&self, run: &mut RunStatus, message: String) -> String {
+        let Some(max) = self.sm.spec.schedule.max_retries else {
+            return message;
+        };
+        let earlier = self
+            .status
+            .history
+            .iter()
+            .take_while(|h| h.decision == Verdict::Failed)
+            .count();
+        if earlier < usize::try_from(max).unwrap_or(usize::MAX) {
+            return message;
+        }
+        run.retry_after_generation = self.sm.metadata.generation;
+        format!(
+            "{message} ({} failed runs in a row, schedule.maxRetries {max}: no retry until the spec changes; the next slot still runs)",
+            earlier + 1
+        )
+    }
+
     /// A run recorded as started whose Job is gone (deleted by hand) will never report back.
     pub(super) fn job_missing(&mut self, jobs: &[(Job, JobState)]) {
         let Some(run) = self
@@ -497,6 +522,7 @@ impl Pass<'_> {
             run.job_name
         );
         let mut run = run.clone();
+        let message = self.unless_out_of_retries(&mut run, message);
         run.finished_at = Some(Time(self.now));
         run.decision = Some(Verdict::Failed);
         run.reason = Some(message.clone());
