@@ -455,11 +455,39 @@ async fn slow_bucket(world: &World, n: usize) -> Result<SlowBucket> {
     let slow = spec_to_status(world, &b, trials).await?;
     proxy.set(Mode::Open);
     let back = json!({"spec": {"storageSecretRef": {"name": "store-creds"}, "triggers": null}});
+    let mut reverted = BTreeMap::new();
     for name in &slow_models {
-        models
+        let sm = models
             .patch(name, &PatchParams::default(), &Patch::Merge(&back))
             .await?;
+        reverted.insert(name.clone(), sm.metadata.generation);
     }
+    // Back at rest once each has had the pass its change asked for (passes held up by the slow
+    // bucket may come late), and the operator has gone quiet.
+    poll(
+        "the slow bucket's models back at rest",
+        Duration::from_secs(300),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            let reverted = &reverted;
+            async move {
+                let list = models.list(&ListParams::default()).await?;
+                let behind = list
+                    .items
+                    .iter()
+                    .filter(|sm| {
+                        reverted.get(&sm.name_any()).is_some_and(|generation| {
+                            sm.status.as_ref().and_then(|s| s.observed_generation) != *generation
+                        })
+                    })
+                    .count();
+                Ok((behind == 0).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
     wait_quiet(world, Duration::from_secs(5)).await?;
     let open_p50_s = quantile(&open, 0.5);
     let slow_max_s = quantile(&slow, 1.0);
@@ -608,7 +636,11 @@ async fn outage(world: &World) -> Result<Outage> {
             .is_some_and(|r| r.run_id == run_id && r.decision.is_none()),
         "the run was decided during the outage (the store was cut too late): {last:?}"
     );
-    let requests = requests_between(world, t0, t1)?;
+    // About this model only (Events name no object in their path: nothing else is emitting).
+    let requests: Vec<AuditedRequest> = requests_between(world, t0, t1)?
+        .into_iter()
+        .filter(|r| is_about(r, MODEL, OUTAGE_SECRET))
+        .collect();
     println!(
         "outage of {:.0} s: the operator made {}",
         window.as_secs_f64(),
@@ -646,6 +678,17 @@ fn requests_between(
         .into_iter()
         .filter(|r| !is_lease(r))
         .collect())
+}
+
+/// Whether `r` is about the model `name`: the model, its children, the Secret it names, or an
+/// Event.
+fn is_about(r: &AuditedRequest, name: &str, secret: &str) -> bool {
+    let path = r.uri.split('?').next().unwrap_or(&r.uri);
+    path.contains(&format!("/simpsonmodels/{name}"))
+        || path.contains(&format!("/{name}-"))
+        || path.ends_with(&format!("/{secret}"))
+        || path.ends_with("/events")
+        || path.contains("/events/")
 }
 
 fn lease_requests_between(

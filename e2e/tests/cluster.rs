@@ -237,7 +237,54 @@ async fn worse_challenger_is_rejected() -> Result<()> {
 #[ignore = "needs the control plane: make e2e"]
 async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     let world = World::up("promote-rollback").await?;
-    let (run1, _) = bootstrap(&world, BAD).await?;
+    // Issue 17 (retention): two runs of old in the model's prefix, older than any run here;
+    // with keepRuns 1 they go after the first decision, and the champion and previous
+    // champion stay whatever keepRuns says.
+    let runs_dir = world
+        .store
+        .bucket_dir()
+        .join(STORE_PREFIX)
+        .join(artifacts::layout::model_runs(NAMESPACE, MODEL));
+    let old = ["homer-20200101-000000", "homer-20200102-000000"];
+    for run in old {
+        std::fs::create_dir_all(runs_dir.join(run))?;
+        std::fs::write(runs_dir.join(run).join("metrics.json"), b"{}")?;
+    }
+    world
+        .apply_model_with(BAD, &json!({"spec": {"retention": {"keepRuns": 1}}}))
+        .await?;
+    let sm = world.wait_decision(None).await?;
+    let run1 = last_run(&sm)?.run_id;
+    ensure!(decision(&last_run(&sm)?) == "FirstModel", "{:?}", sm.status);
+    world.wait_serving(&run1).await?;
+    let retention_after = |run: String| {
+        let models = world.models();
+        poll(
+            "retention to look after the decision",
+            Duration::from_secs(30),
+            Duration::from_millis(250),
+            move || {
+                let models = models.clone();
+                let run = run.clone();
+                async move {
+                    let sm = models.get(MODEL).await?;
+                    let r = sm.status.and_then(|s| s.retention);
+                    Ok(r.filter(|r| r.after_run == run))
+                }
+            },
+        )
+    };
+    let looked = retention_after(run1.clone()).await?;
+    ensure!(
+        looked.stored_runs == 3 && looked.deleted_runs == 2,
+        "{looked:?}"
+    );
+    ensure!(
+        old.iter()
+            .all(|r| !runs_dir.join(r).join("metrics.json").exists())
+            && runs_dir.join(&run1).join("metrics.json").exists(),
+        "retention did not delete exactly the old runs"
+    );
     let generation = deployment_generation(&world).await?;
     let replica_sets = world.replica_sets().await?;
 
@@ -319,6 +366,16 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
         world.wait_events("Promoted", 2).await? == 2,
         "FirstModel and Promote each emit Promoted"
     );
+    // Retention looked again after run 2: the previous champion stays, beyond keepRuns 1.
+    let looked = retention_after(run2.run_id.clone()).await?;
+    ensure!(
+        looked.stored_runs == 2 && looked.deleted_runs == 0,
+        "{looked:?}"
+    );
+    ensure!(
+        runs_dir.join(&run1).join("metrics.json").exists(),
+        "the previous champion's run was deleted"
+    );
 
     // Scenario 8: roll back by annotation.
     let patch = json!({"metadata": {"annotations": {ROLLBACK_REQUEST_ANNOTATION: "back"}}});
@@ -333,6 +390,31 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
         champion(&sm)?.run_id == run1,
         "rollback did not restore {run1}"
     );
+
+    // Issue 17: the alerting gauge comes back from status.lastSuccessfulRunAt right after a
+    // restart, before any new run.
+    let at = sm
+        .status
+        .and_then(|s| s.last_successful_run_at)
+        .context("no status.lastSuccessfulRunAt")?;
+    let mut world = world;
+    world.operator.restart().await?;
+    let line = format!(
+        r#"face2simpson_last_successful_run_timestamp_seconds{{namespace="{NAMESPACE}",model="{MODEL}"}} {}"#,
+        at.0.as_second()
+    );
+    poll(
+        "the last-successful-run gauge after a restart",
+        Duration::from_secs(30),
+        Duration::from_millis(250),
+        || {
+            let operator = &world.operator;
+            let line = line.clone();
+            async move { Ok(operator.metrics().await?.contains(&line).then_some(())) }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
     world.finish()
 }
 
