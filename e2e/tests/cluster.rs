@@ -237,21 +237,25 @@ async fn worse_challenger_is_rejected() -> Result<()> {
 #[ignore = "needs the control plane: make e2e"]
 async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     let world = World::up("promote-rollback").await?;
-    // Issue 17 (retention): two runs of old in the model's prefix, older than any run here;
-    // with keepRuns 1 they go after the first decision, and the champion and previous
-    // champion stay whatever keepRuns says.
+    // Issue 17 (retention, keepRuns 2): two runs of old in the model's prefix, older than any
+    // run here; the older goes after the first decision. Two more are stored after it, newer
+    // than run 1: after run 2 the previous champion (run 1) is beyond the two newest but stays.
     let runs_dir = world
         .store
         .bucket_dir()
         .join(STORE_PREFIX)
         .join(artifacts::layout::model_runs(NAMESPACE, MODEL));
-    let old = ["homer-20200101-000000", "homer-20200102-000000"];
-    for run in old {
+    let stored = |run: &str| runs_dir.join(run).join("metrics.json").exists();
+    let store_run = |run: &str| -> Result<()> {
         std::fs::create_dir_all(runs_dir.join(run))?;
         std::fs::write(runs_dir.join(run).join("metrics.json"), b"{}")?;
-    }
+        Ok(())
+    };
+    let (old1, old2) = ("homer-20200101-000000", "homer-20200102-000000");
+    store_run(old1)?;
+    store_run(old2)?;
     world
-        .apply_model_with(BAD, &json!({"spec": {"retention": {"keepRuns": 1}}}))
+        .apply_model_with(BAD, &json!({"spec": {"retention": {"keepRuns": 2}}}))
         .await?;
     let sm = world.wait_decision(None).await?;
     let run1 = last_run(&sm)?.run_id;
@@ -276,15 +280,16 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
     };
     let looked = retention_after(run1.clone()).await?;
     ensure!(
-        looked.stored_runs == 3 && looked.deleted_runs == 2,
+        looked.stored_runs == 3 && looked.deleted_runs == 1,
         "{looked:?}"
     );
     ensure!(
-        old.iter()
-            .all(|r| !runs_dir.join(r).join("metrics.json").exists())
-            && runs_dir.join(&run1).join("metrics.json").exists(),
-        "retention did not delete exactly the old runs"
+        !stored(old1) && stored(old2) && stored(&run1),
+        "retention did not delete exactly the oldest run"
     );
+    let (new1, new2) = ("homer-20300101-000000", "homer-20300102-000000");
+    store_run(new1)?;
+    store_run(new2)?;
     let generation = deployment_generation(&world).await?;
     let replica_sets = world.replica_sets().await?;
 
@@ -366,15 +371,16 @@ async fn better_challenger_is_promoted_then_rolled_back() -> Result<()> {
         world.wait_events("Promoted", 2).await? == 2,
         "FirstModel and Promote each emit Promoted"
     );
-    // Retention looked again after run 2: the previous champion stays, beyond keepRuns 1.
+    // Retention looked again after run 2 (newest first: run 2, new2, new1, run 1, old2): the
+    // champion and the previous champion stay, run 1 although beyond the two newest.
     let looked = retention_after(run2.run_id.clone()).await?;
     ensure!(
-        looked.stored_runs == 2 && looked.deleted_runs == 0,
+        looked.stored_runs == 5 && looked.deleted_runs == 2,
         "{looked:?}"
     );
     ensure!(
-        runs_dir.join(&run1).join("metrics.json").exists(),
-        "the previous champion's run was deleted"
+        stored(&run1) && stored(&run2.run_id) && stored(new2) && !stored(new1) && !stored(old2),
+        "retention deleted the wrong runs"
     );
 
     // Scenario 8: roll back by annotation.
