@@ -42,8 +42,8 @@ pub const PROMOTE_RUN_ANNOTATION: &str = "face2simpson.io/promote-run";
     printcolumn = r#"{"name": "Last-Run", "type": "string", "jsonPath": ".status.lastRun.runId", "description": "The most recent training run"}"#,
     printcolumn = r#"{"name": "Decision", "type": "string", "jsonPath": ".status.lastRun.decision", "description": "What the gate decided on the last run"}"#,
     printcolumn = r#"{"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunAt", "description": "When the next scheduled run is due"}"#,
-    printcolumn = r#"{"name": "Queued", "type": "date", "priority": 1, "jsonPath": ".status.lastRun.queuedSince", "description": "How long the run's Job has waited in its queue"}"#,
     printcolumn = r#"{"name": "Summary", "type": "string", "priority": 1, "jsonPath": ".status.lastRun.summary", "description": "The last decision with its numbers: accuracy difference, 95% CI, McNemar p, test faces"}"#,
+    printcolumn = r#"{"name": "Queued", "type": "date", "priority": 1, "jsonPath": ".status.lastRun.queuedSince", "description": "How long the run's Job has waited in its queue"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -311,9 +311,9 @@ pub struct TrainingSpec {
     #[serde(default = "default_workers")]
     #[schemars(range(min = 1, max = 1000))]
     pub workers: i32,
-    /// Kueue LocalQueue the training Jobs are submitted to (label kueue.x-k8s.io/queue-name). The Jobs are created suspended and start when Kueue admits them; while they wait the model's phase is Queued.
+    /// Kueue LocalQueue (in the model's namespace) the training Jobs are submitted to, as the label kueue.x-k8s.io/queue-name. The Jobs are created suspended and start when Kueue admits them; while they wait the model's phase is Queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"))]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
     pub queue_name: Option<String>,
     /// PriorityClass of the training pods (Kueue orders and preempts workloads by it). Wins over podOverrides.priorityClassName.
     #[serde(default, skip_serializing_if = "Option::is_none")]
