@@ -619,10 +619,14 @@ impl Pass<'_> {
     /// handled request. Those are recorded before anything acts on them.
     fn decided(&self) -> bool {
         let (a, b) = (&self.status, &self.saved);
-        // When a pod started is an observation, not a decision: it waits for the pass's end.
+        // When a pod started and how the run waits in its queue are observations, not
+        // decisions: they wait for the pass's end.
         let observed = |r: &Option<RunStatus>| {
             r.clone().map(|r| RunStatus {
                 pod_started_at: None,
+                queued_since: None,
+                queued_seconds: None,
+                preemptions: None,
                 ..r
             })
         };
