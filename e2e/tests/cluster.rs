@@ -2093,13 +2093,32 @@ async fn two_ranks_train_one_run_as_one_indexed_job() -> Result<()> {
         service.spec.and_then(|s| s.cluster_ip).as_deref() == Some("None"),
         "the rendezvous Service is not headless"
     );
-    // One pod per rank (`<job>-<index>-…`), each run once: the rendezvous held.
+    // One pod per rank (`<job>-<index>-…`), each run once, both in the process group.
     for rank in ["0", "1"] {
         let logs = world.pod_logs(&format!("{run}-{rank}-"))?;
         ensure!(logs.len() == 1, "rank {rank}: {} pods", logs.len());
+        ensure!(
+            logs[0].1.contains("joined the process group"),
+            "rank {rank} did not join the process group:\n{}",
+            logs[0].1
+        );
     }
-    let metrics = world.metrics(&run).await?.context("no metrics.json")?;
-    ensure!(metrics.run_id == run);
+    // Written once, by rank 0, for a world of two.
+    let path = world
+        .store
+        .bucket_dir()
+        .join(STORE_PREFIX)
+        .join(artifacts::layout::metrics_in(
+            &artifacts::layout::model_runs(NAMESPACE, MODEL),
+            &run,
+        ));
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    ensure!(metrics["run_id"] == run.as_str(), "{metrics}");
+    ensure!(
+        metrics["distributed"]["workers"] == 2,
+        "not a run of two ranks: {}",
+        metrics["distributed"]
+    );
     let sm = world.model().await?;
     ensure!(sm.status.unwrap_or_default().history.len() == 1, "one decision");
     world.finish()

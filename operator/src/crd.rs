@@ -1061,7 +1061,7 @@ pub struct RunStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub queued_seconds: Option<i64>,
-    /// Times the run's Job was suspended again after its pods had started (a preemption): a pause, not a failure; the run resumes from its checkpoint once admitted again.
+    /// Times the run's Job was suspended again after it had been admitted, or had run (a preemption): a pause, not a failure; the run resumes from its checkpoint once admitted again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub preemptions: Option<i32>,

@@ -117,7 +117,8 @@ impl Pass<'_> {
         info!(model = %self.name, run = %run_id, job = %name, attempt, "gang restarted");
         self.ensure_rendezvous(&created).await?;
         // With a queue the new Job waits for admission like the first one did.
-        self.watch_queue(&created, &mut JobState::Active).await?;
+        self.watch_queue(&created, &mut JobState::Active, true)
+            .await?;
         Ok(())
     }
 

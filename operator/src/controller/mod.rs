@@ -786,7 +786,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         && *state == JobState::Active
     {
         // A Job waiting in its queue is paused, not starting: no startup deadline meanwhile.
-        if !pass.watch_queue(job, state).await? && *state == JobState::Active {
+        if !pass.watch_queue(job, state, false).await? && *state == JobState::Active {
             pass.watch_startup(job, state).await?;
         }
         if *state == JobState::Active {

@@ -50,14 +50,16 @@ fn waiting_since(job: &Job) -> Option<Timestamp> {
 
 impl Pass<'_> {
     /// Looks at the running training Job's place in its queue. While it is suspended: records
-    /// since when (a preemption when its pods had started) and, past
-    /// `training.maxQueuedSeconds`, deletes it and turns `state` into the run's failure
-    /// (`QueueTimeout`). Once it is admitted, adds the wait to `queuedSeconds`. Returns
-    /// whether the Job waits in its queue.
+    /// since when (a preemption when it ran before) and, past `training.maxQueuedSeconds`,
+    /// deletes it and turns `state` into the run's failure (`QueueTimeout`). Once it is
+    /// admitted, adds the wait to `queuedSeconds`. `created`: the Job was just created (or
+    /// adopted) by this pass, so a suspension is its first wait. Returns whether the Job waits
+    /// in its queue.
     pub(super) async fn watch_queue(
         &mut self,
         job: &Job,
         state: &mut JobState,
+        created: bool,
     ) -> Result<bool, Error> {
         let suspended = is_suspended(job);
         let run_id = run_id_of(job);
@@ -65,7 +67,7 @@ impl Pass<'_> {
             self.admitted(job, &run_id);
             return Ok(false);
         }
-        let since = self.queued_since(job, &run_id);
+        let since = self.queued_since(job, &run_id, created);
         let queue = self.sm.spec.training.queue_name.as_deref();
         self.queued = Some(match queue {
             Some(q) => format!("run {run_id} waits in queue {q} since {since}"),
@@ -98,10 +100,12 @@ impl Pass<'_> {
         Ok(false)
     }
 
-    /// Since when the run waits, recorded the first pass that sees it suspended. A Job
-    /// suspended after its pods had started was preempted: counted, announced, and its pods
-    /// must start again after the next admission (the startup deadline applies again).
-    fn queued_since(&mut self, job: &Job, run_id: &str) -> Timestamp {
+    /// Since when the run waits, recorded the first pass that sees it suspended. A Job created
+    /// suspended is recorded waiting by the pass that creates it, and `queuedSince` is cleared
+    /// only when it is seen admitted: a suspended Job of an undecided run without `queuedSince`
+    /// ran since, and was preempted. That is counted and announced, and its pods must start
+    /// again after the next admission (the startup deadline applies again).
+    fn queued_since(&mut self, job: &Job, run_id: &str, created: bool) -> Timestamp {
         let now = self.now;
         let Some(run) = self
             .status
@@ -116,7 +120,8 @@ impl Pass<'_> {
         }
         let since = waiting_since(job).unwrap_or(now).min(now);
         run.queued_since = Some(Time(since));
-        if run.pod_started_at.take().is_none() {
+        run.pod_started_at = None;
+        if created {
             return since;
         }
         let preemptions = run.preemptions.unwrap_or(0) + 1;

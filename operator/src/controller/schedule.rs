@@ -312,7 +312,8 @@ impl Pass<'_> {
         self.status.last_run = Some(self.run_status(&run_id, name, trigger, started_at));
         self.emit(EventType::Normal, "TrainingStarted", "Train", note);
         // Created suspended (a queue), or adopted waiting: queued from the start.
-        self.watch_queue(&running, &mut JobState::Active).await?;
+        self.watch_queue(&running, &mut JobState::Active, true)
+            .await?;
         Ok(Start::Running)
     }
 
