@@ -306,14 +306,18 @@ impl World {
     /// node stand-in's fault hooks.
     pub fn checkpoint_written(bucket_dir: &std::path::Path) -> bool {
         fn has_state(dir: &std::path::Path) -> bool {
-            std::fs::read_dir(dir).into_iter().flatten().flatten().any(|e| {
-                let path = e.path();
-                if path.is_dir() {
-                    has_state(&path)
-                } else {
-                    e.file_name() == "state.json"
-                }
-            })
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        has_state(&path)
+                    } else {
+                        e.file_name() == "state.json"
+                    }
+                })
         }
         let runs = bucket_dir
             .join(STORE_PREFIX)

@@ -1911,9 +1911,11 @@ async fn a_queued_run_waits_for_admission_and_a_preemption_only_pauses_it() -> R
     let training = json!({"spec": {"training": {"queueName": QUEUE, "epochs": 4, "patience": 4}}});
     world.apply_model_with(GOOD, &training).await?;
     let sm = world
-        .wait_model("the run to wait in its queue", Duration::from_secs(60), |sm| {
-            phase_is(sm, "Queued")
-        })
+        .wait_model(
+            "the run to wait in its queue",
+            Duration::from_secs(60),
+            |sm| phase_is(sm, "Queued"),
+        )
         .await?;
     let run = last_run(&sm)?;
     ensure!(run.queued_since.is_some(), "no queuedSince: {run:?}");
@@ -1923,7 +1925,10 @@ async fn a_queued_run_waits_for_admission_and_a_preemption_only_pauses_it() -> R
         "the Job was not created suspended"
     );
     ensure!(
-        job.labels().get("kueue.x-k8s.io/queue-name").map(String::as_str) == Some(QUEUE),
+        job.labels()
+            .get("kueue.x-k8s.io/queue-name")
+            .map(String::as_str)
+            == Some(QUEUE),
         "no queue label: {:?}",
         job.labels()
     );
@@ -1964,14 +1969,18 @@ async fn a_queued_run_waits_for_admission_and_a_preemption_only_pauses_it() -> R
     // Preempted: the Job controller deletes its pod; the run waits again, undecided.
     world.suspend_job(&run.job_name, true).await?;
     let sm = world
-        .wait_model("the preempted run to wait again", Duration::from_secs(60), |sm| {
-            phase_is(sm, "Queued")
-                && sm
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.last_run.as_ref())
-                    .is_some_and(|r| r.preemptions == Some(1))
-        })
+        .wait_model(
+            "the preempted run to wait again",
+            Duration::from_secs(60),
+            |sm| {
+                phase_is(sm, "Queued")
+                    && sm
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_run.as_ref())
+                        .is_some_and(|r| r.preemptions == Some(1))
+            },
+        )
         .await?;
     let preempted = last_run(&sm)?;
     ensure!(preempted.decision.is_none(), "decided: {preempted:?}");
@@ -2120,7 +2129,10 @@ async fn two_ranks_train_one_run_as_one_indexed_job() -> Result<()> {
         metrics["distributed"]
     );
     let sm = world.model().await?;
-    ensure!(sm.status.unwrap_or_default().history.len() == 1, "one decision");
+    ensure!(
+        sm.status.unwrap_or_default().history.len() == 1,
+        "one decision"
+    );
     world.finish()
 }
 

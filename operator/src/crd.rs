@@ -313,7 +313,10 @@ pub struct TrainingSpec {
     pub workers: i32,
     /// Kueue LocalQueue (in the model's namespace) the training Jobs are submitted to, as the label kueue.x-k8s.io/queue-name. The Jobs are created suspended and start when Kueue admits them; while they wait the model's phase is Queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
     pub queue_name: Option<String>,
     /// PriorityClass of the training pods (Kueue orders and preempts workloads by it). Wins over podOverrides.priorityClassName.
     #[serde(default, skip_serializing_if = "Option::is_none")]

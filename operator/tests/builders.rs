@@ -702,7 +702,10 @@ fn a_distributed_run_is_an_indexed_job_whose_rank_0_ends_it() {
     assert_eq!(rules[0].succeeded_count, None);
     let policy = spec.pod_failure_policy.as_ref().unwrap();
     assert_eq!(
-        (policy.rules[0].action.as_str(), policy.rules[1].action.as_str()),
+        (
+            policy.rules[0].action.as_str(),
+            policy.rules[1].action.as_str()
+        ),
         ("Ignore", "FailJob"),
         "evictions ignored, permanent exit codes final, as for one rank"
     );
@@ -746,7 +749,10 @@ fn gang_restarts_are_new_jobs_of_the_same_run() {
     let mut sm = model();
     sm.spec.training.workers = 2;
     let job = training_job_attempt(&sm, SECOND, 2, None).unwrap();
-    assert_eq!(job.metadata.name.as_deref(), Some("homer-20261104-000000-r2"));
+    assert_eq!(
+        job.metadata.name.as_deref(),
+        Some("homer-20261104-000000-r2")
+    );
     assert_eq!(attempt_of(&job), 2);
     assert_eq!(attempt_of(&training_job(&sm, SECOND, None).unwrap()), 0);
     assert_eq!(
@@ -758,7 +764,11 @@ fn gang_restarts_are_new_jobs_of_the_same_run() {
         .clone()
         .unwrap();
     let i = args.iter().position(|a| a == "--run-id").unwrap();
-    assert_eq!(args[i + 1], SECOND, "the same run: its checkpoints are found");
+    assert_eq!(
+        args[i + 1],
+        SECOND,
+        "the same run: its checkpoints are found"
+    );
 
     // `<job>-<index>` is the pods' hostname, a DNS label: with ranks, a 63-character run id
     // is cut and hashed, and distinct ids stay distinct.
@@ -772,8 +782,14 @@ fn gang_restarts_are_new_jobs_of_the_same_run() {
         assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
     }
     let other = format!("{}-20261104-000001", "m".repeat(47));
-    assert_ne!(training_job_name(&long, 0, 2), training_job_name(&other, 0, 2));
-    assert_ne!(training_job_name(&long, 1, 2), training_job_name(&long, 2, 2));
+    assert_ne!(
+        training_job_name(&long, 0, 2),
+        training_job_name(&other, 0, 2)
+    );
+    assert_ne!(
+        training_job_name(&long, 1, 2),
+        training_job_name(&long, 2, 2)
+    );
     assert_eq!(training_job_name("short", 3, 8), "short-r3");
 }
 
@@ -784,7 +800,10 @@ fn the_rendezvous_service_is_headless_and_goes_with_its_job() {
     let mut sm = model();
     sm.spec.training.workers = 2;
     let mut job = training_job(&sm, SECOND, None).unwrap();
-    assert!(rendezvous_service(&job).is_err(), "needs the created Job's uid");
+    assert!(
+        rendezvous_service(&job).is_err(),
+        "needs the created Job's uid"
+    );
     job.metadata.uid = Some("job-uid".into());
     let svc = rendezvous_service(&job).unwrap();
     assert_eq!(svc.metadata.name.as_deref(), Some(SECOND));

@@ -57,7 +57,11 @@ fn crd_identity_and_printer_columns() {
     let queued = &version["additionalPrinterColumns"][6];
     assert_eq!(
         (&queued["priority"], &queued["type"], &queued["jsonPath"]),
-        (&1.into(), &"date".into(), &".status.lastRun.queuedSince".into())
+        (
+            &1.into(),
+            &"date".into(),
+            &".status.lastRun.queuedSince".into()
+        )
     );
 }
 

@@ -164,7 +164,10 @@ async fn a_failed_rank_restarts_the_gang_once_then_the_run_fails() {
     let job = &seen[3].body;
     assert_eq!(job["metadata"]["name"], "homer-20261104-000000-r1");
     assert_eq!(job["metadata"]["labels"]["face2simpson.io/run-id"], SECOND);
-    assert_eq!(job["metadata"]["annotations"]["face2simpson.io/attempt"], "1");
+    assert_eq!(
+        job["metadata"]["annotations"]["face2simpson.io/attempt"],
+        "1"
+    );
     let status = status_of(&seen[7]);
     assert_eq!(phase(&status), "Training");
     assert_eq!(condition(&status, "Degraded").0, "False");
@@ -346,9 +349,12 @@ async fn a_queued_run_waits_suspended_then_trains_once_admitted() {
     waiting["metadata"]["name"] = json!(FIRST);
     waiting["metadata"]["labels"]["face2simpson.io/run-id"] = json!(FIRST);
     let h = Harness::new("2026-11-01T01:02:00Z", vec![Step::list_jobs(vec![waiting])]);
-    let action = reconcile(Arc::new(with_status(sm.clone(), status.clone())), h.ctx.clone())
-        .await
-        .unwrap();
+    let action = reconcile(
+        Arc::new(with_status(sm.clone(), status.clone())),
+        h.ctx.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         action,
         Action::requeue(Duration::from_secs(3 * 60)),
@@ -370,7 +376,11 @@ async fn a_queued_run_waits_suspended_then_trains_once_admitted() {
     let status = status_of(&h.finish().await[1]);
     let run = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (run.queued_since.as_ref(), run.queued_seconds, run.preemptions),
+        (
+            run.queued_since.as_ref(),
+            run.queued_seconds,
+            run.preemptions
+        ),
         (None, Some(30 * 60), None)
     );
     assert_eq!(phase(&status), "Training");
@@ -452,8 +462,13 @@ async fn a_preempted_run_is_paused_not_failed() {
 #[tokio::test]
 async fn a_run_queued_past_its_limit_fails_with_queue_timeout() {
     let mut sm = queued(training_second(), Some(600));
-    sm.status.as_mut().unwrap().last_run.as_mut().unwrap().queued_since =
-        Some(Time(ts("2026-11-04T00:00:00Z")));
+    sm.status
+        .as_mut()
+        .unwrap()
+        .last_run
+        .as_mut()
+        .unwrap()
+        .queued_since = Some(Time(ts("2026-11-04T00:00:00Z")));
     let h = Harness::new(
         "2026-11-04T00:10:00Z",
         vec![

@@ -199,7 +199,11 @@ impl Caches {
     /// listed yet, or no watch of that namespace).
     pub fn has_service(&self, ns: &str, name: &str) -> bool {
         self.scope(ns).is_some_and(|scope| {
-            ready(&scope.services) && scope.services.get(&ObjectRef::new(name).within(ns)).is_some()
+            ready(&scope.services)
+                && scope
+                    .services
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some()
         })
     }
 

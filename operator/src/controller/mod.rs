@@ -841,8 +841,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     };
 
     // Schedule.
-    let active =
-        validating || restarting || jobs.iter().any(|(_, s)| *s == JobState::Active);
+    let active = validating || restarting || jobs.iter().any(|(_, s)| *s == JobState::Active);
     // A candidate in its shadow stage is a run not yet decided: nothing new starts meanwhile.
     let shadowing = pass.status.candidate.is_some();
     let training = pass.schedule(active, awaiting_result || shadowing).await?;
