@@ -2079,7 +2079,7 @@ async fn a_run_left_in_its_queue_fails_with_queue_timeout() -> Result<()> {
 /// and gives both pods the same port for the rendezvous); rank 0 alone writes the run, which is
 /// decided once.
 #[tokio::test]
-#[ignore = "needs the control plane and the distributed trainer: make e2e"]
+#[ignore = "needs the control plane: make e2e"]
 async fn two_ranks_train_one_run_as_one_indexed_job() -> Result<()> {
     let world = World::up("two-ranks").await?;
     let (run, endpoints) =
@@ -2141,7 +2141,7 @@ async fn two_ranks_train_one_run_as_one_indexed_job() -> Result<()> {
 /// operator restarts the whole gang as `<run>-r1`, whose rank 0 resumes from the checkpoint; the
 /// run is decided once, with `restarts: 1`.
 #[tokio::test]
-#[ignore = "needs the control plane and the distributed trainer: make e2e"]
+#[ignore = "needs the control plane: make e2e"]
 async fn a_dead_rank_restarts_the_gang_from_its_checkpoint() -> Result<()> {
     let world = World::up("gang-restart").await?;
     let bucket = world.store.bucket_dir();
