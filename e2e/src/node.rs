@@ -103,6 +103,38 @@ struct Faults {
     /// Before the next Pod carrying all these labels starts, this hook runs: a store write at
     /// an exact point of the loop (e.g. between a run's training and its validation).
     before_pod: Vec<BeforePod>,
+    /// The container of the next Pod carrying all these labels is SIGKILLed once its condition
+    /// holds while it runs: a process that dies mid-work, as on a node failure or an OOM kill.
+    kill_when: Vec<KillWhen>,
+}
+
+/// What [`Node::kill_once_when`] waits for.
+type Condition = Box<dyn Fn() -> bool + Send + Sync>;
+
+/// A container to kill once `when` holds.
+struct KillWhen {
+    labels: Vec<(String, String)>,
+    when: Condition,
+}
+
+impl std::fmt::Debug for KillWhen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KillWhen")
+            .field("labels", &self.labels)
+            .finish_non_exhaustive()
+    }
+}
+
+fn owned(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+    labels
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+fn has_labels(pod: &Pod, wanted: &[(String, String)]) -> bool {
+    let labels = pod.labels();
+    wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 /// What [`Node::before_pod`] runs, once.
@@ -161,6 +193,9 @@ struct Kubelet {
     log_dir: PathBuf,
     pods: Arc<Mutex<HashMap<String, Running>>>,
     faults: Arc<Mutex<Faults>>,
+    /// `<namespace>/<subdomain>/<containerPort>` → the host port every pod behind that headless
+    /// Service gets for it.
+    service_ports: Arc<Mutex<HashMap<String, u16>>>,
 }
 
 impl Node {
@@ -189,6 +224,7 @@ impl Node {
             log_dir,
             pods: pods.clone(),
             faults: faults.clone(),
+            service_ports: Arc::default(),
         };
         let task = tokio::spawn(async move {
             if let Err(e) = kubelet.watch().await {
@@ -231,11 +267,24 @@ impl Node {
     ) {
         if let Ok(mut faults) = self.faults.lock() {
             faults.before_pod.push(BeforePod {
-                labels: labels
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
+                labels: owned(labels),
                 hook: Box::new(hook),
+            });
+        }
+    }
+
+    /// The container of the next Pod carrying all of `labels` is SIGKILLed (exit code 137, no
+    /// `DisruptionTarget`) as soon as `when` holds while it runs, once: a rank whose process
+    /// dies mid-training. A matching Pod that ends before `when` holds leaves it armed.
+    pub fn kill_once_when(
+        &self,
+        labels: &[(&str, &str)],
+        when: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.kill_when.push(KillWhen {
+                labels: owned(labels),
+                when: Box::new(when),
             });
         }
     }
@@ -361,11 +410,15 @@ impl Kubelet {
             // as it would on a node that cannot pull it.
             return Ok(());
         };
+        let subdomain = pod.spec.as_ref().and_then(|s| s.subdomain.as_deref());
         let ports: BTreeMap<i32, u16> = container
             .ports
             .iter()
             .flatten()
-            .map(|p| Ok((p.container_port, free_port()?)))
+            .map(|p| {
+                let host = self.host_port(&namespace, subdomain, p.container_port)?;
+                Ok((p.container_port, host))
+            })
             .collect::<Result<_>>()?;
         let (stop, _) = watch::channel(false);
         let (exited_tx, exited) = watch::channel(false);
@@ -419,6 +472,42 @@ impl Kubelet {
             let _ = exited_tx.send(true);
         });
         Ok(())
+    }
+
+    /// A free host port for a container port; the same one for every pod behind the same
+    /// headless Service (`subdomain`), as the same port on each pod's own address would be.
+    fn host_port(&self, namespace: &str, subdomain: Option<&str>, port: i32) -> Result<u16> {
+        let Some(subdomain) = subdomain else {
+            return free_port();
+        };
+        let mut shared = self
+            .service_ports
+            .lock()
+            .map_err(|_| anyhow::anyhow!("poisoned"))?;
+        let key = format!("{namespace}/{subdomain}/{port}");
+        if let Some(port) = shared.get(&key) {
+            return Ok(*port);
+        }
+        let host = free_port()?;
+        shared.insert(key, host);
+        Ok(host)
+    }
+
+    /// The kill armed for this Pod by [`Node::kill_once_when`], taken out of the faults.
+    fn take_kill(&self, pod: &Pod) -> Option<KillWhen> {
+        let mut faults = self.faults.lock().ok()?;
+        let i = faults
+            .kill_when
+            .iter()
+            .position(|k| has_labels(pod, &k.labels))?;
+        Some(faults.kill_when.remove(i))
+    }
+
+    /// Puts back a kill whose Pod ended before its condition held.
+    fn rearm(&self, kill: KillWhen) {
+        if let Ok(mut faults) = self.faults.lock() {
+            faults.kill_when.push(kill);
+        }
     }
 
     fn take_eviction(&self, pod: &Pod) -> bool {
@@ -581,13 +670,25 @@ impl Kubelet {
         self.patch_status(running, running_status(container, &started, 0, false))
             .await?;
         let mut stop = running.stop.subscribe();
+        let mut kill = self.take_kill(pod);
         let status = tokio::select! {
             status = process.wait() => status?,
             () = stopped(&mut stop) => {
+                if let Some(kill) = kill {
+                    self.rearm(kill);
+                }
                 process.terminate(MAX_GRACE).await?;
                 return Ok(());
             }
+            () = holds(kill.as_ref()) => {
+                tracing::info!(pod = %running.name, "killing the container (injected fault)");
+                kill = None;
+                process.kill().await?
+            }
         };
+        if let Some(kill) = kill {
+            self.rearm(kill);
+        }
         let code = exit_code(status);
         let state = json!({"terminated": {
             "exitCode": code,
@@ -669,6 +770,16 @@ impl Kubelet {
                 () = tokio::time::sleep(backoff) => {}
             }
         }
+    }
+}
+
+/// Resolves once the kill's condition holds; never without a kill.
+async fn holds(kill: Option<&KillWhen>) {
+    let Some(kill) = kill else {
+        return std::future::pending().await;
+    };
+    while !(kill.when)() {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

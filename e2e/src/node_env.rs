@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, Result, bail};
+use anyhow::{Context as _, Result, bail, ensure};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, EnvVar, Pod, ResourceFieldSelector, Secret,
+    ConfigMap, Container, EnvVar, Pod, ResourceFieldSelector, Secret, Service,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::Api;
@@ -83,8 +83,73 @@ fn field(pod: &Pod, path: &str) -> Result<String> {
             .and_then(|s| s.service_account_name.clone())
             .unwrap_or_default(),
         "status.podIP" | "status.hostIP" => "127.0.0.1".to_owned(),
-        other => bail!("the node stand-in does not support fieldRef {other}"),
+        other => {
+            // `metadata.annotations['<key>']` and `metadata.labels['<key>']`: how the Job
+            // controller hands an Indexed Job's pod its JOB_COMPLETION_INDEX.
+            let (map, key) = if let Some(k) = keyed(other, "metadata.annotations") {
+                (pod.annotations(), k)
+            } else if let Some(k) = keyed(other, "metadata.labels") {
+                (pod.labels(), k)
+            } else {
+                bail!("the node stand-in does not support fieldRef {other}")
+            };
+            map.get(key).cloned().unwrap_or_default()
+        }
     })
+}
+
+/// `key` of a field path `<map>['<key>']`.
+fn keyed<'a>(path: &'a str, map: &str) -> Option<&'a str> {
+    path.strip_prefix(map)?
+        .strip_prefix("['")?
+        .strip_suffix("']")
+}
+
+/// Pods behind a headless Service answer as `<hostname>.<subdomain>` (or with
+/// `.<namespace>.svc[.cluster.local]`) in cluster DNS. Every pod here lives on loopback, so an env
+/// value naming a pod under this pod's own subdomain becomes `127.0.0.1` — once that headless
+/// Service exists, as with real DNS; until then the container waits.
+async fn resolve_service_names(
+    client: &Client,
+    pod: &Pod,
+    env: &mut [(String, String)],
+) -> Result<()> {
+    let Some(subdomain) = pod.spec.as_ref().and_then(|s| s.subdomain.clone()) else {
+        return Ok(());
+    };
+    let ns = pod.namespace().unwrap_or_default();
+    let suffixes = [
+        format!(".{subdomain}"),
+        format!(".{subdomain}.{ns}.svc"),
+        format!(".{subdomain}.{ns}.svc.cluster.local"),
+    ];
+    let names_a_pod = |value: &str| {
+        suffixes.iter().any(|s| {
+            value
+                .strip_suffix(s.as_str())
+                .is_some_and(|host| !host.is_empty() && !host.contains(['.', ':', '/']))
+        })
+    };
+    let Some(name) = env.iter().map(|(_, v)| v).find(|v| names_a_pod(v)).cloned() else {
+        return Ok(());
+    };
+    let service = Api::<Service>::namespaced(client.clone(), &ns)
+        .get_opt(&subdomain)
+        .await?;
+    let headless = service
+        .and_then(|s| s.spec)
+        .and_then(|s| s.cluster_ip)
+        .is_some_and(|ip| ip == "None");
+    ensure!(
+        headless,
+        "{name} does not resolve: no headless Service {ns}/{subdomain}"
+    );
+    for (_, value) in env.iter_mut() {
+        if names_a_pod(value) {
+            *value = "127.0.0.1".to_owned();
+        }
+    }
+    Ok(())
 }
 
 /// What the stand-in node has to give, which an unset limit resolves to (as the kubelet
@@ -194,7 +259,11 @@ async fn value_of(
 }
 
 /// The environment of `container`, with `0.0.0.0:<containerPort>` values rewritten to the
-/// host port the stand-in gave that container port.
+/// host port the stand-in gave that container port. In a pod behind a headless Service
+/// (`subdomain`), names of that Service's pods become `127.0.0.1`, and a value that is exactly a
+/// declared containerPort becomes its host port, which the stand-in gives every pod of that
+/// subdomain alike: on a network each pod has its own address and the same port (one rank
+/// listens on it, the others connect), on loopback they share one.
 pub async fn resolve(
     client: &Client,
     pod: &Pod,
@@ -234,13 +303,17 @@ pub async fn resolve(
             set(&mut env, var.name.clone(), value);
         }
     }
+    let behind_service = pod.spec.as_ref().is_some_and(|s| s.subdomain.is_some());
     for (_, value) in env.iter_mut() {
         for (container_port, host_port) in ports {
             if *value == format!("0.0.0.0:{container_port}") {
                 *value = format!("127.0.0.1:{host_port}");
+            } else if behind_service && *value == container_port.to_string() {
+                *value = host_port.to_string();
             }
         }
     }
+    resolve_service_names(client, pod, &mut env).await?;
     Ok(env)
 }
 
@@ -291,6 +364,30 @@ mod tests {
 
     fn env() -> Vec<(String, String)> {
         vec![("A".into(), "1".into()), ("B".into(), "two".into())]
+    }
+
+    #[test]
+    fn field_refs_read_annotations_and_labels() {
+        let mut p = pod(ResourceRequirements::default());
+        p.metadata.annotations = Some(
+            [(
+                "batch.kubernetes.io/job-completion-index".to_owned(),
+                "1".to_owned(),
+            )]
+            .into(),
+        );
+        p.metadata.labels = Some([("app".to_owned(), "trainer".to_owned())].into());
+        assert_eq!(
+            field(
+                &p,
+                "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+            )
+            .unwrap(),
+            "1"
+        );
+        assert_eq!(field(&p, "metadata.labels['app']").unwrap(), "trainer");
+        assert_eq!(field(&p, "metadata.labels['absent']").unwrap(), "");
+        assert!(field(&p, "metadata.annotations").is_err());
     }
 
     #[test]

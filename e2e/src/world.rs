@@ -249,6 +249,90 @@ impl World {
         Ok(self.models().get(MODEL).await?)
     }
 
+    /// Waits until the model satisfies `done`, and returns it then.
+    pub async fn wait_model(
+        &self,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&SimpsonModel) -> bool,
+    ) -> Result<SimpsonModel> {
+        let done = &done;
+        poll(what, timeout, Duration::from_millis(200), || async move {
+            let sm = self.model().await?;
+            Ok(done(&sm).then_some(sm))
+        })
+        .await
+        .with_context(|| self.context())
+    }
+
+    /// Suspends or resumes a Job, as Kueue does when it preempts or admits it.
+    pub async fn suspend_job(&self, name: &str, suspend: bool) -> Result<()> {
+        self.jobs()
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"suspend": suspend}})),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The pods of the Job `name`.
+    pub async fn job_pods(&self, name: &str) -> Result<Vec<Pod>> {
+        Ok(self
+            .pods()
+            .list(&ListParams::default().labels(&format!("batch.kubernetes.io/job-name={name}")))
+            .await?
+            .items)
+    }
+
+    /// The logs the stand-in node kept of the containers of the pods whose names start with
+    /// `prefix` (deleted pods included), by pod name.
+    pub fn pod_logs(&self, prefix: &str) -> Result<Vec<(String, String)>> {
+        let prefix = format!("{NAMESPACE}_{prefix}");
+        let mut logs = Vec::new();
+        for entry in std::fs::read_dir(self.dir.join("pods"))? {
+            let entry = entry?;
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if file.starts_with(&prefix)
+                && let Some(pod) = file.strip_suffix(".log")
+            {
+                let pod = pod[NAMESPACE.len() + 1..].to_owned();
+                logs.push((pod, std::fs::read_to_string(entry.path())?));
+            }
+        }
+        logs.sort();
+        Ok(logs)
+    }
+
+    /// Whether a run of the model has a complete checkpoint in the store (its `state.json`,
+    /// which the trainer writes last), found by walking the bucket's files: callable from the
+    /// node stand-in's fault hooks.
+    pub fn checkpoint_written(bucket_dir: &std::path::Path) -> bool {
+        fn has_state(dir: &std::path::Path) -> bool {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .any(|e| {
+                    let path = e.path();
+                    if path.is_dir() {
+                        has_state(&path)
+                    } else {
+                        e.file_name() == "state.json"
+                    }
+                })
+        }
+        let runs = bucket_dir
+            .join(STORE_PREFIX)
+            .join(artifacts::layout::model_runs(NAMESPACE, MODEL));
+        std::fs::read_dir(runs)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|run| has_state(&run.path().join("checkpoint")))
+    }
+
     /// Changes the recipe and asks for a run now, as `kubectl annotate` would.
     pub async fn request_run(&self, recipe: Recipe, request: &str) -> Result<()> {
         let patch = json!({

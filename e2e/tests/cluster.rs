@@ -866,6 +866,16 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
             "hostPath volumes are not allowed",
         ),
         (
+            "a queue name that is no label value",
+            json!({"spec": {"training": {"queueName": "GPU queue"}}}),
+            "spec.training.queueName",
+        ),
+        (
+            "no rank",
+            json!({"spec": {"training": {"workers": 0}}}),
+            "spec.training.workers",
+        ),
+        (
             "name too long for its children",
             json!({"metadata": {"name": "a-simpsons-model-whose-name-is-far-too-long-for-children"}}),
             "at most 53 characters",
@@ -896,7 +906,13 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
             .is_empty()
     );
 
-    for example in ["minimal.yaml", "s3.yaml", "gcs.yaml", "production.yaml"] {
+    for example in [
+        "minimal.yaml",
+        "s3.yaml",
+        "gcs.yaml",
+        "production.yaml",
+        "distributed.yaml",
+    ] {
         let text = std::fs::read_to_string(
             face2simpson_e2e::paths::workspace()
                 .join("examples")
@@ -920,7 +936,7 @@ async fn invalid_models_are_refused_and_examples_accepted() -> Result<()> {
         }
     }
     let all: kube::Api<SimpsonModel> = kube::Api::all(world.client.clone());
-    ensure!(all.list(&ListParams::default()).await?.items.len() == 4);
+    ensure!(all.list(&ListParams::default()).await?.items.len() == 5);
     world.finish()
 }
 
@@ -2050,6 +2066,314 @@ async fn one_controller_reconciles_models_in_every_watched_namespace() -> Result
     ensure!(
         !requests.iter().any(|r| r.uri.contains(OUTSIDE)),
         "the operator asked about {OUTSIDE}"
+    );
+    world.finish()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Issue 19: queued, preempted and distributed runs.
+
+/// The label Kueue reads, the queue the scenarios name (no Kueue runs here: the test admits
+/// and preempts Jobs as Kueue would, by flipping `spec.suspend`).
+const QUEUE: &str = "training";
+
+fn phase_is(sm: &SimpsonModel, phase: &str) -> bool {
+    sm.status
+        .as_ref()
+        .and_then(|s| s.phase)
+        .is_some_and(|p| p == phase)
+}
+
+/// How many log lines of the pods whose names start with `prefix` mention `needle`.
+fn logged(world: &World, prefix: &str, needle: &str) -> Result<usize> {
+    Ok(world
+        .pod_logs(prefix)?
+        .iter()
+        .map(|(_, log)| log.matches(needle).count())
+        .sum())
+}
+
+/// Issue 19 item 4: with `queueName` the Job is created suspended with Kueue's label, and the
+/// model shows `Queued` while no pod runs. Admitted (the test un-suspends it, as Kueue would),
+/// it trains; suspended again mid-run (a preemption: the Job controller deletes its pod), the
+/// model is `Queued` again with `preemptions: 1` and no decision; admitted again, the run
+/// resumes from its checkpoint and is decided once, as a success.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn a_queued_run_waits_for_admission_and_a_preemption_only_pauses_it() -> Result<()> {
+    let world = World::up("queued").await?;
+    // Enough epochs that the preemption lands mid-run, after the first checkpoint.
+    let training = json!({"spec": {"training": {"queueName": QUEUE, "epochs": 4, "patience": 4}}});
+    world.apply_model_with(GOOD, &training).await?;
+    let sm = world
+        .wait_model(
+            "the run to wait in its queue",
+            Duration::from_secs(60),
+            |sm| phase_is(sm, "Queued"),
+        )
+        .await?;
+    let run = last_run(&sm)?;
+    ensure!(run.queued_since.is_some(), "no queuedSince: {run:?}");
+    let job = world.jobs().get(&run.job_name).await?;
+    ensure!(
+        job.spec.as_ref().and_then(|s| s.suspend) == Some(true),
+        "the Job was not created suspended"
+    );
+    ensure!(
+        job.labels()
+            .get("kueue.x-k8s.io/queue-name")
+            .map(String::as_str)
+            == Some(QUEUE),
+        "no queue label: {:?}",
+        job.labels()
+    );
+    let training_condition = sm
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Training"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    ensure!(
+        training_condition == Some(("False".into(), "Queued".into())),
+        "{training_condition:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        world.job_pods(&run.job_name).await?.is_empty(),
+        "a pod started before the Job was admitted"
+    );
+
+    // Admitted: it trains until its first checkpoint is in the store.
+    world.suspend_job(&run.job_name, false).await?;
+    world
+        .wait_model("the run to train", Duration::from_secs(60), |sm| {
+            phase_is(sm, "Training")
+        })
+        .await?;
+    let bucket = world.store.bucket_dir();
+    poll(
+        "the run's first checkpoint",
+        face2simpson_e2e::world::TRAINING_TIMEOUT,
+        Duration::from_millis(100),
+        || {
+            let bucket = bucket.clone();
+            async move { Ok(World::checkpoint_written(&bucket).then_some(())) }
+        },
+    )
+    .await?;
+
+    // Preempted: the Job controller deletes its pod; the run waits again, undecided.
+    world.suspend_job(&run.job_name, true).await?;
+    let sm = world
+        .wait_model(
+            "the preempted run to wait again",
+            Duration::from_secs(60),
+            |sm| {
+                phase_is(sm, "Queued")
+                    && sm
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_run.as_ref())
+                        .is_some_and(|r| r.preemptions == Some(1))
+            },
+        )
+        .await?;
+    let preempted = last_run(&sm)?;
+    ensure!(preempted.decision.is_none(), "decided: {preempted:?}");
+    ensure!(
+        preempted.queued_seconds.is_some(),
+        "the first wait was not recorded: {preempted:?}"
+    );
+    let jobs = world.jobs();
+    let job_name = run.job_name.clone();
+    poll(
+        "the preempted pod to be deleted",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { Ok(world.job_pods(&job_name).await?.is_empty().then_some(())) },
+    )
+    .await?;
+
+    // Admitted again: it resumes and is decided once, a success.
+    world.suspend_job(&run.job_name, false).await?;
+    let sm = world.wait_decision(None).await?;
+    let done = last_run(&sm)?;
+    ensure!(
+        decision(&done) == "FirstModel",
+        "decided {:?}: {:?}",
+        done.decision,
+        done.reason
+    );
+    ensure!(
+        (done.preemptions, done.restarts) == (Some(1), None),
+        "{done:?}"
+    );
+    let status = sm.status.clone().unwrap_or_default();
+    ensure!(
+        status.history.len() == 1,
+        "one decision: {:?}",
+        status.history
+    );
+    let job = jobs.get(&run.job_name).await?;
+    ensure!(
+        job.status.and_then(|s| s.failed).unwrap_or(0) == 0,
+        "the preemption counted as a failed pod"
+    );
+    ensure!(
+        logged(&world, &format!("{}-", run.job_name), "resuming")? >= 1,
+        "no pod of {} resumed from the checkpoint",
+        run.job_name
+    );
+    ensure_one_run(&world).await?;
+    world.wait_serving(&done.run_id).await?;
+    world.finish()
+}
+
+/// Issue 19 item 4: a run that waits in its queue longer than `maxQueuedSeconds` is given up:
+/// its Job is deleted and the run is `Failed` with reason `QueueTimeout`.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn a_run_left_in_its_queue_fails_with_queue_timeout() -> Result<()> {
+    let world = World::up("queue-timeout").await?;
+    let queued = json!({"spec": {"training": {"queueName": QUEUE, "maxQueuedSeconds": 3}}});
+    world.apply_model_with(GOOD, &queued).await?;
+    let sm = world.wait_decision(None).await?;
+    let run = last_run(&sm)?;
+    ensure!(decision(&run) == "Failed", "decided {:?}", run.decision);
+    let reason = run.reason.clone().unwrap_or_default();
+    ensure!(reason.starts_with("QueueTimeout: "), "{reason}");
+    let degraded = sm
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Degraded"))
+        .map(|c| (c.status.clone(), c.reason.clone()));
+    ensure!(
+        degraded == Some(("True".into(), "QueueTimeout".into())),
+        "{degraded:?}"
+    );
+    let jobs = world.jobs();
+    poll(
+        "the timed-out Job to be deleted",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { Ok(jobs.get_opt(&run.job_name).await?.is_none().then_some(())) },
+    )
+    .await?;
+    ensure!(
+        world.job_pods(&run.job_name).await?.is_empty(),
+        "a pod of the suspended Job ran"
+    );
+    ensure!(
+        world.wait_events("QueueTimeout", 1).await? == 1,
+        "one QueueTimeout event"
+    );
+    world.finish()
+}
+
+/// Issue 19 item 3: `workers: 2` is one Indexed Job of two pods that rendezvous through its
+/// headless Service (the stand-in maps `<job>-0.<job>` to loopback once that Service exists,
+/// and gives both pods the same port for the rendezvous); rank 0 alone writes the run, which is
+/// decided once.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn two_ranks_train_one_run_as_one_indexed_job() -> Result<()> {
+    let world = World::up("two-ranks").await?;
+    let (run, endpoints) =
+        bootstrap_with(&world, GOOD, &json!({"spec": {"training": {"workers": 2}}})).await?;
+    world.predict(&endpoints[0]).await?;
+    ensure_one_run(&world).await?;
+    let job = world.jobs().get(&run).await?;
+    let spec = job.spec.clone().unwrap_or_default();
+    ensure!(
+        (spec.completion_mode.as_deref(), spec.completions) == (Some("Indexed"), Some(2)),
+        "{spec:?}"
+    );
+    let service = kube::Api::<k8s_openapi::api::core::v1::Service>::namespaced(
+        world.client.clone(),
+        NAMESPACE,
+    )
+    .get(&run)
+    .await?;
+    ensure!(
+        service.spec.and_then(|s| s.cluster_ip).as_deref() == Some("None"),
+        "the rendezvous Service is not headless"
+    );
+    // One pod per rank (`<job>-<index>-…`), each run once, both in the process group.
+    for rank in ["0", "1"] {
+        let logs = world.pod_logs(&format!("{run}-{rank}-"))?;
+        ensure!(logs.len() == 1, "rank {rank}: {} pods", logs.len());
+        ensure!(
+            logs[0].1.contains("joined the process group"),
+            "rank {rank} did not join the process group:\n{}",
+            logs[0].1
+        );
+    }
+    // Written once, by rank 0, for a world of two.
+    let path = world
+        .store
+        .bucket_dir()
+        .join(STORE_PREFIX)
+        .join(artifacts::layout::metrics_in(
+            &artifacts::layout::model_runs(NAMESPACE, MODEL),
+            &run,
+        ));
+    let metrics: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    ensure!(metrics["run_id"] == run.as_str(), "{metrics}");
+    ensure!(
+        metrics["distributed"]["workers"] == 2,
+        "not a run of two ranks: {}",
+        metrics["distributed"]
+    );
+    let sm = world.model().await?;
+    ensure!(
+        sm.status.unwrap_or_default().history.len() == 1,
+        "one decision"
+    );
+    world.finish()
+}
+
+/// Issue 19 item 3: a rank's process dies mid-run (the stand-in SIGKILLs rank 1 once rank 0's
+/// first checkpoint is in the store, as a node failure would). Its Indexed Job fails; the
+/// operator restarts the whole gang as `<run>-r1`, whose rank 0 resumes from the checkpoint; the
+/// run is decided once, with `restarts: 1`.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn a_dead_rank_restarts_the_gang_from_its_checkpoint() -> Result<()> {
+    let world = World::up("gang-restart").await?;
+    let bucket = world.store.bucket_dir();
+    world.node.kill_once_when(
+        &[
+            ("app.kubernetes.io/component", "training"),
+            ("batch.kubernetes.io/job-completion-index", "1"),
+        ],
+        move || World::checkpoint_written(&bucket),
+    );
+    let gang = json!({"spec": {"training": {"workers": 2, "backoffLimit": 1, "epochs": 4, "patience": 4}}});
+    let (run, _) = bootstrap_with(&world, GOOD, &gang).await?;
+    let sm = world.model().await?;
+    let last = last_run(&sm)?;
+    ensure!(
+        (last.restarts, last.job_name.as_str()) == (Some(1), format!("{run}-r1").as_str()),
+        "{last:?}"
+    );
+    let first = world.jobs().get(&run).await?;
+    let failed = first
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Failed" && c.status == "True");
+    ensure!(failed, "the first attempt's Job did not fail");
+    ensure!(
+        logged(&world, &format!("{run}-r1-0-"), "resuming")? >= 1,
+        "the restarted rank 0 did not resume from the checkpoint"
+    );
+    ensure!(
+        world.wait_events("GangRestarted", 1).await? == 1,
+        "one GangRestarted event"
+    );
+    ensure!(
+        sm.status.unwrap_or_default().history.len() == 1,
+        "one decision"
     );
     world.finish()
 }

@@ -13,7 +13,7 @@ use k8s_openapi::api::autoscaling::v2::{
 };
 use k8s_openapi::api::batch::v1::{
     Job, JobSpec, PodFailurePolicy, PodFailurePolicyOnExitCodesRequirement,
-    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule,
+    PodFailurePolicyOnPodConditionsPattern, PodFailurePolicyRule, SuccessPolicy, SuccessPolicyRule,
 };
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvFromSource, EnvVar,
@@ -40,6 +40,14 @@ pub const RUNS_PREFIX_ANNOTATION: &str = "face2simpson.io/runs-prefix";
 pub const CHAMPION_ANNOTATION: &str = "face2simpson.io/champion-run-id";
 /// Label telling training Jobs from inference pods.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Annotation on training Jobs of a gang restart: which attempt of its run (1, 2, …) it is.
+pub const ATTEMPT_ANNOTATION: &str = "face2simpson.io/attempt";
+/// Label Kueue reads on a Job: the LocalQueue it is submitted to.
+pub const KUEUE_QUEUE_LABEL: &str = "kueue.x-k8s.io/queue-name";
+/// Label the API server gives every pod of a Job: the Job's name.
+pub const JOB_NAME_LABEL: &str = "batch.kubernetes.io/job-name";
+/// Where rank 0 of a distributed run hosts the rendezvous (the trainer's `--master-port`).
+pub const RENDEZVOUS_PORT: i32 = 29500;
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "face2simpson-operator");
 /// UID the hardened pods run as (distroless `nonroot`).
 const NON_ROOT_UID: i64 = 65532;
@@ -74,14 +82,20 @@ pub fn scheduled_run_id(model: &str, slot: Timestamp) -> String {
     format!("{}-{}", name_prefix(model), slot.strftime("%Y%m%d-%H%M%S"))
 }
 
-/// Run id of a manual request: a hash of the annotation value, stable across restarts.
-pub fn manual_run_id(model: &str, request: &str) -> String {
-    // FNV-1a: tiny, dependency-free and stable across Rust versions, unlike DefaultHasher.
+/// FNV-1a: tiny, dependency-free and stable across Rust versions, unlike DefaultHasher, so
+/// names derived from it are the same in every operator process.
+fn fnv32(s: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
-    for b in request.bytes() {
+    for b in s.bytes() {
         hash ^= u32::from(b);
         hash = hash.wrapping_mul(0x0100_0193);
     }
+    hash
+}
+
+/// Run id of a manual request: a hash of the annotation value, stable across restarts.
+pub fn manual_run_id(model: &str, request: &str) -> String {
+    let hash = fnv32(request);
     format!(
         "{}-manual-{hash:08x}",
         name_prefix(model)
@@ -222,17 +236,37 @@ const MAX_JOB_NAME: usize = 63;
 /// hash of the whole id keeps names of different runs apart.
 pub fn validation_job_name(run_id: &str) -> String {
     const SUFFIX: &str = "-validate";
-    if run_id.len() + SUFFIX.len() <= MAX_JOB_NAME {
-        return format!("{run_id}{SUFFIX}");
+    bounded_name(run_id, SUFFIX, MAX_JOB_NAME)
+}
+
+/// `<base><suffix>` when it fits in `max` characters; else `base` cut, an fnv32 of the whole
+/// of it and the suffix, so names of different bases stay apart.
+fn bounded_name(base: &str, suffix: &str, max: usize) -> String {
+    if base.len() + suffix.len() <= max {
+        return format!("{base}{suffix}");
     }
-    let mut hash: u32 = 0x811c_9dc5;
-    for b in run_id.bytes() {
-        hash ^= u32::from(b);
-        hash = hash.wrapping_mul(0x0100_0193);
-    }
-    let keep = MAX_JOB_NAME - SUFFIX.len() - 9;
-    let head = run_id[..keep].trim_end_matches(['-', '.']);
-    format!("{head}-{hash:08x}{SUFFIX}")
+    let hash = fnv32(base);
+    let keep = max.saturating_sub(suffix.len() + 9).min(base.len());
+    let head = base[..keep].trim_end_matches(['-', '.']);
+    format!("{head}-{hash:08x}{suffix}")
+}
+
+/// Name of the training Job of one attempt of a run: the run id for the first, and
+/// `<run id>-r<n>` for the n-th gang restart. The pods of an Indexed Job are named (and get the
+/// hostname) `<job>-<index>`, a 63-character DNS label, so with `workers` ranks the name leaves
+/// room for the largest index; a run id too long for that is cut and hashed.
+pub fn training_job_name(run_id: &str, attempt: u32, workers: i32) -> String {
+    let suffix = if attempt == 0 {
+        String::new()
+    } else {
+        format!("-r{attempt}")
+    };
+    let max = if workers > 1 {
+        MAX_JOB_NAME - 1 - (workers - 1).to_string().len()
+    } else {
+        MAX_JOB_NAME
+    };
+    bounded_name(run_id, &suffix, max)
 }
 
 /// Bytes of a Kubernetes memory quantity (`512Mi`, `1G`, `1.5Gi`, `1e9`, `134217728`);
@@ -590,7 +624,198 @@ pub fn training_job(
     run_id: &str,
     champion: Option<&ChampionStatus>,
 ) -> Result<Job, MissingMetadata> {
+    training_job_attempt(sm, run_id, 0, champion)
+}
+
+/// The training Job of attempt `attempt` of a run (0 the first; each gang restart of a
+/// distributed run adds one). Every attempt trains the same run id, so it resumes from the
+/// checkpoints the previous one left in the store.
+pub fn training_job_attempt(
+    sm: &SimpsonModel,
+    run_id: &str,
+    attempt: u32,
+    champion: Option<&ChampionStatus>,
+) -> Result<Job, MissingMetadata> {
     let model = sm.name_any();
+    let t = &sm.spec.training;
+    let workers = t.workers.max(1);
+    let name = training_job_name(run_id, attempt, workers);
+    let args = trainer_args(sm, run_id, champion)?;
+    let labels = BTreeMap::from([
+        (MODEL_LABEL.to_owned(), model.clone()),
+        (RUN_ID_LABEL.to_owned(), run_id.to_owned()),
+        (COMPONENT_LABEL.to_owned(), TRAINING.to_owned()),
+        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
+    ]);
+    let mut vars = vec![("HOME", "/tmp".to_owned()), ("LOG_FORMAT", "json".into())];
+    let mut ports = None;
+    if workers > 1 {
+        // RANK comes from JOB_COMPLETION_INDEX, which the Job controller sets on each pod.
+        vars.extend([
+            ("WORKERS", workers.to_string()),
+            ("MASTER_ADDR", rendezvous_address(&name)),
+            ("MASTER_PORT", RENDEZVOUS_PORT.to_string()),
+        ]);
+        ports = Some(vec![ContainerPort {
+            name: Some("rendezvous".into()),
+            container_port: RENDEZVOUS_PORT,
+            protocol: Some("TCP".into()),
+            ..Default::default()
+        }]);
+    }
+    let container = Container {
+        name: "trainer".into(),
+        image: Some(t.image.clone()),
+        command: Some(vec!["face2simpson-trainer".into()]),
+        args: Some(args),
+        env: Some(env(&vars)),
+        env_from: env_from(sm),
+        ports,
+        resources: Some(training_resources(sm)),
+        ..hardened_container()
+    };
+    let mut pod = hardened_pod(vec![container]);
+    pod.restart_policy = Some("Never".into());
+    pod.node_selector = (!t.node_selector.is_empty()).then(|| t.node_selector.clone());
+    pod.tolerations = (!t.tolerations.is_empty()).then(|| t.tolerations.clone());
+    // Pod `<job>-<index>` answers as `<job>-<index>.<job>` through the headless Service.
+    pod.subdomain = (workers > 1).then(|| name.clone());
+    let mut annotations = BTreeMap::from([(RUNS_PREFIX_ANNOTATION.to_owned(), runs_prefix(sm)?)]);
+    if let Some(champion) = champion {
+        annotations.insert(CHAMPION_ANNOTATION.to_owned(), champion.run_id.clone());
+    }
+    if attempt > 0 {
+        annotations.insert(ATTEMPT_ANNOTATION.to_owned(), attempt.to_string());
+    }
+    let mut template = PodTemplateSpec {
+        metadata: Some(ObjectMeta {
+            labels: Some(labels.clone()),
+            ..Default::default()
+        }),
+        spec: Some(pod),
+    };
+    apply_overrides(&mut template, &t.pod_overrides);
+    if let (Some(pod), Some(class)) = (template.spec.as_mut(), &t.priority_class_name) {
+        pod.priority_class_name = Some(class.clone());
+    }
+    let mut job_labels = labels;
+    if let Some(queue) = &t.queue_name {
+        job_labels.insert(KUEUE_QUEUE_LABEL.to_owned(), queue.clone());
+    }
+    let mut spec = JobSpec {
+        // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
+        // is recorded; housekeeping deletes it afterwards.
+        backoff_limit: Some(t.backoff_limit),
+        active_deadline_seconds: Some(t.active_deadline_seconds),
+        pod_failure_policy: Some(pod_failure_policy("trainer", &TRAINER_PERMANENT_EXIT_CODES)),
+        // Queued Jobs start suspended: Kueue admits them by setting suspend to false (its
+        // webhook would suspend them anyway; created so, no pod starts before admission).
+        suspend: t.queue_name.is_some().then_some(true),
+        template,
+        ..Default::default()
+    };
+    if workers > 1 {
+        gang(&mut spec, workers);
+    }
+    Ok(Job {
+        metadata: ObjectMeta {
+            annotations: Some(annotations),
+            labels: Some(job_labels),
+            ..child_meta(sm, name, BTreeMap::new())?
+        },
+        spec: Some(spec),
+        status: None,
+    })
+}
+
+/// An Indexed Job of `workers` ranks. The Job retries no pod: a rank that fails leaves its
+/// peers stuck in a collective, so the operator restarts the whole gang instead (up to
+/// `backoffLimit` times, `status.lastRun.restarts`). Rank 0 writes everything; its success
+/// ends the Job and stops the others.
+fn gang(spec: &mut JobSpec, workers: i32) {
+    spec.completion_mode = Some("Indexed".into());
+    spec.completions = Some(workers);
+    spec.parallelism = Some(workers);
+    spec.backoff_limit = Some(0);
+    spec.success_policy = Some(SuccessPolicy {
+        rules: vec![SuccessPolicyRule {
+            succeeded_indexes: Some("0".into()),
+            succeeded_count: None,
+        }],
+    });
+}
+
+/// `MASTER_ADDR` of a distributed run: rank 0's pod through the Job's headless Service.
+pub fn rendezvous_address(job_name: &str) -> String {
+    format!("{job_name}-0.{job_name}")
+}
+
+/// Whether a training Job runs several ranks (an Indexed Job with more than one completion).
+pub fn is_gang(job: &Job) -> bool {
+    job.spec.as_ref().is_some_and(|s| {
+        s.completion_mode.as_deref() == Some("Indexed") && s.completions.unwrap_or(1) > 1
+    })
+}
+
+/// The attempt of its run a training Job is (0 for the first).
+pub fn attempt_of(job: &Job) -> u32 {
+    job.annotations()
+        .get(ATTEMPT_ANNOTATION)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0)
+}
+
+/// The headless Service through which the ranks of a distributed training Job find rank 0
+/// (`<job>-0.<job>`). Owned by the Job, so it goes with it. Its addresses are published before
+/// the pods are ready: the ranks rendezvous while they start.
+pub fn rendezvous_service(job: &Job) -> Result<Service, MissingMetadata> {
+    let name = job.metadata.name.clone().ok_or(MissingMetadata("name"))?;
+    let uid = job.metadata.uid.clone().ok_or(MissingMetadata("uid"))?;
+    let mut labels: BTreeMap<String, String> = job
+        .labels()
+        .iter()
+        .filter(|(k, _)| [MODEL_LABEL, RUN_ID_LABEL, COMPONENT_LABEL].contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    Ok(Service {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: job.metadata.namespace.clone(),
+            labels: Some(labels),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: name.clone(),
+                uid,
+                controller: Some(true),
+                block_owner_deletion: None,
+            }]),
+            ..Default::default()
+        },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some("None".into()),
+            publish_not_ready_addresses: Some(true),
+            selector: Some(BTreeMap::from([(JOB_NAME_LABEL.to_owned(), name)])),
+            ports: Some(vec![ServicePort {
+                name: Some("rendezvous".into()),
+                port: RENDEZVOUS_PORT,
+                target_port: Some(IntOrString::Int(RENDEZVOUS_PORT)),
+                protocol: Some("TCP".into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        status: None,
+    })
+}
+
+/// `face2simpson-trainer train` and its flags for one run.
+fn trainer_args(
+    sm: &SimpsonModel,
+    run_id: &str,
+    champion: Option<&ChampionStatus>,
+) -> Result<Vec<String>, MissingMetadata> {
     let t = &sm.spec.training;
     let mut args: Vec<String> = vec![
         "train".into(),
@@ -629,66 +854,15 @@ pub fn training_job(
         "--patience".into(),
         t.patience.to_string(),
     ]);
-    let resources = training_resources(sm);
     // With GPUs requested, a broken CUDA setup must fail fast (exit code 4) instead of
     // training on the CPU for hours.
-    let device = if requests_gpus(&resources) {
+    let device = if requests_gpus(&training_resources(sm)) {
         "cuda"
     } else {
         "cpu"
     };
     args.extend(["--device".into(), device.into()]);
-    let labels = BTreeMap::from([
-        (MODEL_LABEL.to_owned(), model.clone()),
-        (RUN_ID_LABEL.to_owned(), run_id.to_owned()),
-        (COMPONENT_LABEL.to_owned(), TRAINING.to_owned()),
-        (MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned()),
-    ]);
-    let container = Container {
-        name: "trainer".into(),
-        image: Some(t.image.clone()),
-        command: Some(vec!["face2simpson-trainer".into()]),
-        args: Some(args),
-        env: Some(env(&[
-            ("HOME", "/tmp".into()),
-            ("LOG_FORMAT", "json".into()),
-        ])),
-        env_from: env_from(sm),
-        resources: Some(resources),
-        ..hardened_container()
-    };
-    let mut pod = hardened_pod(vec![container]);
-    pod.restart_policy = Some("Never".into());
-    pod.node_selector = (!t.node_selector.is_empty()).then(|| t.node_selector.clone());
-    pod.tolerations = (!t.tolerations.is_empty()).then(|| t.tolerations.clone());
-    let mut annotations = BTreeMap::from([(RUNS_PREFIX_ANNOTATION.to_owned(), runs_prefix(sm)?)]);
-    if let Some(champion) = champion {
-        annotations.insert(CHAMPION_ANNOTATION.to_owned(), champion.run_id.clone());
-    }
-    let mut template = PodTemplateSpec {
-        metadata: Some(ObjectMeta {
-            labels: Some(labels.clone()),
-            ..Default::default()
-        }),
-        spec: Some(pod),
-    };
-    apply_overrides(&mut template, &t.pod_overrides);
-    Ok(Job {
-        metadata: ObjectMeta {
-            annotations: Some(annotations),
-            ..child_meta(sm, run_id.to_owned(), labels)?
-        },
-        spec: Some(JobSpec {
-            // No ttlSecondsAfterFinished: a Job must outlive operator downtime until its result
-            // is recorded; housekeeping deletes it afterwards.
-            backoff_limit: Some(t.backoff_limit),
-            active_deadline_seconds: Some(t.active_deadline_seconds),
-            pod_failure_policy: Some(pod_failure_policy("trainer", &TRAINER_PERMANENT_EXIT_CODES)),
-            template,
-            ..Default::default()
-        }),
-        status: None,
-    })
+    Ok(args)
 }
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {

@@ -43,6 +43,7 @@ pub const PROMOTE_RUN_ANNOTATION: &str = "face2simpson.io/promote-run";
     printcolumn = r#"{"name": "Decision", "type": "string", "jsonPath": ".status.lastRun.decision", "description": "What the gate decided on the last run"}"#,
     printcolumn = r#"{"name": "Next-Run", "type": "date", "jsonPath": ".status.nextRunAt", "description": "When the next scheduled run is due"}"#,
     printcolumn = r#"{"name": "Summary", "type": "string", "priority": 1, "jsonPath": ".status.lastRun.summary", "description": "The last decision with its numbers: accuracy difference, 95% CI, McNemar p, test faces"}"#,
+    printcolumn = r#"{"name": "Queued", "type": "date", "priority": 1, "jsonPath": ".status.lastRun.queuedSince", "description": "How long the run's Job has waited in its queue"}"#,
     printcolumn = r#"{"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -307,10 +308,29 @@ pub struct TrainingSpec {
     /// Pod-level settings merged into the training pod: service account, placement, pull secrets, extra env and volumes.
     #[serde(default, skip_serializing_if = "PodOverrides::is_empty")]
     pub pod_overrides: PodOverrides,
-    /// Pod retries before a training Job counts as failed.
+    /// Pod retries before a training Job counts as failed. With workers > 1 the Job itself allows none: a rank that fails ends the Job, and the operator restarts the whole gang from the last checkpoint up to this many times (status.lastRun.restarts).
     #[serde(default = "default_backoff_limit")]
     #[schemars(range(min = 0))]
     pub backoff_limit: i32,
+    /// Data-parallel ranks (processes, one per pod) of a run. 1: one pod, today's trainer. More: an Indexed Job of that many pods and a headless Service for their rendezvous; rank 0 alone writes the run's artifacts and its success ends the Job.
+    #[serde(default = "default_workers")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub workers: i32,
+    /// Kueue LocalQueue (in the model's namespace) the training Jobs are submitted to, as the label kueue.x-k8s.io/queue-name. The Jobs are created suspended and start when Kueue admits them; while they wait the model's phase is Queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub queue_name: Option<String>,
+    /// PriorityClass of the training pods (Kueue orders and preempts workloads by it). Wins over podOverrides.priorityClassName.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub priority_class_name: Option<String>,
+    /// Seconds a training Job may wait suspended in its queue (since it was last queued) before the run is given up: decision Failed with reason QueueTimeout, retried after the backoff. Unset: it waits as long as it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_queued_seconds: Option<i64>,
 }
 
 /// The promotion gate, applied with the same function as the trainer's cluster-free mode.
@@ -740,12 +760,14 @@ macro_rules! state_enum {
 }
 
 state_enum! {
-    /// Where a model is in its lifecycle: Pending (no model yet), Training, Shadowing (a candidate is scored on live traffic), RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
+    /// Where a model is in its lifecycle: Pending (no model yet), Training, Queued (its Job waits in a queue), Shadowing (a candidate is scored on live traffic), RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     Phase {
         /// No model has been served yet.
         Pending,
         /// A training Job runs.
         Training,
+        /// The training Job waits suspended in its queue (spec.training.queueName): not admitted yet, or preempted.
+        Queued,
         /// A champion exists but its pods are not all updated and available yet.
         RollingOut,
         /// The champion's rollout is complete.
@@ -831,7 +853,7 @@ pub struct SimpsonModelStatus {
     /// Standard conditions: Ready (the champion's rollout is complete and available), Training (a Job runs), Degraded (something needs attention).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
-    /// Pending (no model yet), Training, Shadowing, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
+    /// Pending (no model yet), Training, Queued, Shadowing, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<Phase>,
     /// The model in service.
@@ -1064,6 +1086,21 @@ pub struct RunStatus {
     /// What the shadow stage measured on live traffic, once it decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowStatus>,
+    /// Times the whole gang of ranks (workers > 1) was restarted from the last checkpoint after a rank failed; jobName is the Job of the latest attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub restarts: Option<i32>,
+    /// Since when the run's Job waits suspended in its queue; unset while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_since: Option<Time>,
+    /// Seconds the run waited in its queue before it was last admitted, all waits together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub queued_seconds: Option<i64>,
+    /// Times the run's Job was suspended again after it had been admitted, or had run (a preemption): a pause, not a failure; the run resumes from its checkpoint once admitted again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub preemptions: Option<i32>,
 }
 
 impl RunStatus {
@@ -1088,6 +1125,10 @@ impl RunStatus {
             retry_after_generation: None,
             pod_started_at: None,
             shadow: None,
+            restarts: None,
+            queued_since: None,
+            queued_seconds: None,
+            preemptions: None,
         }
     }
 }
@@ -1311,6 +1352,9 @@ fn default_startup_deadline() -> i64 {
     30 * 60
 }
 fn default_backoff_limit() -> i32 {
+    1
+}
+fn default_workers() -> i32 {
     1
 }
 fn default_replicas() -> i32 {

@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use face2simpson_operator::builders::{
-    inference_deployment, inference_service, manual_run_id, scheduled_run_id,
-    template_hash_without_model, training_job,
+    attempt_of, inference_deployment, inference_service, is_gang, manual_run_id,
+    rendezvous_service, scheduled_run_id, template_hash_without_model, training_job,
+    training_job_attempt, training_job_name,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -666,4 +667,206 @@ fn validation_job_runs_the_inference_image_with_the_run_and_the_budgets() {
     ] {
         assert_eq!(quantity_bytes(q), bytes, "{q}");
     }
+}
+
+fn env_map(c: &Container) -> std::collections::BTreeMap<String, String> {
+    c.env
+        .iter()
+        .flatten()
+        .filter_map(|e| Some((e.name.clone(), e.value.clone()?)))
+        .collect()
+}
+
+/// Issue 19 item 3: `workers: 4` is one Indexed Job of four ranks that find rank 0 through
+/// the Job's headless Service; the Job retries no pod (the operator restarts the gang), keeps
+/// its podFailurePolicy, and rank 0's success ends it.
+#[test]
+fn a_distributed_run_is_an_indexed_job_whose_rank_0_ends_it() {
+    let mut sm = model();
+    sm.spec.training.workers = 4;
+    sm.spec.training.backoff_limit = 3;
+    let job = training_job(&sm, SECOND, None).unwrap();
+    assert!(is_gang(&job));
+    assert_eq!(job.metadata.name.as_deref(), Some(SECOND));
+    let spec = job.spec.as_ref().unwrap();
+    assert_eq!(spec.completion_mode.as_deref(), Some("Indexed"));
+    assert_eq!((spec.completions, spec.parallelism), (Some(4), Some(4)));
+    assert_eq!(
+        spec.backoff_limit,
+        Some(0),
+        "a failed rank fails the Job: the operator restarts the whole gang, not one pod"
+    );
+    let rules = &spec.success_policy.as_ref().unwrap().rules;
+    assert_eq!(rules.len(), 1);
+    assert_eq!(rules[0].succeeded_indexes.as_deref(), Some("0"));
+    assert_eq!(rules[0].succeeded_count, None);
+    let policy = spec.pod_failure_policy.as_ref().unwrap();
+    assert_eq!(
+        (
+            policy.rules[0].action.as_str(),
+            policy.rules[1].action.as_str()
+        ),
+        ("Ignore", "FailJob"),
+        "evictions ignored, permanent exit codes final, as for one rank"
+    );
+    let pod = spec.template.spec.as_ref().unwrap();
+    assert_eq!(pod.subdomain.as_deref(), Some(SECOND));
+    let c = &pod.containers[0];
+    let env = env_map(c);
+    assert_eq!(env["WORKERS"], "4");
+    assert_eq!(env["MASTER_ADDR"], format!("{SECOND}-0.{SECOND}"));
+    assert_eq!(env["MASTER_PORT"], "29500");
+    assert!(
+        !env.contains_key("RANK"),
+        "the rank is the pod's completion index, set by the Job controller"
+    );
+    let port = &c.ports.as_ref().unwrap()[0];
+    assert_eq!(
+        (port.name.as_deref(), port.container_port),
+        (Some("rendezvous"), 29500)
+    );
+    assert_hardened(pod, c);
+
+    // One rank: today's Job, untouched.
+    let single = training_job(&model(), SECOND, None).unwrap();
+    assert!(!is_gang(&single));
+    let spec = single.spec.unwrap();
+    assert_eq!(
+        (spec.completion_mode, spec.completions, spec.success_policy),
+        (None, None, None)
+    );
+    assert_eq!(spec.backoff_limit, Some(1));
+    let pod = spec.template.spec.unwrap();
+    assert_eq!(pod.subdomain, None);
+    assert_eq!(pod.containers[0].ports, None);
+    assert!(!env_map(&pod.containers[0]).contains_key("WORKERS"));
+}
+
+/// A gang restart is a new Job of the same run (the trainer resumes from the run's
+/// checkpoints), named after its attempt; names leave room for the pods' hostnames.
+#[test]
+fn gang_restarts_are_new_jobs_of_the_same_run() {
+    let mut sm = model();
+    sm.spec.training.workers = 2;
+    let job = training_job_attempt(&sm, SECOND, 2, None).unwrap();
+    assert_eq!(
+        job.metadata.name.as_deref(),
+        Some("homer-20261104-000000-r2")
+    );
+    assert_eq!(attempt_of(&job), 2);
+    assert_eq!(attempt_of(&training_job(&sm, SECOND, None).unwrap()), 0);
+    assert_eq!(
+        job.metadata.labels.as_ref().unwrap()["face2simpson.io/run-id"],
+        SECOND
+    );
+    let args = job.spec.unwrap().template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    let i = args.iter().position(|a| a == "--run-id").unwrap();
+    assert_eq!(
+        args[i + 1],
+        SECOND,
+        "the same run: its checkpoints are found"
+    );
+
+    // `<job>-<index>` is the pods' hostname, a DNS label: with ranks, a 63-character run id
+    // is cut and hashed, and distinct ids stay distinct.
+    let long = format!("{}-20261104-000000", "m".repeat(47));
+    assert_eq!(long.len(), 63);
+    assert_eq!(training_job_name(&long, 0, 1), long, "one rank: the run id");
+    for (workers, attempt) in [(2, 0), (10, 0), (11, 1), (1000, 12)] {
+        let name = training_job_name(&long, attempt, workers);
+        let hostname = format!("{name}-{}", workers - 1);
+        assert!(hostname.len() <= 63, "{hostname}");
+        assert!(!name.ends_with('-') && !name.contains("--"), "{name}");
+    }
+    let other = format!("{}-20261104-000001", "m".repeat(47));
+    assert_ne!(
+        training_job_name(&long, 0, 2),
+        training_job_name(&other, 0, 2)
+    );
+    assert_ne!(
+        training_job_name(&long, 1, 2),
+        training_job_name(&long, 2, 2)
+    );
+    assert_eq!(training_job_name("short", 3, 8), "short-r3");
+}
+
+/// The ranks find rank 0 as `<job>-0.<job>`: a headless Service named after the Job, owned by
+/// it (it goes with it), selecting its pods, publishing them before they are ready.
+#[test]
+fn the_rendezvous_service_is_headless_and_goes_with_its_job() {
+    let mut sm = model();
+    sm.spec.training.workers = 2;
+    let mut job = training_job(&sm, SECOND, None).unwrap();
+    assert!(
+        rendezvous_service(&job).is_err(),
+        "needs the created Job's uid"
+    );
+    job.metadata.uid = Some("job-uid".into());
+    let svc = rendezvous_service(&job).unwrap();
+    assert_eq!(svc.metadata.name.as_deref(), Some(SECOND));
+    assert_eq!(svc.metadata.namespace.as_deref(), Some(NS));
+    let owner = &svc.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str(), owner.uid.as_str()),
+        ("Job", SECOND, "job-uid")
+    );
+    let labels = svc.metadata.labels.as_ref().unwrap();
+    assert_eq!(labels["face2simpson.io/model"], NAME);
+    assert_eq!(labels["app.kubernetes.io/component"], "training");
+    assert_eq!(
+        labels["app.kubernetes.io/managed-by"], "face2simpson-operator",
+        "in the operator's watch cache"
+    );
+    let spec = svc.spec.unwrap();
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    assert_eq!(spec.publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        spec.selector.unwrap()["batch.kubernetes.io/job-name"],
+        SECOND
+    );
+    assert_eq!(spec.ports.unwrap()[0].port, 29500);
+}
+
+/// Issue 19 item 4: with a queue the Job is Kueue's to start: created suspended with the
+/// queue label; priorityClassName reaches the pods and wins over the pod overrides.
+#[test]
+fn a_queued_run_is_created_suspended_for_kueue() {
+    let mut sm = model();
+    sm.spec.training.queue_name = Some("gpu-queue".into());
+    sm.spec.training.priority_class_name = Some("training-low".into());
+    sm.spec.training.pod_overrides.priority_class_name = Some("override".into());
+    let job = training_job(&sm, SECOND, None).unwrap();
+    assert_eq!(
+        job.metadata.labels.as_ref().unwrap()["kueue.x-k8s.io/queue-name"],
+        "gpu-queue"
+    );
+    let spec = job.spec.unwrap();
+    assert_eq!(spec.suspend, Some(true));
+    let template = spec.template;
+    assert!(
+        !template
+            .metadata
+            .unwrap()
+            .labels
+            .unwrap()
+            .contains_key("kueue.x-k8s.io/queue-name"),
+        "Kueue reads the Job's label, not the pods'"
+    );
+    assert_eq!(
+        template.spec.unwrap().priority_class_name.as_deref(),
+        Some("training-low")
+    );
+
+    let plain = training_job(&model(), SECOND, None).unwrap();
+    assert_eq!(plain.spec.unwrap().suspend, None, "no queue: runs at once");
+    assert!(
+        !plain
+            .metadata
+            .labels
+            .unwrap()
+            .contains_key("kueue.x-k8s.io/queue-name")
+    );
 }

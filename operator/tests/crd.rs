@@ -45,6 +45,7 @@ fn crd_identity_and_printer_columns() {
             "Decision",
             "Next-Run",
             "Summary",
+            "Queued",
             "Age"
         ]
     );
@@ -52,6 +53,16 @@ fn crd_identity_and_printer_columns() {
     let summary = &version["additionalPrinterColumns"][5];
     assert_eq!(summary["priority"], 1);
     assert_eq!(summary["jsonPath"], ".status.lastRun.summary");
+    // How long a run waits in its queue: `-o wide` too, as an age.
+    let queued = &version["additionalPrinterColumns"][6];
+    assert_eq!(
+        (&queued["priority"], &queued["type"], &queued["jsonPath"]),
+        (
+            &1.into(),
+            &"date".into(),
+            &".status.lastRun.queuedSince".into()
+        )
+    );
 }
 
 #[test]
@@ -207,6 +218,12 @@ fn schema_refuses_bad_specs() {
     assert_eq!(bounds(&training["imageSize"]), (Some(32.0), Some(1024.0)));
     assert_eq!(bounds(&training["batchSize"]), (Some(2.0), None));
     assert_eq!(bounds(&training["gpus"]), (Some(0.0), None));
+    assert_eq!(bounds(&training["workers"]), (Some(1.0), Some(1000.0)));
+    assert_eq!(training["workers"]["default"], 1);
+    assert_eq!(bounds(&training["maxQueuedSeconds"]), (Some(1.0), None));
+    // A queue name is a label value: Kueue reads it from kueue.x-k8s.io/queue-name.
+    assert_eq!(training["queueName"]["maxLength"], 63);
+    assert!(training["queueName"]["pattern"].is_string());
     let schedule = &spec["schedule"]["properties"];
     assert!(schedule["interval"]["pattern"].is_string());
     assert!(schedule["cron"]["pattern"].is_string());
@@ -219,6 +236,17 @@ fn schema_refuses_bad_specs() {
             .unwrap()
             .contains(&"RollingOut".into())
     );
+    assert!(
+        status["phase"]["enum"]
+            .as_array()
+            .unwrap()
+            .contains(&"Queued".into())
+    );
+    let last_run = &status["lastRun"]["properties"];
+    for field in ["restarts", "queuedSeconds", "preemptions"] {
+        assert_eq!(bounds(&last_run[field]), (Some(0.0), None), "{field}");
+    }
+    assert_eq!(last_run["queuedSince"]["format"], "date-time");
     assert!(
         status["lastRun"]["properties"]["trigger"]["enum"]
             .as_array()

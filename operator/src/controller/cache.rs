@@ -200,6 +200,18 @@ impl Caches {
         .is_some()
     }
 
+    /// Whether the watch cache holds the Service `ns/name`; false when it cannot say (not
+    /// listed yet, or no watch of that namespace).
+    pub fn has_service(&self, ns: &str, name: &str) -> bool {
+        self.scope(ns).is_some_and(|scope| {
+            ready(&scope.services)
+                && scope
+                    .services
+                    .get(&ObjectRef::new(name).within(ns))
+                    .is_some()
+        })
+    }
+
     /// Records an apply: `desired` was sent, the API server answered `answered`.
     pub fn applied(&self, kind: &str, desired: &impl Serialize, answered: &impl kube::Resource) {
         let (Some(ns), Some(name), Some(rv)) = (

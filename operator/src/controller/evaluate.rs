@@ -84,6 +84,7 @@ impl Pass<'_> {
                 "JobFailed",
                 format!("training Job {} failed: {why}", job.name_any()),
             ),
+            JobState::Abandoned { reason, message } => Outcome::Unusable(reason, message),
             JobState::Succeeded => self.read_result(job, &run_id).await?,
         };
         // Before the gate: the served-path validation of a candidate with valid metrics.

@@ -41,7 +41,7 @@ impl Pass<'_> {
                     ok += 1;
                     ok <= limits.successful_jobs_history_limit
                 }
-                JobState::Failed(_) => {
+                JobState::Failed(_) | JobState::Abandoned { .. } => {
                     failed += 1;
                     failed <= limits.failed_jobs_history_limit
                 }

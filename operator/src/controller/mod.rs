@@ -12,10 +12,12 @@ mod cache;
 mod dataset;
 mod drift;
 mod evaluate;
+mod gang;
 mod gates;
 mod housekeeping;
 mod invalid;
 mod observe;
+mod queue;
 mod record;
 mod retention;
 mod rollout;
@@ -341,6 +343,12 @@ pub enum JobState {
     Active,
     Succeeded,
     Failed(String),
+    /// The operator gave up on the Job and deleted it (it waited too long in its queue): the
+    /// run fails with `reason` (the Degraded reason) and `message`.
+    Abandoned {
+        reason: &'static str,
+        message: String,
+    },
 }
 
 /// Whether the Job was failed by its podFailurePolicy: the trainer's exit code said that no
@@ -470,6 +478,11 @@ struct Pass<'a> {
     validations: Vec<(Job, JobState)>,
     /// A validation Job this pass decided to start: created once the status records it.
     create_validation: Option<Job>,
+    /// The attempt of a gang restart this pass decided: its Job is created once the status
+    /// records it.
+    restart: Option<u32>,
+    /// Why the run in flight does not train: its Job waits suspended in its queue.
+    queued: Option<String>,
 }
 
 impl Pass<'_> {
@@ -628,10 +641,14 @@ impl Pass<'_> {
     /// handled request. Those are recorded before anything acts on them.
     fn decided(&self) -> bool {
         let (a, b) = (&self.status, &self.saved);
-        // When a pod started is an observation, not a decision: it waits for the pass's end.
+        // When a pod started and how the run waits in its queue are observations, not
+        // decisions: they wait for the pass's end.
         let observed = |r: &Option<RunStatus>| {
             r.clone().map(|r| RunStatus {
                 pod_started_at: None,
+                queued_since: None,
+                queued_seconds: None,
+                preemptions: None,
                 ..r
             })
         };
@@ -766,6 +783,8 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         requeue: None,
         validations: Vec::new(),
         create_validation: None,
+        restart: None,
+        queued: None,
     };
     if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
         pass.healthy("AsExpected", "");
@@ -789,12 +808,20 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     if let Some((job, state)) = jobs.last_mut()
         && *state == JobState::Active
     {
-        pass.watch_startup(job, state).await?;
+        // A Job waiting in its queue is paused, not starting: no startup deadline meanwhile.
+        if !pass.watch_queue(job, state, false).await? && *state == JobState::Active {
+            pass.watch_startup(job, state).await?;
+        }
+        if *state == JobState::Active {
+            pass.ensure_rendezvous(job).await?;
+        }
     }
     let mut awaiting_result = false;
     if let Some((job, state)) = jobs.last()
         && *state != JobState::Active
         && pass.pending(job)
+        // A rank that failed restarts the gang: the run goes on, nothing is decided.
+        && !pass.gang_restart(job, state)
     {
         awaiting_result = !pass.evaluate(job, state.clone()).await?;
     }
@@ -810,6 +837,9 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         pass.commit().await?;
     }
     pass.publish_shadow().await;
+    // Restart: the gang's new Job the status now names.
+    let restarting = pass.restart.is_some();
+    pass.restart_gang().await?;
     // Validate: the validation Job the status now names.
     let validating = pass.create_validation.is_some()
         || pass.validations.iter().any(|(_, s)| *s == JobState::Active);
@@ -834,7 +864,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     };
 
     // Schedule.
-    let active = validating || jobs.iter().any(|(_, s)| *s == JobState::Active);
+    let active = validating || restarting || jobs.iter().any(|(_, s)| *s == JobState::Active);
     // A candidate in its shadow stage is a run not yet decided: nothing new starts meanwhile.
     let shadowing = pass.status.candidate.is_some();
     let training = pass.schedule(active, awaiting_result || shadowing).await?;
@@ -846,6 +876,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     // Record what the pass observed.
     let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
     pass.status.phase = Some(match () {
+        () if training && pass.queued.is_some() => Phase::Queued,
         () if training => Phase::Training,
         () if pass.status.candidate.is_some() => Phase::Shadowing,
         () if degraded => Phase::Degraded,

@@ -46,22 +46,22 @@ impl Pass<'_> {
                 (j, state)
             })
             .collect();
-        jobs.sort_by(|(a, _), (b, _)| {
+        // A gang restart is created after the attempt it replaces, possibly within the same
+        // second: the attempt orders them.
+        jobs.sort_by_key(|(j, _)| {
             (
-                a.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                a.name_any(),
+                j.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                builders::attempt_of(j),
+                j.name_any(),
             )
-                .cmp(&(
-                    b.metadata.creation_timestamp.as_ref().map(|t| t.0),
-                    b.name_any(),
-                ))
         });
         Ok(jobs)
     }
 
     /// The model's Jobs from the watch cache, when it has listed and holds the Job of the run
-    /// in progress. A Job this operator created a moment ago may not have reached the cache
-    /// yet: then the API server is asked, so a fresh Job is never taken for a vanished one.
+    /// in progress (of its latest attempt, after a gang restart). A Job this operator created a
+    /// moment ago may not have reached the cache yet: then the API server is asked, so a fresh
+    /// Job is never taken for a vanished one.
     fn cached_jobs(&self) -> Option<Vec<Job>> {
         let jobs = self
             .ctx
@@ -71,10 +71,12 @@ impl Pass<'_> {
             .status
             .last_run
             .as_ref()
-            .filter(|r| r.decision.is_none())
-            .map(|r| r.run_id.as_str());
+            .filter(|r| r.decision.is_none());
         in_progress
-            .is_none_or(|id| jobs.iter().any(|j| run_id_of(j) == id))
+            .is_none_or(|r| {
+                jobs.iter()
+                    .any(|j| run_id_of(j) == r.run_id && j.name_any() == r.job_name)
+            })
             .then_some(jobs)
     }
 
@@ -106,7 +108,16 @@ impl Pass<'_> {
             return Ok(());
         }
         let deadline = self.sm.spec.training.startup_deadline_seconds;
-        let waited = self.now.duration_since(run.started_at.0);
+        // From the latest of: the run's start, this Job's creation (a gang restart), the
+        // Job's start (reset when its queue admits it again).
+        let since = [
+            job.metadata.creation_timestamp.as_ref(),
+            job.status.as_ref().and_then(|s| s.start_time.as_ref()),
+        ]
+        .into_iter()
+        .flatten()
+        .fold(run.started_at.0, |latest, t| latest.max(t.0));
+        let waited = self.now.duration_since(since);
         if waited < SignedDuration::from_secs(deadline) {
             let left = Duration::try_from(SignedDuration::from_secs(deadline) - waited)
                 .unwrap_or(Duration::ZERO);

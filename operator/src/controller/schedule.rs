@@ -156,17 +156,20 @@ impl Pass<'_> {
             }
         }
         let training = active || started;
-        let (reason, message) = match (&self.status.last_run, training) {
-            (Some(r), true) => (
+        // A run whose Job waits in its queue is in flight but does not train.
+        let (running, reason, message) = match (&self.status.last_run, training, &self.queued) {
+            (_, true, Some(queued)) => (false, "Queued", queued.clone()),
+            (Some(r), true, None) => (
+                true,
                 "JobRunning",
                 format!("training run {} is in progress", r.run_id),
             ),
-            _ => ("Idle", String::new()),
+            _ => (false, "Idle", String::new()),
         };
         set_condition(
             &mut self.status.conditions,
             "Training",
-            training,
+            running,
             reason,
             &message,
             sm.metadata.generation,
@@ -250,20 +253,22 @@ impl Pass<'_> {
         }
         let champion = self.status.champion.clone();
         let job = builders::training_job(self.sm, &run_id, champion.as_ref())?;
+        // The run id, unless a distributed run's id is too long for its pods' hostnames.
+        let name = job.name_any();
         let jobs: Api<Job> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         let mut started_at = self.now;
-        match jobs.create(&PostParams::default(), &job).await {
-            Ok(_) => {}
+        let running = match jobs.create(&PostParams::default(), &job).await {
+            Ok(created) => created,
             // Deterministic names make a second create for the same slot a no-op; the Job that
             // exists says what really happened.
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let existing = jobs.get(&run_id).await.map_err(|source| Error::GetJob {
-                    name: run_id.clone(),
+                let existing = jobs.get(&name).await.map_err(|source| Error::GetJob {
+                    name: name.clone(),
                     source,
                 })?;
                 if !self.owns(&existing) {
                     let message = format!(
-                        "a Job named {run_id} exists that this SimpsonModel does not own; delete it to let the run start"
+                        "a Job named {name} exists that this SimpsonModel does not own; delete it to let the run start"
                     );
                     self.warn_degraded("JobConflict", "Train", &message);
                     return Ok(Start::Blocked);
@@ -275,16 +280,15 @@ impl Pass<'_> {
                 info!(model = %self.name, run = %run_id, ?state, "training Job already exists; adopting it");
                 if state != JobState::Active {
                     // Finished already: record it as the run and decide it on the next pass.
-                    self.status.last_run = Some(self.run_status(&run_id, trigger, started_at));
+                    self.status.last_run =
+                        Some(self.run_status(&run_id, name, trigger, started_at));
                     self.requeue_within(Duration::from_secs(1));
                     return Ok(Start::Finished);
                 }
+                existing
             }
             Err(source) => {
-                let error = Error::CreateJob {
-                    name: run_id,
-                    source,
-                };
+                let error = Error::CreateJob { name, source };
                 // A Job the API server refuses (an invalid override, a quota, an admission
                 // policy) is refused again until something changes: report it, do not retry.
                 let Some(reason) = error.refusal() else {
@@ -294,7 +298,8 @@ impl Pass<'_> {
                 self.refused(JOB_REFUSED, "Train", &message);
                 return Ok(Start::Blocked);
             }
-        }
+        };
+        self.ensure_rendezvous(&running).await?;
         if self.degraded_for("ChampionMissing")
             || self.degraded_for("JobConflict")
             || self.degraded_for(JOB_REFUSED)
@@ -304,16 +309,25 @@ impl Pass<'_> {
         self.count(Counted::TrainingStarted);
         info!(model = %self.name, run = %run_id, %trigger, "training started");
         let note = format!("started training run {run_id} ({trigger})");
-        self.status.last_run = Some(self.run_status(&run_id, trigger, started_at));
+        self.status.last_run = Some(self.run_status(&run_id, name, trigger, started_at));
         self.emit(EventType::Normal, "TrainingStarted", "Train", note);
+        // Created suspended (a queue), or adopted waiting: queued from the start.
+        self.watch_queue(&running, &mut JobState::Active, true)
+            .await?;
         Ok(Start::Running)
     }
 
-    fn run_status(&self, run_id: &str, trigger: Trigger, started_at: Timestamp) -> RunStatus {
+    fn run_status(
+        &self,
+        run_id: &str,
+        job_name: String,
+        trigger: Trigger,
+        started_at: Timestamp,
+    ) -> RunStatus {
         RunStatus {
             champion_run_id: self.status.champion.as_ref().map(|c| c.run_id.clone()),
             model_uri: builders::run_weights_uri(self.sm, run_id).ok(),
-            ..RunStatus::new(run_id, run_id.to_owned(), trigger, Time(started_at))
+            ..RunStatus::new(run_id, job_name, trigger, Time(started_at))
         }
     }
 }

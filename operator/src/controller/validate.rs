@@ -208,7 +208,7 @@ impl Pass<'_> {
                 return Ok(Served::Waiting);
             }
             JobState::Succeeded => None,
-            JobState::Failed(why) => Some(why),
+            JobState::Failed(why) | JobState::Abandoned { message: why, .. } => Some(why),
         };
         let since = finished_at(&vjob).unwrap_or(self.now);
         let prefix = job
