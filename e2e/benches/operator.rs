@@ -621,6 +621,9 @@ async fn outage(world: &World) -> Result<Outage> {
                     face2simpson_operator::controller::JobState::Failed(why) => {
                         anyhow::bail!("the run failed when the store was cut: {why}")
                     }
+                    face2simpson_operator::controller::JobState::Abandoned { message, .. } => {
+                        anyhow::bail!("the run was abandoned when the store was cut: {message}")
+                    }
                 }
             }
         },

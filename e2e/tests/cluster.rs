@@ -2080,8 +2080,8 @@ const QUEUE: &str = "training";
 fn phase_is(sm: &SimpsonModel, phase: &str) -> bool {
     sm.status
         .as_ref()
-        .and_then(|s| s.phase)
-        .is_some_and(|p| p == phase)
+        .and_then(|s| s.phase.as_ref())
+        .is_some_and(|p| *p == phase)
 }
 
 /// How many log lines of the pods whose names start with `prefix` mention `needle`.

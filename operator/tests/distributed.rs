@@ -28,7 +28,7 @@ fn assert_event(seen: &Seen, type_: &str, reason: &str) {
 }
 
 fn phase(status: &SimpsonModelStatus) -> &str {
-    status.phase.map_or("", |p| p.as_str())
+    status.phase.as_ref().map_or("", |p| p.as_str())
 }
 
 /// The Job created, answered as the API server would: with a uid and a creation time.
@@ -156,7 +156,7 @@ async fn a_failed_rank_restarts_the_gang_once_then_the_run_fails() {
     let recorded = status_of(&seen[1]);
     let run = recorded.last_run.as_ref().unwrap();
     assert_eq!(
-        (run.restarts, run.job_name.as_str(), run.decision),
+        (run.restarts, run.job_name.as_str(), run.decision.clone()),
         (Some(1), "homer-20261104-000000-r1", None),
         "recorded before the new Job exists"
     );
@@ -201,7 +201,7 @@ async fn a_failed_rank_restarts_the_gang_once_then_the_run_fails() {
     assert_event(&seen[2], "Warning", "JobFailed");
     let status = status_of(&seen[6]);
     let run = status.last_run.unwrap();
-    assert_eq!(run.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(run.decision.as_ref().map(|d| d.as_str()), Some("Failed"));
     assert_eq!(run.restarts, Some(1));
     assert!(
         run.reason.unwrap().contains("homer-20261104-000000-r1"),
@@ -276,7 +276,7 @@ async fn a_permanent_failure_of_a_gang_is_not_restarted() {
         let seen = h.finish().await;
         let run = status_of(&seen[5]).last_run.unwrap();
         assert_eq!(
-            (run.decision.map(|d| d.as_str()), run.restarts),
+            (run.decision.as_ref().map(|d| d.as_str()), run.restarts),
             (Some("Failed"), None),
             "{reason}"
         );
@@ -451,7 +451,7 @@ async fn a_preempted_run_is_paused_not_failed() {
     let status = status_of(&h.finish().await[3]);
     let run = status.last_run.as_ref().unwrap();
     assert_eq!(
-        (run.queued_seconds, run.preemptions, run.decision),
+        (run.queued_seconds, run.preemptions, run.decision.clone()),
         (Some(60 + 20 * 60), Some(1), None)
     );
     assert_eq!(phase(&status), "Training");
@@ -486,7 +486,7 @@ async fn a_run_queued_past_its_limit_fails_with_queue_timeout() {
     assert_event(&seen[3], "Warning", "QueueTimeout");
     let status = status_of(&seen[6]);
     let run = status.last_run.as_ref().unwrap();
-    assert_eq!(run.decision.map(|d| d.as_str()), Some("Failed"));
+    assert_eq!(run.decision.as_ref().map(|d| d.as_str()), Some("Failed"));
     let reason = run.reason.as_deref().unwrap();
     assert!(
         reason.starts_with("QueueTimeout: ") && reason.contains("queue gpu"),
