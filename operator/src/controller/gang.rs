@@ -13,25 +13,14 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::observe::run_id_of;
-use super::{Error, JOB_REFUSED, JobState, MANAGER, Pass};
+use super::{Error, JOB_REFUSED, JobState, MANAGER, Pass, failed_with, undecided};
 use crate::builders::{self, attempt_of, is_gang};
 
 /// Whether a finished Job failed because a rank failed, which a new gang may not: not a
 /// permanent exit code (its podFailurePolicy), not its deadline, not a Job the operator gave
 /// up on.
 fn rank_failed(job: &Job, state: &JobState) -> bool {
-    matches!(state, JobState::Failed(_))
-        && job
-            .status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .into_iter()
-            .flatten()
-            .any(|c| {
-                c.type_ == "Failed"
-                    && c.status == "True"
-                    && c.reason.as_deref() == Some("BackoffLimitExceeded")
-            })
+    matches!(state, JobState::Failed(_)) && failed_with(job, "BackoffLimitExceeded")
 }
 
 impl Pass<'_> {
@@ -49,12 +38,7 @@ impl Pass<'_> {
         let workers = self.sm.spec.training.workers;
         let attempt = attempt_of(job) + 1;
         let champion = self.status.champion.as_ref().map(|c| c.run_id.clone());
-        let Some(run) = self
-            .status
-            .last_run
-            .as_mut()
-            .filter(|r| r.run_id == run_id && r.decision.is_none())
-        else {
+        let Some(run) = undecided(&mut self.status.last_run, &run_id) else {
             return false;
         };
         if run.job_name == job.name_any() {

@@ -354,16 +354,27 @@ pub enum JobState {
 /// Whether the Job was failed by its podFailurePolicy: the trainer's exit code said that no
 /// retry can help (configuration, dataset, device).
 pub fn failed_for_good(job: &Job) -> bool {
+    failed_with(job, "PodFailurePolicy")
+}
+
+/// Whether the Job's `Failed` condition is true with `reason`.
+pub(crate) fn failed_with(job: &Job, reason: &str) -> bool {
     job.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())
         .into_iter()
         .flatten()
-        .any(|c| {
-            c.type_ == "Failed"
-                && c.status == "True"
-                && c.reason.as_deref() == Some("PodFailurePolicy")
-        })
+        .any(|c| c.type_ == "Failed" && c.status == "True" && c.reason.as_deref() == Some(reason))
+}
+
+/// The run `run_id` in `last_run` while it is undecided: what the gang and queue steps update.
+pub(crate) fn undecided<'a>(
+    last_run: &'a mut Option<crate::crd::RunStatus>,
+    run_id: &str,
+) -> Option<&'a mut crate::crd::RunStatus> {
+    last_run
+        .as_mut()
+        .filter(|r| r.run_id == run_id && r.decision.is_none())
 }
 
 /// Reads a Job's outcome from its conditions, which the Job controller sets once and for all.

@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::observe::run_id_of;
-use super::{Error, JobState, Pass};
+use super::{Error, JobState, Pass, undecided};
 
 /// `Degraded` reason, and the start of the run's reason, when a Job waited past
 /// `training.maxQueuedSeconds`.
@@ -107,12 +107,7 @@ impl Pass<'_> {
     /// again after the next admission (the startup deadline applies again).
     fn queued_since(&mut self, job: &Job, run_id: &str, created: bool) -> Timestamp {
         let now = self.now;
-        let Some(run) = self
-            .status
-            .last_run
-            .as_mut()
-            .filter(|r| r.run_id == run_id && r.decision.is_none())
-        else {
+        let Some(run) = undecided(&mut self.status.last_run, run_id) else {
             return waiting_since(job).unwrap_or(now);
         };
         if let Some(since) = &run.queued_since {
@@ -137,12 +132,7 @@ impl Pass<'_> {
     /// The Job runs: a wait recorded for it ends, and counts in `queuedSeconds`.
     fn admitted(&mut self, job: &Job, run_id: &str) {
         let now = self.now;
-        let Some(run) = self
-            .status
-            .last_run
-            .as_mut()
-            .filter(|r| r.run_id == run_id && r.decision.is_none())
-        else {
+        let Some(run) = undecided(&mut self.status.last_run, run_id) else {
             return;
         };
         let Some(since) = run.queued_since.take() else {
