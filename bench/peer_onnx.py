@@ -3,12 +3,14 @@ serving stack we know how to set up.
 
 * The same models: MediaPipe BlazeFace (the same ONNX file) and the same model.onnx, both on
   ONNX Runtime with one intra-op and one inter-op thread per session.
-* The same pipeline as `pipeline/src` (port kept line by line so the two can be compared):
-  OpenCV decode (`cv2.imdecode`, which applies the EXIF orientation), BlazeFace on the whole
-  image letterboxed to a square plus overlapping square tiles for wide or tall photos, the same
-  anchors, sigmoid, 0.7 score threshold, greedy NMS at IoU 0.3, the largest 8 faces, the crop
-  1.8x the face with its centre a quarter face above the face's, shorter side to the model size
-  and centre crop, ImageNet normalisation; all faces in one forward pass.
+* The same pipeline as `pipeline/src`, version 2 (port kept line by line so the two can be
+  compared): OpenCV decode (`cv2.imdecode`, which applies the EXIF orientation; big JPEGs
+  reduced by 2, 4 or 8 while decoding, as `model::decode_reduced` does), BlazeFace on one
+  reduced copy of the photo (the whole image letterboxed to a square plus overlapping square
+  tiles for wide or tall photos, every pass cut from that copy), the same anchors, sigmoid,
+  0.7 score threshold, greedy NMS at IoU 0.3, the largest 8 faces, the crop 1.8x the face with
+  its centre a quarter face above the face's, shorter side to the model size and centre crop,
+  ImageNet normalisation; all faces in one forward pass.
 * The serving stack: FastAPI with a **sync** endpoint (`def`: Starlette's threadpool runs it, the
   event loop only reads bodies), uvicorn with uvloop and httptools, one worker process per core,
   OpenCV limited to one thread per worker, a warm-up pass at start.
@@ -49,8 +51,11 @@ MIN_SCORE = 0.7
 NMS_IOU = 0.3
 TILE_ASPECT = 1.3
 MAX_TILES = 6
+MAX_REDUCED_LONG = 1024.0
 CROP_MARGIN = 1.8
 MAX_FACES = 8
+# pipeline/src/lib.rs: the smallest face BlazeFace finds, as a share of the square it sees.
+SMALLEST_FACE = 1.0 / 8.0
 
 
 F32 = np.float32
@@ -82,12 +87,24 @@ def anchors() -> tuple[np.ndarray, np.ndarray]:
     return out
 
 
-def resize(img: np.ndarray, w: int, h: int, box: bool = False) -> np.ndarray:
-    """image-rs's Triangle filter widens with the scale when shrinking, as OpenCV's INTER_AREA
-    does; enlarging, both are bilinear. `box` is image-rs's `thumbnail` (a box filter)."""
-    if box or w < img.shape[1] or h < img.shape[0]:
+def resize(img: np.ndarray, w: int, h: int) -> np.ndarray:
+    """fast_image_resize's bilinear convolution widens with the scale when shrinking, as
+    OpenCV's INTER_AREA does; enlarging, both are bilinear."""
+    if w < img.shape[1] or h < img.shape[0]:
         return cv2.resize(img, (w, h), interpolation=cv2.INTER_AREA)
     return cv2.resize(img, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def resize_region(img: np.ndarray, left: float, top: float, width: float, height: float, w: int, h: int) -> np.ndarray:
+    """model::resize_region: a fractional region resized to w x h. Whole-pixel regions are
+    views; others (a tile of the detector's reduced copy, scale about 1) are sampled in between
+    with an affine map."""
+    if all(float(v).is_integer() for v in (left, top, width, height)):
+        x, y = int(left), int(top)
+        return resize(img[y : y + int(height), x : x + int(width)], w, h)
+    sx, sy = w / width, h / height
+    m = np.array([[sx, 0.0, -left * sx], [0.0, sy, -top * sy]], dtype=np.float64)
+    return cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
 
 def regions(w: int, h: int) -> list[tuple[int, int, int]]:
@@ -105,18 +122,33 @@ def regions(w: int, h: int) -> list[tuple[int, int, int]]:
     return out
 
 
-def square_input(rgb: np.ndarray, region: tuple[int, int, int]) -> np.ndarray:
-    """faces.rs `square_input`: the region scaled so its side is 128 px, padded black (-1)."""
-    x, y, side = region
-    h, w = rgb.shape[:2]
-    cw, ch = min(side, w - x), min(side, h - y)
-    scale = F32(INPUT) / F32(side)
-    sw = min(max(rust_round(float(F32(cw) * scale)), 1), INPUT)
-    sh = min(max(rust_round(float(F32(ch) * scale)), 1), INPUT)
-    small = resize(rgb[y : y + ch, x : x + cw], sw, sh, box=cw > 4 * INPUT or ch > 4 * INPUT)
-    out = np.full((INPUT, INPUT, 3), -1.0, dtype=np.float32)
-    out[:sh, :sw] = small.astype(np.float32) / 127.5 - 1.0
-    return out[None]
+class Reduced:
+    """faces.rs `Reduced`: the photo shrunk once, so that a tile's square is 128 px (never
+    enlarged, at most 1024 px long); every pass's input is cut from it."""
+
+    def __init__(self, rgb: np.ndarray):
+        h, w = rgb.shape[:2]
+        self.w, self.h = w, h
+        s = min(INPUT / min(w, h), MAX_REDUCED_LONG / max(w, h), 1.0)
+        if s >= 1.0:
+            self.img, self.fx, self.fy = rgb, 1.0, 1.0
+            return
+        rw, rh = max(rust_round(w * s), 1), max(rust_round(h * s), 1)
+        self.img = resize(rgb, rw, rh)
+        self.fx, self.fy = rw / w, rh / h
+
+    def input(self, region: tuple[int, int, int]) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+        """The region as the network's input (scaled so its side is 128 px, padded black, -1),
+        and how detections map back: (x, y, decoded px per input px along x, along y)."""
+        x, y, side = region
+        cw, ch = max(min(side, self.w - x), 1), max(min(side, self.h - y), 1)
+        scale = F32(INPUT) / F32(side)
+        sw = min(max(rust_round(float(F32(cw) * scale)), 1), INPUT)
+        sh = min(max(rust_round(float(F32(ch) * scale)), 1), INPUT)
+        small = resize_region(self.img, x * self.fx, y * self.fy, cw * self.fx, ch * self.fy, sw, sh)
+        out = np.full((INPUT, INPUT, 3), -1.0, dtype=np.float32)
+        out[:sh, :sw] = small.astype(np.float32) / 127.5 - 1.0
+        return out[None], (x, y, cw / sw, ch / sh)
 
 
 class Detector:
@@ -143,20 +175,28 @@ class Detector:
             )
         return np.concatenate(rows)
 
-    def detect(self, rgb: np.ndarray) -> tuple[list[dict], int]:
-        """Faces (x, y, w, h), largest first, and the number of detector passes."""
+    def detect(self, photo: "Photo") -> tuple[list[dict], int]:
+        """Faces (x, y, w, h) in the photo's own pixels, largest first, and the number of
+        detector passes."""
+        rgb = photo.rgb
         h, w = rgb.shape[:2]
         if w < 16 or h < 16:
             return [], 0
+        reduced = Reduced(rgb)
         found = []
         passes = regions(w, h)
-        for rx, ry, side in passes:
-            d = self.run(square_input(rgb, (rx, ry, side)))
-            d[:, 0] = rx + d[:, 0] * side
-            d[:, 1] = ry + d[:, 1] * side
-            d[:, 2:4] *= side
+        for region in passes:
+            x, (rx, ry, sx, sy) = reduced.input(region)
+            d = self.run(x)
+            d[:, 0] = rx + d[:, 0] * INPUT * sx
+            d[:, 1] = ry + d[:, 1] * INPUT * sy
+            d[:, 2] *= INPUT * sx
+            d[:, 3] *= INPUT * sy
             found.append(d)
-        boxes = [b for b in (clamp(d, w, h) for d in nms(np.concatenate(found))) if b]
+        kept = [d.copy() for d in nms(np.concatenate(found))]
+        for d in kept:
+            d[:4] *= photo.scale
+        boxes = [b for b in (clamp(d, photo.width, photo.height) for d in kept) if b]
         # Stable, like Rust's sort_by_key: equal areas keep the NMS (score) order.
         boxes.sort(key=lambda b: -b["w"] * b["h"])
         return boxes[:MAX_FACES], len(passes)
@@ -189,16 +229,25 @@ def clamp(d: np.ndarray, w: int, h: int) -> dict | None:
     return {"x": int(x0), "y": int(y0), "w": int(x1 - x0), "h": int(y1 - y0)}
 
 
-def crop_with_margin(rgb: np.ndarray, face: dict) -> np.ndarray:
-    """faces.rs `crop_with_margin`: a square 1.8x the face, centred a quarter face higher."""
-    h, w = rgb.shape[:2]
+def face_crop(face: dict, w: int, h: int) -> tuple[int, int, int]:
+    """faces.rs `face_crop`: a square 1.8x the face, centred a quarter face higher, in the
+    photo's own pixels."""
     side = int(F32(max(face["w"], face["h"])) * F32(CROP_MARGIN))
     cx = face["x"] + face["w"] // 2
     cy = face["y"] + face["h"] // 2 - face["h"] // 4
     side = max(min(side, w, h), 1)
-    x = min(max(cx - side // 2, 0), w - side)
-    y = min(max(cy - side // 2, 0), h - side)
-    return rgb[y : y + side, x : x + side]
+    x = min(max(cx - side // 2, 0), max(w - side, 0))
+    y = min(max(cy - side // 2, 0), max(h - side, 0))
+    return x, y, side
+
+
+def crop_with_margin(photo: "Photo", face: dict) -> np.ndarray:
+    """The face's crop, cut from the decoded pixels (rounded to whole decoded pixels when the
+    photo was decoded reduced)."""
+    x, y, side = face_crop(face, photo.width, photo.height)
+    k = photo.scale
+    x, y, side = rust_round(x / k), rust_round(y / k), max(rust_round(side / k), 1)
+    return photo.rgb[y : y + side, x : x + side]
 
 
 def fit(rgb: np.ndarray, size: int) -> np.ndarray:
@@ -214,10 +263,52 @@ def normalize(fitted: np.ndarray) -> np.ndarray:
     return ((fitted.astype(np.float32) / 255.0 - MEAN) / STD).transpose(2, 0, 1)
 
 
-def decode(data: bytes) -> np.ndarray | None:
-    """Upright RGB: IMREAD_COLOR applies the EXIF orientation inside imdecode."""
-    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    return None if bgr is None else cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+class Photo:
+    """pipeline::Photo: upright RGB, the reduction it was decoded at, the photo's own size."""
+
+    def __init__(self, rgb: np.ndarray, scale: int, width: int, height: int):
+        self.rgb, self.scale, self.width, self.height = rgb, scale, width, height
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF header, as stored; None when not a JPEG."""
+    if data[:2] != b"\xff\xd8":
+        return None
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+        i += 2 + length
+    return None
+
+
+REDUCED_FLAGS = {2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
+
+
+def decode(data: bytes, image_size: int) -> Photo | None:
+    """Upright RGB: IMREAD_COLOR applies the EXIF orientation inside imdecode. A JPEG whose
+    shorter side stays at least `min_side` when halved is decoded reduced (libjpeg's DCT
+    scaling), as pipeline::decode does."""
+    min_side = math.ceil(F32(image_size) / (F32(CROP_MARGIN) * F32(SMALLEST_FACE)))
+    size = jpeg_size(data)
+    k = next((k for k in (8, 4, 2) if size and min(size) // k >= min_side), 1)
+    flags = REDUCED_FLAGS.get(k, cv2.IMREAD_COLOR)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
+    if bgr is None:
+        return None
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    h, w = rgb.shape[:2]
+    if size and k > 1:
+        # The upright size: the reduced image's orientation says whether EXIF turned it.
+        sw, sh = size
+        width, height = (sw, sh) if (w >= h) == (sw >= sh) else (sh, sw)
+    else:
+        width, height = w, h
+    return Photo(rgb, k, width, height)
 
 
 class Pipeline:
@@ -227,8 +318,8 @@ class Pipeline:
         self.input = self.classifier.get_inputs()[0].name
         self.size = image_size
 
-    def inputs(self, rgb: np.ndarray, faces: list[dict]) -> np.ndarray:
-        crops = [crop_with_margin(rgb, f) for f in faces] or [rgb]
+    def inputs(self, photo: Photo, faces: list[dict]) -> np.ndarray:
+        crops = [crop_with_margin(photo, f) for f in faces] or [photo.rgb]
         return np.stack([normalize(fit(c, self.size)) for c in crops])
 
     def classify(self, batch: np.ndarray) -> list[dict]:
@@ -236,11 +327,11 @@ class Pipeline:
         return [dict(zip(CLASSES, map(float, p))) for p in probs]
 
     def predict(self, data: bytes) -> dict | None:
-        rgb = decode(data)
-        if rgb is None:
+        photo = decode(data, self.size)
+        if photo is None:
             return None
-        faces, _ = self.detector.detect(rgb)
-        return answer(faces, self.classify(self.inputs(rgb, faces)))
+        faces, _ = self.detector.detect(photo)
+        return answer(faces, self.classify(self.inputs(photo, faces)))
 
 
 def answer(faces: list[dict], verdicts: list[dict]) -> dict:
@@ -262,11 +353,11 @@ def stage_times(p: Pipeline, data: bytes, runs: int) -> dict:
     passes = 0
     for _ in range(runs):
         t = [time.perf_counter()]
-        rgb = decode(data)
+        photo = decode(data, p.size)
         t.append(time.perf_counter())
-        faces, passes = p.detector.detect(rgb)
+        faces, passes = p.detector.detect(photo)
         t.append(time.perf_counter())
-        batch = p.inputs(rgb, faces)
+        batch = p.inputs(photo, faces)
         t.append(time.perf_counter())
         verdicts = p.classify(batch)
         t.append(time.perf_counter())

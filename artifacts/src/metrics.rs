@@ -488,7 +488,7 @@ pub(crate) mod tests {
             device: "cpu".into(),
             precision: None,
             pipeline: Some(PipelineRecord {
-                version: 1,
+                version: 2,
                 detector_sha256: "sha256:99".into(),
                 crop_margin: 1.8,
                 faces_found: FacesFound {

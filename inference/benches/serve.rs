@@ -21,7 +21,9 @@
 //! says; the latencies reported are those of the 2xx answers and only 2xx answers count toward
 //! req/s (`serve/wrk.rs`); the non-2xx answers are counted beside them.
 //!
-//! Tunables (env): BENCH_SECONDS (per level, default 10), BENCH_LEVELS (default 1,8,32),
+//! Tunables (env): BENCH_ONLY=stages (the per-stage table alone: no batching table, no load,
+//! no peer servers; peer_onnx.py's stages still run when its Python is there),
+//! BENCH_SECONDS (per level, default 10), BENCH_LEVELS (default 1,8,32),
 //! BENCH_STAGE_RUNS (default 50), BENCH_WORKERS / BENCH_THREADS / BENCH_MAX_BATCH /
 //! BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS (override the service's sized configuration),
 //! BENCH_PEER_PYTHON (default .deps/bench-venv/bin/python; set it empty to skip the peers),
@@ -63,6 +65,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// What the run measures and how the service is configured.
 struct Config {
+    /// BENCH_ONLY=stages: the per-stage table alone.
+    stages_only: bool,
     seconds: u64,
     levels: Vec<usize>,
     stage_runs: usize,
@@ -104,6 +108,7 @@ impl Config {
             .to_owned()
         });
         Self {
+            stages_only: std::env::var("BENCH_ONLY").is_ok_and(|v| v == "stages"),
             seconds: env_or("BENCH_SECONDS", 10),
             levels,
             stage_runs: env_or("BENCH_STAGE_RUNS", 50),
@@ -314,9 +319,9 @@ fn print_load_table(cfg: &Config, upload: &Upload, ours: &Row, onnx: &Row, after
 /// peer_onnx.py's median for the stage the service's row `name` corresponds to.
 fn peer_stage(peer: Option<&serde_json::Value>, name: &str) -> String {
     let key = match name {
-        "decode + orient (model::decode)" => "decode+orient",
+        "decode + orient (pipeline::decode)" => "decode+orient",
         "detect (BlazeFace)" => "detect",
-        "crop + fit" => "crop+fit",
+        "crop + fit + normalise" => "crop+fit",
         "  of which forward pass" => "classify",
         "serialize" => "serialize",
         _ => return "—".into(),
@@ -335,7 +340,7 @@ fn print_stage_table(
     c1_p50: &[Option<f64>],
 ) {
     println!(
-        "\nstages: one request at a time, in process, median of {} runs, ms (peer_onnx.py: its own stages, timed inside it; crop+fit includes its normalisation, its classify is the forward pass)",
+        "\nstages: one request at a time, in process, median of {} runs, ms (peer_onnx.py: its own stages, timed inside it; its classify is the forward pass)",
         cfg.stage_runs
     );
     print!("| stage |");
@@ -406,7 +411,9 @@ fn main() -> anyhow::Result<()> {
     let onnx_path = dir.path().join("runs/bench/model.onnx");
     std::fs::create_dir_all(onnx_path.parent().unwrap_or(dir.path()))?;
     std::fs::write(&onnx_path, &onnx)?;
-    batching_table(&onnx, &library)?;
+    if !cfg.stages_only {
+        batching_table(&onnx, &library)?;
+    }
 
     let uploads = [uploads::portrait(dir.path())?, uploads::group(dir.path())?];
     let detector = Arc::new(load_detector(
@@ -455,6 +462,11 @@ fn main() -> anyhow::Result<()> {
             .as_ref()
             .map(|s| s.onnx_offline(&u.path, cfg.stage_runs));
         peer_stages.push(peer.transpose()?);
+    }
+    if cfg.stages_only {
+        print_stage_table(&cfg, &uploads, &our_stages, &peer_stages, &[None, None]);
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return Ok(());
     }
 
     let mut ours = Vec::new();

@@ -280,12 +280,13 @@ impl ModelCard {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use artifacts::HistoryEntry;
 
-    fn metrics(run_id: &str) -> RunMetrics {
+    /// A run's metrics.json, trained through this server's pipeline version.
+    pub(crate) fn metrics(run_id: &str) -> RunMetrics {
         let json = serde_json::json!({
             "schema_version": 1, "run_id": run_id, "trainer_version": "t",
             "test_accuracy": 0.75, "champion_run_id": "r0", "champion_test_accuracy": 0.5,
@@ -300,7 +301,7 @@ mod tests {
             "weights_key": format!("runs/{run_id}/model.safetensors"),
             "started_at": "2026-12-01T00:00:00Z", "finished_at": "2026-12-01T00:01:00Z",
             "device": "cpu",
-            "pipeline": {"version": 1, "detector_sha256": "sha256:ab", "crop_margin": 1.8,
+            "pipeline": {"version": pipeline::PIPELINE_VERSION, "detector_sha256": "sha256:ab", "crop_margin": 1.8,
                 "faces_found": {"train": 1, "val": 0, "test": 3}}
         });
         RunMetrics::from_json(&serde_json::to_vec(&json).unwrap()).unwrap()

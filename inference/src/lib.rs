@@ -508,7 +508,8 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         .admission
         .try_admit()
         .map_err(|r| busy(&inner.admission, r))?;
-    let cost = upload::decoded_cost(&bytes).unwrap_or(0);
+    let pre = loaded.pre;
+    let cost = pipeline::decoded_cost(&bytes, pre).unwrap_or(0);
     if cost > inner.limits.pixel_budget_bytes {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -532,28 +533,24 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         .acquire_many_owned(u32::try_from(cost).unwrap_or(u32::MAX))
         .await
         .map_err(|_| ApiError::busy("shutting down"))?;
-    let pre = loaded.pre;
     let detector = inner.detector.clone();
     let cancelled = Arc::new(AtomicBool::new(false));
     let _cancel = CancelOnDrop(cancelled.clone());
     let prepared = tokio::task::spawn_blocking(move || -> Result<Prepared, ApiError> {
         let _held = (permit, pixels, reservation);
-        let img = model::decode(&bytes)?;
+        let photo = pipeline::decode(&bytes, pre)?;
         drop(bytes);
         if cancelled.load(Ordering::SeqCst) {
             return Ok(Prepared::Cancelled);
         }
         let boxes = detector
-            .detect(&img)
+            .detect(&photo)
             .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
         if cancelled.load(Ordering::SeqCst) {
             return Ok(Prepared::Cancelled);
         }
         // The same crops and fit the trainer trained and tested on (`pipeline`).
-        let inputs: Vec<Vec<f32>> = pipeline::fit_faces(&img, &boxes, pre)
-            .iter()
-            .map(|fitted| pre.eval(fitted))
-            .collect();
+        let inputs = pipeline::model_inputs(&photo, &boxes, pre);
         Ok(Prepared::Ready(boxes, inputs))
     })
     .await

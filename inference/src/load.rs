@@ -255,3 +255,26 @@ pub fn load_detector(
 ) -> Result<FaceDetector, LoadError> {
     Ok(FaceDetector::load(library, path, sessions, max_faces)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_trained_through_another_pipeline_version_is_refused_for_good() {
+        let mut m = crate::card::tests::metrics("r1");
+        assert!(check_pipeline(&m).is_ok());
+        // A model trained before fast resizing and reduced decodes (version 1).
+        if let Some(p) = &mut m.pipeline {
+            p.version = 1;
+        }
+        let err = check_pipeline(&m).unwrap_err();
+        assert!(matches!(err, LoadError::Pipeline { found: 1, .. }), "{err}");
+        assert_eq!(err.exit_code(), 2);
+        m.pipeline = None;
+        assert!(
+            check_pipeline(&m).is_ok(),
+            "runs from before the pipeline are served"
+        );
+    }
+}

@@ -11,17 +11,16 @@
 //! * time: a body must arrive within `body_timeout` plus its length at `min_body_rate`;
 //!   one that stalls gets 408, the only 408 the service answers.
 //!
-//! The decoded size is bounded too: [`decoded_cost`] reads it from the image header, and the
-//! request reserves it on the pixel budget before it decodes (see `predict`).
+//! The decoded size is bounded too: `pipeline::decoded_cost` reads it from the image header
+//! (at the size the photo will be decoded to), and the request reserves it on the pixel budget
+//! before it decodes (see `predict`).
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::http::StatusCode;
 use http_body_util::BodyExt;
-use image::{ImageDecoder, ImageReader};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
@@ -151,25 +150,4 @@ pub async fn read(
         bytes: Bytes::from(buf),
         reservation: held,
     })
-}
-
-/// Bytes that decoding `bytes` will hold, from its header alone: the image at its own depth
-/// (a 16-bit RGBA PNG is 8 bytes a pixel) plus the 8-bit RGB copy the pipeline works on (or,
-/// for an image already 8-bit RGB, the copy an EXIF rotation makes). `None` when the header
-/// cannot be read or is beyond the decoder's own limits; decoding then refuses it at once, with
-/// its own reason.
-pub fn decoded_cost(bytes: &[u8]) -> Option<u64> {
-    use model::preprocess::{MAX_PIXELS, MAX_SIDE};
-    let decoder = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()?
-        .into_decoder()
-        .ok()?;
-    let (w, h) = decoder.dimensions();
-    let pixels = u64::from(w) * u64::from(h);
-    if w > MAX_SIDE || h > MAX_SIDE || pixels > MAX_PIXELS {
-        return None;
-    }
-    let native = u64::from(decoder.color_type().bytes_per_pixel());
-    Some(pixels.saturating_mul(native + 3))
 }

@@ -7,10 +7,14 @@
 //! drift from training.
 
 pub mod arch;
+pub mod decode;
 pub mod onnx;
 pub mod preprocess;
+pub mod resize;
 
-pub use preprocess::{AUGMENTATIONS, Augmentation, ImageError, Preprocessor, decode};
+pub use decode::{Decoded, ImageError, decode, decode_reduced};
+pub use preprocess::{AUGMENTATIONS, Augmentation, Preprocessor};
+pub use resize::{Region, resize_region};
 
 /// The characters we tell apart, in the order of the model's outputs. The one definition.
 pub const CLASSES: [&str; 4] = ["homer", "marge", "bart", "lisa"];

@@ -9,128 +9,34 @@
 //! Training and serving call the same functions, so what the model sees in production is what
 //! it was trained on.
 
-use std::io::Cursor;
-
-use image::imageops::FilterType;
-use image::{ImageReader, Limits, RgbImage};
+use image::RgbImage;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+
+pub use crate::decode::{
+    Decoded, ImageError, MAX_DECODE_ALLOC, MAX_FILE_BYTES, MAX_PIXELS, MAX_SIDE, decode,
+    decode_reduced, decoded_cost,
+};
+use crate::resize::{Region, resize_region};
 
 pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Files larger than this are refused before decoding.
-pub const MAX_FILE_BYTES: usize = 32 << 20;
-/// Images claiming more than this many pixels per side are refused from their header, before
-/// any pixel buffer is allocated (decompression bombs).
-pub const MAX_SIDE: u32 = 8192;
-/// Images claiming more pixels than this (40 MP, more than any phone camera) are refused from
-/// their header: a 12 MP photo decodes to 36 MB, and what the server holds in flight is bounded
-/// by this times the number of concurrent decodes.
-pub const MAX_PIXELS: u64 = 40_000_000;
-/// Upper bound on what a single decode may allocate.
-pub const MAX_DECODE_ALLOC: u64 = 512 << 20;
-
-/// Why an input cannot be used. The trainer skips such files; the server answers 4xx.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ImageError {
-    #[error("empty file")]
-    Empty,
-    #[error("file is {0} bytes, over the {MAX_FILE_BYTES}-byte limit")]
-    TooManyBytes(usize),
-    #[error("not a supported image (jpeg, png or webp)")]
-    NotAnImage,
-    #[error("image is {width}x{height}, over the {MAX_SIDE}-pixel limit per side")]
-    TooLarge { width: u32, height: u32 },
-    #[error("image is {width}x{height}, over the {MAX_PIXELS}-pixel limit")]
-    TooManyPixels { width: u32, height: u32 },
-    #[error("corrupt or truncated image: {0}")]
-    Corrupt(String),
-}
-
-/// A JPEG ends with the EOI marker (FF D9). The decoder fills a truncated file with grey and
-/// reports success, so a missing marker is how a cut-off upload is told from a whole one.
-/// Encoders may pad after EOI, hence the search in the tail rather than at the very end.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(64)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
-}
-
-/// Decodes jpeg, png or webp into upright RGB, refusing oversized and malformed input up front.
-///
-/// The EXIF orientation is applied (phones store photos sideways and say so in EXIF), so the
-/// image, and any coordinates computed on it, are as a person sees it.
-pub fn decode(bytes: &[u8]) -> Result<RgbImage, ImageError> {
-    use image::ImageDecoder;
-
-    if bytes.is_empty() {
-        return Err(ImageError::Empty);
-    }
-    if bytes.len() > MAX_FILE_BYTES {
-        return Err(ImageError::TooManyBytes(bytes.len()));
-    }
-    let mut reader = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
-    let format = reader.format();
-    match format {
-        Some(image::ImageFormat::Jpeg | image::ImageFormat::Png | image::ImageFormat::WebP) => {}
-        _ => return Err(ImageError::NotAnImage),
-    }
-    let mut limits = Limits::default();
-    limits.max_image_width = Some(MAX_SIDE);
-    limits.max_image_height = Some(MAX_SIDE);
-    limits.max_alloc = Some(MAX_DECODE_ALLOC);
-    reader.limits(limits);
-    // Read dimensions from the header first so the error can say how large the bomb claims to be.
-    let probe = ImageReader::new(Cursor::new(bytes))
-        .with_guessed_format()
-        .ok()
-        .and_then(|r| r.into_dimensions().ok());
-    if let Some((width, height)) = probe {
-        if width > MAX_SIDE || height > MAX_SIDE {
-            return Err(ImageError::TooLarge { width, height });
-        }
-        if u64::from(width) * u64::from(height) > MAX_PIXELS {
-            return Err(ImageError::TooManyPixels { width, height });
-        }
-    }
-    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
-        return Err(ImageError::Corrupt(
-            "the JPEG ends before its end marker".into(),
-        ));
-    }
-    let limits_err = |e: image::ImageError| match e {
-        image::ImageError::Limits(_) => {
-            let (width, height) = probe.unwrap_or((0, 0));
-            ImageError::TooLarge { width, height }
-        }
-        e => ImageError::Corrupt(e.to_string()),
-    };
-    let mut decoder = reader.into_decoder().map_err(limits_err)?;
-    // A malformed EXIF block is not worth refusing the photo for: it is then shown as stored.
-    let orientation = decoder
-        .orientation()
-        .unwrap_or(image::metadata::Orientation::NoTransforms);
-    let mut img = image::DynamicImage::from_decoder(decoder).map_err(limits_err)?;
-    img.apply_orientation(orientation);
-    Ok(img.into_rgb8())
-}
-
 /// `Resize(size)` (shorter side to `size`, aspect kept) then `CenterCrop(size)`, computed the
-/// cheap way round: the centred square is cut in source coordinates first and only it is
-/// resized. The result is the same picture, but an 8192×1 strip no longer becomes a
-/// 1.9-gigapixel intermediate.
+/// cheap way round: the centred square is resized straight from the source, never copied
+/// out or resized whole first. The result is the same picture, but an 8192×1 strip no longer
+/// becomes a 1.9-gigapixel intermediate.
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> RgbImage {
     let (w, h) = img.dimensions();
     let side = w.min(h).max(1);
     let x = (w - side.min(w)) / 2;
     let y = (h - side.min(h)) / 2;
-    let square = image::imageops::crop_imm(img, x, y, side.min(w), side.min(h)).to_image();
-    if square.dimensions() == (size, size) {
-        return square;
-    }
-    image::imageops::resize(&square, size, size, FilterType::Triangle)
+    resize_region(
+        img,
+        Region::square(f64::from(x), f64::from(y), f64::from(side)),
+        size,
+        size,
+    )
 }
 
 /// The seed's `RandomChoice`, one variant per entry, in the seed's order.
@@ -163,40 +69,14 @@ pub const AUGMENTATIONS: [Augmentation; 5] = [
     },
 ];
 
-/// A CHW float image in 0..=1, before normalisation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Chw {
-    pub size: usize,
-    pub data: Vec<f32>,
-}
-
-impl Chw {
-    /// `ToTensor`: HWC u8 → CHW f32 in 0..=1.
-    pub fn from_rgb(img: &RgbImage) -> Self {
-        let (w, h) = img.dimensions();
-        debug_assert_eq!(w, h, "crop first");
-        let size = w as usize;
-        let plane = size * size;
-        let mut data = vec![0.0f32; 3 * plane];
-        for (i, px) in img.as_raw().chunks_exact(3).enumerate() {
-            data[i] = f32::from(px[0]) / 255.0;
-            data[plane + i] = f32::from(px[1]) / 255.0;
-            data[2 * plane + i] = f32::from(px[2]) / 255.0;
-        }
-        Self { size, data }
-    }
-
-    /// `Normalize(mean, std)` with ImageNet statistics.
-    pub fn normalize(mut self) -> Vec<f32> {
-        let plane = self.size * self.size;
-        for (c, chunk) in self.data.chunks_exact_mut(plane).enumerate() {
-            let (m, s) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
-            for v in chunk {
-                *v = (*v - m) / s;
-            }
-        }
-        self.data
-    }
+/// `ToTensor` then `Normalize(mean, std)` for one byte value of each channel: the same f32
+/// arithmetic as computing it per pixel, looked up instead (the result is bit for bit the
+/// same).
+fn normalisation_tables() -> [[f32; 256]; 3] {
+    std::array::from_fn(|c| {
+        let (m, s) = (IMAGENET_MEAN[c], IMAGENET_STD[c]);
+        std::array::from_fn(|v| (v as f32 / 255.0 - m) / s)
+    })
 }
 
 /// A square RGB image as packed HWC bytes, augmented in place the way the seed's PIL images
@@ -300,7 +180,23 @@ impl Preprocessor {
 
     /// Evaluation and serving: the fitted image as a normalised CHW vector.
     pub fn eval(&self, fitted: &RgbImage) -> Vec<f32> {
-        Chw::from_rgb(fitted).normalize()
+        let mut out = vec![0.0; fitted.as_raw().len()];
+        self.eval_into(fitted, &mut out);
+        out
+    }
+
+    /// [`Preprocessor::eval`] written into `out` (`3 * w * h` floats, planar RGB: one image of
+    /// an NCHW batch).
+    pub fn eval_into(&self, fitted: &RgbImage, out: &mut [f32]) {
+        let tables = normalisation_tables();
+        let plane = fitted.as_raw().len() / 3;
+        let (r, rest) = out.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        for (i, px) in fitted.as_raw().chunks_exact(3).enumerate() {
+            r[i] = tables[0][usize::from(px[0])];
+            g[i] = tables[1][usize::from(px[1])];
+            b[i] = tables[2][usize::from(px[2])];
+        }
     }
 
     /// Training: one augmentation chosen uniformly from [`AUGMENTATIONS`], applied in place to

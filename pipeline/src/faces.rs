@@ -6,13 +6,20 @@
 //! anchor; the anchors, the sigmoid, the box decoding and the non-maximum suppression are here.
 //! It was trained on roughly square selfie framing, so a wide or tall photo is also looked at in
 //! overlapping square tiles: two people side by side are two faces, not one tiny pair.
+//!
+//! Every pass looks at a 128 px square, so the photo is shrunk once, to a copy whose tiles are
+//! 128 px (at most 1024 px long), and every pass's input is cut from that copy: the photo's
+//! pixels are read once, whatever the number of passes, and nothing of full size is copied.
+//! The model file's batch dimension is fixed at 1, so the passes run one after another.
 
 use std::path::Path;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::borrow::Cow;
+
 use image::RgbImage;
-use image::imageops::FilterType;
+use model::{Decoded, Region, resize_region};
 use ort::session::Session;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -34,8 +41,10 @@ const NMS_IOU: f32 = 0.3;
 const TILE_ASPECT: f32 = 1.3;
 /// Tiles along the long side at most (each is one 1–2 ms pass).
 const MAX_TILES: u32 = 6;
+/// The reduced copy's longer side at most: a 8192×16 strip must not become a big copy.
+const MAX_REDUCED_LONG: f64 = 1024.0;
 
-/// A face in (upright) image pixels.
+/// A face in the (upright) photo's own pixels, whatever the size it was decoded at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FaceBox {
@@ -147,28 +156,33 @@ impl FaceDetector {
         &self.sha256
     }
 
-    /// Faces, largest first, at most `max_faces`.
-    pub fn detect(&self, img: &RgbImage) -> Result<Vec<FaceBox>, DetectError> {
-        let (w, h) = img.dimensions();
+    /// Faces in the photo's own pixels, largest first, at most `max_faces`.
+    pub fn detect(&self, photo: &Decoded) -> Result<Vec<FaceBox>, DetectError> {
+        let (w, h) = photo.image.dimensions();
         if w < 16 || h < 16 {
             return Ok(Vec::new());
         }
+        let reduced = Reduced::of(&photo.image);
+        let mut input = vec![-1.0f32; (INPUT * INPUT * 3) as usize];
         let mut found = Vec::new();
         for region in regions(w, h) {
-            let input = square_input(img, region);
-            let mut dets = self.run(&input)?;
-            let (rx, ry, side) = (region.0 as f32, region.1 as f32, region.2 as f32);
-            for d in &mut dets {
-                d.cx = rx + d.cx * side;
-                d.cy = ry + d.cy * side;
-                d.w *= side;
-                d.h *= side;
-            }
-            found.extend(dets);
+            let placed = reduced.input(region, &mut input);
+            found.extend(self.run(&input)?.into_iter().map(|d| placed.map(d)));
         }
+        // Decoded pixels to the photo's: a reduced decode scales every box back up.
+        let scale = photo.scale as f32;
         let mut faces: Vec<FaceBox> = nms(found)
             .into_iter()
-            .filter_map(|d| clamp(d, w, h))
+            .filter_map(|d| {
+                let d = Detection {
+                    cx: d.cx * scale,
+                    cy: d.cy * scale,
+                    w: d.w * scale,
+                    h: d.h * scale,
+                    score: d.score,
+                };
+                clamp(d, photo.width, photo.height)
+            })
             .collect();
         faces.sort_by_key(|b| std::cmp::Reverse(u64::from(b.w) * u64::from(b.h)));
         faces.truncate(self.max_faces);
@@ -265,32 +279,106 @@ fn regions(w: u32, h: u32) -> Vec<(u32, u32, u32)> {
     out
 }
 
-/// The region as the network's input: cropped (and, for the letterboxed whole image, padded with
-/// black below/right), resized to 128×128, NHWC scaled to -1..1.
-fn square_input(img: &RgbImage, (x, y, side): (u32, u32, u32)) -> Vec<f32> {
-    let (w, h) = img.dimensions();
-    let cw = side.min(w - x);
-    let ch = side.min(h - y);
-    let crop = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
-    // Scale the crop so that `side` maps to 128 px, keeping its aspect; the rest stays black.
-    let scale = INPUT as f32 / side as f32;
-    let sw = ((cw as f32 * scale).round() as u32).clamp(1, INPUT);
-    let sh = ((ch as f32 * scale).round() as u32).clamp(1, INPUT);
-    let small = if cw > 4 * INPUT || ch > 4 * INPUT {
-        // Large photos: box-filter thumbnail, far cheaper than a filtered resize of 12 MP.
-        image::imageops::thumbnail(&crop, sw, sh)
-    } else {
-        image::imageops::resize(&crop, sw, sh, FilterType::Triangle)
-    };
-    let side = INPUT as usize;
-    let mut out = vec![-1.0f32; side * side * 3];
-    for (px, py, p) in small.enumerate_pixels() {
-        let o = (py as usize * side + px as usize) * 3;
-        for c in 0..3 {
-            out[o + c] = f32::from(p[c]) / 127.5 - 1.0;
+/// The decoded photo shrunk once for the detector: by as much as makes a tile's square (the
+/// shorter side) 128 px, never enlarged, and never more than [`MAX_REDUCED_LONG`] long.
+struct Reduced<'a> {
+    img: Cow<'a, RgbImage>,
+    /// The decoded photo's size.
+    w: u32,
+    h: u32,
+    /// Reduced pixels per decoded pixel, per axis (the sides are rounded).
+    fx: f64,
+    fy: f64,
+}
+
+/// Where a pass's input came from: detections in 0..1 units of the 128 px input back to
+/// decoded pixels.
+#[derive(Debug, Clone, Copy)]
+struct Placed {
+    x: f32,
+    y: f32,
+    /// Decoded pixels per input pixel, per axis.
+    sx: f32,
+    sy: f32,
+}
+
+impl Placed {
+    fn map(self, d: Detection) -> Detection {
+        let side = INPUT as f32;
+        Detection {
+            cx: self.x + d.cx * side * self.sx,
+            cy: self.y + d.cy * side * self.sy,
+            w: d.w * side * self.sx,
+            h: d.h * side * self.sy,
+            score: d.score,
         }
     }
-    out
+}
+
+impl<'a> Reduced<'a> {
+    fn of(img: &'a RgbImage) -> Self {
+        let (w, h) = img.dimensions();
+        let (short, long) = (f64::from(w.min(h)), f64::from(w.max(h)));
+        let s = (f64::from(INPUT) / short)
+            .min(MAX_REDUCED_LONG / long)
+            .min(1.0);
+        if s >= 1.0 {
+            return Self {
+                img: Cow::Borrowed(img),
+                w,
+                h,
+                fx: 1.0,
+                fy: 1.0,
+            };
+        }
+        let rw = ((f64::from(w) * s).round() as u32).max(1);
+        let rh = ((f64::from(h) * s).round() as u32).max(1);
+        let whole = Region {
+            left: 0.0,
+            top: 0.0,
+            width: f64::from(w),
+            height: f64::from(h),
+        };
+        Self {
+            img: Cow::Owned(resize_region(img, whole, rw, rh)),
+            w,
+            h,
+            fx: f64::from(rw) / f64::from(w),
+            fy: f64::from(rh) / f64::from(h),
+        }
+    }
+
+    /// Writes the region `(x, y, side)` of the decoded photo as the network's input: scaled
+    /// so that `side` maps to 128 px, the part outside the photo (the letterboxed whole
+    /// image's) left black, NHWC in -1..1.
+    fn input(&self, (x, y, side): (u32, u32, u32), out: &mut [f32]) -> Placed {
+        let cw = side.min(self.w.saturating_sub(x)).max(1);
+        let ch = side.min(self.h.saturating_sub(y)).max(1);
+        let scale = INPUT as f32 / side as f32;
+        let sw = ((cw as f32 * scale).round() as u32).clamp(1, INPUT);
+        let sh = ((ch as f32 * scale).round() as u32).clamp(1, INPUT);
+        let region = Region {
+            left: f64::from(x) * self.fx,
+            top: f64::from(y) * self.fy,
+            width: f64::from(cw) * self.fx,
+            height: f64::from(ch) * self.fy,
+        };
+        let small = resize_region(&self.img, region, sw, sh);
+        out.fill(-1.0);
+        let side = INPUT as usize;
+        for (px, py, p) in small.enumerate_pixels() {
+            let o = (py as usize * side + px as usize) * 3;
+            for c in 0..3 {
+                out[o + c] = f32::from(p[c]) / 127.5 - 1.0;
+            }
+        }
+        Placed {
+            x: x as f32,
+            y: y as f32,
+            sx: cw as f32 / sw as f32,
+            sy: ch as f32 / sh as f32,
+        }
+    }
 }
 
 /// Greedy non-maximum suppression, strongest first.
@@ -318,22 +406,22 @@ fn clamp(d: Detection, w: u32, h: u32) -> Option<FaceBox> {
     })
 }
 
-/// The side of a face's crop over the face box's longer side (see [`crop_with_margin`]).
+/// The side of a face's crop over the face box's longer side (see [`face_crop`]).
 pub const CROP_MARGIN: f32 = 1.8;
 
-/// A square crop around a face with room for hair: the characters differ most above the
-/// forehead, so the crop is [`CROP_MARGIN`] times the face and its centre sits a quarter of the
-/// face's height above the face's centre. The one definition of the crop geometry: the
-/// trainer's inputs and the service's are both cut here.
-pub fn crop_with_margin(img: &RgbImage, face: FaceBox) -> RgbImage {
-    let (w, h) = img.dimensions();
+/// The square around a face the classifier sees, with room for hair: the characters differ
+/// most above the forehead, so the crop is [`CROP_MARGIN`] times the face and its centre sits
+/// a quarter of the face's height above the face's centre, moved inside the `w`×`h` photo
+/// (and shrunk to fit it). In the photo's own pixels. The one definition of the crop geometry:
+/// the trainer's inputs and the service's are both cut here.
+pub fn face_crop(face: FaceBox, w: u32, h: u32) -> Region {
     let side = (face.w.max(face.h) as f32 * CROP_MARGIN) as i64;
     let cx = i64::from(face.x) + i64::from(face.w) / 2;
     let cy = i64::from(face.y) + i64::from(face.h) / 2 - i64::from(face.h) / 4;
     let side = side.min(i64::from(w)).min(i64::from(h)).max(1);
-    let x = (cx - side / 2).clamp(0, i64::from(w) - side);
-    let y = (cy - side / 2).clamp(0, i64::from(h) - side);
-    image::imageops::crop_imm(img, x as u32, y as u32, side as u32, side as u32).to_image()
+    let x = (cx - side / 2).clamp(0, (i64::from(w) - side).max(0));
+    let y = (cy - side / 2).clamp(0, (i64::from(h) - side).max(0));
+    Region::square(x as f64, y as f64, side as f64)
 }
 
 #[cfg(test)]
@@ -370,5 +458,66 @@ mod tests {
         assert_eq!(kept.len(), 2);
         assert_eq!(kept[0].score, 0.9);
         assert_eq!(kept[1].cx, 200.0);
+    }
+
+    #[test]
+    fn every_pass_is_cut_from_one_reduced_copy_and_maps_back_to_the_photo() {
+        // Red left of x = 640, blue right of it: a wide 1280×886 photo, tiled.
+        let img = RgbImage::from_fn(1280, 886, |x, _| {
+            if x < 640 {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let reduced = Reduced::of(&img);
+        // The tiles' 886 px side becomes 128 px.
+        assert_eq!(reduced.img.dimensions(), (185, 128));
+        let mut input = vec![0.0; (INPUT * INPUT * 3) as usize];
+        let r = regions(1280, 886);
+        assert_eq!(r.len(), 3);
+
+        // The whole photo, letterboxed: 128×89 of picture, black (-1) below.
+        let whole = reduced.input(r[0], &mut input);
+        let at = |x: usize, y: usize, c: usize| input[(y * INPUT as usize + x) * 3 + c];
+        assert_eq!((at(5, 5, 0), at(5, 5, 2)), (1.0, -1.0));
+        assert_eq!((at(120, 5, 0), at(120, 5, 2)), (-1.0, 1.0));
+        assert_eq!(at(60, 120, 0), -1.0);
+        // A detection in the middle of the input is in the middle of the photo's width.
+        let mid = whole.map(Detection {
+            cx: 0.5,
+            cy: 0.25,
+            w: 0.1,
+            h: 0.1,
+            score: 1.0,
+        });
+        assert!((mid.cx - 640.0).abs() < 1.0, "{mid:?}");
+        assert!((mid.cy - 320.0).abs() < 4.0, "{mid:?}");
+        assert!((mid.w - 128.0).abs() < 1.0, "{mid:?}");
+
+        // The last tile is the rightmost square, x 394..1280: red up to x 640 (35 of its 128
+        // px), then blue, no padding; it maps back onto those pixels.
+        assert_eq!(r[2], (394, 0, 886));
+        let last = reduced.input(r[2], &mut input);
+        let at = |x: usize, y: usize, c: usize| input[(y * INPUT as usize + x) * 3 + c];
+        assert_eq!((at(10, 64, 0), at(10, 127, 2)), (1.0, -1.0));
+        assert_eq!((at(100, 64, 0), at(127, 127, 2)), (-1.0, 1.0));
+        let right = last.map(Detection {
+            cx: 1.0,
+            cy: 1.0,
+            w: 1.0,
+            h: 1.0,
+            score: 1.0,
+        });
+        assert!((right.cx - 1280.0).abs() < 1.0 && (right.cy - 886.0).abs() < 1.0);
+        assert!((right.w - 886.0).abs() < 1.0, "{right:?}");
+    }
+
+    #[test]
+    fn small_photos_are_not_copied_and_strips_stay_small() {
+        let small = RgbImage::new(100, 90);
+        assert!(matches!(Reduced::of(&small).img, Cow::Borrowed(_)));
+        let strip = RgbImage::new(8192, 16);
+        assert!(Reduced::of(&strip).img.width() <= MAX_REDUCED_LONG as u32);
     }
 }

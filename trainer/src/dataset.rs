@@ -282,8 +282,8 @@ pub async fn load(
                         let bytes = storage.get(&entry.key).await?;
                         let loaded = tokio::task::spawn_blocking(move || {
                             let digest: [u8; 32] = Sha256::digest(&bytes).into();
-                            let img = match model::decode(&bytes) {
-                                Ok(img) => img,
+                            let photo = match pipeline::decode(&bytes, pre) {
+                                Ok(photo) => photo,
                                 Err(e) => {
                                     return Ok(Loaded::Skipped(SkippedFile {
                                         path: entry.key,
@@ -295,7 +295,7 @@ pub async fn load(
                             let face = match faces.lookup(&entry.key, entry.size, etag) {
                                 Some(face) => face,
                                 None => {
-                                    let found = detector.detect(&img).map_err(|source| {
+                                    let found = detector.detect(&photo).map_err(|source| {
                                         DatasetError::Detect {
                                             key: entry.key.clone(),
                                             source,
@@ -306,7 +306,7 @@ pub async fn load(
                                     face
                                 }
                             };
-                            let input = pipeline::fit_face(&img, face, pre);
+                            let input = pipeline::fit_face(&photo, face, pre);
                             Ok::<_, DatasetError>(Loaded::Ok(
                                 Sample {
                                     key: entry.key,
@@ -448,11 +448,11 @@ pub async fn refit_test(
                     tokio::task::spawn_blocking(move || {
                         let digest: [u8; 32] = Sha256::digest(&bytes).into();
                         // Bytes that no longer decode have changed: the fingerprint says so.
-                        let sample = match model::decode(&bytes) {
-                            Ok(img) => Some(Sample {
+                        let sample = match pipeline::decode(&bytes, pre) {
+                            Ok(photo) => Some(Sample {
                                 key,
                                 label,
-                                image: cache.store(pipeline::fit_face(&img, face, pre))?,
+                                image: cache.store(pipeline::fit_face(&photo, face, pre))?,
                                 face,
                             }),
                             Err(_) => None,

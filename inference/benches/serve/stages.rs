@@ -14,7 +14,7 @@ use face2simpson_inference::upload::{self, BodyLimits};
 use face2simpson_inference::{
     BatchConfig, Batcher, Face, Forward, ModelRef, Prediction, Probabilities,
 };
-use image::{DynamicImage, ImageDecoder, ImageReader, RgbImage};
+use image::{DynamicImage, ImageDecoder, ImageReader};
 use model::Preprocessor;
 use pipeline::{FaceBox, FaceDetector};
 use tokio::sync::Semaphore;
@@ -88,7 +88,8 @@ fn orient_ms(runs: usize, bytes: &[u8]) -> f64 {
     )
 }
 
-/// `model::decode` without its orientation step: the pixel decode alone.
+/// `model::decode` without its orientation step: the pixel decode alone (the uploads here
+/// are too small to be decoded reduced, so this is the decoder `pipeline::decode` uses).
 fn decode_pixels(bytes: &[u8]) -> (DynamicImage, image::metadata::Orientation) {
     let mut decoder = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
@@ -186,17 +187,16 @@ impl Bench<'_> {
         bytes: &[u8],
         batch: BatchConfig,
     ) -> anyhow::Result<Stages> {
-        let img: RgbImage = model::decode(bytes)?;
-        let boxes = self.detector.detect(&img)?;
-        let fitted = pipeline::fit_faces(&img, &boxes, self.pre);
-        let inputs: Vec<Vec<f32>> = fitted.iter().map(|f| self.pre.eval(f)).collect();
+        let photo = pipeline::decode(bytes, self.pre)?;
+        let boxes = self.detector.detect(&photo)?;
+        let inputs = pipeline::model_inputs(&photo, &boxes, self.pre);
         let flat: Vec<f32> = inputs.concat();
         let mut forward = self.classifier()?;
         let size = self.pre.image_size as usize;
         let probs = forward
             .forward(&flat, inputs.len(), size)
             .map_err(anyhow::Error::msg)?;
-        let (w, h) = img.dimensions();
+        let (w, h) = photo.image.dimensions();
 
         let stage = |name, ms| {
             eprintln!("  {name}: {ms:.2} ms");
@@ -205,8 +205,8 @@ impl Bench<'_> {
         let rows = vec![
             stage("read body (in memory)", self.read_ms(rt, bytes)),
             stage(
-                "decode + orient (model::decode)",
-                median_ms(self.runs, || model::decode(bytes)),
+                "decode + orient (pipeline::decode)",
+                median_ms(self.runs, || pipeline::decode(bytes, self.pre)),
             ),
             stage(
                 "  of which pixel decode",
@@ -215,16 +215,12 @@ impl Bench<'_> {
             stage("  of which orient", orient_ms(self.runs, bytes)),
             stage(
                 "detect (BlazeFace)",
-                median_ms(self.runs, || self.detector.detect(&img)),
+                median_ms(self.runs, || self.detector.detect(&photo)),
             ),
             stage(
-                "crop + fit",
-                median_ms(self.runs, || pipeline::fit_faces(&img, &boxes, self.pre)),
-            ),
-            stage(
-                "normalise",
+                "crop + fit + normalise",
                 median_ms(self.runs, || {
-                    fitted.iter().map(|f| self.pre.eval(f)).collect::<Vec<_>>()
+                    pipeline::model_inputs(&photo, &boxes, self.pre)
                 }),
             ),
             stage(
