@@ -3,8 +3,8 @@
 //!
 //! * The service: the real server (`serve` + `app`) on loopback, configured as `main.rs` sizes
 //!   itself for the pod (`sizing::PodResources`: cgroup, else `CPU_REQUEST`, else the machine;
-//!   on a 2-core machine 2 decode slots and detector sessions, 1 model worker with 2 ORT
-//!   threads), a 224 px MobileNetV2 ONNX model (seeded random weights: cost does not depend on
+//!   on a 2-core machine 2 decode slots and detector sessions, 2 model workers with 1 ORT
+//!   thread each and a solo session with 2 for a request alone), a 224 px MobileNetV2 ONNX model (seeded random weights: cost does not depend on
 //!   their values), BlazeFace, the dynamic batcher.
 //! * The strongest Python peer, `bench/peer_onnx.py`: our pipeline ported to Python (the same
 //!   BlazeFace file and model.onnx on ONNX Runtime, OpenCV decode, the same crop rule), a sync
@@ -24,8 +24,8 @@
 //! Tunables (env): BENCH_ONLY=stages (the per-stage table alone: no batching table, no load,
 //! no peer servers; peer_onnx.py's stages still run when its Python is there),
 //! BENCH_SECONDS (per level, default 10), BENCH_LEVELS (default 1,8,32),
-//! BENCH_STAGE_RUNS (default 50), BENCH_WORKERS / BENCH_THREADS / BENCH_MAX_BATCH /
-//! BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS (override the service's sized configuration),
+//! BENCH_STAGE_RUNS (default 50), BENCH_WORKERS / BENCH_THREADS / BENCH_SOLO_THREADS / BENCH_MAX_BATCH /
+//! BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS / BENCH_MAX_WAIT_MS (override the service's sized configuration),
 //! BENCH_PEER_PYTHON (default .deps/bench-venv/bin/python; set it empty to skip the peers),
 //! CPU_REQUEST / MEMORY_LIMIT (as the service reads them).
 
@@ -76,7 +76,9 @@ struct Config {
     sized: Sizing,
     workers: usize,
     threads: usize,
+    solo_threads: usize,
     max_batch: usize,
+    max_wait_ms: u64,
     max_waiting: usize,
     max_queue_wait_ms: u64,
     python: Option<PathBuf>,
@@ -115,9 +117,14 @@ impl Config {
             cores: std::thread::available_parallelism().map_or(2, |n| n.get()),
             pod_cpus: pod.cpus,
             sized,
-            workers: env_or("BENCH_WORKERS", 1),
+            workers: env_or("BENCH_WORKERS", sized.model_workers),
             threads: env_or("BENCH_THREADS", sized.ort_threads),
+            solo_threads: env_or("BENCH_SOLO_THREADS", sized.solo_threads),
             max_batch: env_or("BENCH_MAX_BATCH", 8),
+            max_wait_ms: env_or(
+                "BENCH_MAX_WAIT_MS",
+                face2simpson_inference::DEFAULT_MAX_WAIT_MS,
+            ),
             max_waiting: env_or("BENCH_MAX_WAITING", 64),
             max_queue_wait_ms: env_or(
                 "BENCH_MAX_QUEUE_WAIT_MS",
@@ -130,7 +137,7 @@ impl Config {
     fn batch(&self) -> BatchConfig {
         BatchConfig {
             max_batch: self.max_batch,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::from_millis(self.max_wait_ms),
             queue_capacity: 64,
         }
     }
@@ -192,6 +199,7 @@ fn start_service(
             library: PathBuf::from(env!("ORT_DYLIB_PATH")),
             workers: cfg.workers,
             threads: cfg.threads,
+            solo_threads: cfg.solo_threads,
         };
         let uri = format!("file://{}/runs/bench/model.safetensors", dir.display());
         let (models, info) = load_model(&uri, IMAGE_SIZE, &runtime).await?;
@@ -449,7 +457,8 @@ fn main() -> anyhow::Result<()> {
         detector: &detector,
         onnx: &onnx,
         library: &library,
-        ort_threads: cfg.threads,
+        // One request at a time: the lone request's session, the solo one when there is one.
+        ort_threads: cfg.threads.max(cfg.solo_threads),
         pre: model::Preprocessor::new(IMAGE_SIZE),
         runs: cfg.stage_runs,
     };
@@ -488,12 +497,14 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "\nface2simpson: {} model worker(s) x {} ORT thread(s), {} decode slot(s) and detector sessions (sized from {:?} CPUs), max batch {}, max queue wait {} ms; peer_onnx.py: {} uvicorn worker(s) x 1 ORT thread, sync endpoint; peer.py: 1 process, async endpoint",
+        "\nface2simpson: {} model worker(s) x {} ORT thread(s) + solo session x {} thread(s) (0: none), {} decode slot(s) and detector sessions (sized from {:?} CPUs), max batch {}, batch wait {} ms, max queue wait {} ms; peer_onnx.py: {} uvicorn worker(s) x 1 ORT thread, sync endpoint; peer.py: 1 process, async endpoint",
         cfg.workers,
         cfg.threads,
+        cfg.solo_threads,
         cfg.sized.decodes,
         cfg.pod_cpus,
         cfg.max_batch,
+        cfg.max_wait_ms,
         cfg.max_queue_wait_ms,
         cfg.cores
     );

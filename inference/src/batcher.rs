@@ -8,7 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -116,6 +116,11 @@ struct Job {
 #[derive(Clone)]
 pub struct Batcher {
     tx: SyncSender<Job>,
+    /// The solo lane: one session with more intra-op threads, for a request alone in the
+    /// server (see [`Batcher::classify_alone`]).
+    solo: Option<SyncSender<Job>>,
+    config: BatchConfig,
+    image_size: u32,
     metrics: Arc<Metrics>,
     alive: Arc<AtomicUsize>,
 }
@@ -161,7 +166,27 @@ impl Batcher {
                     worker(model, image_size as usize, config, &rx, &metrics);
                 })?;
         }
-        Ok(Self { tx, metrics, alive })
+        Ok(Self {
+            tx,
+            solo: None,
+            config,
+            image_size,
+            metrics,
+            alive,
+        })
+    }
+
+    /// Adds the solo lane: `model` on its own thread and queue of one. It does not count as a
+    /// worker for [`Batcher::alive`]: when it stops, requests go to the shared queue.
+    pub fn with_solo(mut self, model: Box<dyn Forward>) -> std::io::Result<Self> {
+        let (tx, rx) = sync_channel(1);
+        let rx = Mutex::new(rx);
+        let (config, size, metrics) = (self.config, self.image_size as usize, self.metrics.clone());
+        std::thread::Builder::new()
+            .name("model-solo".into())
+            .spawn(move || worker(model, size, config, &rx, &metrics))?;
+        self.solo = Some(tx);
+        Ok(self)
     }
 
     /// Model threads still serving.
@@ -171,6 +196,26 @@ impl Batcher {
 
     /// Classifies `images`; they are batched with whatever else is waiting.
     pub async fn classify(&self, images: Vec<Vec<f32>>) -> Result<Vec<Probabilities>, BatchError> {
+        self.submit(images, false).await
+    }
+
+    /// Classifies the images of a request that is alone in the server: on the solo lane, whose
+    /// session has the pod's cores to itself, when there is one and it is free; else as
+    /// [`Batcher::classify`]. Under load every worker has a request of its own and one
+    /// intra-op thread each is the cheaper use of the cores (no thread waits for another);
+    /// alone, the other cores would idle while one thread runs the pass.
+    pub async fn classify_alone(
+        &self,
+        images: Vec<Vec<f32>>,
+    ) -> Result<Vec<Probabilities>, BatchError> {
+        self.submit(images, true).await
+    }
+
+    async fn submit(
+        &self,
+        images: Vec<Vec<f32>>,
+        alone: bool,
+    ) -> Result<Vec<Probabilities>, BatchError> {
         if images.is_empty() {
             return Ok(Vec::new());
         }
@@ -178,7 +223,18 @@ impl Batcher {
             return Err(BatchError::Closed);
         }
         let (reply, rx) = oneshot::channel();
-        match self.tx.try_send(Job { images, reply }) {
+        let mut job = Job { images, reply };
+        if alone && let Some(solo) = &self.solo {
+            match solo.try_send(job) {
+                Ok(()) => {
+                    self.metrics.queue_depth.inc();
+                    return rx.await.map_err(|_| BatchError::Closed)?;
+                }
+                // Busy or stopped: the shared queue takes it.
+                Err(TrySendError::Full(j) | TrySendError::Disconnected(j)) => job = j,
+            }
+        }
+        match self.tx.try_send(job) {
             Ok(()) => self.metrics.queue_depth.inc(),
             Err(TrySendError::Full(_)) => return Err(BatchError::Busy),
             Err(TrySendError::Disconnected(_)) => return Err(BatchError::Closed),
@@ -187,8 +243,9 @@ impl Batcher {
     }
 }
 
-/// Takes the next batch off the shared queue: the first job, then whatever arrives within
-/// `max_wait` until `max_batch` images are gathered. `None` when every sender is gone.
+/// Takes the next batch off the shared queue: the first job, every job already waiting behind
+/// it, then whatever arrives within `max_wait`, until `max_batch` images are gathered. `None`
+/// when every sender is gone.
 fn gather(rx: &Mutex<Receiver<Job>>, config: BatchConfig, metrics: &Metrics) -> Option<Vec<Job>> {
     // A poisoned lock only means another worker panicked while holding it; the queue itself
     // is intact.
@@ -199,18 +256,24 @@ fn gather(rx: &Mutex<Receiver<Job>>, config: BatchConfig, metrics: &Metrics) -> 
     let mut jobs = vec![first];
     let deadline = Instant::now() + config.max_wait;
     while count < config.max_batch {
-        let now = Instant::now();
-        if now >= deadline {
-            break;
-        }
-        match rx.recv_timeout(deadline - now) {
-            Ok(job) => {
-                metrics.queue_depth.dec();
-                count += job.images.len();
-                jobs.push(job);
+        // Jobs already queued join at once, whatever `max_wait` says: under load batches form
+        // without anyone waiting for company.
+        let next = match rx.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if now >= deadline {
+                    None
+                } else {
+                    rx.recv_timeout(deadline - now).ok()
+                }
             }
-            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-        }
+        };
+        let Some(job) = next else { break };
+        metrics.queue_depth.dec();
+        count += job.images.len();
+        jobs.push(job);
     }
     Some(jobs)
 }

@@ -55,7 +55,7 @@ pub use crate::batcher::{BatchConfig, BatchError, Batcher, Forward, Probabilitie
 pub use crate::card::{ModelCard, ShadowCard};
 pub use crate::error::{ApiError, ErrorBody};
 use crate::live::VerdictCounter;
-pub use crate::load::{LoadError, ModelInfo, RuntimeConfig, load_detector, load_model};
+pub use crate::load::{LoadError, ModelInfo, Models, RuntimeConfig, load_detector, load_model};
 use crate::metrics::{Metrics, RouteLabels, RouteOnly};
 use crate::oip::OipPaths;
 pub use crate::reports::{ReportConfig, Reporters};
@@ -95,6 +95,12 @@ pub struct Limits {
     /// The bound on latency: see [`admission`].
     pub max_queue_wait: Option<Duration>,
 }
+
+/// How long, by default, the first request of a batch waits for company (`MAX_WAIT_MS`): not
+/// at all. On CPU a batch costs the same per image as single passes (docs/benchmarks.md, the
+/// batching table), so waiting only adds latency; under load batches still form from the
+/// requests already queued.
+pub const DEFAULT_MAX_WAIT_MS: u64 = 0;
 
 /// The default queue-wait budget in milliseconds: a wait a user accepts (docs/inference.md).
 pub const DEFAULT_MAX_QUEUE_WAIT_MS: u64 = 2000;
@@ -267,12 +273,21 @@ impl AppState {
     /// Puts a loaded, warmed-up model into service.
     pub fn install(
         &self,
-        models: Vec<Box<dyn Forward>>,
+        models: impl Into<Models>,
         info: ModelInfo,
         batch: BatchConfig,
     ) -> std::io::Result<()> {
         let pre = Preprocessor::new(info.image_size);
-        let batcher = Batcher::spawn(models, info.image_size, batch, self.inner.metrics.clone())?;
+        let models = models.into();
+        let mut batcher = Batcher::spawn(
+            models.workers,
+            info.image_size,
+            batch,
+            self.inner.metrics.clone(),
+        )?;
+        if let Some(solo) = models.solo {
+            batcher = batcher.with_solo(solo)?;
+        }
         let _ = self.inner.loaded.set(Loaded { batcher, pre, info });
         Ok(())
     }
@@ -382,22 +397,36 @@ async fn image_bytes(kind: UploadKind, parts: Parts, body: Bytes) -> Result<Byte
     let mut form = Multipart::from_request(req, &())
         .await
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.body_text()))?;
+    // The form has one field, as its schema says (`additionalProperties: false`): another
+    // one is a client sending something else than it means to.
+    let mut image = None;
     while let Some(field) = form
         .next_field()
         .await
         .map_err(|e| ApiError::new(e.status(), e.body_text()))?
     {
-        if field.name() == Some("image") {
-            return field
+        if field.name() != Some("image") || image.is_some() {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "multipart form has a field {:?} besides the photo; send one field, `image`",
+                    field.name().unwrap_or_default()
+                ),
+            ));
+        }
+        image = Some(
+            field
                 .bytes()
                 .await
-                .map_err(|e| ApiError::new(e.status(), e.body_text()));
-        }
+                .map_err(|e| ApiError::new(e.status(), e.body_text()))?,
+        );
     }
-    Err(ApiError::new(
-        StatusCode::BAD_REQUEST,
-        "multipart form has no field named `image`",
-    ))
+    image.ok_or_else(|| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "multipart form has no field named `image`",
+        )
+    })
 }
 
 /// Whether the request is still sending its body, for the request deadline: a client that is
@@ -571,16 +600,17 @@ async fn predict(State(state): State<AppState>, req: Request) -> Result<Response
         .filter(|_| !state.inner.admission.under_pressure())
         .map(|_| inputs.clone());
     let classify_started = Instant::now();
-    let probs = loaded
-        .batcher
-        .classify(inputs)
-        .await
-        .inspect(|_| inner.health.success())
-        .inspect_err(|e| {
-            if let BatchError::Failed(why) = e {
-                inner.health.failure(why);
-            }
-        })?;
+    // Alone in the server (its own ticket the only one), the request may use every core.
+    let probs = if state.inner.admission.in_flight() <= 1 {
+        loaded.batcher.classify_alone(inputs).await
+    } else {
+        loaded.batcher.classify(inputs).await
+    };
+    let probs = probs.inspect(|_| inner.health.success()).inspect_err(|e| {
+        if let BatchError::Failed(why) = e {
+            inner.health.failure(why);
+        }
+    })?;
     let champion_time = classify_started.elapsed();
     let top: Vec<usize> = probs.iter().map(batcher::top1).collect();
     state.inner.verdicts.record(&top);
@@ -741,8 +771,25 @@ async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
 )]
 pub struct ApiDoc;
 
-async fn openapi() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// The OpenAPI document served at `/openapi.json`: utoipa's, with the v2 request schemas
+/// written out by hand (see `oip::install_request_schemas`).
+pub fn openapi_document() -> serde_json::Value {
+    let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or_default();
+    oip::install_request_schemas(&mut doc);
+    // What utoipa cannot say: the form has one field, the photo (the handler refuses any
+    // other), and a photo is at least one byte (an empty one is refused 400).
+    if let Some(form) = doc.pointer_mut("/components/schemas/UploadForm") {
+        form["additionalProperties"] = serde_json::Value::Bool(false);
+        form["properties"]["image"]["minLength"] = 1.into();
+    }
+    if let Some(raw) = doc.pointer_mut("/components/schemas/RawImage") {
+        raw["minLength"] = 1.into();
+    }
+    doc
+}
+
+async fn openapi() -> Json<serde_json::Value> {
+    Json(openapi_document())
 }
 
 async fn page() -> Response {

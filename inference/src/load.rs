@@ -28,6 +28,34 @@ pub struct RuntimeConfig {
     pub workers: usize,
     /// Intra-op threads per model session.
     pub threads: usize,
+    /// Intra-op threads of one more session, used by a request that is alone in the server
+    /// (see [`crate::batcher::Batcher::classify_alone`]); none when not above `threads`.
+    pub solo_threads: usize,
+}
+
+/// The sessions a model runs on: the workers sharing the batch queue, and the optional session
+/// with more threads for a request that is alone.
+pub struct Models {
+    pub workers: Vec<Box<dyn Forward>>,
+    pub solo: Option<Box<dyn Forward>>,
+}
+
+impl std::fmt::Debug for Models {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Models")
+            .field("workers", &self.workers.len())
+            .field("solo", &self.solo.is_some())
+            .finish()
+    }
+}
+
+impl From<Vec<Box<dyn Forward>>> for Models {
+    fn from(workers: Vec<Box<dyn Forward>>) -> Self {
+        Self {
+            workers,
+            solo: None,
+        }
+    }
 }
 
 /// What `/v1/model` reports about the model in service. Deliberately no storage URLs or keys:
@@ -114,12 +142,13 @@ fn check_pipeline(metrics: &RunMetrics) -> Result<(), LoadError> {
 
 /// Fetches `model.onnx` beside `uri` (a `model.safetensors` URI as the operator and
 /// champion.json name it, or the `.onnx` itself) and `metrics.json` when present, and builds
-/// one warmed-up session per worker. `image_size` is used when no metrics say otherwise.
+/// one warmed-up session per worker (and the solo session). `image_size` is used when no
+/// metrics say otherwise.
 pub async fn load_model(
     uri: &str,
     image_size: u32,
     rt: &RuntimeConfig,
-) -> Result<(Vec<Box<dyn Forward>>, ModelInfo), LoadError> {
+) -> Result<(Models, ModelInfo), LoadError> {
     let (dir, file) = uri
         .trim_end_matches('/')
         .rsplit_once('/')
@@ -195,17 +224,23 @@ pub async fn load_model(
         let env = runtime::environment(&rt.library)?;
         let size = image_size as usize;
         let zeros = vec![0.0f32; 3 * size * size];
-        let mut models: Vec<Box<dyn Forward>> = Vec::new();
-        for _ in 0..rt.workers.max(1) {
-            let mut m = OnnxClassifier::new(runtime::session(env, &onnx, rt.threads)?);
+        let warm = |threads: usize| -> Result<Box<dyn Forward>, LoadError> {
+            let mut m = OnnxClassifier::new(runtime::session(env, &onnx, threads)?);
             // Warm-up: the first run plans and allocates; pay for it before /readyz says yes.
             let p = m.forward(&zeros, 1, size).map_err(LoadError::WarmUp)?;
             if p.len() != 1 {
                 return Err(LoadError::WarmUp(format!("{} rows for one image", p.len())));
             }
-            models.push(Box::new(m));
-        }
-        Ok((models, info))
+            Ok(Box::new(m))
+        };
+        let threads = rt.threads.max(1);
+        let workers = (0..rt.workers.max(1))
+            .map(|_| warm(threads))
+            .collect::<Result<Vec<_>, _>>()?;
+        let solo = (rt.solo_threads > threads)
+            .then(|| warm(rt.solo_threads))
+            .transpose()?;
+        Ok((Models { workers, solo }, info))
     })
     .await
     .map_err(|e| LoadError::WarmUp(e.to_string()))?

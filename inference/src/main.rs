@@ -132,17 +132,24 @@ struct CommonArgs {
     /// Input size when the run's metrics.json does not say (it normally does).
     #[arg(long, env = "IMAGE_SIZE", default_value_t = 224, global = true)]
     image_size: u32,
-    /// Model sessions, each on its own thread, sharing the batch queue.
-    #[arg(long, env = "MODEL_WORKERS", default_value_t = 1, global = true)]
-    workers: usize,
-    /// Intra-op threads per model session (default: the pod's whole CPUs, see --cpu-request).
+    /// Model sessions, each on its own thread, sharing the batch queue (default: one per whole
+    /// CPU of the pod, see --cpu-request).
+    #[arg(long, env = "MODEL_WORKERS", global = true)]
+    workers: Option<usize>,
+    /// Intra-op threads per model session (default 1: under load each core runs its own
+    /// requests).
     #[arg(long, env = "MODEL_THREADS", global = true)]
     threads: Option<usize>,
+    /// Intra-op threads of one more session, used by a request alone in the server (default:
+    /// the pod's whole CPUs when more than one; 0 or 1: none).
+    #[arg(long, env = "SOLO_THREADS", global = true)]
+    solo_threads: Option<usize>,
     /// Most images per forward pass; larger requests are split.
     #[arg(long, env = "MAX_BATCH", default_value_t = 8, global = true)]
     max_batch: usize,
-    /// Milliseconds the first request of a batch waits for others.
-    #[arg(long, env = "MAX_WAIT_MS", default_value_t = 2, global = true)]
+    /// Milliseconds the first request of a batch waits for others (requests already queued
+    /// join it whatever this says).
+    #[arg(long, env = "MAX_WAIT_MS", default_value_t = face2simpson_inference::DEFAULT_MAX_WAIT_MS, global = true)]
     max_wait_ms: u64,
     /// Requests queued for the model at most; more get 503 with Retry-After.
     #[arg(long, env = "QUEUE_CAPACITY", default_value_t = 64, global = true)]
@@ -316,13 +323,12 @@ impl CommonArgs {
     }
 
     fn runtime(&self) -> RuntimeConfig {
+        let sized = self.sizing.sizing();
         RuntimeConfig {
             library: self.ort_library.clone(),
-            workers: self.workers.max(1),
-            threads: self
-                .threads
-                .unwrap_or_else(|| self.sizing.sizing().ort_threads)
-                .max(1),
+            workers: self.workers.unwrap_or(sized.model_workers).max(1),
+            threads: self.threads.unwrap_or(sized.ort_threads).max(1),
+            solo_threads: self.solo_threads.unwrap_or(sized.solo_threads),
         }
     }
 
@@ -402,7 +408,9 @@ fn log_sizing(common: &CommonArgs) {
         memory_from = ?r.memory_from,
         decodes = limits.max_decodes,
         detector_sessions = limits.max_decodes,
+        model_workers = common.runtime().workers,
         ort_threads = common.runtime().threads,
+        solo_threads = common.runtime().solo_threads,
         upload_budget_bytes = limits.upload_budget_bytes,
         pixel_budget_bytes = limits.pixel_budget_bytes,
         "sized for this pod"
@@ -495,6 +503,7 @@ async fn run(args: ServeArgs, common: CommonArgs) -> Result<()> {
             onnx_sha256 = %info.onnx_sha256,
             workers = runtime.workers,
             threads = runtime.threads,
+            solo_threads = runtime.solo_threads,
             "model ready"
         );
         loader_state.install(models, info, batch)?;

@@ -72,6 +72,7 @@ impl AppState {
                 runtime: RuntimeConfig {
                     workers: 1,
                     threads: 1,
+                    solo_threads: 0,
                     ..config.runtime.clone()
                 },
             };

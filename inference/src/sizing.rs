@@ -41,12 +41,23 @@ pub struct PodResources {
 }
 
 /// Pool sizes and budgets derived from [`PodResources`].
+///
+/// The cores are split per request, not per stage: under load each core runs whole requests
+/// (a decode slot with its single-threaded detector session, a classifier session with one
+/// intra-op thread), so no thread waits at an intra-op barrier for one a decoder preempted;
+/// a request alone in the pod gets the solo session, with a thread per core (measured in
+/// docs/benchmarks.md, *Where the time goes*).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sizing {
     /// Uploads decoded at once, and BlazeFace sessions (one per decode).
     pub decodes: usize,
+    /// Classifier sessions sharing the batch queue, one per core.
+    pub model_workers: usize,
     /// ONNX Runtime intra-op threads per classifier session.
     pub ort_threads: usize,
+    /// Intra-op threads of the solo session (a request alone gets every core); 0 on a pod with
+    /// one core, where it would be one more copy of the same.
+    pub solo_threads: usize,
     /// Upload bytes held at once (bodies being read or waiting to be decoded).
     pub upload_budget: u64,
     /// Decoded pixel bytes held at once.
@@ -118,7 +129,9 @@ impl PodResources {
         };
         Sizing {
             decodes: cores,
-            ort_threads: cores,
+            model_workers: cores,
+            ort_threads: 1,
+            solo_threads: if cores > 1 { cores } else { 0 },
             upload_budget,
             pixel_budget,
         }
@@ -162,7 +175,17 @@ mod tests {
             memory_from: Source::Env,
         };
         let s = r.sizing();
-        assert_eq!((s.decodes, s.ort_threads), (1, 1));
+        assert_eq!((s.decodes, s.model_workers, s.ort_threads), (1, 1, 1));
+        assert_eq!(
+            s.solo_threads, 0,
+            "one core: no second copy of the same session"
+        );
+        let four = PodResources { cpus: 4.0, ..r }.sizing();
+        assert_eq!(
+            (four.decodes, four.model_workers, four.ort_threads),
+            (4, 4, 1)
+        );
+        assert_eq!(four.solo_threads, 4);
         assert!(s.upload_budget + s.pixel_budget + BASELINE_BYTES < 1 << 30);
     }
 }

@@ -42,6 +42,7 @@ async fn real_models(n: usize) -> Vec<Box<dyn Forward>> {
         .await
         .unwrap()
         .0
+        .workers
 }
 
 fn bucket(text: &str, le: &str) -> u64 {

@@ -184,6 +184,86 @@ fn the_defaults_are_sized_by_the_pod_cgroup() {
     assert_eq!(pod.sizing().decodes, 1);
 }
 
+/// A phone photo: 12 MP (4032×3024), a gradient with sensor-like noise, so that it compresses
+/// like a photo (a few MB), not like a flat picture.
+fn twelve_megapixels() -> Vec<u8> {
+    let mut seed = 7u32;
+    let img = image::RgbImage::from_fn(4032, 3024, |x, y| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let n = (seed >> 16) % 24;
+        image::Rgb([
+            (x / 16) as u8 ^ n as u8,
+            (y / 12) as u8 ^ n as u8,
+            ((x + y) / 28) as u8,
+        ])
+    });
+    common::jpeg(&img)
+}
+
+/// Forty clients upload a 12 MP photo each at the same moment to a pod with a 1 GiB memory
+/// limit (told through MEMORY_LIMIT, as the operator does; the cgroup sets none). The server
+/// runs as its own process, and its peak resident memory (VmHWM: model loading included) stays
+/// under what its budgets allow, BASELINE_BYTES + the upload budget + the pixel budget (808
+/// MiB), itself under the limit. Then once more with a decode slot per upload
+/// (MAX_DECODES=40: forty decodes, forty detector sessions and their working memory), where
+/// only the byte and pixel budgets stand between the burst and the limit: the process stays
+/// under the limit, so the pod is not killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_burst_of_forty_12_mp_photos_stays_within_a_1_gib_pod() {
+    const LIMIT: u64 = 1 << 30;
+    let dir = tempfile::tempdir().unwrap();
+    let uri = common::model_uri(dir.path()).await;
+    let cgroup = tempfile::tempdir().unwrap();
+    std::fs::write(cgroup.path().join("cpu.max"), "max 100000\n").unwrap();
+    std::fs::write(cgroup.path().join("memory.max"), "max\n").unwrap();
+    let sized = PodResources::detect(cgroup.path(), None, Some(LIMIT)).sizing();
+    let bound = BASELINE_BYTES + sized.upload_budget + sized.pixel_budget;
+    assert!(bound < LIMIT, "{sized:?}");
+    let photo = std::sync::Arc::new(twelve_megapixels());
+    assert!(photo.len() > 1 << 20, "{} bytes", photo.len());
+    eprintln!("a 4032x3024 JPEG of {} bytes", photo.len());
+
+    for decodes in [None, Some(40)] {
+        let mut env = vec![
+            ("CGROUP_ROOT", cgroup.path().display().to_string()),
+            ("MEMORY_LIMIT", LIMIT.to_string()),
+        ];
+        if let Some(n) = decodes {
+            env.push(("MAX_DECODES", n.to_string()));
+        }
+        let server = std::sync::Arc::new(common::Process::start(&uri, &env).await);
+        let at_rest = server.peak_rss();
+        let start = Instant::now();
+        let burst: Vec<_> = (0..40)
+            .map(|_| {
+                let (server, photo) = (server.clone(), photo.clone());
+                tokio::spawn(async move { server.predict(&photo).await })
+            })
+            .collect();
+        let mut statuses = std::collections::BTreeMap::new();
+        for answer in burst {
+            let (status, body) = answer.await.unwrap();
+            assert!(status == 200 || status == 503, "{status} {body}");
+            *statuses.entry(status).or_insert(0) += 1;
+        }
+        let peak = server.peak_rss();
+        eprintln!(
+            "MAX_DECODES={decodes:?}: {statuses:?} in {:.1} s; peak RSS {} MiB (at rest {} MiB), bound {} MiB, limit {} MiB",
+            start.elapsed().as_secs_f64(),
+            peak >> 20,
+            at_rest >> 20,
+            bound >> 20,
+            LIMIT >> 20
+        );
+        assert!(
+            statuses.get(&200).copied().unwrap_or(0) >= 20,
+            "{statuses:?}"
+        );
+        let bound = if decodes.is_some() { LIMIT } else { bound };
+        assert!(peak < bound, "peak RSS {peak} over the bound {bound}");
+    }
+}
+
 /// The classifier's model.onnx given as FACE_DETECTOR: refused by the warm-up pass with a
 /// clear reason, and the server exits non-zero before it listens, so the pod never turns
 /// ready and its log says why.

@@ -106,7 +106,7 @@ async fn the_training_input_is_the_served_input_byte_for_byte() {
     };
     state
         .install(
-            vec![Box::new(Recorder(seen.clone()))],
+            vec![Box::new(Recorder(seen.clone())) as Box<dyn Forward>],
             info,
             common::batch_config(),
         )

@@ -900,7 +900,8 @@ pub fn template_hash_without_model(template: &PodTemplateSpec) -> String {
 }
 
 /// The inference container's environment. Each pod names its report files after itself
-/// (`POD_NAME`), and polls `SHADOW_URI` only when the model has a shadow stage.
+/// (`POD_NAME`), polls `SHADOW_URI` only when the model has a shadow stage, and answers the
+/// Open Inference Protocol under `MODEL_NAME` when the spec names the model.
 fn inference_env(
     sm: &SimpsonModel,
     champion: &ChampionStatus,
@@ -912,6 +913,9 @@ fn inference_env(
     ];
     if sm.spec.promotion.shadow.enabled {
         pairs.push(("SHADOW_URI", shadow_assignment_uri(sm)?));
+    }
+    if let Some(name) = &sm.spec.inference.model_name {
+        pairs.push(("MODEL_NAME", name.clone()));
     }
     let mut vars = env(&pairs);
     vars.push(EnvVar {

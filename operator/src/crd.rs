@@ -512,6 +512,13 @@ pub struct InferenceSpec {
     #[serde(default = "default_progress_deadline")]
     #[schemars(range(min = 1))]
     pub progress_deadline_seconds: i32,
+    /// The model's name on the Open Inference Protocol (KServe v2) routes, /v2/models/<modelName>/infer: what KServe, Triton and Seldon clients and gateways call it (the server's MODEL_NAME). Unset: face2simpson.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$")
+    )]
+    pub model_name: Option<String>,
 }
 
 /// A HorizontalPodAutoscaler for the inference Deployment. With neither target set, pods

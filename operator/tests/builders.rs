@@ -205,6 +205,25 @@ fn inference_gets_default_requests() {
     );
 }
 
+/// `inference.modelName` is the name the pods answer to on the Open Inference Protocol routes
+/// (MODEL_NAME); unset, the server's own default applies and no variable is set.
+#[test]
+fn inference_is_told_its_open_inference_protocol_name() {
+    let value = |sm: &face2simpson_operator::crd::SimpsonModel| {
+        let d = inference_deployment(sm, &champion("r1", 0.8)).unwrap();
+        let c = &d.spec.unwrap().template.spec.unwrap().containers[0];
+        c.env
+            .iter()
+            .flatten()
+            .find(|v| v.name == "MODEL_NAME")
+            .map(|v| v.value.clone().unwrap())
+    };
+    assert_eq!(value(&model()), None);
+    let mut sm = model();
+    sm.spec.inference.model_name = Some("simpsons-homer".into());
+    assert_eq!(value(&sm).as_deref(), Some("simpsons-homer"));
+}
+
 /// The server sizes its pools from the pod's CPU request and memory limit (the node's core
 /// count is not the pod's): both come from the downward API, the memory request standing in
 /// when no limit is set.

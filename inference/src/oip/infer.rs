@@ -48,12 +48,15 @@ struct Rows {
     ),
     responses(
         (status = 200, description = "`probabilities` [F,4] FP32, `character` [F] BYTES, `box` [F,4] INT32; binary outputs follow the JSON header when asked for", body = wire::InferResponse),
-        (status = 400, description = "Malformed request or empty photo", body = ErrorBody),
+        (status = 400, description = "The request is not of the form this document states (not JSON, not one `image` or `tensor` input, an unknown output), or the photo is empty", body = ErrorBody),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
-        (status = 413, description = "Body over the byte limit, or photo over the pixel limit", body = ErrorBody),
-        (status = 415, description = "Not a supported image", body = ErrorBody),
-        (status = 422, description = "Corrupt, truncated or oversized image", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body deadline", body = ErrorBody),
+        (status = 413, description = "Body over the byte limit, or photo over the pixel limit or pixel budget", body = ErrorBody),
+        (status = 415, description = "The photo is not a supported image", body = ErrorBody),
+        (status = 422, description = "Well formed but unusable: a corrupt, truncated or oversized image, a tensor whose data does not fill its shape or whose size is not the model's, binary data of another length than announced", body = ErrorBody),
+        (status = 500, description = "Inference failed", body = ErrorBody),
         (status = 503, description = "Model loading, server busy or draining; see Retry-After", body = ErrorBody),
+        (status = 504, description = "The server could not answer within the request deadline", body = ErrorBody),
     )
 )]
 pub(super) async fn infer(
@@ -64,14 +67,22 @@ pub(super) async fn infer(
     run(state, &name, None, req).await
 }
 
-/// Run inference on one version of the model (only the champion's run id exists).
+/// Run inference on one version of the model (only the champion's run id exists); as
+/// `/v2/models/{name}/infer` otherwise.
 #[utoipa::path(post, path = "/v2/models/{name}/versions/{version}/infer", tag = "v2",
     params(("name" = String, Path), ("version" = String, Path, description = "the champion's run id")),
-    request_body(content((wire::InferRequest = "application/json"))),
+    request_body(content((wire::InferRequest = "application/json"), (wire::InferRequest = "application/octet-stream"))),
     responses(
         (status = 200, body = wire::InferResponse),
+        (status = 400, description = "The request is not of the form this document states", body = ErrorBody),
         (status = 404, description = "Unknown model or version", body = ErrorBody),
+        (status = 408, description = "The body did not arrive within the body deadline", body = ErrorBody),
+        (status = 413, description = "Body over the byte limit, or photo over the pixel limit or pixel budget", body = ErrorBody),
+        (status = 415, description = "The photo is not a supported image", body = ErrorBody),
+        (status = 422, description = "Well formed but unusable", body = ErrorBody),
+        (status = 500, description = "Inference failed", body = ErrorBody),
         (status = 503, description = "Model loading, server busy or draining", body = ErrorBody),
+        (status = 504, description = "The server could not answer within the request deadline", body = ErrorBody),
     )
 )]
 pub(super) async fn infer_version(
@@ -231,9 +242,15 @@ async fn photo(
     mut photos: Vec<Vec<u8>>,
     extensions: axum::http::Extensions,
 ) -> Result<Rows, ApiError> {
-    if shape.iter().product::<i64>() != 1 || photos.len() != 1 {
+    if shape != [1] {
         return Err(bad(format!(
-            "{IMAGE_INPUT:?} is one photo: shape [1] and one element (got shape {shape:?}, {} elements)",
+            "{IMAGE_INPUT:?} is one photo: shape [1] (got {shape:?})"
+        )));
+    }
+    // With JSON data the schema allows one element only; binary data may hold any number.
+    if photos.len() != 1 {
+        return Err(wire::unprocessable(format!(
+            "{IMAGE_INPUT:?} is one photo, but its data holds {} elements",
             photos.len()
         )));
     }
@@ -278,20 +295,26 @@ async fn tensors(
     values: Vec<f32>,
 ) -> Result<Rows, ApiError> {
     let s = i64::from(loaded.info.image_size);
-    let n = match shape {
-        [n, 3, h, w] if *n >= 1 && *h == s && *w == s => *n as usize,
+    let (n, side) = match shape {
+        [n, 3, h, w] if *n >= 1 && *h >= 1 && *w >= 1 => (*n, (*h, *w)),
         _ => {
             return Err(bad(format!(
-                "{TENSOR_INPUT:?} must have shape [N, 3, {s}, {s}], N ≥ 1 (got {shape:?})"
+                "{TENSOR_INPUT:?} must have shape [N, 3, S, S], N ≥ 1 (got {shape:?})"
             )));
         }
     };
-    let plane = values.len() / n;
-    if values.len() != n * 3 * (s * s) as usize {
-        return Err(bad(format!(
-            "{TENSOR_INPUT:?} has {} elements, its shape {shape:?} says {}",
+    // Well formed from here; whether it fits this model is a matter of content.
+    if side != (s, s) {
+        return Err(wire::unprocessable(format!(
+            "this model takes {s}×{s} inputs: {TENSOR_INPUT:?} must have shape [N, 3, {s}, {s}] (got {shape:?})"
+        )));
+    }
+    let n = usize::try_from(n).unwrap_or(usize::MAX);
+    let per_face = 3 * (s * s) as usize;
+    if n.checked_mul(per_face) != Some(values.len()) {
+        return Err(wire::unprocessable(format!(
+            "{TENSOR_INPUT:?} has {} elements, its shape {shape:?} says {n} × {per_face}",
             values.len(),
-            n * 3 * (s * s) as usize
         )));
     }
     if values.iter().any(|v| !v.is_finite()) {
@@ -302,7 +325,7 @@ async fn tensors(
         .admission
         .try_admit()
         .map_err(|r| crate::busy(&state.inner.admission, r))?;
-    let images = values.chunks_exact(plane).map(<[f32]>::to_vec).collect();
+    let images = values.chunks_exact(per_face).map(<[f32]>::to_vec).collect();
     let probs = loaded.batcher.classify(images).await?;
     let top: Vec<usize> = probs.iter().map(batcher::top1).collect();
     state.inner.verdicts.record(&top);

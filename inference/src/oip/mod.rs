@@ -8,7 +8,10 @@
 //! batcher. Errors are `{"error": ...}`, which is already the protocol's error body.
 
 mod infer;
+mod schema;
 pub mod wire;
+
+pub use schema::install as install_request_schemas;
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;

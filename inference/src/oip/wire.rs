@@ -19,6 +19,7 @@ pub const HEADER_LENGTH: &str = "inference-header-content-length";
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct RequestInput {
     pub name: String,
+    #[serde(deserialize_with = "integers")]
     pub shape: Vec<i64>,
     pub datatype: String,
     /// `binary_data_size`: the tensor's bytes follow the JSON header instead of `data`.
@@ -29,6 +30,27 @@ pub struct RequestInput {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub data: Option<Value>,
+}
+
+/// A JSON integer: JSON Schema counts `2.0` as one, and so do clients that write every number
+/// as a float.
+pub fn integer(v: &Value) -> Option<i64> {
+    v.as_i64().or_else(|| {
+        v.as_f64()
+            .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e18)
+            .map(|f| f as i64)
+    })
+}
+
+fn integers<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<i64>, D::Error> {
+    let values = Vec::<Value>::deserialize(d)?;
+    values
+        .iter()
+        .map(|v| {
+            integer(v)
+                .ok_or_else(|| serde::de::Error::custom(format!("shape holds {v}, not an integer")))
+        })
+        .collect()
 }
 
 /// An output the client asks for.
@@ -90,8 +112,14 @@ pub enum Elements {
     Fp32(Vec<f32>),
 }
 
+/// A request whose form the OpenAPI document rules out.
 fn bad(message: impl Into<String>) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, message)
+}
+
+/// A well-formed request whose content cannot be used (what no schema can say).
+pub fn unprocessable(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message)
 }
 
 /// Splits a body into the JSON header and the binary tensor data after it.
@@ -115,13 +143,18 @@ pub fn split(headers: &HeaderMap, body: Bytes) -> Result<(InferRequest, Bytes), 
 /// while it is classified) or from the binary data after the header.
 pub fn elements(input: &mut RequestInput, binary: Bytes) -> Result<Elements, ApiError> {
     let raw = match input.parameters.get("binary_data_size") {
+        Some(_) if input.data.is_some() => {
+            return Err(bad(format!(
+                "input {:?} has both data and binary_data_size; send one",
+                input.name
+            )));
+        }
         Some(size) => {
-            let size = size
-                .as_u64()
+            let size = integer(size)
                 .and_then(|s| usize::try_from(s).ok())
                 .ok_or_else(|| bad("binary_data_size must be a byte count"))?;
             if size != binary.len() {
-                return Err(bad(format!(
+                return Err(unprocessable(format!(
                     "binary_data_size is {size} but {} bytes follow the header",
                     binary.len()
                 )));
@@ -160,13 +193,16 @@ fn bytes_from_binary(mut raw: &[u8]) -> Result<Vec<Vec<u8>>, ApiError> {
     Ok(out)
 }
 
-/// BYTES in JSON: base64 strings, flat or nested (JSON cannot carry raw bytes).
+/// BYTES in JSON: an array of base64 strings (JSON cannot carry raw bytes).
 fn bytes_from_json(data: &Value) -> Result<Vec<Vec<u8>>, ApiError> {
+    let items = data
+        .as_array()
+        .ok_or_else(|| bad("BYTES data must be an array of base64 strings"))?;
     let mut out = Vec::new();
-    for v in flatten(data) {
+    for v in items {
         let s = v
             .as_str()
-            .ok_or_else(|| bad("BYTES data must be base64 strings"))?;
+            .ok_or_else(|| bad("BYTES data must be an array of base64 strings"))?;
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|e| bad(format!("BYTES data is not base64: {e}")))?;
@@ -184,6 +220,9 @@ fn fp32_from_binary(raw: &[u8]) -> Result<Vec<f32>, ApiError> {
 }
 
 fn fp32_from_json(data: &Value) -> Result<Vec<f32>, ApiError> {
+    if !data.is_array() {
+        return Err(bad("FP32 data must be an array of numbers, flat or nested"));
+    }
     flatten(data)
         .map(|v| {
             v.as_f64()
@@ -202,7 +241,7 @@ fn flatten(data: &Value) -> Box<dyn Iterator<Item = &Value> + '_> {
 }
 
 /// An output tensor before it is written as JSON or binary.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub enum Tensor {
     Fp32(Vec<f32>),
     Int32(Vec<i32>),
@@ -243,39 +282,44 @@ impl Tensor {
 }
 
 /// A named output with its shape.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Output {
     pub name: &'static str,
     pub shape: Vec<usize>,
     pub tensor: Tensor,
 }
 
-/// Which outputs the client wants, and which of them as binary data.
+/// Which outputs the client wants, in its order (an output asked twice comes twice), and which
+/// of them as binary data.
 pub fn select(
     request: &InferRequest,
     available: Vec<Output>,
 ) -> Result<Vec<(Output, bool)>, ApiError> {
-    let all_binary = flag(&request.parameters, "binary_data_output").unwrap_or(false);
+    let all_binary = flag(&request.parameters, "binary_data_output")?.unwrap_or(false);
     let Some(wanted) = &request.outputs else {
         return Ok(available.into_iter().map(|o| (o, all_binary)).collect());
     };
-    let mut available: Vec<Option<Output>> = available.into_iter().map(Some).collect();
     wanted
         .iter()
         .map(|w| {
-            let slot = available
-                .iter_mut()
-                .find(|o| o.as_ref().is_some_and(|o| o.name == w.name))
-                .and_then(Option::take)
-                .ok_or_else(|| bad(format!("no output named {:?} (or asked twice)", w.name)))?;
-            let binary = flag(&w.parameters, "binary_data").unwrap_or(all_binary);
-            Ok((slot, binary))
+            let out = available
+                .iter()
+                .find(|o| o.name == w.name)
+                .cloned()
+                .ok_or_else(|| bad(format!("no output named {:?}", w.name)))?;
+            let binary = flag(&w.parameters, "binary_data")?.unwrap_or(all_binary);
+            Ok((out, binary))
         })
         .collect()
 }
 
-fn flag(parameters: &Map<String, Value>, key: &str) -> Option<bool> {
-    parameters.get(key).and_then(Value::as_bool)
+/// A boolean parameter: absent, or true or false.
+fn flag(parameters: &Map<String, Value>, key: &str) -> Result<Option<bool>, ApiError> {
+    match parameters.get(key) {
+        None => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(other) => Err(bad(format!("{key} must be true or false, not {other}"))),
+    }
 }
 
 /// Writes the response: plain JSON, or the JSON header followed by the binary outputs.

@@ -142,7 +142,7 @@ impl Poller {
                     );
                     return shadow.install_failed(assignment, e, None);
                 }
-                let Some(model) = models.pop() else {
+                let Some(model) = models.workers.pop() else {
                     return shadow.install_failed(assignment, "no session".into(), None);
                 };
                 match shadow.install(assignment.clone(), model, info.image_size) {

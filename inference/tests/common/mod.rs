@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use face2simpson_inference::faces::FaceDetector;
 use face2simpson_inference::{
-    AppState, BatchConfig, Limits, RuntimeConfig, app, load_detector, load_model,
+    AppState, BatchConfig, Forward, Limits, RuntimeConfig, app, load_detector, load_model,
 };
 use http_body_util::BodyExt;
 use model::onnx::Weights;
@@ -112,6 +112,7 @@ pub fn runtime() -> RuntimeConfig {
         library: ort_library().to_owned(),
         workers: 1,
         threads: 1,
+        solo_threads: 0,
     }
 }
 
@@ -329,7 +330,122 @@ pub async fn scripted_state(dir: &Path, limits: Limits) -> (AppState, Script) {
         fail: script.fail.clone(),
     };
     state
-        .install(vec![Box::new(model)], info, batch_config())
+        .install(
+            vec![Box::new(model) as Box<dyn Forward>],
+            info,
+            batch_config(),
+        )
         .unwrap();
     (state, script)
+}
+
+/// The real server binary as a child process, for what only a process can show (its peak
+/// resident memory); killed when dropped.
+pub struct Process {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+}
+
+impl Process {
+    /// Starts `face2simpson-inference` serving `model_uri` with the real detector and ONNX
+    /// Runtime, plus `env`; returns once it listens and `/readyz` answers 200.
+    pub async fn start(model_uri: &str, env: &[(&str, String)]) -> Self {
+        use std::io::BufRead;
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_face2simpson-inference"));
+        cmd.env("ORT_DYLIB_PATH", ort_library())
+            .env("FACE_DETECTOR", env!("FACE2SIMPSON_BLAZEFACE"))
+            .env("MODEL_URI", model_uri)
+            .env("LISTEN_ADDR", "127.0.0.1:0")
+            .env("LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn,face2simpson_inference=info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        // The log is read to its end (a full pipe would block the server); the address comes
+        // from the "serving" line.
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+                if v["fields"]["message"] == "serving"
+                    && let Some(url) = v["fields"]["url"].as_str()
+                {
+                    let _ = tx.send(url.trim_start_matches("http://").to_owned());
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the server never said where it listens")
+            .parse()
+            .unwrap();
+        let process = Self { child, addr };
+        for _ in 0..600 {
+            if process.get("/readyz").await.0 == 200 {
+                return process;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("the server never turned ready");
+    }
+
+    /// One HTTP/1.1 request on its own connection: status and body.
+    pub async fn request(&self, head: &str, body: &[u8]) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        conn.write_all(head.as_bytes()).await.unwrap();
+        // The server may answer early (503, 413) and close without reading the body.
+        let _ = conn.write_all(body).await;
+        let mut answer = Vec::new();
+        let _ = conn.read_to_end(&mut answer).await;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map_or(String::new(), |(_, b)| b.to_owned());
+        (status, body)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        self.request(&head, b"").await
+    }
+
+    /// A raw photo upload to `/v1/predict`.
+    pub async fn predict(&self, photo: &[u8]) -> (u16, String) {
+        let head = format!(
+            "POST /v1/predict HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+            photo.len()
+        );
+        self.request(&head, photo).await
+    }
+
+    /// The process's peak resident set so far (VmHWM), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
