@@ -22,7 +22,8 @@
 //! req/s (`serve/wrk.rs`); the non-2xx answers are counted beside them.
 //!
 //! Tunables (env): BENCH_ONLY=stages (the per-stage table alone: no batching table, no load,
-//! no peer servers; peer_onnx.py's stages still run when its Python is there),
+//! no peer servers; peer_onnx.py's stages still run when its Python is there), BENCH_ONLY=load
+//! (the load tables alone: no batching or stage table),
 //! BENCH_SECONDS (per level, default 10), BENCH_LEVELS (default 1,8,32),
 //! BENCH_STAGE_RUNS (default 50), BENCH_WORKERS / BENCH_THREADS / BENCH_SOLO_THREADS / BENCH_MAX_BATCH /
 //! BENCH_MAX_WAITING / BENCH_MAX_QUEUE_WAIT_MS / BENCH_MAX_WAIT_MS (override the service's sized configuration),
@@ -67,6 +68,8 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 struct Config {
     /// BENCH_ONLY=stages: the per-stage table alone.
     stages_only: bool,
+    /// BENCH_ONLY=load: the load tables alone.
+    load_only: bool,
     seconds: u64,
     levels: Vec<usize>,
     stage_runs: usize,
@@ -111,6 +114,7 @@ impl Config {
         });
         Self {
             stages_only: std::env::var("BENCH_ONLY").is_ok_and(|v| v == "stages"),
+            load_only: std::env::var("BENCH_ONLY").is_ok_and(|v| v == "load"),
             seconds: env_or("BENCH_SECONDS", 10),
             levels,
             stage_runs: env_or("BENCH_STAGE_RUNS", 50),
@@ -419,7 +423,7 @@ fn main() -> anyhow::Result<()> {
     let onnx_path = dir.path().join("runs/bench/model.onnx");
     std::fs::create_dir_all(onnx_path.parent().unwrap_or(dir.path()))?;
     std::fs::write(&onnx_path, &onnx)?;
-    if !cfg.stages_only {
+    if !cfg.stages_only && !cfg.load_only {
         batching_table(&onnx, &library)?;
     }
 
@@ -464,7 +468,7 @@ fn main() -> anyhow::Result<()> {
     };
     let mut our_stages = Vec::new();
     let mut peer_stages = Vec::new();
-    for u in &uploads {
+    for u in uploads.iter().filter(|_| !cfg.load_only) {
         eprintln!("stages: {}", u.name);
         our_stages.push(bench.measure(&rt, &u.bytes, cfg.batch())?);
         let peer = setup
@@ -510,6 +514,10 @@ fn main() -> anyhow::Result<()> {
     );
     for (i, u) in uploads.iter().enumerate() {
         print_load_table(&cfg, u, &ours[i], &peer_rows[i][0], &peer_rows[i][1]);
+    }
+    if cfg.load_only {
+        rt.shutdown_timeout(Duration::from_secs(2));
+        return Ok(());
     }
     let c1: Vec<Option<f64>> = ours
         .iter()

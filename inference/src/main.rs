@@ -411,6 +411,7 @@ fn log_sizing(common: &CommonArgs) {
         model_workers = common.runtime().workers,
         ort_threads = common.runtime().threads,
         solo_threads = common.runtime().solo_threads,
+        baseline_bytes = common.sizing.sizing().baseline,
         upload_budget_bytes = limits.upload_budget_bytes,
         pixel_budget_bytes = limits.pixel_budget_bytes,
         "sized for this pod"

@@ -12,10 +12,13 @@ use std::path::Path;
 /// Where cgroup v2 is mounted in a container.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
-/// What the process itself needs besides uploads and decoded pixels: ONNX Runtime, the
-/// detector and classifier sessions and their arenas, the runtime. Measured at about 150 MB
-/// resident for the MobileNet export; kept out of the budgets.
-pub const BASELINE_BYTES: u64 = 160 << 20;
+/// What the process itself needs besides uploads, decoded pixels and classifier sessions:
+/// ONNX Runtime, the detector sessions, the runtime. Kept out of the budgets.
+pub const BASELINE_BYTES: u64 = 96 << 20;
+/// Each classifier session of the 224 px MobileNetV2 export with its arena: measured at
+/// 15 MiB for a one-thread session and 27 MiB for the two-thread solo session (resident, at
+/// rest after a request); kept out of the budgets too.
+pub const SESSION_BYTES: u64 = 28 << 20;
 
 /// Budgets when the memory is unknown: per decode slot, a 40 MP photo's pixels (the largest
 /// the decoder accepts, 120 MB as RGB8); uploads, a few maximal bodies.
@@ -51,6 +54,9 @@ pub struct PodResources {
 pub struct Sizing {
     /// Uploads decoded at once, and BlazeFace sessions (one per decode).
     pub decodes: usize,
+    /// What the process holds besides the budgets: [`BASELINE_BYTES`] and a [`SESSION_BYTES`]
+    /// per classifier session.
+    pub baseline: u64,
     /// Classifier sessions sharing the batch queue, one per core.
     pub model_workers: usize,
     /// ONNX Runtime intra-op threads per classifier session.
@@ -112,14 +118,17 @@ impl PodResources {
         (self.cpus.floor() as usize).max(1)
     }
 
-    /// Pools and budgets for these resources. With a known memory, what is left after
-    /// [`BASELINE_BYTES`] is split: half for decoded pixels, a quarter for upload bodies, a
-    /// quarter headroom (preprocessed inputs, responses, allocator slack).
+    /// Pools and budgets for these resources. With a known memory, what is left after the
+    /// baseline (the process and its sessions) is split: half for decoded pixels, a quarter
+    /// for upload bodies, a quarter headroom (preprocessed inputs, responses, allocator slack).
     pub fn sizing(&self) -> Sizing {
         let cores = self.cores();
+        let solo_threads = if cores > 1 { cores } else { 0 };
+        let sessions = cores + usize::from(solo_threads > 0);
+        let baseline = BASELINE_BYTES + SESSION_BYTES * sessions as u64;
         let (upload_budget, pixel_budget) = match self.memory {
             Some(memory) => {
-                let usable = memory.saturating_sub(BASELINE_BYTES).max(32 << 20);
+                let usable = memory.saturating_sub(baseline).max(32 << 20);
                 (usable / 4, usable / 2)
             }
             None => (
@@ -129,9 +138,10 @@ impl PodResources {
         };
         Sizing {
             decodes: cores,
+            baseline,
             model_workers: cores,
             ort_threads: 1,
-            solo_threads: if cores > 1 { cores } else { 0 },
+            solo_threads,
             upload_budget,
             pixel_budget,
         }
@@ -186,6 +196,8 @@ mod tests {
             (4, 4, 1)
         );
         assert_eq!(four.solo_threads, 4);
-        assert!(s.upload_budget + s.pixel_budget + BASELINE_BYTES < 1 << 30);
+        assert_eq!(four.baseline, BASELINE_BYTES + 5 * SESSION_BYTES);
+        assert!(s.upload_budget + s.pixel_budget + s.baseline < 1 << 30);
+        assert_eq!(s.baseline, BASELINE_BYTES + SESSION_BYTES);
     }
 }

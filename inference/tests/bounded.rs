@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::body::{Body, Bytes};
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use common::{limits, ort_library, png, ready_state, scripted_state};
-use face2simpson_inference::sizing::{BASELINE_BYTES, PodResources, Source};
+use face2simpson_inference::sizing::{PodResources, Source};
 use face2simpson_inference::{AppState, Limits, app, load_detector};
 use http_body_util::BodyExt;
 use tower::ServiceExt;
@@ -170,7 +170,7 @@ fn the_defaults_are_sized_by_the_pod_cgroup() {
     let sized = pod.sizing();
     assert_eq!((sized.decodes, sized.ort_threads), (1, 1));
     assert!(
-        sized.upload_budget + sized.pixel_budget + BASELINE_BYTES <= 512 << 20,
+        sized.upload_budget + sized.pixel_budget + sized.baseline <= 512 << 20,
         "{sized:?}"
     );
     assert!(sized.upload_budget >= 10 << 20, "a maximal upload must fit");
@@ -203,8 +203,8 @@ fn twelve_megapixels() -> Vec<u8> {
 /// Forty clients upload a 12 MP photo each at the same moment to a pod with a 1 GiB memory
 /// limit (told through MEMORY_LIMIT, as the operator does; the cgroup sets none). The server
 /// runs as its own process, and its peak resident memory (VmHWM: model loading included) stays
-/// under what its budgets allow, BASELINE_BYTES + the upload budget + the pixel budget (808
-/// MiB), itself under the limit. Then once more with a decode slot per upload
+/// under what its sizing allows, the baseline (process and sessions) + the upload budget + the
+/// pixel budget, itself under the limit. Then once more with a decode slot per upload
 /// (MAX_DECODES=40: forty decodes, forty detector sessions and their working memory), where
 /// only the byte and pixel budgets stand between the burst and the limit: the process stays
 /// under the limit, so the pod is not killed.
@@ -217,7 +217,7 @@ async fn a_burst_of_forty_12_mp_photos_stays_within_a_1_gib_pod() {
     std::fs::write(cgroup.path().join("cpu.max"), "max 100000\n").unwrap();
     std::fs::write(cgroup.path().join("memory.max"), "max\n").unwrap();
     let sized = PodResources::detect(cgroup.path(), None, Some(LIMIT)).sizing();
-    let bound = BASELINE_BYTES + sized.upload_budget + sized.pixel_budget;
+    let bound = sized.baseline + sized.upload_budget + sized.pixel_budget;
     assert!(bound < LIMIT, "{sized:?}");
     let photo = std::sync::Arc::new(twelve_megapixels());
     assert!(photo.len() > 1 << 20, "{} bytes", photo.len());

@@ -202,7 +202,8 @@ async fn preprocessed_tensors_outputs_and_errors() {
         assert!((a - b).abs() < 1e-6);
     }
 
-    // Errors are OIP error bodies with v1's statuses.
+    // Errors are OIP error bodies with v1's statuses: 400 for a request of another form than
+    // the OpenAPI document states, 415/422 for content it cannot describe.
     let cases = [
         (
             "/v2/models/nobody/infer",
@@ -216,7 +217,17 @@ async fn preprocessed_tensors_outputs_and_errors() {
         ),
         (
             "/v2/models/face2simpson/infer",
+            json!({"inputs": [{"name": "tensor", "datatype": "FP32", "shape": [1, 3, 8], "data": [0.0]}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/v2/models/face2simpson/infer",
             json!({"inputs": [{"name": "tensor", "datatype": "FP32", "shape": [1, 3, 8, 8], "data": [0.0]}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (
+            "/v2/models/face2simpson/infer",
+            json!({"inputs": [{"name": "image", "datatype": "FP32", "shape": [1], "data": [0.0]}]}),
             StatusCode::BAD_REQUEST,
         ),
         (
