@@ -76,7 +76,7 @@ pub fn resize_region_into(img: &RgbImage, region: Region, out: &mut RgbImage) {
         return;
     }
     let src = TypedImageRef::<U8x3>::from_buffer(w, h, img.as_raw());
-    let dst = TypedImage::<U8x3>::from_buffer(dw, dh, &mut **out);
+    let dst = TypedImage::<U8x3>::from_buffer(dw, dh, out);
     let (Ok(src), Ok(mut dst)) = (src, dst) else {
         // An RgbImage's buffer always holds its pixels; nothing else can fail here.
         return;

@@ -1,5 +1,6 @@
-//! The two uploads, built deterministically from the astronaut fixture at bench start: there is
-//! no real group photo in the repository, so the ~1 MP multi-face one is a composite.
+//! The uploads, built deterministically from the astronaut fixture at bench start: there is no
+//! real group photo in the repository, so the ~1 MP multi-face one is a composite; nor a phone
+//! photo, so the 12 MP one (per-stage table only) is the head on a noisy gradient.
 
 use std::path::{Path, PathBuf};
 
@@ -70,5 +71,37 @@ pub fn group(dir: &Path) -> anyhow::Result<Upload> {
         path,
         bytes,
         dimensions: GROUP_SIZE,
+    })
+}
+
+/// A phone photo's size: 12 MP, 4:3.
+const PHONE_SIZE: (u32, u32) = (4032, 3024);
+
+/// The 12 MP JPEG of the per-stage table (quality 90): the astronaut's head 1400 px wide on a
+/// gradient with sensor-like noise, so that it compresses like a photo (a few MB). Decoded
+/// reduced by 2 in the DCT domain (pipeline version 2).
+pub fn phone(dir: &Path) -> anyhow::Result<Upload> {
+    let fixture = image::load_from_memory(PORTRAIT)?.to_rgb8();
+    let (hx, hy, side) = HEAD;
+    let head = imageops::crop_imm(&fixture, hx, hy, side, side).to_image();
+    let head = imageops::resize(&head, 1400, 1400, FilterType::Triangle);
+    let mut seed = 7u32;
+    let mut canvas = RgbImage::from_fn(PHONE_SIZE.0, PHONE_SIZE.1, |x, y| {
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let n = ((seed >> 16) % 9) as u8;
+        Rgb([
+            (60 + x / 32) as u8 + n,
+            (80 + y / 24) as u8 + n,
+            (120 + (x + y) / 64 % 60) as u8 + n,
+        ])
+    });
+    imageops::replace(&mut canvas, &head, 1300, 700);
+    let path = dir.join("phone.jpg");
+    let bytes = save_jpeg(&canvas, &path, Some(90))?;
+    Ok(Upload {
+        name: "4032x3024 JPEG phone photo, 1 face",
+        path,
+        bytes,
+        dimensions: PHONE_SIZE,
     })
 }
