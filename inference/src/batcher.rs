@@ -8,7 +8,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -243,9 +243,13 @@ impl Batcher {
     }
 }
 
-/// Takes the next batch off the shared queue: the first job, every job already waiting behind
-/// it, then whatever arrives within `max_wait`, until `max_batch` images are gathered. `None`
-/// when every sender is gone.
+/// Takes the next batch off the shared queue: the first job, then whatever arrives within
+/// `max_wait` until `max_batch` images are gathered. `None` when every sender is gone.
+///
+/// With no wait (the default) a worker takes one job at a time and leaves the rest of the
+/// queue to the other workers: on CPU a batch costs the same per image as single passes, so
+/// draining the queue into one pass would only serialise on one core what the per-core workers
+/// can run side by side.
 fn gather(rx: &Mutex<Receiver<Job>>, config: BatchConfig, metrics: &Metrics) -> Option<Vec<Job>> {
     // A poisoned lock only means another worker panicked while holding it; the queue itself
     // is intact.
@@ -256,24 +260,18 @@ fn gather(rx: &Mutex<Receiver<Job>>, config: BatchConfig, metrics: &Metrics) -> 
     let mut jobs = vec![first];
     let deadline = Instant::now() + config.max_wait;
     while count < config.max_batch {
-        // Jobs already queued join at once, whatever `max_wait` says: under load batches form
-        // without anyone waiting for company.
-        let next = match rx.try_recv() {
-            Ok(job) => Some(job),
-            Err(TryRecvError::Disconnected) => None,
-            Err(TryRecvError::Empty) => {
-                let now = Instant::now();
-                if now >= deadline {
-                    None
-                } else {
-                    rx.recv_timeout(deadline - now).ok()
-                }
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        match rx.recv_timeout(deadline - now) {
+            Ok(job) => {
+                metrics.queue_depth.dec();
+                count += job.images.len();
+                jobs.push(job);
             }
-        };
-        let Some(job) = next else { break };
-        metrics.queue_depth.dec();
-        count += job.images.len();
-        jobs.push(job);
+            Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+        }
     }
     Some(jobs)
 }

@@ -98,8 +98,8 @@ pub struct Limits {
 
 /// How long, by default, the first request of a batch waits for company (`MAX_WAIT_MS`): not
 /// at all. On CPU a batch costs the same per image as single passes (docs/benchmarks.md, the
-/// batching table), so waiting only adds latency; under load batches still form from the
-/// requests already queued.
+/// batching table), so waiting only adds latency, and each per-core worker takes the next
+/// request itself.
 pub const DEFAULT_MAX_WAIT_MS: u64 = 0;
 
 /// The default queue-wait budget in milliseconds: a wait a user accepts (docs/inference.md).

@@ -147,8 +147,8 @@ struct CommonArgs {
     /// Most images per forward pass; larger requests are split.
     #[arg(long, env = "MAX_BATCH", default_value_t = 8, global = true)]
     max_batch: usize,
-    /// Milliseconds the first request of a batch waits for others (requests already queued
-    /// join it whatever this says).
+    /// Milliseconds the first request of a batch waits for others (0: each worker takes one
+    /// request at a time; on CPU a batch saves nothing per image).
     #[arg(long, env = "MAX_WAIT_MS", default_value_t = face2simpson_inference::DEFAULT_MAX_WAIT_MS, global = true)]
     max_wait_ms: u64,
     /// Requests queued for the model at most; more get 503 with Retry-After.
