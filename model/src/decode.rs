@@ -5,8 +5,8 @@
 //! crop is resized to the model's 224 px, the detector sees 128 px). A JPEG can be decoded at
 //! 1/2, 1/4 or 1/8 of its size by an inverse DCT on fewer coefficients: less work than
 //! decoding in full, and a quarter of the memory or less. The `image` crate's decoder
-//! (zune-jpeg) has no such mode, so reduced decodes go through `jpeg-decoder`; full-size ones
-//! stay on zune-jpeg, the faster of the two.
+//! (zune-jpeg) has no such mode, so reduced decodes go through libjpeg-turbo (mozjpeg's build
+//! of it, with its SIMD code); full-size ones stay on zune-jpeg, which is as fast there.
 
 use std::io::Cursor;
 
@@ -203,34 +203,21 @@ fn full(bytes: &[u8], header: Header) -> Result<Decoded, ImageError> {
     Ok(upright(img, orientation, 1, header))
 }
 
-/// The JPEG reduced by `k` in the DCT domain; `None` for the rare pixel formats the reduced
-/// path does not convert (CMYK, 16-bit), which are decoded in full instead.
+/// The JPEG reduced by `k` in the DCT domain by libjpeg-turbo; `None` for CMYK and YCCK, which
+/// libjpeg cannot turn into RGB and which are decoded in full instead.
 fn reduced(bytes: &[u8], header: Header, k: u32) -> Result<Option<Decoded>, ImageError> {
-    let err = |e: jpeg_decoder::Error| ImageError::Corrupt(e.to_string());
-    let mut decoder = jpeg_decoder::Decoder::new(bytes);
-    decoder.set_max_decoding_buffer_size(usize::try_from(MAX_DECODE_ALLOC).unwrap_or(usize::MAX));
-    let want = |side: u32| u16::try_from(side.div_ceil(k)).unwrap_or(u16::MAX);
-    let (w, h) = decoder
-        .scale(want(header.width), want(header.height))
-        .map_err(err)?;
-    let pixels = decoder.decode().map_err(err)?;
-    let Some(info) = decoder.info() else {
-        return Ok(None);
-    };
-    let (w, h) = (u32::from(w), u32::from(h));
-    let rgb = match info.pixel_format {
-        jpeg_decoder::PixelFormat::RGB24 => RgbImage::from_raw(w, h, pixels),
-        jpeg_decoder::PixelFormat::L8 => image::GrayImage::from_raw(w, h, pixels)
-            .map(|g| DynamicImage::ImageLuma8(g).into_rgb8()),
-        jpeg_decoder::PixelFormat::L16 | jpeg_decoder::PixelFormat::CMYK32 => None,
-    };
-    let Some(rgb) = rgb else {
+    // libjpeg reports a fatal error by unwinding out of its error handler (mozjpeg's error
+    // manager resumes an unwind, so no panic hook runs): caught here, it is a corrupt file.
+    let decoded = std::panic::catch_unwind(|| reduced_rgb(bytes, k))
+        .map_err(|cause| ImageError::Corrupt(unwind_message(cause.as_ref())))?
+        .map_err(|e| ImageError::Corrupt(e.to_string()))?;
+    let Some((rgb, exif)) = decoded else {
         return Ok(None);
     };
     // The scale the decoder applied, which is `k` unless the image is a few pixels wide.
-    let scale = header.width.div_ceil(w.max(1)).max(1);
-    let orientation = decoder
-        .exif_data()
+    let scale = header.width.div_ceil(rgb.width().max(1)).max(1);
+    let orientation = exif
+        .as_deref()
         .and_then(Orientation::from_exif_chunk)
         .unwrap_or(Orientation::NoTransforms);
     Ok(Some(upright(
@@ -239,6 +226,44 @@ fn reduced(bytes: &[u8], header: Header, k: u32) -> Result<Option<Decoded>, Imag
         scale,
         header,
     )))
+}
+
+/// The pixels reduced by `k`, as RGB (grey JPEGs are expanded by libjpeg), and the EXIF block
+/// from its TIFF header on.
+fn reduced_rgb(bytes: &[u8], k: u32) -> std::io::Result<Option<(RgbImage, Option<Vec<u8>>)>> {
+    use mozjpeg::{ColorSpace, Decompress, Marker};
+    let mut jpeg = Decompress::builder()
+        .with_markers(&[Marker::APP(1)])
+        .from_mem(bytes)?;
+    if matches!(
+        jpeg.color_space(),
+        ColorSpace::JCS_CMYK | ColorSpace::JCS_YCCK
+    ) {
+        return Ok(None);
+    }
+    let exif = jpeg
+        .markers()
+        .find_map(|m| m.data.strip_prefix(b"Exif\0\0").map(<[u8]>::to_vec));
+    // `k` is 2, 4 or 8 (REDUCTIONS): the output is 8/k eighths of the image.
+    jpeg.scale(u8::try_from(8 / k).unwrap_or(1));
+    let mut started = jpeg.rgb()?;
+    let (w, h) = (started.width(), started.height());
+    let pixels: Vec<u8> = started.read_scanlines()?;
+    started.finish()?;
+    let size = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let rgb = RgbImage::from_raw(size(w), size(h), pixels).ok_or_else(|| {
+        std::io::Error::other("the JPEG decoder returned fewer rows than the image has")
+    })?;
+    Ok(Some((rgb, exif)))
+}
+
+/// What libjpeg said when it gave up (the unwind carries its message).
+fn unwind_message(cause: &(dyn std::any::Any + Send)) -> String {
+    cause
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| cause.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+        .unwrap_or_else(|| "the JPEG decoder gave up".to_owned())
 }
 
 fn upright(mut img: DynamicImage, orientation: Orientation, scale: u32, header: Header) -> Decoded {
@@ -300,6 +325,25 @@ mod tests {
             .sum::<f64>()
             / small.as_raw().len() as f64;
         assert!(mean_diff < 8.0, "{mean_diff}");
+    }
+
+    #[test]
+    fn a_fatal_libjpeg_error_is_a_corrupt_file_not_a_panic() {
+        let mut bytes = jpeg(2400, 1700);
+        let header = Header::read(&bytes).expect("a good header");
+        // The first Huffman table's 16 code counts: 16 × 255 codes is more than a table holds,
+        // which libjpeg refuses as a fatal error (it unwinds out of its error handler).
+        let dht = bytes
+            .windows(2)
+            .position(|w| w == [0xFF, 0xC4])
+            .expect("a DHT segment");
+        bytes[dht + 5..dht + 21].fill(0xFF);
+        match reduced(&bytes, header, 2) {
+            Err(ImageError::Corrupt(message)) => {
+                assert!(message.contains("Huffman"), "{message}")
+            }
+            other => panic!("expected a corrupt-file error, got {other:?}"),
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 #![allow(clippy::unwrap_used)]
 
 use face2simpson_model::preprocess::{Hwc, IMAGENET_MEAN};
-use face2simpson_model::{AUGMENTATIONS, Augmentation, CLASSES, ImageError, Preprocessor, decode};
+use face2simpson_model::{
+    AUGMENTATIONS, Augmentation, CLASSES, ImageError, Preprocessor, decode, decode_reduced,
+};
 use image::{Rgb, RgbImage};
 
 fn png(img: &RgbImage) -> Vec<u8> {
@@ -220,6 +222,41 @@ fn exif_orientation_is_applied_on_decode() {
     assert!(img.get_pixel(70, 35)[2] > 200);
     // Without the tag, the same pixels stay as stored.
     assert_eq!(decode(&jpeg(&stored)).unwrap().dimensions(), (40, 80));
+}
+
+#[test]
+fn exif_orientation_is_applied_on_a_reduced_decode() {
+    // The same marked picture, 20 times larger: big enough to be reduced by 4 in the DCT
+    // domain (libjpeg-turbo), which reads the EXIF block itself.
+    let upright = image::imageops::resize(&marked(), 1600, 800, image::imageops::Nearest);
+    let stored = image::imageops::rotate270(&upright);
+    let bytes = with_exif_orientation(&jpeg(&stored), 6);
+    let photo = decode_reduced(&bytes, 200).unwrap();
+    assert_eq!(photo.scale, 4);
+    assert_eq!(
+        (photo.width, photo.height),
+        (1600, 800),
+        "the photo's upright size"
+    );
+    assert_eq!(photo.image.dimensions(), (400, 200), "not rotated upright");
+    assert!(
+        photo.image.get_pixel(40, 20)[0] > 200,
+        "red block not top-left"
+    );
+    assert!(photo.image.get_pixel(360, 180)[2] > 200);
+}
+
+#[test]
+fn grey_jpegs_are_reduced_to_rgb() {
+    let grey = image::GrayImage::from_fn(1600, 1200, |x, _| image::Luma([(x / 7 % 256) as u8]));
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    grey.write_to(&mut bytes, image::ImageFormat::Jpeg).unwrap();
+    let photo = decode_reduced(bytes.get_ref(), 300).unwrap();
+    assert_eq!((photo.scale, photo.image.dimensions()), (4, (400, 300)));
+    let p = photo.image.get_pixel(200, 150);
+    assert!(p[0] == p[1] && p[1] == p[2], "{p:?}");
+    // 800 / 7 % 256 = 114: the reduced pixel is the picture's.
+    assert!(p[0].abs_diff(114) < 8, "{p:?}");
 }
 
 #[test]

@@ -36,7 +36,7 @@ pub use model::Decoded as Photo;
 ///   face's when serving), resize (the `image` crate's Triangle filter on a copy of the crop)
 ///   and centre crop.
 /// * 2: the same geometry; JPEGs whose shorter side is at least twice [`min_decoded_side`] are
-///   decoded reduced in the DCT domain (jpeg-decoder), every resize is fast_image_resize's
+///   decoded reduced in the DCT domain (libjpeg-turbo), every resize is fast_image_resize's
 ///   bilinear convolution on a view of the decoded photo, and the detector's inputs are cut
 ///   from one reduced copy. Pixels differ from version 1 by a few levels, faces by a pixel or
 ///   two.
