@@ -17,6 +17,7 @@ mod gang;
 mod gates;
 mod housekeeping;
 mod invalid;
+mod migrate;
 mod observe;
 mod queue;
 mod record;
@@ -26,7 +27,7 @@ mod schedule;
 mod shadow;
 mod validate;
 
-pub use cache::{Caches, Scope};
+pub use cache::{Caches, Lookup, Scope};
 pub use conditions::{Concern, set_condition};
 pub use gates::{StoreGates, share_of};
 pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
@@ -216,6 +217,12 @@ pub enum Error {
     DeleteJob { name: String, source: kube::Error },
     #[error("cannot apply the Deployment {name}: {source}")]
     ApplyDeployment { name: String, source: kube::Error },
+    #[error("cannot delete the Deployment {name} (to replace its selector): {source}")]
+    DeleteDeployment { name: String, source: kube::Error },
+    #[error("cannot list the ReplicaSets left by an old inference Deployment: {0}")]
+    ListReplicaSets(#[source] kube::Error),
+    #[error("cannot delete the ReplicaSet {name} left by an old inference Deployment: {source}")]
+    DeleteReplicaSet { name: String, source: kube::Error },
     #[error("cannot apply the Service {name}: {source}")]
     ApplyService { name: String, source: kube::Error },
     #[error("cannot apply the {kind} {name}: {source}")]
@@ -254,13 +261,18 @@ impl Error {
     /// The API error behind this one, if any.
     pub fn api(&self) -> Option<&kube::Error> {
         match self {
-            Error::ListJobs(e) | Error::PatchStatus(e) | Error::GetModel(e) => Some(e),
+            Error::ListJobs(e)
+            | Error::PatchStatus(e)
+            | Error::GetModel(e)
+            | Error::ListReplicaSets(e) => Some(e),
             Error::GetSecret { source, .. }
             | Error::CreateJob { source, .. }
             | Error::CreateValidationJob { source, .. }
             | Error::GetJob { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::ApplyDeployment { source, .. }
+            | Error::DeleteDeployment { source, .. }
+            | Error::DeleteReplicaSet { source, .. }
             | Error::ApplyService { source, .. }
             | Error::ApplyAutoscaling { source, .. }
             | Error::DeleteAutoscaling { source, .. }

@@ -15,6 +15,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
+use super::migrate::Migration;
 use super::{Concern, Counted, Error, MANAGER, Pass};
 
 /// `ApplyFailed` and `Ready` reason: an object the model would serve through belongs to someone
@@ -22,7 +23,7 @@ use super::{Concern, Counted, Error, MANAGER, Pass};
 pub const NOT_OWNED: &str = "ObjectNotOwned";
 /// `RolloutFailed` reason (and history decision): the inference pods do not become available.
 const ROLLOUT_FAILED: &str = "RolloutFailed";
-use crate::builders::{self, RUN_ID_LABEL};
+use crate::builders::{self, PodSelection, RUN_ID_LABEL};
 use crate::crd::{
     ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
     RolloutStatus, Verdict,
@@ -275,6 +276,11 @@ impl Pass<'_> {
         if !self.children_ours().await? {
             return Ok(false);
         }
+        // A Deployment of an earlier operator is replaced first (migrate.rs).
+        let migration = self.migration().await?;
+        if migration == Migration::Deleting {
+            return Ok(false);
+        }
         let mut deployment = self.apply_deployment(&champion).await?;
         let mut state = rollout_state(&deployment);
         let mut rolled_back = false;
@@ -293,7 +299,13 @@ impl Pass<'_> {
                 }
             }
         }
-        self.apply_service().await?;
+        let rolled_out = state == RolloutState::Complete;
+        if let Migration::Orphans(orphans) = &migration
+            && rolled_out
+        {
+            self.finish_migration(orphans).await?;
+        }
+        self.apply_service(migration.selection(rolled_out)).await?;
         self.autoscale().await?;
         self.clear(
             Concern::ApplyFailed,
@@ -512,9 +524,10 @@ impl Pass<'_> {
         Ok(applied)
     }
 
-    /// Applies the inference Service, unless it is unchanged since this process applied it.
-    async fn apply_service(&self) -> Result<(), Error> {
-        let service = builders::inference_service(self.sm)?;
+    /// Applies the inference Service selecting the pods as `selection` says, unless it is
+    /// unchanged since this process applied it.
+    async fn apply_service(&self, selection: PodSelection) -> Result<(), Error> {
+        let service = builders::inference_service_selecting(self.sm, selection)?;
         let caches = &self.ctx.caches;
         if caches.unchanged_service(&self.ns, &service) {
             return Ok(());
