@@ -170,8 +170,9 @@ async fn an_old_deployment_is_replaced_and_its_pods_serve_until_the_new_ones_are
                 d["metadata"]["finalizers"] = json!(["orphan"]);
                 (200, d)
             }),
-            Step::patch_status(),
+            // Announced at once: done whether or not the pass records anything after it.
             Step::event(),
+            Step::patch_status(),
         ],
     );
     let _writers = caches(&h, Some(old_deployment()), Some(service(old_selector())));
@@ -185,13 +186,13 @@ async fn an_old_deployment_is_replaced_and_its_pods_serve_until_the_new_ones_are
         seen[2].body
     );
     assert_eq!(seen[2].body["preconditions"]["uid"], "deployment-old");
-    let migrating = status_of(&seen[3]);
+    let migrating = status_of(&seen[4]);
     assert_eq!(
         condition(&migrating, "Ready"),
         ("False", "SelectorMigration")
     );
-    assert_eq!(seen[4].body["reason"], "SelectorMigration");
-    assert_eq!(seen[4].body["type"], "Normal");
+    assert_eq!(seen[3].body["reason"], "SelectorMigration");
+    assert_eq!(seen[3].body["type"], "Normal");
     assert_eq!(action, Action::requeue(Duration::from_secs(2)));
 
     // 2. It is gone: the new Deployment selects by uid; the Service selects old and new pods
@@ -253,9 +254,9 @@ async fn an_old_deployment_is_replaced_and_its_pods_serve_until_the_new_ones_are
                     )
                 },
             ),
+            Step::event(),
             Step::apply_service(),
             Step::patch_status(),
-            Step::event(),
         ],
     );
     let _writers = caches(&h, Some(applied.clone()), Some(service(old_labels())));
@@ -266,12 +267,12 @@ async fn an_old_deployment_is_replaced_and_its_pods_serve_until_the_new_ones_are
     let seen = h.finish().await;
     assert_eq!(seen[4].body["propagationPolicy"], "Background");
     assert_eq!(seen[4].body["preconditions"]["uid"], "rs-old");
-    let selector = selector_of(&seen[5]);
+    assert_eq!(seen[5].body["reason"], "SelectorMigrated");
+    let selector = selector_of(&seen[6]);
     assert_eq!(selector[UID_LABEL], UID, "{selector:#}");
     assert_eq!(selector.as_object().unwrap().len(), 3, "{selector:#}");
-    let served = status_of(&seen[6]);
+    let served = status_of(&seen[7]);
     assert_eq!(condition(&served, "Ready"), ("True", "Serving"));
-    assert_eq!(seen[7].body["reason"], "SelectorMigrated");
 
     // 4. At rest: a Service that selects by uid means nothing is left to migrate, and no
     //    ReplicaSet is listed.

@@ -165,14 +165,17 @@ impl Pass<'_> {
             Err(source) => return Err(Error::DeleteDeployment { name, source }),
         }
         info!(model = %self.name, deployment = %name, "selector migration: the old Deployment is deleted, its ReplicaSets and pods are kept");
-        self.emit(
+        // Published now, not with the pass's status: what it reports is done whether or not
+        // this pass records anything, and a retried pass finds nothing left to announce.
+        self.publish_event(
             EventType::Normal,
             "SelectorMigration",
             "Migrate",
             format!(
                 "the Deployment {name} selected its pods without {MODEL_UID_LABEL} (made by an earlier operator): it is deleted with its ReplicaSets orphaned, which keep serving, and made again selecting the model's uid; the old pods go once the new ones are available"
             ),
-        );
+        )
+        .await;
         Ok(())
     }
 
@@ -213,7 +216,7 @@ impl Pass<'_> {
         }
         let names: Vec<String> = orphans.iter().map(ResourceExt::name_any).collect();
         info!(model = %self.name, replica_sets = ?names, "selector migration complete: the old ReplicaSets are deleted");
-        self.emit(
+        self.publish_event(
             EventType::Normal,
             "SelectorMigrated",
             "Migrate",
@@ -221,7 +224,8 @@ impl Pass<'_> {
                 "the new Deployment is available: the ReplicaSets {} left by the old one are deleted, and the Service selects the pods by {MODEL_UID_LABEL}",
                 names.join(", ")
             ),
-        );
+        )
+        .await;
         Ok(())
     }
 }

@@ -595,26 +595,34 @@ impl Pass<'_> {
                     reason,
                     action,
                     note,
-                } => {
-                    let ev = Event {
-                        type_,
-                        reason: reason.into(),
-                        note: Some(note),
-                        action: action.into(),
-                        secondary: None,
-                    };
-                    // An event is a courtesy to humans: failing to publish one must not fail
-                    // the pass.
-                    if let Err(e) = self
-                        .ctx
-                        .recorder
-                        .publish(&ev, &self.sm.object_ref(&()))
-                        .await
-                    {
-                        warn!(model = %self.name, reason, error = %e, "cannot publish event");
-                    }
-                }
+                } => self.publish_event(type_, reason, action, note).await,
             }
+        }
+    }
+
+    /// Publishes an event now. An event is a courtesy to humans: failing to publish one must
+    /// not fail the pass.
+    async fn publish_event(
+        &self,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.sm.object_ref(&()))
+            .await
+        {
+            warn!(model = %self.name, reason, error = %e, "cannot publish event");
         }
     }
 
