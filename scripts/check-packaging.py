@@ -51,7 +51,11 @@ OPERATOR_CALLS = {
     ("batch", "jobs", v) for v in ("get", "list", "watch", "create", "delete")
 } | {
     # get: an existing <name>-inference is checked to be the model's own before an apply.
-    ("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch")
+    # delete: a Deployment made before the uid label is replaced (its selector is immutable).
+    ("apps", "deployments", v) for v in ("get", "list", "watch", "create", "patch", "delete")
+} | {
+    # The ReplicaSets such a Deployment leaves behind (orphaned), deleted once the new one serves.
+    ("apps", "replicasets", v) for v in ("list", "delete")
 } | {
     ("", "services", v) for v in ("get", "list", "watch", "create", "patch")
 } | {("", "secrets", "get")} | {

@@ -618,7 +618,8 @@ pub fn merge(base: &mut Value, patch: &Value) {
     }
 }
 
-fn is_ready(pod: &Pod) -> bool {
+/// Whether the pod is Ready, as the kubelet (here the node stand-in) reports it.
+pub fn is_ready(pod: &Pod) -> bool {
     pod.status
         .as_ref()
         .and_then(|s| s.conditions.as_ref())

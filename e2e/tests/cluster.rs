@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, ensure};
 use face2simpson_e2e::install::Operator;
+use face2simpson_e2e::proxy::{Mode, StoreProxy};
 use face2simpson_e2e::wait::poll;
 use face2simpson_e2e::world::{
     BAD, GOOD, MODEL, NAMESPACE, RELEASE_NAMESPACE, STORE_PREFIX, World, merge,
@@ -16,6 +17,7 @@ use face2simpson_operator::SimpsonModel;
 use face2simpson_operator::crd::{ChampionStatus, ROLLBACK_REQUEST_ANNOTATION, RunStatus};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::ResourceExt;
 use kube::api::{ListParams, Patch, PatchParams};
 use serde::Deserialize as _;
@@ -38,6 +40,38 @@ fn champion(sm: &SimpsonModel) -> Result<ChampionStatus> {
 fn decision(run: &RunStatus) -> &str {
     run.decision.as_ref().map_or("", |d| d.as_str())
 }
+
+/// The model's condition `type_`.
+fn condition(sm: &SimpsonModel, type_: &str) -> Result<Condition> {
+    sm.status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
+        .cloned()
+        .with_context(|| format!("no {type_} condition"))
+}
+
+/// Whether the model's condition `type_` has `status` (and `reason`, when given).
+fn has(sm: &SimpsonModel, type_: &str, status: &str, reason: Option<&str>) -> bool {
+    condition(sm, type_).is_ok_and(|c| c.status == status && reason.is_none_or(|r| c.reason == r))
+}
+
+/// Wakes the model (an annotation changes) without changing anything it acts on.
+async fn poke(world: &World, value: &str) -> Result<()> {
+    world
+        .models()
+        .patch(
+            MODEL,
+            &PatchParams::default(),
+            &Patch::Merge(
+                json!({"metadata": {"annotations": {"e2e.face2simpson.io/poke": value}}}),
+            ),
+        )
+        .await?;
+    Ok(())
+}
+
+/// The Secret of a model that reaches its store through a [`StoreProxy`].
+const PROXIED_SECRET: &str = "store-via-proxy";
 
 /// Bootstraps the model with `recipe`: one Job, `FirstModel`, the Deployment serving it.
 async fn bootstrap(
@@ -1884,6 +1918,11 @@ async fn a_burst_of_one_character_starts_a_drift_run() -> Result<()> {
 #[ignore = "needs the control plane: make e2e"]
 async fn a_foreign_service_is_not_taken_over() -> Result<()> {
     let world = World::up("foreign-service").await?;
+    // The model reaches its store through a proxy the test can cut (issue 17 item 2, below).
+    let proxy = StoreProxy::start(&world.store.endpoint)?;
+    world
+        .store_secret_via(PROXIED_SECRET, &proxy.endpoint)
+        .await?;
     let name = face2simpson_operator::builders::inference_name(MODEL);
     let services: kube::Api<k8s_openapi::api::core::v1::Service> =
         kube::Api::namespaced(world.client.clone(), NAMESPACE);
@@ -1894,7 +1933,12 @@ async fn a_foreign_service_is_not_taken_over() -> Result<()> {
     services
         .create(&kube::api::PostParams::default(), &foreign)
         .await?;
-    world.apply_model(GOOD).await?;
+    world
+        .apply_model_with(
+            GOOD,
+            &json!({"spec": {"storageSecretRef": {"name": PROXIED_SECRET}}}),
+        )
+        .await?;
     let models = world.models();
     let sm = poll(
         "Degraded=ObjectNotOwned",
@@ -1936,21 +1980,91 @@ async fn a_foreign_service_is_not_taken_over() -> Result<()> {
         world.wait_events("ObjectNotOwned", 1).await? >= 1,
         "an ObjectNotOwned event"
     );
-    // Its owner deletes it: the model gets its own Service and is served.
+    ensure!(
+        has(&sm, "ApplyFailed", "True", Some("ObjectNotOwned")),
+        "ObjectNotOwned is the ApplyFailed concern: {:?}",
+        sm.status.map(|s| s.conditions)
+    );
+
+    // Issue 17 item 2: the store goes down while a run is due (a manual request): the run waits
+    // for it, StoreUnavailable is True beside ApplyFailed, and Degraded names both.
+    proxy.set(Mode::Down);
+    world.request_run(BAD, "while-the-store-is-down").await?;
+    let both = poll(
+        "StoreUnavailable and ApplyFailed True at once",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            async move {
+                let sm = models.get(MODEL).await?;
+                let both = has(&sm, "StoreUnavailable", "True", Some("StorageUnreachable"))
+                    && has(&sm, "ApplyFailed", "True", Some("ObjectNotOwned"));
+                Ok(both.then_some(sm))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let degraded = condition(&both, "Degraded")?;
+    ensure!(
+        degraded.status == "True"
+            && degraded.reason == "ObjectNotOwned"
+            && degraded.message.contains("ApplyFailed: ")
+            && degraded.message.contains("StoreUnavailable: "),
+        "Degraded names both concerns, serving first: {degraded:?}"
+    );
+    ensure!(
+        world.wait_events("StorageUnreachable", 1).await? >= 1,
+        "a StorageUnreachable event"
+    );
+    ensure!(
+        run_jobs(&world).await?.0.len() == 1,
+        "no run starts while the champion's weights cannot be checked"
+    );
+
+    // The store comes back: StoreUnavailable clears on its own (the run starts), ApplyFailed
+    // stays as it was.
+    proxy.set(Mode::Open);
+    poke(&world, "1").await?;
+    poll(
+        "StoreUnavailable cleared, ApplyFailed still True",
+        Duration::from_secs(90),
+        Duration::from_millis(500),
+        || {
+            let models = models.clone();
+            async move {
+                let sm = models.get(MODEL).await?;
+                let one = has(&sm, "StoreUnavailable", "False", None)
+                    && has(&sm, "ApplyFailed", "True", Some("ObjectNotOwned"))
+                    && has(&sm, "Degraded", "True", Some("ObjectNotOwned"));
+                Ok(one.then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let degraded = condition(&world.model().await?, "Degraded")?;
+    ensure!(
+        !degraded.message.contains("StoreUnavailable"),
+        "Degraded no longer names the store: {degraded:?}"
+    );
+
+    // Its owner deletes the Service: the model gets its own Service and is served, and
+    // ApplyFailed clears in turn.
     services
         .delete(&name, &kube::api::DeleteParams::default())
         .await?;
     // Deleting it does not wake the model before its requeue (10 min); any annotation does.
-    world
-        .models()
-        .patch(
-            MODEL,
-            &PatchParams::default(),
-            &Patch::Merge(json!({"metadata": {"annotations": {"e2e.face2simpson.io/poke": "1"}}})),
-        )
-        .await?;
+    poke(&world, "2").await?;
     let run = champion(&world.model().await?)?.run_id;
     world.wait_serving(&run).await?;
+    let sm = world.model().await?;
+    ensure!(
+        has(&sm, "ApplyFailed", "False", None) && has(&sm, "StoreUnavailable", "False", None),
+        "both concerns cleared: {:?}",
+        sm.status.map(|s| s.conditions)
+    );
     let ours = services.get(&name).await?;
     ensure!(
         ours.metadata
@@ -2374,6 +2488,265 @@ async fn a_dead_rank_restarts_the_gang_from_its_checkpoint() -> Result<()> {
     ensure!(
         sm.status.unwrap_or_default().history.len() == 1,
         "one decision"
+    );
+    world.finish()
+}
+
+/// What the inference Service selected at one moment: how many ready pods, and whether the
+/// foreign pod was among them.
+#[derive(Debug)]
+struct Sample {
+    at: Duration,
+    selector: std::collections::BTreeMap<String, String>,
+    ready: usize,
+    foreign: bool,
+}
+
+/// Samples, every 100 ms until `stop`, which pods the inference Service selects: the traffic
+/// it would route (kube-proxy is not there, the test reads what it would read).
+async fn sample_service(
+    client: kube::Client,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<Vec<Sample>> {
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(client.clone(), NAMESPACE);
+    let pods: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(client, NAMESPACE);
+    let name = face2simpson_operator::builders::inference_name(MODEL);
+    let start = std::time::Instant::now();
+    let mut samples = Vec::new();
+    while !*stop.borrow() {
+        let selector = services
+            .get(&name)
+            .await?
+            .spec
+            .and_then(|s| s.selector)
+            .unwrap_or_default();
+        let selected: Vec<_> = pods
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .filter(|p| {
+                !selector.is_empty() && selector.iter().all(|(k, v)| p.labels().get(k) == Some(v))
+            })
+            .collect();
+        samples.push(Sample {
+            at: start.elapsed(),
+            ready: selected
+                .iter()
+                .filter(|p| {
+                    p.metadata.deletion_timestamp.is_none() && face2simpson_e2e::world::is_ready(p)
+                })
+                .count(),
+            foreign: selected.iter().any(|p| p.name_any() == FOREIGN_POD),
+            selector,
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(samples)
+}
+
+const FOREIGN_POD: &str = "another-release-inference";
+
+/// Issue 17 item 3: the inference Deployment an operator of before the uid label made (its
+/// selector `instance`+`component`, immutable) is replaced without downtime: deleted with its
+/// ReplicaSet orphaned, made again selecting the model's uid, the Service on the labels old and
+/// new pods share until the new pods are available, then the old ReplicaSet deleted and the
+/// Service on the uid. At no sampled moment does the Service select no ready pod, and a pod of
+/// another release with the same `instance` and `component` labels is never selected nor
+/// adopted.
+#[tokio::test]
+#[ignore = "needs the control plane: make e2e"]
+async fn an_old_deployment_is_migrated_to_the_uid_selector_without_downtime() -> Result<()> {
+    use face2simpson_operator::builders::{self, MODEL_UID_LABEL};
+    let mut world = World::up("selector-migration").await?;
+    let (run1, _) = bootstrap(&world, GOOD).await?;
+
+    // Play the operator of before the uid label: stop this one, and put in place what that one
+    // made, through its field manager.
+    world.operator.kill().await?;
+    let sm = world.model().await?;
+    let name = builders::inference_name(MODEL);
+    let deployments = world.deployments();
+    deployments
+        .delete(&name, &kube::api::DeleteParams::background())
+        .await?;
+    let (api, named, here) = (&deployments, &name, &world);
+    poll(
+        "the new-style Deployment, its ReplicaSets and pods gone",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || async move {
+            let gone = api.get_opt(named).await?.is_none()
+                && here.replica_sets().await?.is_empty()
+                && here.serving_endpoints().await?.is_empty();
+            Ok(gone.then_some(()))
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let strip = |labels: &mut Option<std::collections::BTreeMap<String, String>>| {
+        if let Some(l) = labels.as_mut() {
+            l.remove(MODEL_UID_LABEL);
+        }
+    };
+    let mut old = builders::inference_deployment(&sm, &champion(&sm)?)?;
+    strip(&mut old.metadata.labels);
+    if let Some(spec) = old.spec.as_mut() {
+        strip(&mut spec.selector.match_labels);
+        if let Some(meta) = spec.template.metadata.as_mut() {
+            strip(&mut meta.labels);
+        }
+    }
+    let mut old_service = builders::inference_service(&sm)?;
+    strip(&mut old_service.metadata.labels);
+    if let Some(spec) = old_service.spec.as_mut() {
+        strip(&mut spec.selector);
+    }
+    let as_old_operator = PatchParams::apply("face2simpson-operator").force();
+    deployments
+        .patch(&name, &as_old_operator, &Patch::Apply(&old))
+        .await?;
+    let services: kube::Api<k8s_openapi::api::core::v1::Service> =
+        kube::Api::namespaced(world.client.clone(), NAMESPACE);
+    services
+        .patch(&name, &as_old_operator, &Patch::Apply(&old_service))
+        .await?;
+    // A pod of another release that happens to carry the same instance and component labels.
+    let foreign: k8s_openapi::api::core::v1::Pod = serde_json::from_value(json!({
+        "metadata": {"name": FOREIGN_POD, "labels": {
+            "app.kubernetes.io/instance": MODEL, "app.kubernetes.io/component": "inference"}},
+        "spec": {"containers": [{"name": "web", "image": "e2e/another-release:1"}]},
+    }))?;
+    world
+        .pods()
+        .create(&kube::api::PostParams::default(), &foreign)
+        .await?;
+    world.wait_serving(&run1).await?;
+    let old_replica_sets = world.replica_sets().await?;
+    ensure!(
+        old_replica_sets.len() == 1,
+        "the old Deployment's ReplicaSet: {old_replica_sets:?}"
+    );
+
+    // The new operator starts: watch what the Service selects all along.
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_service(world.client.clone(), stopped));
+    world.operator.restart().await?;
+    let uid = sm.metadata.uid.clone().context("no uid")?;
+    let here = &world;
+    poll(
+        "the Deployment and the Service on the uid, the old ReplicaSet gone",
+        Duration::from_secs(120),
+        Duration::from_millis(500),
+        || {
+            let (deployments, services, name, uid) = (
+                deployments.clone(),
+                services.clone(),
+                name.clone(),
+                uid.clone(),
+            );
+            let old_replica_sets = old_replica_sets.clone();
+            let world = here;
+            async move {
+                let Some(d) = deployments.get_opt(&name).await? else {
+                    return Ok(None);
+                };
+                let by_uid = |labels: Option<&std::collections::BTreeMap<String, String>>| {
+                    labels.and_then(|l| l.get(MODEL_UID_LABEL)) == Some(&uid)
+                };
+                let deployment = by_uid(
+                    d.spec
+                        .as_ref()
+                        .and_then(|s| s.selector.match_labels.as_ref()),
+                );
+                let service = by_uid(
+                    services
+                        .get(&name)
+                        .await?
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.selector.as_ref()),
+                );
+                let rs = world.replica_sets().await?;
+                let old_gone = !rs.iter().any(|r| old_replica_sets.contains(r));
+                Ok((deployment && service && old_gone).then_some(()))
+            }
+        },
+    )
+    .await
+    .with_context(|| world.context())?;
+    let endpoints = world.wait_serving(&run1).await?;
+    world.predict(&endpoints[0]).await?;
+    stop.send(true)?;
+    let samples = sampler.await??;
+    ensure!(!samples.is_empty(), "no sample taken");
+    let dark: Vec<&Sample> = samples.iter().filter(|s| s.ready == 0).collect();
+    ensure!(
+        dark.is_empty(),
+        "the Service selected no ready pod at {} of {} moments, first {:?} after the restart: {:?}",
+        dark.len(),
+        samples.len(),
+        dark.first().map(|s| s.at),
+        dark.first()
+    );
+    // The old Service (instance+component) did select the other release's pod: what the uid
+    // fixes. Once the operator changed the selector, it never does.
+    let old_selector = old_service
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    ensure!(
+        samples
+            .iter()
+            .take_while(|s| s.selector == old_selector)
+            .all(|s| s.foreign),
+        "the old selector matched the other release's pod"
+    );
+    let taken_over: Vec<&Sample> = samples
+        .iter()
+        .skip_while(|s| s.selector == old_selector)
+        .collect();
+    ensure!(
+        taken_over
+            .iter()
+            .any(|s| !s.selector.is_empty() && !s.selector.contains_key(MODEL_UID_LABEL)),
+        "no moment with the Service on the labels old and new pods share: {:?}",
+        taken_over.iter().map(|s| &s.selector).collect::<Vec<_>>()
+    );
+    ensure!(
+        !taken_over.is_empty() && taken_over.iter().all(|s| !s.foreign),
+        "the Service selected the other release's pod after the operator took over: {:?}",
+        taken_over.iter().find(|s| s.foreign)
+    );
+    ensure!(
+        samples
+            .last()
+            .is_some_and(|s| s.selector.get(MODEL_UID_LABEL) == Some(&uid)),
+        "the Service ends on the uid: {:?}",
+        samples.last()
+    );
+    let foreign = world.pods().get(FOREIGN_POD).await?;
+    ensure!(
+        foreign
+            .metadata
+            .owner_references
+            .as_ref()
+            .is_none_or(Vec::is_empty),
+        "the other release's pod was adopted: {:?}",
+        foreign.metadata.owner_references
+    );
+    ensure!(
+        world.wait_events("SelectorMigration", 1).await? >= 1
+            && world.wait_events("SelectorMigrated", 1).await? >= 1,
+        "a SelectorMigration and a SelectorMigrated event"
+    );
+    let log = std::fs::read_to_string(world.operator.log())?;
+    ensure!(
+        log.contains("selector migration: the old Deployment is deleted")
+            && log.contains("selector migration complete"),
+        "the operator logged the migration"
     );
     world.finish()
 }

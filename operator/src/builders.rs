@@ -40,6 +40,14 @@ pub const RUNS_PREFIX_ANNOTATION: &str = "face2simpson.io/runs-prefix";
 pub const CHAMPION_ANNOTATION: &str = "face2simpson.io/champion-run-id";
 /// Label telling training Jobs from inference pods.
 pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
+/// Label carrying the owning SimpsonModel's uid on the inference pods (and in every selector
+/// of them): `instance` and `component` alone also match another release's pods, or those of
+/// a model deleted and made again under the same name.
+pub const MODEL_UID_LABEL: &str = "face2simpson.io/model-uid";
+/// Label carrying the model's name in the standard set.
+const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
+/// `app.kubernetes.io/component` of the inference pods.
+const INFERENCE: &str = "inference";
 /// Annotation on training Jobs of a gang restart: which attempt of its run (1, 2, …) it is.
 pub const ATTEMPT_ANNOTATION: &str = "face2simpson.io/attempt";
 /// Label Kueue reads on a Job: the LocalQueue it is submitted to.
@@ -397,16 +405,49 @@ pub fn validation_job(
     })
 }
 
-fn inference_labels(model: &str) -> BTreeMap<String, String> {
+/// The labels of the inference pods made before they carried the model's uid (operators up to
+/// 0.1): what the inference Service selects while a Deployment of that time is replaced
+/// (`controller::migrate`), since both the old pods and the new ones carry them.
+pub fn legacy_inference_labels(model: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (
             "app.kubernetes.io/name".to_owned(),
             "face2simpson-inference".to_owned(),
         ),
-        ("app.kubernetes.io/instance".to_owned(), model.to_owned()),
-        (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
+        (INSTANCE_LABEL.to_owned(), model.to_owned()),
+        (COMPONENT_LABEL.to_owned(), INFERENCE.to_owned()),
         (MODEL_LABEL.to_owned(), model.to_owned()),
     ])
+}
+
+/// The model's uid, which the inference pods carry and every selector of them names.
+fn model_uid(sm: &SimpsonModel) -> Result<String, MissingMetadata> {
+    sm.metadata.uid.clone().ok_or(MissingMetadata("uid"))
+}
+
+/// The labels of the inference pods (and of the objects around them).
+fn inference_labels(sm: &SimpsonModel) -> Result<BTreeMap<String, String>, MissingMetadata> {
+    let mut labels = legacy_inference_labels(&sm.name_any());
+    labels.insert(MODEL_UID_LABEL.to_owned(), model_uid(sm)?);
+    Ok(labels)
+}
+
+/// What the Deployment, Service and PodDisruptionBudget select the inference pods by: the
+/// model's name, the component and the model's uid.
+pub fn inference_selector_labels(
+    sm: &SimpsonModel,
+) -> Result<BTreeMap<String, String>, MissingMetadata> {
+    Ok(BTreeMap::from([
+        (INSTANCE_LABEL.to_owned(), sm.name_any()),
+        (COMPONENT_LABEL.to_owned(), INFERENCE.to_owned()),
+        (MODEL_UID_LABEL.to_owned(), model_uid(sm)?),
+    ]))
+}
+
+/// The label selector (for a LIST) of the ReplicaSets an operator of before the uid label left
+/// behind: the model's instance and component, without the uid label.
+pub fn legacy_replica_sets_selector(model: &str) -> String {
+    format!("{INSTANCE_LABEL}={model},{COMPONENT_LABEL}={INFERENCE},!{MODEL_UID_LABEL}")
 }
 
 fn env_from(sm: &SimpsonModel) -> Option<Vec<EnvFromSource>> {
@@ -981,11 +1022,8 @@ pub fn inference_deployment(
 ) -> Result<Deployment, MissingMetadata> {
     let model = sm.name_any();
     let inf = &sm.spec.inference;
-    let selector = BTreeMap::from([
-        ("app.kubernetes.io/instance".to_owned(), model.clone()),
-        (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
-    ]);
-    let mut labels = inference_labels(&model);
+    let selector = inference_selector_labels(sm)?;
+    let mut labels = inference_labels(sm)?;
     let container = Container {
         name: "inference".into(),
         image: Some(inf.image.clone()),
@@ -1052,16 +1090,6 @@ pub fn inference_deployment(
     })
 }
 
-fn inference_selector(model: &str) -> LabelSelector {
-    LabelSelector {
-        match_labels: Some(BTreeMap::from([
-            ("app.kubernetes.io/instance".to_owned(), model.to_owned()),
-            (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
-        ])),
-        ..Default::default()
-    }
-}
-
 /// The HorizontalPodAutoscaler of the inference Deployment, when the spec asks for one.
 pub fn inference_hpa(
     sm: &SimpsonModel,
@@ -1106,7 +1134,7 @@ pub fn inference_hpa(
             ..Default::default()
         });
     }
-    let mut labels = inference_labels(&model);
+    let mut labels = inference_labels(sm)?;
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
     Ok(Some(HorizontalPodAutoscaler {
         metadata: child_meta(sm, inference_name(&model), labels)?,
@@ -1132,13 +1160,16 @@ pub fn inference_pdb(sm: &SimpsonModel) -> Result<Option<PodDisruptionBudget>, M
         return Ok(None);
     }
     let model = sm.name_any();
-    let mut labels = inference_labels(&model);
+    let mut labels = inference_labels(sm)?;
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
     Ok(Some(PodDisruptionBudget {
         metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(inference_selector(&model)),
+            selector: Some(LabelSelector {
+                match_labels: Some(inference_selector_labels(sm)?),
+                ..Default::default()
+            }),
             // A crash-looping pod must not block a drain.
             unhealthy_pod_eviction_policy: Some("AlwaysAllow".into()),
             ..Default::default()
@@ -1147,20 +1178,39 @@ pub fn inference_pdb(sm: &SimpsonModel) -> Result<Option<PodDisruptionBudget>, M
     }))
 }
 
+/// Which inference pods the Service sends traffic to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PodSelection {
+    /// This model's, by its uid ([`inference_selector_labels`]).
+    Model,
+    /// While a Deployment made before the uid label is replaced: its pods and the new ones
+    /// alike ([`legacy_inference_labels`]), so that traffic always has a ready pod to go to.
+    Legacy,
+}
+
 /// The Service in front of the inference pods.
 pub fn inference_service(sm: &SimpsonModel) -> Result<Service, MissingMetadata> {
+    inference_service_selecting(sm, PodSelection::Model)
+}
+
+/// The Service in front of the inference pods, selecting them as `selection` says.
+pub fn inference_service_selecting(
+    sm: &SimpsonModel,
+    selection: PodSelection,
+) -> Result<Service, MissingMetadata> {
     let model = sm.name_any();
     let inf = &sm.spec.inference;
-    let mut labels = inference_labels(&model);
+    let mut labels = inference_labels(sm)?;
     labels.insert(MANAGED_BY.0.to_owned(), MANAGED_BY.1.to_owned());
+    let selector = match selection {
+        PodSelection::Model => inference_selector_labels(sm)?,
+        PodSelection::Legacy => legacy_inference_labels(&model),
+    };
     Ok(Service {
         metadata: child_meta(sm, inference_name(&model), labels)?,
         spec: Some(ServiceSpec {
             type_: Some(inf.service_type.as_str().to_owned()),
-            selector: Some(BTreeMap::from([
-                ("app.kubernetes.io/instance".to_owned(), model.clone()),
-                (COMPONENT_LABEL.to_owned(), "inference".to_owned()),
-            ])),
+            selector: Some(selector),
             ports: Some(vec![ServicePort {
                 name: Some("http".into()),
                 port: inf.port,

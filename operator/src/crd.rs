@@ -783,7 +783,7 @@ state_enum! {
         Shadowing,
         /// No new runs start.
         Suspended,
-        /// Something needs attention (see the Degraded condition).
+        /// Something needs attention: the Degraded condition is True (it names the concern conditions that are).
         Degraded,
     }
 }
@@ -857,7 +857,7 @@ impl ServiceType {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SimpsonModelStatus {
-    /// Standard conditions: Ready (the champion's rollout is complete and available), Training (a Job runs), Degraded (something needs attention).
+    /// Standard conditions: Ready (the champion's rollout is complete and available), Training (a Job runs), Validated (the last candidate's served-path validation), and one condition per concern, each set and cleared by the step that owns it: RunFailed (the last run ended without a usable result: JobFailed, JobMissing, MetricsMissing, MetricsInvalid, StorageUnreachable, QueueTimeout), RunBlocked (a run cannot start or go on: InvalidSchedule, ChampionMissing, JobConflict, JobRefused), StoreUnavailable (a run's result or a due run waits for the store: StorageUnreachable), RolloutFailed (the inference pods do not become available), ApplyFailed (the API server refused an inference object: ApplyFailed; or one belongs to someone else: ObjectNotOwned), SpecInvalid (the operator cannot read the spec: InvalidSpec). Degraded summarizes them: True when any is, with the reason of the first in that order (SpecInvalid, ApplyFailed, RolloutFailed, StoreUnavailable, RunBlocked, RunFailed) and a message naming each.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// Pending (no model yet), Training, Queued, Shadowing, RollingOut (a new champion is not yet available), Serving, Suspended or Degraded.
@@ -908,7 +908,7 @@ pub struct SimpsonModelStatus {
     /// The dataset's listing as the operator last saw it, with spec.triggers.datasetChange or spec.schedule.skipIfUnchanged.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<DatasetStatus>,
-    /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports Degraded=RolloutFailed until a rollout completes.
+    /// The last inference rollout that became available. A stalled rollout demotes the champion only when its pod template differs from this one by the model alone; any other change that stalls leaves the champion in place and reports RolloutFailed=True (and so Degraded) until a rollout completes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout: Option<RolloutStatus>,
 }

@@ -5,8 +5,9 @@ mod common;
 
 use common::*;
 use face2simpson_operator::builders::{
-    attempt_of, inference_deployment, inference_service, is_gang, manual_run_id,
-    rendezvous_service, scheduled_run_id, template_hash_without_model, training_job,
+    MODEL_UID_LABEL, PodSelection, attempt_of, inference_deployment, inference_pdb,
+    inference_service, inference_service_selecting, is_gang, legacy_replica_sets_selector,
+    manual_run_id, rendezvous_service, scheduled_run_id, template_hash_without_model, training_job,
     training_job_attempt, training_job_name,
 };
 use k8s_openapi::api::core::v1::{Container, PodSpec, Toleration};
@@ -887,5 +888,70 @@ fn a_queued_run_is_created_suspended_for_kueue() {
             .labels
             .unwrap()
             .contains_key("kueue.x-k8s.io/queue-name")
+    );
+}
+
+/// Issue 17 item 3: every selector of the inference pods names the model's uid, which the pods
+/// carry; a pod of another release (or of an earlier model of the same name) with the same
+/// instance and component labels is selected by none of them.
+#[test]
+fn inference_selectors_name_the_model_uid() {
+    use std::collections::BTreeMap;
+    let mut sm = model();
+    sm.spec.inference.autoscaling = Some(
+        serde_json::from_value(serde_json::json!({"minReplicas": 2, "maxReplicas": 4})).unwrap(),
+    );
+    let d = inference_deployment(&sm, &champion("homer-20261101-000000", 0.8)).unwrap();
+    let spec = d.spec.unwrap();
+    let pod_labels = spec.template.metadata.unwrap().labels.unwrap();
+    assert_eq!(pod_labels[MODEL_UID_LABEL], UID);
+    let deployment = spec.selector.match_labels.unwrap();
+    let service = inference_service(&sm)
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap();
+    let pdb = inference_pdb(&sm)
+        .unwrap()
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap()
+        .match_labels
+        .unwrap();
+    let selects = |selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>| {
+        selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    let foreign = BTreeMap::from([
+        ("app.kubernetes.io/instance".to_owned(), NAME.to_owned()),
+        (
+            "app.kubernetes.io/component".to_owned(),
+            "inference".to_owned(),
+        ),
+    ]);
+    for selector in [&deployment, &service, &pdb] {
+        assert_eq!(selector[MODEL_UID_LABEL], UID, "{selector:?}");
+        assert!(selects(selector, &pod_labels), "{selector:?}");
+        assert!(!selects(selector, &foreign), "{selector:?}");
+    }
+    assert_eq!(deployment, service);
+    assert_eq!(deployment, pdb);
+
+    // While an old Deployment is replaced, the Service selects what old and new pods share,
+    // and still not a pod with only the instance and component labels.
+    let legacy = inference_service_selecting(&sm, PodSelection::Legacy)
+        .unwrap()
+        .spec
+        .unwrap()
+        .selector
+        .unwrap();
+    assert!(!legacy.contains_key(MODEL_UID_LABEL));
+    assert!(selects(&legacy, &pod_labels), "the new pods");
+    assert!(!selects(&legacy, &foreign));
+    assert_eq!(
+        legacy_replica_sets_selector(NAME),
+        "app.kubernetes.io/instance=homer,app.kubernetes.io/component=inference,!face2simpson.io/model-uid"
     );
 }

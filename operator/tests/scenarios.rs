@@ -241,7 +241,10 @@ async fn a_refused_deployment_is_reported_and_the_schedule_goes_on() {
     assert_eq!(seen[3].body["metadata"]["name"], SECOND, "the run started");
     let status = status_of(&seen[4]);
     assert_eq!(condition(&status, "Degraded"), ("True", "ApplyFailed"));
+    assert_eq!(condition(&status, "ApplyFailed"), ("True", "ApplyFailed"));
     assert_eq!(condition(&status, "Ready"), ("False", "ApplyFailed"));
+    // Serving failed, scheduling did not: nothing blocks the run.
+    assert_eq!(condition(&status, "RunBlocked"), ("False", "AsExpected"));
     let message = &status
         .conditions
         .iter()
@@ -291,6 +294,10 @@ async fn a_refused_job_is_reported_once_and_not_hammered() {
     let seen = h.finish().await;
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobRefused"));
+    assert_eq!(condition(&status, "RunBlocked"), ("True", "JobRefused"));
+    // Scheduling failed, serving did not.
+    assert_eq!(condition(&status, "ApplyFailed"), ("False", "AsExpected"));
+    assert_eq!(condition(&status, "Ready"), ("True", "Serving"));
     assert_eq!(condition(&status, "Training"), ("False", "Idle"));
     assert_eq!(status.last_run.as_ref().unwrap().run_id, FIRST);
     assert_event(&seen[6], "Warning", "JobRefused");
@@ -991,6 +998,7 @@ async fn failed_job_degrades_without_promotion_and_is_retried_after_a_backoff() 
     );
     let status = status_of(&seen[5]);
     assert_eq!(condition(&status, "Degraded"), ("True", "JobFailed"));
+    assert_eq!(condition(&status, "RunFailed"), ("True", "JobFailed"));
     assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Degraded"));
     assert_eq!(
         status
@@ -1528,6 +1536,10 @@ async fn invalid_schedule_degrades_with_a_warning() {
     assert_event(&seen[4], "Warning", "InvalidSchedule");
     let status = status_of(&seen[3]);
     assert_eq!(condition(&status, "Degraded"), ("True", "InvalidSchedule"));
+    assert_eq!(
+        condition(&status, "RunBlocked"),
+        ("True", "InvalidSchedule")
+    );
     assert_eq!(status.phase.as_ref().map(|p| p.as_str()), Some("Degraded"));
 
     // The warning is given once: the next pass neither warns again nor writes.
@@ -1700,6 +1712,11 @@ async fn unreachable_store_is_retried_and_blocks_new_runs() {
         ("True", "StorageUnreachable")
     );
     assert_eq!(
+        condition(&status, "StoreUnavailable"),
+        ("True", "StorageUnreachable")
+    );
+    assert_eq!(condition(&status, "RunFailed"), ("False", "AsExpected"));
+    assert_eq!(
         status.last_run.as_ref().unwrap().decision,
         None,
         "a store outage is not the run's failure"
@@ -1769,7 +1786,12 @@ async fn h_store_back(mut sm: face2simpson_operator::SimpsonModel, status: Simps
     assert_event(&seen[3], "Normal", "Promoted");
     let status = status_of(&seen[6]);
     assert_eq!(status.champion.as_ref().unwrap().run_id, SECOND);
-    assert_eq!(condition(&status, "Degraded"), ("False", "RunEvaluated"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(
+        condition(&status, "StoreUnavailable"),
+        ("False", "StoreReachable")
+    );
+    assert_eq!(condition(&status, "RunFailed"), ("False", "RunEvaluated"));
 }
 
 #[tokio::test]
@@ -1803,6 +1825,12 @@ async fn unreachable_store_past_the_deadline_fails_the_run() {
         condition(&status, "Degraded"),
         ("True", "StorageUnreachable")
     );
+    // The run's failure, not an outage anything still waits on.
+    assert_eq!(
+        condition(&status, "RunFailed"),
+        ("True", "StorageUnreachable")
+    );
+    assert_eq!(condition(&status, "StoreUnavailable").0, "False");
     assert_eq!(
         status
             .last_run
@@ -1913,7 +1941,8 @@ async fn a_run_whose_champion_was_replaced_is_superseded_not_failed() {
         last.reason
     );
     assert_eq!(status.champion.as_ref().unwrap().run_id, MANUAL);
-    assert_eq!(condition(&status, "Degraded"), ("False", "RunSuperseded"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(condition(&status, "RunFailed"), ("False", "RunSuperseded"));
     assert_eq!(status.history[0].decision.as_str(), "Superseded");
     assert!(!text.contains("failed_runs_total{"), "{text}");
     assert_eq!(
@@ -2212,6 +2241,10 @@ async fn a_missing_champion_blocks_new_runs() {
     let seen = h.finish().await;
     let status = status_of(&seen[4]);
     assert_eq!(condition(&status, "Degraded"), ("True", "ChampionMissing"));
+    assert_eq!(
+        condition(&status, "RunBlocked"),
+        ("True", "ChampionMissing")
+    );
     assert_eq!(condition(&status, "Training"), ("False", "Idle"));
     assert_event(&seen[5], "Warning", "ChampionMissing");
     assert!(

@@ -69,6 +69,27 @@ where
         .is_some_and(|r| r.is_ok())
 }
 
+/// What a watch cache says about one object.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Lookup<K> {
+    /// No cache of its namespace, or one that has not listed yet: ask the API server.
+    Unknown,
+    Absent,
+    Found(Arc<K>),
+}
+
+fn lookup<K>(store: &Store<K>, ns: &str, name: &str) -> Lookup<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    if !ready(store) {
+        return Lookup::Unknown;
+    }
+    store
+        .get(&ObjectRef::new(name).within(ns))
+        .map_or(Lookup::Absent, Lookup::Found)
+}
+
 /// A hash of what would be applied: equal objects, equal hashes (maps are BTreeMaps).
 pub fn desired_hash(obj: &impl Serialize) -> String {
     let json = serde_json::to_vec(obj).unwrap_or_default();
@@ -198,6 +219,19 @@ impl Caches {
             &desired_hash(desired),
         )
         .is_some()
+    }
+
+    /// The Deployment `ns/name` as the watch cache has it.
+    pub fn deployment(&self, ns: &str, name: &str) -> Lookup<Deployment> {
+        self.scope(ns).map_or(Lookup::Unknown, |scope| {
+            lookup(&scope.deployments, ns, name)
+        })
+    }
+
+    /// The Service `ns/name` as the watch cache has it.
+    pub fn service(&self, ns: &str, name: &str) -> Lookup<Service> {
+        self.scope(ns)
+            .map_or(Lookup::Unknown, |scope| lookup(&scope.services, ns, name))
     }
 
     /// Whether the watch cache holds the Service `ns/name`; false when it cannot say (not

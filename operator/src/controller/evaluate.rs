@@ -13,7 +13,9 @@ use tracing::{info, warn};
 
 use super::observe::run_id_of;
 use super::validate::{Refusal, Served, served_metrics, served_summary};
-use super::{Counted, Effect, Error, JobState, Pass, failed_for_good};
+use super::{
+    Concern, Counted, Effect, Error, JobState, Pass, STORAGE_UNREACHABLE, failed_for_good,
+};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION};
 use crate::crd::{
     CandidateStatus, ChampionStatus, ComparisonStatus, HistoryEntry, RunStatus, Verdict,
@@ -104,6 +106,13 @@ impl Pass<'_> {
             }
             other => (other, None, None),
         };
+        if !matches!(outcome, Outcome::Unreachable(_)) {
+            self.clear(
+                Concern::StoreUnavailable,
+                "StoreReachable",
+                &format!("the result of run {run_id} was read"),
+            );
+        }
         let result = match outcome {
             Outcome::Valid { metrics, model_uri } => Ok((metrics, model_uri)),
             Outcome::Refused(r) => Err(Unfit::Refused(r)),
@@ -118,8 +127,16 @@ impl Pass<'_> {
                     self.await_store(&run_id, &message, down_for, limit);
                     return Ok(false);
                 }
+                // Nothing waits for the store any more: the run's failure says the rest.
+                self.clear(
+                    Concern::StoreUnavailable,
+                    "RunGivenUp",
+                    &format!(
+                        "no run waits for the store: run {run_id} was given up (see RunFailed)"
+                    ),
+                );
                 Err(Unfit::Failed(
-                    "StorageUnreachable",
+                    STORAGE_UNREACHABLE,
                     format!(
                         "gave up reading the result of run {run_id} after {}s: {message}",
                         limit.as_secs()
@@ -134,7 +151,7 @@ impl Pass<'_> {
             Err(Unfit::Refused(r)) => self.refuse(&mut run, &r),
             Err(Unfit::Superseded(message)) => {
                 info!(model = %self.name, run = %run_id, %message, "run superseded");
-                self.healthy("RunSuperseded", &message);
+                self.resolve(Concern::RunFailed, "RunSuperseded", &message);
                 self.emit(EventType::Normal, "Superseded", "Evaluate", message.clone());
                 (Verdict::Superseded, message)
             }
@@ -147,7 +164,8 @@ impl Pass<'_> {
                     self.unless_out_of_retries(&mut run, message)
                 };
                 self.count(Counted::FailedRun);
-                self.degraded(why, &message);
+                // Announced once per decision (below), whatever the condition said before.
+                self.report(Concern::RunFailed, why, &message);
                 self.emit(EventType::Warning, why, "Evaluate", message.clone());
                 (Verdict::Failed, message)
             }
@@ -209,9 +227,12 @@ impl Pass<'_> {
         // The first message stands for the whole outage: the store client's wording changes
         // with every try (elapsed time, retry count), and rewriting it would make each pass a
         // status write, and each write another pass.
-        if !self.degraded_for("StorageUnreachable") {
-            self.warn_degraded("StorageUnreachable", "Evaluate", &message);
-        }
+        self.warn_once(
+            Concern::StoreUnavailable,
+            STORAGE_UNREACHABLE,
+            "Evaluate",
+            &message,
+        );
         let left = Duration::try_from(limit - down_for).unwrap_or(Duration::ZERO);
         self.requeue_within(store_retry_delay(down_for).min(left.max(Duration::from_secs(1))));
     }
@@ -333,7 +354,8 @@ impl Pass<'_> {
         run.summary = Some(summary.clone());
         run.comparison = None;
         run.dry_run = self.sm.spec.promotion.dry_run;
-        self.healthy(
+        self.resolve(
+            Concern::RunFailed,
             "RunEvaluated",
             &format!("run {run_id}: refused by validation"),
         );
@@ -387,7 +409,11 @@ impl Pass<'_> {
         run.summary = Some(summary.clone());
         run.comparison = assessment.comparison.as_ref().map(ComparisonStatus::from);
         run.dry_run = dry_run;
-        self.healthy("RunEvaluated", &format!("run {run_id}: {decision}"));
+        self.resolve(
+            Concern::RunFailed,
+            "RunEvaluated",
+            &format!("run {run_id}: {decision}"),
+        );
         let reason = if dry_run {
             format!("dry run, nothing rolled: {}", decision.reason())
         } else {
@@ -538,7 +564,7 @@ impl Pass<'_> {
         });
         self.status.last_run = Some(run);
         self.count(Counted::FailedRun);
-        self.degraded("JobMissing", &message);
+        self.report(Concern::RunFailed, "JobMissing", &message);
         self.emit(EventType::Warning, "JobMissing", "Evaluate", message);
     }
 }

@@ -13,7 +13,7 @@ use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
 use super::observe::run_id_of;
-use super::{Error, JOB_REFUSED, JobState, MANAGER, Pass, failed_with, undecided};
+use super::{Concern, Error, JOB_REFUSED, JobState, MANAGER, Pass, failed_with, undecided};
 use crate::builders::{self, attempt_of, is_gang};
 
 /// Whether a finished Job failed because a rank failed, which a new gang may not: not a
@@ -94,11 +94,17 @@ impl Pass<'_> {
                     return Err(error);
                 };
                 let message = format!("{error} ({reason})");
-                self.refused(JOB_REFUSED, "Train", &message);
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", &message);
                 return Ok(());
             }
         };
         info!(model = %self.name, run = %run_id, job = %name, attempt, "gang restarted");
+        self.clear_from(
+            Concern::RunBlocked,
+            &[JOB_REFUSED],
+            "JobAccepted",
+            &format!("the Job {name} was created"),
+        );
         self.ensure_rendezvous(&created).await?;
         // With a queue the new Job waits for admission like the first one did.
         self.watch_queue(&created, &mut JobState::Active, true)

@@ -18,10 +18,11 @@ use kube::{Resource, ResourceExt};
 use serde_json::json;
 use tracing::warn;
 
+use super::conditions::{self, Concern, init_concerns, summarize};
 use super::{Context, Error, error_policy, reconcile, set_condition};
 use crate::crd::{Phase, SimpsonModel};
 
-/// The `Degraded` reason of a model whose spec the operator cannot read.
+/// The `SpecInvalid` (and `Degraded`) reason of a model whose spec the operator cannot read.
 pub const INVALID_SPEC: &str = "InvalidSpec";
 
 /// What the controller runs: [`reconcile`] for a model it can read, [`report_invalid`] for one
@@ -54,9 +55,10 @@ pub fn error_policy_guarded(
     }
 }
 
-/// Marks the model `Degraded=InvalidSpec` with the reason it cannot be read, once per distinct
-/// reason (a Warning event then), and waits for the next edit: nothing it does can be right
-/// while the operator cannot read what the model asks for.
+/// Marks the model `SpecInvalid=True` (and so `Degraded=InvalidSpec`) with the reason it cannot
+/// be read, once per distinct reason (a Warning event then), and waits for the next edit:
+/// nothing it does can be right while the operator cannot read what the model asks for. The
+/// other concerns keep what they said.
 async fn report_invalid(
     obj: &DeserializeGuard<SimpsonModel>,
     invalid: &InvalidObject,
@@ -74,16 +76,23 @@ async fn report_invalid(
     );
     let current = models.get(&name).await.map_err(Error::GetModel)?;
     let old = status_conditions(&current);
+    let (generation, now) = (invalid.metadata.generation, (ctx.clock)());
     let mut conditions = old.clone();
+    init_concerns(&mut conditions, generation, now);
+    let announced = conditions::failing(&conditions, Concern::SpecInvalid, Some(INVALID_SPEC))
+        && conditions
+            .iter()
+            .any(|c| c.type_ == Concern::SpecInvalid.type_() && c.message == message);
     set_condition(
         &mut conditions,
-        "Degraded",
+        Concern::SpecInvalid.type_(),
         true,
         INVALID_SPEC,
         &message,
-        invalid.metadata.generation,
-        (ctx.clock)(),
+        generation,
+        now,
     );
+    summarize(&mut conditions, generation, now);
     ctx.failures().remove(&key(invalid));
     if conditions == old {
         return Ok(Action::await_change());
@@ -93,6 +102,9 @@ async fn report_invalid(
         .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .map_err(Error::PatchStatus)?;
+    if announced {
+        return Ok(Action::await_change());
+    }
     let event = Event {
         type_: EventType::Warning,
         reason: INVALID_SPEC.into(),

@@ -9,6 +9,7 @@
 //! [`retention`] (old runs in the store).
 
 mod cache;
+mod conditions;
 mod dataset;
 mod drift;
 mod evaluate;
@@ -16,6 +17,7 @@ mod gang;
 mod gates;
 mod housekeeping;
 mod invalid;
+mod migrate;
 mod observe;
 mod queue;
 mod record;
@@ -25,7 +27,8 @@ mod schedule;
 mod shadow;
 mod validate;
 
-pub use cache::{Caches, Scope};
+pub use cache::{Caches, Lookup, Scope};
+pub use conditions::{Concern, set_condition};
 pub use gates::{StoreGates, share_of};
 pub use invalid::{INVALID_SPEC, error_policy_guarded, reconcile_guarded};
 
@@ -36,7 +39,7 @@ use std::time::Duration;
 use artifacts::{Storage, StorageError};
 use jiff::{SignedDuration, Timestamp};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::{Client, Resource, ResourceExt};
@@ -53,18 +56,12 @@ const MAX_REQUEUE: Duration = Duration::from_secs(3600);
 /// How soon a refused request is tried again when nothing changes (a fix to the spec, the RBAC
 /// or a quota wakes the model through its watch sooner).
 const REFUSED_REQUEUE: Duration = Duration::from_secs(600);
-/// `Degraded` reason: the API server refused the inference Deployment, Service, HPA or PDB.
+/// `ApplyFailed` reason: the API server refused the inference Deployment, Service, HPA or PDB.
 pub const APPLY_FAILED: &str = "ApplyFailed";
-/// `Degraded` reason: the API server refused a training or validation Job.
+/// `RunBlocked` reason: the API server refused a training or validation Job.
 pub const JOB_REFUSED: &str = "JobRefused";
-
-/// The reason that replaces a refusal's once the request is accepted again.
-fn reason_cleared(reason: &str) -> &'static str {
-    match reason {
-        APPLY_FAILED => "Applied",
-        _ => "JobAccepted",
-    }
-}
+/// `StoreUnavailable` reason (and `RunFailed`'s for a run given up on): the store cannot be read.
+pub const STORAGE_UNREACHABLE: &str = "StorageUnreachable";
 
 /// The reconcile concurrency the operator runs with unless told otherwise.
 pub const DEFAULT_CONCURRENCY: u16 = 16;
@@ -220,6 +217,12 @@ pub enum Error {
     DeleteJob { name: String, source: kube::Error },
     #[error("cannot apply the Deployment {name}: {source}")]
     ApplyDeployment { name: String, source: kube::Error },
+    #[error("cannot delete the Deployment {name} (to replace its selector): {source}")]
+    DeleteDeployment { name: String, source: kube::Error },
+    #[error("cannot list the ReplicaSets left by an old inference Deployment: {0}")]
+    ListReplicaSets(#[source] kube::Error),
+    #[error("cannot delete the ReplicaSet {name} left by an old inference Deployment: {source}")]
+    DeleteReplicaSet { name: String, source: kube::Error },
     #[error("cannot apply the Service {name}: {source}")]
     ApplyService { name: String, source: kube::Error },
     #[error("cannot apply the {kind} {name}: {source}")]
@@ -258,13 +261,18 @@ impl Error {
     /// The API error behind this one, if any.
     pub fn api(&self) -> Option<&kube::Error> {
         match self {
-            Error::ListJobs(e) | Error::PatchStatus(e) | Error::GetModel(e) => Some(e),
+            Error::ListJobs(e)
+            | Error::PatchStatus(e)
+            | Error::GetModel(e)
+            | Error::ListReplicaSets(e) => Some(e),
             Error::GetSecret { source, .. }
             | Error::CreateJob { source, .. }
             | Error::CreateValidationJob { source, .. }
             | Error::GetJob { source, .. }
             | Error::DeleteJob { source, .. }
             | Error::ApplyDeployment { source, .. }
+            | Error::DeleteDeployment { source, .. }
+            | Error::DeleteReplicaSet { source, .. }
             | Error::ApplyService { source, .. }
             | Error::ApplyAutoscaling { source, .. }
             | Error::DeleteAutoscaling { source, .. }
@@ -402,37 +410,6 @@ pub fn job_state(job: &Job) -> JobState {
         }
     }
     JobState::Active
-}
-
-/// Sets a condition, keeping its transition time when the status did not flip.
-pub fn set_condition(
-    conds: &mut Vec<Condition>,
-    type_: &str,
-    status: bool,
-    reason: &str,
-    message: &str,
-    generation: Option<i64>,
-    now: Timestamp,
-) {
-    let status = if status { "True" } else { "False" }.to_owned();
-    if let Some(c) = conds.iter_mut().find(|c| c.type_ == type_) {
-        if c.status != status {
-            c.last_transition_time = Time(now);
-        }
-        c.status = status;
-        c.reason = reason.to_owned();
-        c.message = message.to_owned();
-        c.observed_generation = generation;
-        return;
-    }
-    conds.push(Condition {
-        type_: type_.to_owned(),
-        status,
-        reason: reason.to_owned(),
-        message: message.to_owned(),
-        observed_generation: generation,
-        last_transition_time: Time(now),
-    });
 }
 
 fn condition_is(conds: &[Condition], type_: &str, status: &str) -> bool {
@@ -618,26 +595,34 @@ impl Pass<'_> {
                     reason,
                     action,
                     note,
-                } => {
-                    let ev = Event {
-                        type_,
-                        reason: reason.into(),
-                        note: Some(note),
-                        action: action.into(),
-                        secondary: None,
-                    };
-                    // An event is a courtesy to humans: failing to publish one must not fail
-                    // the pass.
-                    if let Err(e) = self
-                        .ctx
-                        .recorder
-                        .publish(&ev, &self.sm.object_ref(&()))
-                        .await
-                    {
-                        warn!(model = %self.name, reason, error = %e, "cannot publish event");
-                    }
-                }
+                } => self.publish_event(type_, reason, action, note).await,
             }
+        }
+    }
+
+    /// Publishes an event now. An event is a courtesy to humans: failing to publish one must
+    /// not fail the pass.
+    async fn publish_event(
+        &self,
+        type_: EventType,
+        reason: &'static str,
+        action: &'static str,
+        note: String,
+    ) {
+        let ev = Event {
+            type_,
+            reason: reason.into(),
+            note: Some(note),
+            action: action.into(),
+            secondary: None,
+        };
+        if let Err(e) = self
+            .ctx
+            .recorder
+            .publish(&ev, &self.sm.object_ref(&()))
+            .await
+        {
+            warn!(model = %self.name, reason, error = %e, "cannot publish event");
         }
     }
 
@@ -673,70 +658,19 @@ impl Pass<'_> {
             || a.candidate.as_ref().map(|c| &c.run_id) != b.candidate.as_ref().map(|c| &c.run_id)
     }
 
-    fn degraded(&mut self, reason: &str, message: &str) {
-        let generation = self.sm.metadata.generation;
-        set_condition(
-            &mut self.status.conditions,
-            "Degraded",
-            true,
-            reason,
-            message,
-            generation,
-            self.now,
-        );
-    }
-
-    /// Whether Degraded is already True for `reason`, so a warning is not repeated each pass.
-    fn degraded_for(&self, reason: &str) -> bool {
-        self.status
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Degraded" && c.status == "True" && c.reason == reason)
-    }
-
-    fn healthy(&mut self, reason: &str, message: &str) {
-        let generation = self.sm.metadata.generation;
-        set_condition(
-            &mut self.status.conditions,
-            "Degraded",
-            false,
-            reason,
-            message,
-            generation,
-            self.now,
-        );
-    }
-
-    /// `Degraded=<reason>` with `message`, and a Warning event unless Degraded already says
-    /// exactly that: a condition that stays from pass to pass is announced once, not on every
-    /// pass (each event is a write).
-    fn warn_degraded(&mut self, reason: &'static str, action: &'static str, message: &str) {
-        let known = self.status.conditions.iter().any(|c| {
-            c.type_ == "Degraded"
-                && c.status == "True"
-                && c.reason == reason
-                && c.message == message
-        });
-        if !known {
-            self.emit(EventType::Warning, reason, action, message.to_owned());
-        }
-        self.degraded(reason, message);
-    }
-
     /// The API server refused a request of this pass for what it says (see
-    /// [`Error::refusal`]): reported with [`Pass::warn_degraded`], and a look again in a
+    /// [`Error::refusal`]): reported in `concern` with [`Pass::warn`], and a look again in a
     /// while (a fix wakes the model sooner).
-    fn refused(&mut self, reason: &'static str, action: &'static str, message: &str) {
+    fn refused(
+        &mut self,
+        concern: Concern,
+        reason: &'static str,
+        action: &'static str,
+        message: &str,
+    ) {
         warn!(model = %self.name, reason, %message, "the API server refused a request");
-        self.warn_degraded(reason, action, message);
+        self.warn(concern, reason, action, message);
         self.requeue_within(REFUSED_REQUEUE);
-    }
-
-    /// Clears `Degraded=<reason>` once the request it was about is accepted again.
-    fn accepted(&mut self, reason: &str, message: &str) {
-        if self.degraded_for(reason) {
-            self.healthy(reason_cleared(reason), message);
-        }
     }
 
     fn ready(&mut self, ready: bool, reason: &str, message: &str) {
@@ -797,12 +731,12 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         restart: None,
         queued: None,
     };
-    if !pass.status.conditions.iter().any(|c| c.type_ == "Degraded") {
-        pass.healthy("AsExpected", "");
-    }
-    if pass.degraded_for(INVALID_SPEC) {
-        pass.healthy("SpecValid", "the operator can read the spec again");
-    }
+    conditions::init_concerns(&mut pass.status.conditions, sm.metadata.generation, now);
+    pass.clear(
+        Concern::SpecInvalid,
+        "SpecValid",
+        "the operator can read the spec again",
+    );
 
     // Observe: the training Jobs, and the validation Jobs apart.
     let (jobs, validations): (Vec<_>, Vec<_>) = pass
@@ -856,19 +790,17 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
         || pass.validations.iter().any(|(_, s)| *s == JobState::Active);
     pass.start_validation().await?;
 
-    // Roll out whoever the recorded champion is. A refused apply is reported and does not stop
-    // the pass: scheduling goes on whatever serving does.
+    // Roll out whoever the recorded champion is. A refused apply is reported (ApplyFailed) and
+    // does not stop the pass: scheduling goes on whatever serving does. Serving clears it once
+    // everything applies.
     let ready = match pass.serve().await {
-        Ok(ready) => {
-            pass.accepted(APPLY_FAILED, "the inference objects apply again");
-            ready
-        }
+        Ok(ready) => ready,
         Err(e) => {
             let Some(reason) = e.refusal() else {
                 return Err(e);
             };
             let message = format!("{e} ({reason})");
-            pass.refused(APPLY_FAILED, "Serve", &message);
+            pass.refused(Concern::ApplyFailed, APPLY_FAILED, "Serve", &message);
             pass.ready(false, APPLY_FAILED, &message);
             false
         }
@@ -885,7 +817,8 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     pass.retention().await?;
 
     // Record what the pass observed.
-    let degraded = condition_is(&pass.status.conditions, "Degraded", "True");
+    pass.summarize();
+    let degraded = condition_is(&pass.status.conditions, conditions::DEGRADED, "True");
     pass.status.phase = Some(match () {
         () if training && pass.queued.is_some() => Phase::Queued,
         () if training => Phase::Training,
@@ -985,44 +918,6 @@ mod tests {
                 json!([{"type": "Failed", "status": "True", "reason": "DeadlineExceeded"}])
             )),
             JobState::Failed("DeadlineExceeded".into())
-        );
-    }
-
-    #[test]
-    fn conditions_keep_their_transition_time_until_they_flip() {
-        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let t1: Timestamp = "2026-01-02T00:00:00Z".parse().unwrap();
-        let mut conds = Vec::new();
-        set_condition(&mut conds, "Degraded", true, "JobFailed", "a", Some(1), t0);
-        set_condition(
-            &mut conds,
-            "Degraded",
-            true,
-            "MetricsMissing",
-            "b",
-            Some(2),
-            t1,
-        );
-        assert_eq!(
-            (conds[0].last_transition_time.0, conds[0].reason.as_str()),
-            (t0, "MetricsMissing")
-        );
-        set_condition(
-            &mut conds,
-            "Degraded",
-            false,
-            "RunEvaluated",
-            "",
-            Some(2),
-            t1,
-        );
-        assert_eq!(
-            (
-                conds.len(),
-                conds[0].last_transition_time.0,
-                conds[0].status.as_str()
-            ),
-            (1, t1, "False")
         );
     }
 }

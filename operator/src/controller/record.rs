@@ -23,6 +23,8 @@ impl Pass<'_> {
     /// old cached copy gets a 409 and is retried from fresh data instead of overwriting a
     /// newer status (say, a decision another pass already recorded).
     pub(super) async fn write_status(&mut self) -> Result<(), Error> {
+        // Degraded follows its concerns in every status written, mid-pass records included.
+        self.summarize();
         if self.status == self.saved {
             return Ok(());
         }

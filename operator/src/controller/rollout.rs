@@ -15,11 +15,15 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::events::EventType;
 use tracing::{info, warn};
 
-use super::{Counted, Error, MANAGER, Pass};
+use super::migrate::Migration;
+use super::{Concern, Counted, Error, MANAGER, Pass};
 
-/// `Degraded` and `Ready` reason: an object the model would serve through belongs to someone else.
+/// `ApplyFailed` and `Ready` reason: an object the model would serve through belongs to someone
+/// else.
 pub const NOT_OWNED: &str = "ObjectNotOwned";
-use crate::builders::{self, RUN_ID_LABEL};
+/// `RolloutFailed` reason (and history decision): the inference pods do not become available.
+const ROLLOUT_FAILED: &str = "RolloutFailed";
+use crate::builders::{self, PodSelection, RUN_ID_LABEL};
 use crate::crd::{
     ChampionStatus, HistoryEntry, PROMOTE_RUN_ANNOTATION, ROLLBACK_REQUEST_ANNOTATION,
     RolloutStatus, Verdict,
@@ -272,6 +276,11 @@ impl Pass<'_> {
         if !self.children_ours().await? {
             return Ok(false);
         }
+        // A Deployment of an earlier operator is replaced first (migrate.rs).
+        let migration = self.migration().await?;
+        if migration == Migration::Deleting {
+            return Ok(false);
+        }
         let mut deployment = self.apply_deployment(&champion).await?;
         let mut state = rollout_state(&deployment);
         let mut rolled_back = false;
@@ -290,8 +299,19 @@ impl Pass<'_> {
                 }
             }
         }
-        self.apply_service().await?;
+        let rolled_out = state == RolloutState::Complete;
+        if let Migration::Orphans(orphans) = &migration
+            && rolled_out
+        {
+            self.finish_migration(orphans).await?;
+        }
+        self.apply_service(migration.selection(rolled_out)).await?;
         self.autoscale().await?;
+        self.clear(
+            Concern::ApplyFailed,
+            "Applied",
+            "the inference objects apply again",
+        );
 
         let Some(champion) = self.status.champion.clone() else {
             return Ok(false);
@@ -382,18 +402,18 @@ impl Pass<'_> {
             }
         }
         let Some(kind) = foreign else {
-            if self.degraded_for(NOT_OWNED) {
-                self.healthy(
-                    "ObjectsOwned",
-                    "the inference objects are this model's again",
-                );
-            }
+            self.clear_from(
+                Concern::ApplyFailed,
+                &[NOT_OWNED],
+                "ObjectsOwned",
+                "the inference objects are this model's again",
+            );
             return Ok(true);
         };
         let message = format!(
             "a {kind} named {name} exists that this SimpsonModel does not own; the operator does not take it over: delete or rename it to let the model be served"
         );
-        self.warn_degraded(NOT_OWNED, "Serve", &message);
+        self.warn(Concern::ApplyFailed, NOT_OWNED, "Serve", &message);
         self.ready(false, NOT_OWNED, &message);
         self.requeue_within(super::REFUSED_REQUEUE);
         Ok(false)
@@ -504,9 +524,10 @@ impl Pass<'_> {
         Ok(applied)
     }
 
-    /// Applies the inference Service, unless it is unchanged since this process applied it.
-    async fn apply_service(&self) -> Result<(), Error> {
-        let service = builders::inference_service(self.sm)?;
+    /// Applies the inference Service selecting the pods as `selection` says, unless it is
+    /// unchanged since this process applied it.
+    async fn apply_service(&self, selection: PodSelection) -> Result<(), Error> {
+        let service = builders::inference_service_selecting(self.sm, selection)?;
         let caches = &self.ctx.caches;
         if caches.unchanged_service(&self.ns, &service) {
             return Ok(());
@@ -546,10 +567,10 @@ impl Pass<'_> {
             "the inference pods do not become available after a change other than the model ({why}); run {} stays the champion: fix or revert the change",
             champion.run_id
         );
-        if !self.degraded_for("RolloutFailed") {
+        if !self.failing_with(Concern::RolloutFailed, ROLLOUT_FAILED) {
             warn!(model = %self.name, %message, "rollout stalled");
         }
-        self.warn_degraded("RolloutFailed", "Rollout", &message);
+        self.warn(Concern::RolloutFailed, ROLLOUT_FAILED, "Rollout", &message);
     }
 
     /// A rollout became available: remember its template (without the model) and, with
@@ -575,8 +596,8 @@ impl Pass<'_> {
                 });
             }
         }
-        if clear_failure && self.degraded_for("RolloutFailed") {
-            self.healthy("RolloutComplete", message);
+        if clear_failure {
+            self.clear(Concern::RolloutFailed, "RolloutComplete", message);
         }
     }
 
@@ -589,7 +610,7 @@ impl Pass<'_> {
                 "the rollout of run {} failed and there is no previous champion to go back to: {why}",
                 failed.run_id
             );
-            self.warn_degraded("RolloutFailed", "Rollout", &message);
+            self.warn(Concern::RolloutFailed, ROLLOUT_FAILED, "Rollout", &message);
             return false;
         };
         let reason = format!(
@@ -610,8 +631,9 @@ impl Pass<'_> {
             promoted_at: Time(self.now),
             ..previous
         });
-        self.degraded("RolloutFailed", &reason);
-        self.emit(EventType::Warning, "RolloutFailed", "Rollback", reason);
+        // A decision, announced once with its own event.
+        self.report(Concern::RolloutFailed, ROLLOUT_FAILED, &reason);
+        self.emit(EventType::Warning, ROLLOUT_FAILED, "Rollback", reason);
         true
     }
 }

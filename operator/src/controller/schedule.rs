@@ -12,7 +12,15 @@ use kube::runtime::events::EventType;
 use tracing::info;
 
 use super::observe::Presence;
-use super::{Counted, Error, JOB_REFUSED, JobState, Pass, job_state, set_condition};
+use super::{
+    Concern, Counted, Error, JOB_REFUSED, JobState, Pass, STORAGE_UNREACHABLE, job_state,
+    set_condition,
+};
+
+/// `RunBlocked` reasons of this step.
+const INVALID_SCHEDULE: &str = "InvalidSchedule";
+const CHAMPION_MISSING: &str = "ChampionMissing";
+const JOB_CONFLICT: &str = "JobConflict";
 use crate::builders;
 use crate::crd::{RunStatus, TRAIN_REQUEST_ANNOTATION, Trigger, Verdict};
 use crate::schedule::Schedule;
@@ -52,21 +60,31 @@ impl Pass<'_> {
         let mut started = false;
         match &schedule {
             Err(e) => {
-                self.warn_degraded("InvalidSchedule", "Schedule", &e.to_string());
+                self.warn(
+                    Concern::RunBlocked,
+                    INVALID_SCHEDULE,
+                    "Schedule",
+                    &e.to_string(),
+                );
             }
             Ok(schedule) => {
-                if self
-                    .status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == "Degraded" && c.reason == "InvalidSchedule")
-                {
-                    self.healthy("ScheduleValid", "the schedule is valid again");
-                }
                 let plan = match schedule.plan(last_start, anchor, now) {
-                    Ok(p) => Some(p),
+                    Ok(p) => {
+                        self.clear_from(
+                            Concern::RunBlocked,
+                            &[INVALID_SCHEDULE],
+                            "ScheduleValid",
+                            "the schedule is valid again",
+                        );
+                        Some(p)
+                    }
                     Err(e) => {
-                        self.degraded("InvalidSchedule", &e.to_string());
+                        self.warn(
+                            Concern::RunBlocked,
+                            INVALID_SCHEDULE,
+                            "Schedule",
+                            &e.to_string(),
+                        );
                         None
                     }
                 };
@@ -223,9 +241,17 @@ impl Pass<'_> {
         };
         match self.weights_present(&champion.model_uri).await? {
             Presence::Present => {
-                if self.degraded_for("ChampionMissing") {
-                    self.healthy("ChampionFound", "the champion's weights are back");
-                }
+                self.clear(
+                    Concern::StoreUnavailable,
+                    "StoreReachable",
+                    "the champion's weights were found in the store",
+                );
+                self.clear_from(
+                    Concern::RunBlocked,
+                    &[CHAMPION_MISSING],
+                    "ChampionFound",
+                    "the champion's weights are back",
+                );
                 Ok(true)
             }
             Presence::Missing => {
@@ -235,11 +261,28 @@ impl Pass<'_> {
                     champion.model_uri,
                     crate::crd::PROMOTE_RUN_ANNOTATION
                 );
-                self.warn_degraded("ChampionMissing", "Train", &message);
+                self.clear(
+                    Concern::StoreUnavailable,
+                    "StoreReachable",
+                    "the store answered: the champion's weights are not there",
+                );
+                self.warn(Concern::RunBlocked, CHAMPION_MISSING, "Train", &message);
                 Ok(false)
             }
             Presence::Unknown(e) => {
                 info!(model = %self.name, error = %e, "cannot check the champion's weights; run postponed");
+                // The first message stands for the outage (the store client's wording changes
+                // with every try).
+                let message = format!(
+                    "a due run waits for the store: the weights of champion {} cannot be checked ({e})",
+                    champion.run_id
+                );
+                self.warn_once(
+                    Concern::StoreUnavailable,
+                    STORAGE_UNREACHABLE,
+                    "Train",
+                    &message,
+                );
                 self.requeue_within(Duration::from_secs(60));
                 Ok(false)
             }
@@ -270,7 +313,7 @@ impl Pass<'_> {
                     let message = format!(
                         "a Job named {name} exists that this SimpsonModel does not own; delete it to let the run start"
                     );
-                    self.warn_degraded("JobConflict", "Train", &message);
+                    self.warn(Concern::RunBlocked, JOB_CONFLICT, "Train", &message);
                     return Ok(Start::Blocked);
                 }
                 if let Some(t) = &existing.metadata.creation_timestamp {
@@ -295,17 +338,17 @@ impl Pass<'_> {
                     return Err(error);
                 };
                 let message = format!("{error} ({reason})");
-                self.refused(JOB_REFUSED, "Train", &message);
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", &message);
                 return Ok(Start::Blocked);
             }
         };
         self.ensure_rendezvous(&running).await?;
-        if self.degraded_for("ChampionMissing")
-            || self.degraded_for("JobConflict")
-            || self.degraded_for(JOB_REFUSED)
-        {
-            self.healthy("TrainingStarted", "");
-        }
+        self.clear_from(
+            Concern::RunBlocked,
+            &[CHAMPION_MISSING, JOB_CONFLICT, JOB_REFUSED],
+            "TrainingStarted",
+            &format!("training run {run_id} started"),
+        );
         self.count(Counted::TrainingStarted);
         info!(model = %self.name, run = %run_id, %trigger, "training started");
         let note = format!("started training run {run_id} ({trigger})");

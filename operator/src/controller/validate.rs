@@ -19,7 +19,7 @@ use tracing::info;
 
 use super::evaluate::finished_at;
 use super::observe::run_id_of;
-use super::{Error, JOB_REFUSED, JobState, Pass, set_condition};
+use super::{Concern, Error, JOB_REFUSED, JobState, Pass, set_condition};
 use crate::builders::{self, RUNS_PREFIX_ANNOTATION, ValidationTarget};
 use crate::crd::{RunStatus, RunValidation};
 
@@ -351,7 +351,12 @@ impl Pass<'_> {
         match api.create(&PostParams::default(), &job).await {
             Ok(_) => {
                 info!(model = %self.name, job = %name, "validation Job created");
-                self.accepted(JOB_REFUSED, "the validation Job was created");
+                self.clear_from(
+                    Concern::RunBlocked,
+                    &[JOB_REFUSED],
+                    "JobAccepted",
+                    "the validation Job was created",
+                );
                 Ok(())
             }
             Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
@@ -363,7 +368,7 @@ impl Pass<'_> {
                     return Err(error);
                 };
                 let message = format!("{error} ({reason})");
-                self.refused(JOB_REFUSED, "Validate", &message);
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Validate", &message);
                 Ok(())
             }
         }
