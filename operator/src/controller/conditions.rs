@@ -251,20 +251,9 @@ impl Pass<'_> {
     /// Sets `concern` False with `reason` and `message` when it is True. A False one keeps its
     /// words: a step that finds all well on every pass changes nothing.
     pub(super) fn clear(&mut self, concern: Concern, reason: &str, message: &str) {
-        if !failing(&self.status.conditions, concern, None) {
-            return;
+        if failing(&self.status.conditions, concern, None) {
+            self.resolve(concern, reason, message);
         }
-        info!(model = %self.name, condition = concern.type_(), reason, %message, "condition cleared");
-        let generation = self.sm.metadata.generation;
-        set_condition(
-            &mut self.status.conditions,
-            concern.type_(),
-            false,
-            reason,
-            message,
-            generation,
-            self.now,
-        );
     }
 
     /// Sets `concern` False with `reason` and `message` whatever it said: for a step whose every

@@ -90,11 +90,7 @@ impl Pass<'_> {
             }
             Err(source) => {
                 let error = Error::CreateJob { name, source };
-                let Some(reason) = error.refusal() else {
-                    return Err(error);
-                };
-                let message = format!("{error} ({reason})");
-                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", &message);
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", error)?;
                 return Ok(());
             }
         };

@@ -658,19 +658,25 @@ impl Pass<'_> {
             || a.candidate.as_ref().map(|c| &c.run_id) != b.candidate.as_ref().map(|c| &c.run_id)
     }
 
-    /// The API server refused a request of this pass for what it says (see
-    /// [`Error::refusal`]): reported in `concern` with [`Pass::warn`], and a look again in a
-    /// while (a fix wakes the model sooner).
+    /// `error`, when the API server refused a request of this pass for what it says (see
+    /// [`Error::refusal`]: it is refused again until something changes): reported in `concern`
+    /// with [`Pass::warn`], and a look again in a while (a fix wakes the model sooner). Returns
+    /// the reported message; any other error comes back as it is, for the pass to fail with.
     fn refused(
         &mut self,
         concern: Concern,
         reason: &'static str,
         action: &'static str,
-        message: &str,
-    ) {
+        error: Error,
+    ) -> Result<String, Error> {
+        let Some(why) = error.refusal() else {
+            return Err(error);
+        };
+        let message = format!("{error} ({why})");
         warn!(model = %self.name, reason, %message, "the API server refused a request");
-        self.warn(concern, reason, action, message);
+        self.warn(concern, reason, action, &message);
         self.requeue_within(REFUSED_REQUEUE);
+        Ok(message)
     }
 
     fn ready(&mut self, ready: bool, reason: &str, message: &str) {
@@ -796,11 +802,7 @@ async fn reconcile_inner(sm: &SimpsonModel, ctx: &Context) -> Result<Action, Err
     let ready = match pass.serve().await {
         Ok(ready) => ready,
         Err(e) => {
-            let Some(reason) = e.refusal() else {
-                return Err(e);
-            };
-            let message = format!("{e} ({reason})");
-            pass.refused(Concern::ApplyFailed, APPLY_FAILED, "Serve", &message);
+            let message = pass.refused(Concern::ApplyFailed, APPLY_FAILED, "Serve", e)?;
             pass.ready(false, APPLY_FAILED, &message);
             false
         }

@@ -334,11 +334,7 @@ impl Pass<'_> {
                 let error = Error::CreateJob { name, source };
                 // A Job the API server refuses (an invalid override, a quota, an admission
                 // policy) is refused again until something changes: report it, do not retry.
-                let Some(reason) = error.refusal() else {
-                    return Err(error);
-                };
-                let message = format!("{error} ({reason})");
-                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", &message);
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Train", error)?;
                 return Ok(Start::Blocked);
             }
         };

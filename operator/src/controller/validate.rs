@@ -364,12 +364,8 @@ impl Pass<'_> {
                 let error = Error::CreateValidationJob { name, source };
                 // Refused (an invalid override, a quota, a policy): reported, and built and
                 // tried again by a later pass, as long as the run waits for its validation.
-                let Some(reason) = error.refusal() else {
-                    return Err(error);
-                };
-                let message = format!("{error} ({reason})");
-                self.refused(Concern::RunBlocked, JOB_REFUSED, "Validate", &message);
-                Ok(())
+                self.refused(Concern::RunBlocked, JOB_REFUSED, "Validate", error)
+                    .map(drop)
             }
         }
     }
