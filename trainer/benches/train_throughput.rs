@@ -11,10 +11,13 @@
 //!    autocast exactly when `auto` picks bf16 — CPUs with AVX512-BF16 or AMX);
 //!
 //! plus libtorch's raw model step at the `auto` precision on batches already built (the limit
-//! the loop can approach), and `--workers 2` (two trainer processes on Gloo over loopback, the
+//! the loop can approach: as many steps as the loop's steady epochs, on the same libtorch
+//! thread), and `--workers 2` (two trainer processes on Gloo over loopback, the
 //! same global batch): images/s and the share of a step spent averaging gradients. Same batch, torch threads and loader workers (our rayon pool's size
 //! = the DataLoader's worker processes) on both sides. Steady throughput = training images /
-//! mean epoch time after the first epoch. Ratios are medians over the rounds.
+//! mean epoch time after the first epoch. Ratios are medians over the rounds. This process
+//! applies the trainer's allocator policy (`face2simpson_trainer::malloc`) and the strong peer
+//! gets the same one through glibc's environment; the seed's stack runs as written.
 //!
 //! On a GPU (`BENCH_DEVICE=cuda`, or `auto` when libtorch sees one) both sides train there, at
 //! batch 64 by default, and `nvidia-smi` is sampled while ours trains for the GPU's busy share.
@@ -42,6 +45,13 @@ use model::Preprocessor;
 use tch::{Device, Kind, Tensor};
 
 const IMAGE_SIZE: u32 = 224;
+/// glibc's environment for `face2simpson_trainer::malloc::keep_freed_memory`: one arena, no
+/// mmap, no trimming.
+const KEEP_FREED_MEMORY: [(&str, &str); 3] = [
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_MAX_", "0"),
+    ("MALLOC_TRIM_THRESHOLD_", "1099511627776"),
+];
 const DATASET: &str = "datasets/bench";
 
 /// What the benchmark runs on.
@@ -118,8 +128,10 @@ fn ours(
     setup: Setup,
     precision: Precision,
     label: &str,
+    round: usize,
 ) -> anyhow::Result<(f64, Vec<f64>, Option<f64>)> {
-    let cfg = config(&format!("bench-{label}"), setup, precision);
+    // A run id per round: a run id that already has its metrics.json is not trained again.
+    let cfg = config(&format!("bench-{label}-{round}"), setup, precision);
     let sampler = setup.device.is_cuda().then(GpuSampler::start);
     let outcome = rt.block_on(train::run(storage, &cfg, &Progress::logs()))?;
     let busy = sampler.and_then(GpuSampler::stop);
@@ -239,6 +251,11 @@ fn peer(root: &Path, setup: Setup, which: PeerSetup, bf16: bool) -> anyhow::Resu
     if bf16 {
         cmd.arg("--bf16");
     }
+    if which == PeerSetup::Strong {
+        // The allocator policy our trainer applies to itself (`face2simpson_trainer::malloc`),
+        // through glibc's environment: equal settings, as an expert's setup would have them.
+        cmd.envs(KEEP_FREED_MEMORY);
+    }
     let out = cmd.output().context("running the PyTorch peer")?;
     if !out.status.success() {
         bail!("peer failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -297,24 +314,39 @@ fn load_batches(
 }
 
 /// libtorch's raw model step (forward, backward, Adam) on batches already on the device, with
-/// nothing else running: the limit the whole training loop can approach.
-fn raw_step(batches: &[HostBatch], device: Device, kind: Kind) -> anyhow::Result<f64> {
-    tch::manual_seed(0);
-    let mut net = Classifier::new(device, 0.2);
-    net.set_train_kind(kind);
-    let mut opt = Adam::new(net.var_store(), 1e-3);
-    let on_device: Vec<(Tensor, Tensor)> = batches.iter().map(|b| b.to_device(device)).collect();
-    // One warm-up step: oneDNN picks and caches its kernels on the first call.
-    let (x, y) = &on_device[0];
-    let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
-    let images: usize = batches.iter().map(HostBatch::len).sum();
-    let t = Instant::now();
-    for (x, y) in &on_device {
-        train_step(&net, &mut opt, None, x, y, 0.1)?
-            .0
-            .double_value(&[]);
-    }
-    Ok(images as f64 / t.elapsed().as_secs_f64())
+/// nothing else running: the limit the whole training loop can approach. As many steps as the
+/// loop's steady epochs take, on the process's libtorch thread like the loop's.
+fn raw_step(
+    batches: &Arc<std::sync::Mutex<Vec<HostBatch>>>,
+    device: Device,
+    kind: Kind,
+    epochs: u32,
+) -> anyhow::Result<f64> {
+    let batches = batches.clone();
+    face2simpson_trainer::torch::thread::run(move || -> anyhow::Result<f64> {
+        tch::manual_seed(0);
+        let mut net = Classifier::new(device, 0.2);
+        net.set_train_kind(kind);
+        let mut opt = Adam::new(net.var_store(), 1e-3);
+        let batches = batches.lock().unwrap_or_else(|e| e.into_inner());
+        let on_device: Vec<(Tensor, Tensor)> =
+            batches.iter().map(|b| b.to_device(device)).collect();
+        // One warm-up step: oneDNN picks and caches its kernels on the first call.
+        let (x, y) = &on_device[0];
+        let _ = train_step(&net, &mut opt, None, x, y, 0.1)?;
+        let steady_epochs = epochs.saturating_sub(1).max(1) as usize;
+        let images = steady_epochs * batches.iter().map(HostBatch::len).sum::<usize>();
+        let t = Instant::now();
+        for _ in 0..steady_epochs {
+            for (x, y) in &on_device {
+                train_step(&net, &mut opt, None, x, y, 0.1)?
+                    .0
+                    .double_value(&[]);
+            }
+        }
+        Ok(images as f64 / t.elapsed().as_secs_f64())
+    })
+    .map_err(anyhow::Error::msg)?
 }
 
 /// What `--workers N` on Gloo over loopback gives: rank 0's `metrics.json`.
@@ -443,6 +475,8 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    // As the trainer's binary does, before any thread starts.
+    face2simpson_trainer::malloc::keep_freed_memory();
     let images = env_or("BENCH_IMAGES", 400);
     let threads = env_or("BENCH_THREADS", 2);
     let repeats = env_or("BENCH_REPEATS", 3).max(1);
@@ -488,24 +522,25 @@ fn main() -> anyhow::Result<()> {
         kind_name(auto)
     );
     println!("where an epoch goes (ours):");
-    let batches = load_batches(&rt, &storage, setup)?;
+    // Behind a mutex: tensors may move to the libtorch thread but not be shared.
+    let batches = Arc::new(std::sync::Mutex::new(load_batches(&rt, &storage, setup)?));
 
     let with_peers = env_or("BENCH_PEER", 1) != 0;
     let mut rounds = Vec::new();
     for round in 1..=repeats {
         // Interleaved, so a machine that slows down mid-run slows every side alike.
-        let (fp32, _, fp32_busy) = ours(&rt, &storage, setup, Precision::Fp32, "fp32")?;
+        let (fp32, _, fp32_busy) = ours(&rt, &storage, setup, Precision::Fp32, "fp32", round)?;
         let seed = with_peers
             .then(|| peer(dir.path(), setup, PeerSetup::Seed, false))
             .transpose()?;
-        let (auto_ips, _, auto_busy) = ours(&rt, &storage, setup, Precision::Auto, "auto")?;
+        let (auto_ips, _, auto_busy) = ours(&rt, &storage, setup, Precision::Auto, "auto", round)?;
         let strong = with_peers
             .then(|| peer(dir.path(), setup, PeerSetup::Strong, bf16))
             .transpose()?;
         if let Some(s) = &strong {
             anyhow::ensure!(s.bf16 == bf16, "the strong peer ran at another precision");
         }
-        let raw = raw_step(&batches, device, auto)?;
+        let raw = raw_step(&batches, device, auto, setup.epochs)?;
         let busy = |b: Option<f64>| b.map_or_else(String::new, |b| format!(", GPU busy {b:.0} %"));
         println!(
             "round {round}: ours fp32 {fp32:.1}{}, seed stack {}, ours auto {auto_ips:.1}{}, \

@@ -7,6 +7,7 @@ pub mod datagen;
 pub mod dataset;
 pub mod dist;
 pub mod face_index;
+pub mod malloc;
 pub mod progress;
 pub mod torch;
 pub mod train;

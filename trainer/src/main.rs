@@ -324,10 +324,27 @@ fn storage_code(e: &StorageError) -> u8 {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before any other thread exists: glibc fixes its arenas when a second thread allocates.
+    let allocator_tuned = face2simpson_trainer::malloc::keep_freed_memory();
     let cli = Cli::parse();
     init_tracing(&cli.log_format);
+    if !allocator_tuned {
+        tracing::warn!(
+            "glibc refused an allocator setting; libtorch's memory is returned to the kernel after every step"
+        );
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("Error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train_until_told_to_stop(*args).await,
         Command::Datagen(args) => datagen_cmd(args).await.map_err(Fatal::from),

@@ -6,6 +6,7 @@ pub mod adam;
 pub mod net;
 pub mod pickle;
 pub mod pretrained;
+pub mod thread;
 mod weights;
 
 use tch::nn::{ModuleT, VarStore};

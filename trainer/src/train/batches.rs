@@ -78,13 +78,25 @@ pub fn ordered_batches(n: usize, batch_size: usize) -> Vec<Vec<usize>> {
 /// Images of one batch as packed HWC bytes, `[n, size, size, 3]`, and their labels, on the host.
 #[derive(Debug)]
 pub struct HostBatch {
-    pub images: Tensor,
+    images: HostImages,
+    side: i64,
     pub labels: Vec<i64>,
+}
+
+/// Where a batch's bytes wait for the training thread.
+#[derive(Debug)]
+enum HostImages {
+    /// Plain memory, made a tensor on the libtorch thread: the threads that build batches never
+    /// call libtorch, so they start no OpenMP team of their own (see `torch::thread`).
+    Bytes(Vec<u8>),
+    /// Page-locked memory bound for a GPU, so the copy there is asynchronous. Pinning is a
+    /// libtorch call on the building thread; on a GPU the training thread barely uses OpenMP.
+    Pinned(Tensor),
 }
 
 impl HostBatch {
     /// Has `fill` write each image of the batch, in parallel, and keeps the bytes in
-    /// page-locked memory when they are bound for a GPU, so the copy there can be asynchronous.
+    /// page-locked memory when they are bound for a GPU.
     pub fn build(
         indices: &[usize],
         samples: &[Sample],
@@ -98,15 +110,22 @@ impl HostBatch {
             .par_chunks_mut(per_image)
             .zip(indices.par_iter())
             .try_for_each(|(out, &i)| fill(i, &samples[i], out))?;
-        let s = i64::from(size);
-        let images = Tensor::from_slice(&bytes).view([indices.len() as i64, s, s, 3]);
+        let side = i64::from(size);
         let images = if bound_for.is_cuda() {
-            images.pin_memory(bound_for)
+            HostImages::Pinned(
+                Tensor::from_slice(&bytes)
+                    .view([indices.len() as i64, side, side, 3])
+                    .pin_memory(bound_for),
+            )
         } else {
-            images
+            HostImages::Bytes(bytes)
         };
         let labels = indices.iter().map(|&i| samples[i].label as i64).collect();
-        Ok(Self { images, labels })
+        Ok(Self {
+            images,
+            side,
+            labels,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -128,9 +147,12 @@ impl HostBatch {
     pub fn normalized(&self, norm: &Normalizer) -> (Tensor, Tensor) {
         let device = norm.device;
         let non_blocking = device.is_cuda();
-        let x = self
-            .images
-            .to_device_(device, Kind::Uint8, non_blocking, false);
+        let x = match &self.images {
+            HostImages::Bytes(bytes) => Tensor::from_slice(bytes)
+                .view([self.len() as i64, self.side, self.side, 3])
+                .to_device(device),
+            HostImages::Pinned(t) => t.to_device_(device, Kind::Uint8, non_blocking, false),
+        };
         let y =
             Tensor::from_slice(&self.labels).to_device_(device, Kind::Int64, non_blocking, false);
         (norm.normalize(&x), y)

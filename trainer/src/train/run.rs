@@ -460,7 +460,8 @@ pub async fn run_rank(
         let progress = progress.clone();
         let checkpoints = checkpoints.clone();
         let stop = stop.clone();
-        tokio::task::spawn_blocking(move || {
+        // On the process's one libtorch thread (see `torch::thread`), not the blocking pool.
+        crate::torch::thread::spawn(move || {
             let rank = fit::Rank {
                 dist: dist.as_ref(),
                 stop: &stop,
