@@ -24,6 +24,10 @@ fn chromium() -> String {
     );
 }
 
+/// One Chromium at a time: with this file's three tests each running one on two cores, the
+/// page once stayed "busy" past its virtual-time budget in all three tries.
+static ONE_CHROMIUM: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn page_uploads_a_photo_and_shows_the_verdict() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,6 +47,7 @@ async fn page_uploads_a_photo_and_shows_the_verdict() {
     let mut dom = String::new();
     for _ in 0..3 {
         let profile = tempfile::tempdir().unwrap();
+        let _one = ONE_CHROMIUM.lock().await;
         let out = tokio::process::Command::new(chromium())
             .args([
                 "--headless",
@@ -128,6 +133,7 @@ const WINDOW: &str = "--window-size=1100,2600";
 
 async fn headless(extra: &[&str], url: &str) -> std::process::Output {
     let profile = tempfile::tempdir().unwrap();
+    let _one = ONE_CHROMIUM.lock().await;
     let out = tokio::process::Command::new(chromium())
         .args(HEADLESS)
         .args([WINDOW, "--force-device-scale-factor=1"])

@@ -6,7 +6,7 @@
 //! arena whose heaps cannot grow past 64 MiB, so a MobileNetV2 step at batch 32 faulted about
 //! 500 MiB of fresh zeroed pages back in every step: a fifth of the process's CPU time in the
 //! kernel on the 2-core reference machine. With one arena, no mmap and no trimming, a step
-//! reuses the previous step's memory; the process holds its peak (about 2.2 GiB at 224 px,
+//! reuses the previous step's memory; the process holds its peak (about 2.1 GiB at 224 px,
 //! batch 32) until it exits, which is what a training Job sizes its memory request for.
 
 /// Applies the policy; false if glibc refused a setting. Must run before the process starts its
