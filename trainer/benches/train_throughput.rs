@@ -45,13 +45,6 @@ use model::Preprocessor;
 use tch::{Device, Kind, Tensor};
 
 const IMAGE_SIZE: u32 = 224;
-/// glibc's environment for `face2simpson_trainer::malloc::keep_freed_memory`: one arena, no
-/// mmap, no trimming.
-const KEEP_FREED_MEMORY: [(&str, &str); 3] = [
-    ("MALLOC_ARENA_MAX", "1"),
-    ("MALLOC_MMAP_MAX_", "0"),
-    ("MALLOC_TRIM_THRESHOLD_", "1099511627776"),
-];
 const DATASET: &str = "datasets/bench";
 
 /// What the benchmark runs on.
@@ -254,7 +247,7 @@ fn peer(root: &Path, setup: Setup, which: PeerSetup, bf16: bool) -> anyhow::Resu
     if which == PeerSetup::Strong {
         // The allocator policy our trainer applies to itself (`face2simpson_trainer::malloc`),
         // through glibc's environment: equal settings, as an expert's setup would have them.
-        cmd.envs(KEEP_FREED_MEMORY);
+        cmd.envs(face2simpson_trainer::malloc::GLIBC_ENV);
     }
     let out = cmd.output().context("running the PyTorch peer")?;
     if !out.status.success() {

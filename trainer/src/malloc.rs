@@ -9,6 +9,15 @@
 //! reuses the previous step's memory; the process holds its peak (about 2.1 GiB at 224 px,
 //! batch 32) until it exits, which is what a training Job sizes its memory request for.
 
+/// The same policy as glibc's environment variables, for processes that are not ours (the
+/// training benchmark's PyTorch peer).
+pub const GLIBC_ENV: [(&str, &str); 3] = [
+    ("MALLOC_ARENA_MAX", "1"),
+    ("MALLOC_MMAP_MAX_", "0"),
+    // 1 TiB: the environment takes no -1.
+    ("MALLOC_TRIM_THRESHOLD_", "1099511627776"),
+];
+
 /// Applies the policy; false if glibc refused a setting. Must run before the process starts its
 /// threads: glibc fixes the number of arenas when a second thread first allocates.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]

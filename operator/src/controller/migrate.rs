@@ -26,7 +26,7 @@ use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::ResourceExt;
-use kube::api::{Api, DeleteParams, ListParams, Preconditions, PropagationPolicy};
+use kube::api::{Api, DeleteParams, ListParams, Preconditions};
 use kube::runtime::events::EventType;
 use tracing::info;
 
@@ -150,15 +150,8 @@ impl Pass<'_> {
         if live.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }
-        let params = DeleteParams {
-            propagation_policy: Some(PropagationPolicy::Orphan),
-            // Only the one looked at: never a Deployment made since under the same name.
-            preconditions: Some(Preconditions {
-                uid: live.metadata.uid.clone(),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
+        // Only the one looked at: never a Deployment made since under the same name.
+        let params = DeleteParams::orphan().preconditions(only(&live.metadata.uid));
         match api.delete(&name, &params).await {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 404 => return Ok(()),
@@ -200,14 +193,7 @@ impl Pass<'_> {
         let api: Api<ReplicaSet> = Api::namespaced(self.ctx.client.clone(), &self.ns);
         for rs in orphans {
             let name = rs.name_any();
-            let params = DeleteParams {
-                propagation_policy: Some(PropagationPolicy::Background),
-                preconditions: Some(Preconditions {
-                    uid: rs.metadata.uid.clone(),
-                    resource_version: None,
-                }),
-                ..DeleteParams::default()
-            };
+            let params = DeleteParams::background().preconditions(only(&rs.metadata.uid));
             match api.delete(&name, &params).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
@@ -227,6 +213,15 @@ impl Pass<'_> {
         )
         .await;
         Ok(())
+    }
+}
+
+/// A delete that applies only to the object with this uid, never to one made since under the
+/// same name.
+fn only(uid: &Option<String>) -> Preconditions {
+    Preconditions {
+        uid: uid.clone(),
+        resource_version: None,
     }
 }
 

@@ -11,8 +11,8 @@
 //! batches hand over plain bytes.
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::OnceLock;
 use std::sync::mpsc::{Sender, channel};
-use std::sync::{Mutex, OnceLock};
 use std::thread::ThreadId;
 
 use tokio::sync::oneshot;
@@ -24,7 +24,7 @@ type Job = Box<dyn FnOnce() + Send>;
 
 /// The job queue of the libtorch thread, and the thread's id.
 struct TorchThread {
-    jobs: Mutex<Sender<Job>>,
+    jobs: Sender<Job>,
     id: ThreadId,
 }
 
@@ -47,7 +47,7 @@ fn torch_thread() -> &'static TorchThread {
             })
             .unwrap_or_else(|e| panic!("cannot start the libtorch thread: {e}"));
         TorchThread {
-            jobs: Mutex::new(tx),
+            jobs: tx,
             id: handle.thread().id(),
         }
     })
@@ -68,12 +68,8 @@ where
     let job: Job = Box::new(move || {
         let _ = tx.send(catch_unwind(AssertUnwindSafe(f)).map_err(panic_message));
     });
-    let jobs = torch_thread()
-        .jobs
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
     // The thread only ends with the process, so the queue is always open.
-    let _ = jobs.send(job);
+    let _ = torch_thread().jobs.send(job);
     rx
 }
 
